@@ -1,0 +1,1 @@
+"""The studio-facing REST API (FastAPI), its schemas, authentication and /metrics."""

@@ -1,0 +1,39 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, nothing at import time."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.routes import jobs, nodes, system
+from scheduler import __version__
+from scheduler.db import create_tables, make_engine
+from scheduler.metrics import FarmCollector
+from scheduler.service import StudioService
+from scheduler.settings import Settings
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    engine = engine or make_engine(settings.effective_database_url)
+    create_tables(engine)
+    app = FastAPI(
+        title="renderfarm",
+        version=__version__,
+        description="Submit render jobs, watch them, download frames. "
+        "Authenticate with `Authorization: Bearer <studio key>`.",
+    )
+    registry = CollectorRegistry()
+    registry.register(FarmCollector(engine))
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.registry = registry
+    app.state.service = StudioService(engine, settings)
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(nodes.router)
+    app.include_router(system.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,39 @@
+"""Dependencies of the routes: the service, and the studio behind the bearer key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from scheduler.db import Studio
+from scheduler.errors import Unauthorized
+from scheduler.service import StudioService
+from scheduler.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
+
+
+def get_service(request: Request) -> StudioService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[StudioService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_studio(
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Studio:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("send `Authorization: Bearer <studio key>`")
+    return service.authenticate(credentials.credentials)
+
+
+StudioDep = Annotated[Studio, Depends(get_studio)]

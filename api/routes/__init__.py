@@ -1,0 +1,1 @@
+"""The API's routers: jobs (studio), nodes (farm), system (health and metrics)."""

@@ -1,0 +1,32 @@
+"""Farm routes: the render nodes as the scheduler last heard from them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+
+from api.deps import ServiceDep, StudioDep
+from api.schemas import NodePublic
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+
+
+@router.get("", response_model=list[NodePublic])
+def list_nodes(_studio: StudioDep, service: ServiceDep) -> list[NodePublic]:
+    return [
+        NodePublic(
+            name=node.name,
+            pool=node.pool,
+            state=node.state,
+            hostname=node.hostname,
+            slots=node.slots,
+            running=node.running,
+            cores=node.cores,
+            memory_bytes=node.memory_bytes,
+            gpus=node.gpus,
+            tags=list(node.tags),
+            last_heartbeat=datetime.fromtimestamp(node.last_heartbeat, UTC),
+        )
+        for node in service.list_nodes()
+    ]

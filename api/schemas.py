@@ -1,0 +1,175 @@
+"""Request and response bodies of the REST API (the JobCreate / JobPublic family).
+
+Requests forbid unknown fields, so a typo ("priorty") is a 422 naming the field
+instead of a silently ignored setting. Renderer settings are a union told apart by
+``kind``: an unknown renderer is a 422 that lists the known ones.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scheduler.core.states import JobState
+from scheduler.service import FrameStatus, JobDetail
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BuiltinRenderer(_Request):
+    """The built-in ray tracer: needs nothing installed on the nodes."""
+
+    kind: Literal["builtin"]
+    width: int = Field(320, ge=16, le=7680)
+    height: int = Field(180, ge=16, le=4320)
+    samples: int = Field(1, ge=1, le=64, description="rays per pixel (anti-aliasing)")
+
+
+class NoopRenderer(_Request):
+    """Renders nothing: for benchmarks and tests of the farm itself."""
+
+    kind: Literal["noop"]
+    sleep: float = Field(0.0, ge=0.0, le=3600.0, description="seconds per frame")
+
+
+RendererSpec = Annotated[BuiltinRenderer | NoopRenderer, Field(discriminator="kind")]
+
+
+class JobCreate(_Request):
+    name: str = Field(min_length=1, max_length=200)
+    frames: str = Field(
+        min_length=1,
+        max_length=10_000,
+        description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
+        examples=["1-240"],
+    )
+    chunk_size: int = Field(1, ge=1, description="frames per chunk (one renderer command)")
+    priority: int = Field(50, ge=0, le=100, description="0 lowest, 100 highest")
+    pool: str = Field("cpu", min_length=1, max_length=64)
+    renderer: RendererSpec
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    timeout: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="render time limit per chunk, seconds"
+    )
+
+
+class JobPatch(_Request):
+    priority: int = Field(ge=0, le=100)
+
+
+class Progress(BaseModel):
+    frames_total: int
+    frames_done: int
+    frames_running: int
+    frames_failed: int
+    frames_queued: int
+    frames_cancelled: int
+
+
+class JobPublic(BaseModel):
+    id: int
+    name: str
+    state: JobState
+    message: str | None
+    frames: str
+    frame_count: int
+    chunk_size: int
+    priority: int
+    pool: str
+    renderer: dict[str, Any]
+    max_attempts: int
+    timeout: float
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+
+    @classmethod
+    def of(cls, detail: JobDetail) -> JobPublic:
+        job, p = detail.job, detail.progress
+        assert job.id is not None
+        return cls(
+            id=job.id,
+            name=job.name,
+            state=JobState(job.state),
+            message=job.message,
+            frames=job.frames,
+            frame_count=job.frame_count,
+            chunk_size=job.chunk_size,
+            priority=job.priority,
+            pool=job.pool,
+            renderer={"kind": job.renderer, **job.renderer_settings},
+            max_attempts=job.max_attempts,
+            timeout=job.timeout,
+            submitted_at=_time(job.submitted_at),
+            started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
+            progress=Progress(
+                frames_total=p.frames_total,
+                frames_done=p.frames_done,
+                frames_running=p.frames_running,
+                frames_failed=p.frames_failed,
+                frames_queued=p.frames_queued,
+                frames_cancelled=p.frames_cancelled,
+            ),
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class FramePublic(BaseModel):
+    frame: int
+    state: str
+    node: str | None
+    attempt: int
+    render_seconds: float | None
+    cpu_seconds: float | None
+    output_url: str | None
+    log_url: str | None
+
+    @classmethod
+    def of(cls, job_id: int, status: FrameStatus) -> FramePublic:
+        base = f"/v1/jobs/{job_id}/frames/{status.frame}"
+        return cls(
+            frame=status.frame,
+            state=status.state,
+            node=status.node,
+            attempt=status.attempt,
+            render_seconds=status.render_seconds,
+            cpu_seconds=status.cpu_seconds,
+            output_url=f"{base}/output" if status.output else None,
+            log_url=f"{base}/log" if status.log else None,
+        )
+
+
+class NodePublic(BaseModel):
+    name: str
+    pool: str
+    state: str
+    hostname: str
+    slots: int
+    running: int
+    cores: int
+    memory_bytes: int
+    gpus: int
+    tags: list[str]
+    last_heartbeat: datetime
+
+
+class Problem(BaseModel):
+    """The body of every error response."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def _time(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

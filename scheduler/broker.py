@@ -1,0 +1,67 @@
+"""The broker adapter the scheduler dispatches through (Celery on Redis).
+
+Chunk messages are published to the pool's queue through the default exchange, so
+they land in the queue even after Redis lost its exchange bindings (a restart or
+FLUSHALL): Celery's per-connection cache of declared queues would otherwise route
+them nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from celery import Celery
+from kombu import Exchange, Queue
+from kombu.exceptions import ChannelError
+
+from scheduler.messages import RENDER_TASK, ChunkMessage, pool_queue, task_id_for
+
+
+def pool_queue_entity(pool: str) -> Queue:
+    """A pool's queue, reached through the default exchange: no binding needed."""
+    return Queue(pool_queue(pool), Exchange(""), routing_key=pool_queue(pool), durable=True)
+
+
+class Broker(Protocol):
+    """What the scheduler needs from a broker."""
+
+    def send(self, messages: Sequence[ChunkMessage]) -> None: ...
+
+    def revoke(self, task_ids: Sequence[str]) -> None: ...
+
+    def queue_depth(self, pool: str) -> int: ...
+
+
+class CeleryBroker:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def send(self, messages: Sequence[ChunkMessage]) -> None:
+        if not messages:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for message in messages:
+                self.app.send_task(
+                    RENDER_TASK,
+                    args=[message.to_dict()],
+                    task_id=task_id_for(message.chunk_id, message.attempt),
+                    queue=pool_queue_entity(message.pool),
+                    producer=producer,
+                    retry=True,
+                    retry_policy={"max_retries": None, "interval_start": 0.2, "interval_max": 2},
+                )
+
+    def revoke(self, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            self.app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
+
+    def queue_depth(self, pool: str) -> int:
+        with self.app.connection_for_read() as connection:
+            try:
+                declared = connection.default_channel.queue_declare(
+                    queue=pool_queue(pool), passive=True
+                )
+            except ChannelError:  # never declared, or flushed away: nothing waits
+                return 0
+            return int(declared.message_count)

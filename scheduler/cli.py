@@ -1,0 +1,184 @@
+"""The ``renderfarm`` command: run the farm's processes, manage studios, try the demo.
+
+    renderfarm demo                      the embedded farm renders a sample job, then stops
+    renderfarm up                        the embedded farm, until Ctrl-C
+    renderfarm api [--host H --port P]   the REST API
+    renderfarm scheduler                 the dispatch loop
+    renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]...
+    renderfarm studio create NAME        prints a new studio's API key
+
+Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from scheduler.settings import Settings
+
+if TYPE_CHECKING:
+    from scheduler.service import StudioService
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+studio_app = typer.Typer(help="Manage studios and their API keys.", no_args_is_help=True)
+app.add_typer(studio_app, name="studio")
+console = Console()
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Serve the REST API (and /metrics, /docs)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = Settings()
+    _logging()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
+
+
+@app.command()
+def scheduler(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve the scheduler's own metrics on this port")
+    ] = None,
+) -> None:
+    """Run the dispatch loop: ingest node events, dispatch chunks, reconcile."""
+    from prometheus_client import start_http_server
+
+    from scheduler.loop import run_scheduler
+
+    _logging()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if metrics_port:
+        start_http_server(metrics_port)
+    run_scheduler(Settings(), stop)
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="the pool this node renders for")] = "cpu",
+    slots: Annotated[int, typer.Option(min=1, help="chunks rendered at once")] = 1,
+    name: Annotated[str | None, typer.Option(help="node name; default: the host name")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Run a render node: a Celery worker on the pool's queue."""
+    from workers.node import NodeConfig, start_worker
+
+    _logging(loglevel)
+    node = NodeConfig(
+        name=name or socket.gethostname().split(".")[0], pool=pool, slots=slots, tags=tag or []
+    )
+    start_worker(Settings(), node, loglevel)
+
+
+def _studio_service() -> StudioService:
+    from scheduler.db import create_tables, make_engine
+    from scheduler.service import StudioService
+
+    settings = Settings()
+    engine = make_engine(settings.effective_database_url)
+    create_tables(engine)
+    return StudioService(engine, settings)
+
+
+@studio_app.command("create")
+def studio_create(
+    name: str, weight: Annotated[float, typer.Option(min=0.001, help="fair-share weight")] = 1.0
+) -> None:
+    """Create a studio and print its API key (shown once)."""
+    from scheduler.errors import RenderfarmError
+
+    try:
+        _studio, key = _studio_service().create_studio(name, weight)
+    except RenderfarmError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    typer.echo(key)
+
+
+@studio_app.command("key")
+def studio_key(name: str) -> None:
+    """Print a new API key for an existing studio."""
+    from scheduler.errors import RenderfarmError
+
+    try:
+        typer.echo(_studio_service().create_key(name))
+    except RenderfarmError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(min=1, help="local render nodes")] = 2,
+    slots: Annotated[int, typer.Option(min=1, help="slots per node")] = 1,
+    port: Annotated[int | None, typer.Option(help="API port")] = None,
+) -> None:
+    """Run the embedded farm (own Redis, SQLite, local workers) until Ctrl-C."""
+    from scheduler.embedded import LocalFarm
+
+    _logging()
+    settings = Settings()
+    farm = LocalFarm(settings, workers=workers, slots=slots, api_port=port)
+    with farm:
+        console.print(f"renderfarm is up: API {farm.api_url} (docs at {farm.api_url}/docs)")
+        console.print(f"logs in {farm.logs}; storage in {settings.storage_root}")
+        console.print("create a studio key with: renderfarm studio create NAME. Ctrl-C stops.")
+        try:
+            while True:
+                farm.check_children()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            console.print("stopping ...")
+
+
+@app.command()
+def demo(
+    frames: Annotated[str, typer.Option(help="frames to render")] = "1-48",
+    width: Annotated[int, typer.Option(min=16)] = 320,
+    height: Annotated[int, typer.Option(min=16)] = 180,
+    samples: Annotated[int, typer.Option(min=1)] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="local render nodes")] = 2,
+) -> None:
+    """Start the embedded farm, render a sample job with the built-in renderer, stop."""
+    from scheduler.demo import run_demo
+
+    _logging("WARNING")
+    ok = run_demo(Settings(), frames, width, height, samples, workers, console)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

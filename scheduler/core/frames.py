@@ -1,0 +1,140 @@
+"""Frame specs: the text a studio writes for "which frames", and back.
+
+Grammar (comma-separated items, spaces ignored)::
+
+    item  := int | int "-" int [step]
+    step  := "x" int  (Deadline style: 1-100x2)
+           | ":" int  (OpenJD style: 1-100:2, negative steps allowed: 10-1:-1)
+    int   := ["-"] digits   (negative frames are legal, as in Blender)
+
+A spec names a *set* of frames. Documented normalisation:
+
+- a reversed range ``10-1`` is the same set as ``1-10`` (with a step, the set is the
+  one walked from the first number towards the second: ``10-1x3`` is {10, 7, 4, 1});
+- duplicates collapse (``1-5,3`` is five frames);
+- frames render in ascending order.
+
+Sizes are computed before anything is expanded, so ``1-1000000000`` is refused by
+``max_frames`` without building a list. Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+_ITEM = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:([x:])(-?\d+))?)?$")
+
+
+class FrameSpecError(ValueError):
+    """The frame spec is malformed, empty or too large; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRange:
+    """An arithmetic run of frames, ``start`` to ``end`` inclusive, ``step`` > 0."""
+
+    start: int
+    end: int
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.step <= 0 or self.end < self.start or (self.end - self.start) % self.step:
+            raise ValueError(f"not a normalised range: {self}")
+
+    def __len__(self) -> int:
+        return (self.end - self.start) // self.step + 1
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(range(self.start, self.end + 1, self.step))
+
+    def frames(self) -> list[int]:
+        return list(self)
+
+    def __str__(self) -> str:
+        if self.start == self.end:
+            return str(self.start)
+        if self.step == 1:
+            return f"{self.start}-{self.end}"
+        return f"{self.start}-{self.end}x{self.step}"
+
+
+def _parse_item(text: str) -> range:
+    match = _ITEM.match(text)
+    if match is None:
+        raise FrameSpecError(
+            f"cannot read {text!r}: expected a frame (7), a range (1-240) "
+            "or a range with a step (1-100x2, 1-100:2)"
+        )
+    first = int(match.group(1))
+    if match.group(2) is None:
+        return range(first, first + 1)
+    second = int(match.group(2))
+    step = int(match.group(4)) if match.group(4) is not None else 1
+    if step == 0:
+        raise FrameSpecError(f"{text!r}: the step must not be 0")
+    if match.group(3) == "x" and step < 0:
+        raise FrameSpecError(f"{text!r}: an 'x' step must be positive; use ':' for OpenJD steps")
+    # Walk from the first number towards the second whatever the sign of the step.
+    walk = abs(step) if second >= first else -abs(step)
+    return range(first, second + (1 if walk > 0 else -1), walk)
+
+
+def parse_frame_spec(spec: str, max_frames: int | None = None) -> list[int]:
+    """The sorted, distinct frames a spec names.
+
+    Raises FrameSpecError for malformed text, an empty spec, or more than
+    ``max_frames`` frames (checked before any list is built).
+    """
+    items = [part.replace(" ", "") for part in spec.split(",")]
+    if not any(items):
+        raise FrameSpecError("the frame spec is empty")
+    ranges = []
+    upper_bound = 0
+    for item in items:
+        if not item:
+            raise FrameSpecError(f"empty item in {spec!r} (two commas in a row?)")
+        run = _parse_item(item)
+        upper_bound += len(run)
+        if max_frames is not None and upper_bound > max_frames:
+            raise FrameSpecError(
+                f"{spec!r} names more than {max_frames} frames, the most one job may have"
+            )
+        ranges.append(run)
+    if len(ranges) == 1:
+        run = ranges[0]
+        return list(run) if run.step > 0 else list(reversed(run))
+    return sorted({frame for run in ranges for frame in run})
+
+
+def runs_of(frames: Sequence[int]) -> list[FrameRange]:
+    """Split ascending frames into maximal arithmetic runs, greedily from the left."""
+    runs: list[FrameRange] = []
+    i = 0
+    while i < len(frames):
+        start = frames[i]
+        if i + 1 == len(frames):
+            runs.append(FrameRange(start, start))
+            break
+        step = frames[i + 1] - start
+        j = i + 1
+        while j + 1 < len(frames) and frames[j + 1] - frames[j] == step:
+            j += 1
+        if j == i + 1 and step != 1 and j + 1 < len(frames):
+            # A lone pair with an odd gap: keep the first frame alone so the
+            # second can start a longer run with its right neighbour.
+            runs.append(FrameRange(start, start))
+            i += 1
+            continue
+        runs.append(FrameRange(start, frames[j], step))
+        i = j + 1
+    return runs
+
+
+def format_frame_spec(frames: Iterable[int]) -> str:
+    """The shortest-ish spec for a set of frames; ``parse_frame_spec`` inverts it."""
+    ordered = sorted(set(frames))
+    if not ordered:
+        raise FrameSpecError("no frames to format")
+    return ",".join(str(run) for run in runs_of(ordered))

@@ -1,0 +1,121 @@
+"""Dispatch policy: which chunks go to which pool queue now, and what a failure means.
+
+Everything here is a plain function over a snapshot and ``now`` (seconds, any epoch):
+the service layer loads the snapshot, calls the policy, saves the decisions, and only
+then enqueues. Nothing here reads a clock, a database or a broker.
+
+Just-in-time dispatch: a pool's queue is kept about as deep as its free render slots
+plus a small buffer, so a priority change, a suspend or an urgent job takes effect on
+the next tick instead of after a backlog drains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from scheduler.core.states import ChunkState
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCapacity:
+    """Render slots of a pool's live nodes, and chunks already holding them."""
+
+    pool: str
+    live_slots: int
+    active_chunks: int  # dispatched (in the broker or a worker's hands) + running
+    buffer: int = 0
+
+    @property
+    def free(self) -> int:
+        if self.live_slots <= 0:
+            return 0
+        return max(0, self.live_slots + self.buffer - self.active_chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedChunk:
+    chunk_id: int
+    attempts: int  # attempts made so far
+    not_before: float | None = None  # a retry waits until then
+
+
+@dataclass(frozen=True, slots=True)
+class JobCandidate:
+    """A job that may dispatch, with its next queued chunks in frame order."""
+
+    job_id: int  # ids grow with submission: lower is older
+    studio_id: int
+    priority: int
+    pool: str
+    queued: Sequence[QueuedChunk] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSnapshot:
+    pools: Mapping[str, PoolCapacity]
+    jobs: Sequence[JobCandidate]
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    chunk_id: int
+    job_id: int
+    pool: str
+    attempt: int  # the number of the attempt this dispatch starts (1-based)
+
+
+def dispatch_order(job: JobCandidate) -> tuple[int, int]:
+    """Higher priority first, then the older submission."""
+    return (-job.priority, job.job_id)
+
+
+def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
+    """The chunks to send now, in the order they should be sent."""
+    free = {name: pool.free for name, pool in snapshot.pools.items()}
+    assignments: list[Assignment] = []
+    for job in sorted(snapshot.jobs, key=dispatch_order):
+        room = free.get(job.pool, 0)
+        for chunk in job.queued:
+            if room <= 0:
+                break
+            if chunk.not_before is not None and chunk.not_before > now:
+                continue
+            assignments.append(Assignment(chunk.chunk_id, job.job_id, job.pool, chunk.attempts + 1))
+            room -= 1
+        if job.pool in free:
+            free[job.pool] = room
+    return assignments
+
+
+def chunk_state_after_failure(attempts_made: int, max_attempts: int) -> ChunkState:
+    """Retry (back to queued) while attempts remain, else the chunk has failed."""
+    return ChunkState.QUEUED if attempts_made < max_attempts else ChunkState.FAILED
+
+
+def accepts_event(state: ChunkState, current_attempt: int, event_attempt: int) -> bool:
+    """Events count only for the chunk's current attempt while it is unfinished.
+
+    A duplicate, a late event from a superseded attempt, or one for a cancelled chunk
+    changes nothing: this is what makes ingestion idempotent.
+    """
+    return event_attempt == current_attempt and not state.is_final
+
+
+def is_node_lost(last_heartbeat: float, now: float, timeout: float) -> bool:
+    return now - last_heartbeat > timeout
+
+
+def unclaimed_to_resend(
+    dispatched: Iterable[tuple[int, float]], broker_depth: int, now: float, after: float
+) -> list[int]:
+    """Chunks sent but never claimed, when the broker has lost their messages.
+
+    ``dispatched`` holds (chunk id, sent at) of chunks dispatched but not started. If
+    the pool's broker queue still holds messages, workers are just slow to claim
+    them; if it is empty, anything unclaimed for longer than ``after`` seconds was
+    lost (a Redis restart or flush) and must be sent again as a new attempt.
+    """
+    if broker_depth > 0:
+        return []
+    return [chunk_id for chunk_id, sent_at in dispatched if now - sent_at > after]

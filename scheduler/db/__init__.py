@@ -1,0 +1,24 @@
+"""SQL state through SQLModel: the tables, and the engine that opens them."""
+
+from scheduler.db.engine import create_tables, make_engine
+from scheduler.db.tables import (
+    ApiKey,
+    AttemptRow,
+    ChunkRow,
+    FrameResultRow,
+    JobRow,
+    NodeRow,
+    Studio,
+)
+
+__all__ = [
+    "ApiKey",
+    "AttemptRow",
+    "ChunkRow",
+    "FrameResultRow",
+    "JobRow",
+    "NodeRow",
+    "Studio",
+    "create_tables",
+    "make_engine",
+]

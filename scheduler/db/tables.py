@@ -1,0 +1,144 @@
+"""The farm's tables: the one source of truth.
+
+Times are seconds since the Unix epoch (floats), the same numbers the pure core
+takes as ``now``. Tables whose name matches a core concept carry a ``Row`` suffix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Studio(SQLModel, table=True):
+    __tablename__ = "studios"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=100)
+    weight: float = 1.0
+    created_at: float
+
+
+class ApiKey(SQLModel, table=True):
+    """A studio's key, stored as a SHA-256 hash: the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id", index=True)
+    key_hash: str = Field(unique=True, index=True, max_length=64)
+    prefix: str = Field(max_length=12)
+    created_at: float
+    revoked_at: float | None = None
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_studio_state", "studio_id", "state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id")
+    name: str = Field(max_length=200)
+    frames: str  # the normalised frame spec
+    frame_count: int
+    chunk_size: int
+    priority: int
+    pool: str = Field(max_length=64)
+    renderer: str = Field(max_length=32)
+    renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    max_attempts: int
+    timeout: float  # render time limit per chunk, seconds
+    state: str = Field(index=True, max_length=16)
+    message: str | None = None
+    suspended: bool = False
+    cancelled: bool = False
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class ChunkRow(SQLModel, table=True):
+    __tablename__ = "chunks"
+    __table_args__ = (
+        Index("ix_chunks_job_state_position", "job_id", "state", "position"),
+        Index("ix_chunks_pool_state", "pool", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id")
+    position: int  # order within the job
+    pool: str = Field(max_length=64)  # copied from the job: capacity counts need no join
+    first_frame: int
+    last_frame: int
+    step: int
+    frame_count: int
+    state: str = Field(max_length=16)
+    attempts: int = 0  # attempts made; the current attempt's number
+    retry_base: int = 0  # attempts made before the last operator retry
+    node: str | None = None
+    not_before: float | None = None
+    dispatched_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def frames(self) -> list[int]:
+        return list(range(self.first_frame, self.last_frame + 1, self.step))
+
+
+class AttemptRow(SQLModel, table=True):
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("chunk_id", "number"),
+        Index("ix_attempts_state", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    chunk_id: int = Field(foreign_key="chunks.id")
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    number: int
+    pool: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    node: str | None = None
+    dispatched_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class FrameResultRow(SQLModel, table=True):
+    """One row per rendered frame, written once: (job, frame) is unique."""
+
+    __tablename__ = "frame_results"
+    __table_args__ = (UniqueConstraint("job_id", "frame"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id")
+    chunk_id: int = Field(foreign_key="chunks.id", index=True)
+    frame: int
+    attempt: int
+    node: str
+    pool: str = Field(max_length=64)
+    output: str | None = None  # relative to the storage root
+    render_seconds: float
+    cpu_seconds: float
+    finished_at: float
+
+
+class NodeRow(SQLModel, table=True):
+    __tablename__ = "nodes"
+
+    name: str = Field(primary_key=True, max_length=200)
+    pool: str = Field(max_length=64, index=True)
+    hostname: str = Field(max_length=255)
+    slots: int
+    running: int = 0
+    cores: int
+    memory_bytes: int
+    gpus: int = 0
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    state: str = Field(max_length=16)  # online | lost
+    last_heartbeat: float
+    registered_at: float

@@ -1,0 +1,36 @@
+"""Domain errors raised by the service layer.
+
+    RenderfarmError
+    ├── NotFound          the thing does not exist, or belongs to another studio
+    ├── InvalidRequest    the input is wrong; the message names the field
+    ├── Conflict          the request is valid but not in the current state
+    └── Unauthorized      no key, or an unknown one
+
+The API maps each class to one HTTP status in one place (api/errors.py); the CLI
+prints the message. Expected outcomes ("nothing to dispatch") are not errors.
+"""
+
+from __future__ import annotations
+
+
+class RenderfarmError(Exception):
+    """Base of every domain error; ``str(error)`` is safe to show a user."""
+
+
+class NotFound(RenderfarmError):
+    pass
+
+
+class InvalidRequest(RenderfarmError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Conflict(RenderfarmError):
+    pass
+
+
+class Unauthorized(RenderfarmError):
+    pass

@@ -1,0 +1,82 @@
+"""The scheduler process: ingest events, dispatch, reconcile, forever.
+
+One loop, no threads: wait up to ``tick_seconds`` for node events, ingest what came
+in one transaction, acknowledge it, dispatch into the freed slots at once, and
+reconcile about once a second. A broker or database outage is logged and retried;
+the loop never dies of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseError
+
+from scheduler import metrics
+from scheduler.broker import CeleryBroker
+from scheduler.celery_app import make_celery
+from scheduler.db import create_tables, make_engine
+from scheduler.events import EventConsumer
+from scheduler.scheduling import Scheduler
+from scheduler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECONCILE_EVERY_SECONDS = 1.0
+
+
+def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    engine = make_engine(settings.effective_database_url)
+    create_tables(engine)
+    app = make_celery(settings)
+    scheduler = Scheduler(engine, settings, CeleryBroker(app))
+    consumer = EventConsumer(app)
+    last_reconcile = 0.0
+    backoff = 0.5
+    log.info("scheduler running: broker %s, database %s", _safe(settings.effective_broker_url),
+             _safe(settings.effective_database_url))
+    try:
+        while not stop.is_set():
+            try:
+                started = time.perf_counter()
+                messages = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
+                if messages:
+                    outcome = scheduler.ingest([m.payload for m in messages])
+                    for message in messages:
+                        message.ack()
+                    metrics.EVENTS_INGESTED.inc(outcome.applied)
+                    metrics.EVENTS_IGNORED.inc(outcome.ignored)
+                sent = scheduler.dispatch_tick()
+                metrics.CHUNKS_DISPATCHED.inc(len(sent))
+                if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
+                    scheduler.reconcile()
+                    last_reconcile = time.monotonic()
+                metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+                backoff = 0.5
+            except (BrokerError, RedisError, ConnectionError, OSError) as error:
+                log.warning("broker unavailable (%s); retrying in %.1f s", error, backoff)
+                consumer.reset()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except DatabaseError as error:
+                log.warning("database unavailable (%s); retrying in %.1f s", error, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+    finally:
+        consumer.close()
+        engine.dispose()
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]

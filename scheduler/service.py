@@ -1,0 +1,358 @@
+"""Studio-facing use cases: studios and keys, submitting and steering jobs, reading progress.
+
+Each public method is one transaction. A studio only ever sees its own jobs: another
+studio's job is ``NotFound``, exactly like a job that does not exist. Changes to
+chunks are compare-and-set updates (``WHERE state = ...``), so the API and the
+scheduler never overwrite each other's decisions, on SQLite or PostgreSQL.
+
+The API never talks to the broker: a cancel marks chunks cancelled here, and the
+scheduler revokes their running attempts on its next tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from scheduler.core.chunks import plan_chunks
+from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
+from scheduler.core.states import ChunkState, JobState
+from scheduler.db import ApiKey, ChunkRow, FrameResultRow, JobRow, NodeRow, Studio
+from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from scheduler.messages import attempt_log_path
+from scheduler.progress import JobProgress, load_progress, refresh_job_states
+from scheduler.settings import Settings
+
+KEY_PREFIX = "rf_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A validated submission (the API's schema already checked types and ranges)."""
+
+    name: str
+    frames: str
+    chunk_size: int
+    priority: int
+    pool: str
+    renderer: str
+    renderer_settings: dict[str, Any]
+    max_attempts: int | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    job: JobRow
+    progress: JobProgress
+
+
+@dataclass(frozen=True, slots=True)
+class FrameStatus:
+    frame: int
+    state: str
+    chunk_id: int
+    node: str | None
+    attempt: int
+    render_seconds: float | None
+    cpu_seconds: float | None
+    output: str | None
+    log: str | None
+
+
+class StudioService:
+    def __init__(self, engine: Engine, settings: Settings, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.settings = settings
+        self.clock = clock
+
+    # Studios and keys ------------------------------------------------------------------
+
+    def create_studio(self, name: str, weight: float = 1.0) -> tuple[Studio, str]:
+        """A new studio and its first key; the key is returned once and stored hashed."""
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise InvalidRequest("name", "a studio name has 1 to 100 characters")
+        with Session(self.engine) as session:
+            if session.exec(select(Studio).where(Studio.name == name)).first():
+                raise Conflict(f"a studio named {name!r} exists already")
+            studio = Studio(name=name, weight=weight, created_at=self.clock())
+            session.add(studio)
+            session.flush()
+            assert studio.id is not None
+            key = self._add_key(session, studio.id)
+            session.commit()
+            session.refresh(studio)
+            return studio, key
+
+    def create_key(self, studio_name: str) -> str:
+        with Session(self.engine) as session:
+            studio = session.exec(select(Studio).where(Studio.name == studio_name)).first()
+            if studio is None or studio.id is None:
+                raise NotFound(f"no studio named {studio_name!r}")
+            key = self._add_key(session, studio.id)
+            session.commit()
+            return key
+
+    def _add_key(self, session: Session, studio_id: int) -> str:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        session.add(
+            ApiKey(
+                studio_id=studio_id,
+                key_hash=hash_key(key),
+                prefix=key[:10],
+                created_at=self.clock(),
+            )
+        )
+        return key
+
+    def authenticate(self, key: str) -> Studio:
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(Studio)
+                .join(ApiKey, col(ApiKey.studio_id) == col(Studio.id))
+                .where(ApiKey.key_hash == hash_key(key), col(ApiKey.revoked_at).is_(None))
+            ).first()
+            if row is None:
+                raise Unauthorized("unknown or revoked API key")
+            return row
+
+    # Submitting ------------------------------------------------------------------------
+
+    def known_pools(self, session: Session) -> set[str]:
+        nodes = session.exec(select(NodeRow.pool).distinct()).all()
+        return set(self.settings.pools) | set(nodes)
+
+    def submit_job(self, studio_id: int, request: JobRequest) -> JobRow:
+        """Create the job and all its chunks in one transaction, or nothing."""
+        try:
+            frames = parse_frame_spec(request.frames, max_frames=self.settings.max_frames_per_job)
+        except FrameSpecError as error:
+            raise InvalidRequest("frames", str(error)) from None
+        if request.chunk_size > self.settings.max_chunk_size:
+            raise InvalidRequest(
+                "chunk_size", f"at most {self.settings.max_chunk_size} frames per chunk"
+            )
+        now = self.clock()
+        chunks = plan_chunks(frames, request.chunk_size)
+        with Session(self.engine) as session:
+            pools = self.known_pools(session)
+            if request.pool not in pools:
+                raise InvalidRequest(
+                    "pool", f"unknown pool {request.pool!r}; known pools: {sorted(pools)}"
+                )
+            job = JobRow(
+                studio_id=studio_id,
+                name=request.name,
+                frames=format_frame_spec(frames),
+                frame_count=len(frames),
+                chunk_size=request.chunk_size,
+                priority=request.priority,
+                pool=request.pool,
+                renderer=request.renderer,
+                renderer_settings=request.renderer_settings,
+                max_attempts=request.max_attempts or self.settings.default_max_attempts,
+                timeout=request.timeout or self.settings.chunk_timeout,
+                state=JobState.QUEUED,
+                submitted_at=now,
+            )
+            session.add(job)
+            session.flush()
+            session.execute(
+                insert(ChunkRow),
+                [
+                    {
+                        "job_id": job.id,
+                        "position": position,
+                        "pool": request.pool,
+                        "first_frame": chunk.start,
+                        "last_frame": chunk.end,
+                        "step": chunk.step,
+                        "frame_count": len(chunk),
+                        "state": ChunkState.QUEUED,
+                        "attempts": 0,
+                        "retry_base": 0,
+                    }
+                    for position, chunk in enumerate(chunks)
+                ],
+            )
+            session.commit()
+            session.refresh(job)
+            return job
+
+    # Reading ---------------------------------------------------------------------------
+
+    def _own_job(self, session: Session, studio_id: int, job_id: int) -> JobRow:
+        job = session.get(JobRow, job_id)
+        if job is None or job.studio_id != studio_id:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def get_job(self, studio_id: int, job_id: int) -> JobDetail:
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id)
+            return JobDetail(job, load_progress(session, [job])[job_id])
+
+    def list_jobs(
+        self, studio_id: int, state: JobState | None, limit: int, offset: int
+    ) -> tuple[list[JobDetail], int]:
+        with Session(self.engine) as session:
+            query = select(JobRow).where(JobRow.studio_id == studio_id)
+            counter = select(func.count()).select_from(JobRow).where(JobRow.studio_id == studio_id)
+            if state is not None:
+                query = query.where(JobRow.state == state)
+                counter = counter.where(JobRow.state == state)
+            total = session.exec(counter).one()
+            jobs = list(
+                session.exec(query.order_by(col(JobRow.id).desc()).offset(offset).limit(limit))
+            )
+            progress = load_progress(session, jobs)
+            return [JobDetail(job, progress[job.id]) for job in jobs if job.id], total
+
+    def list_frames(self, studio_id: int, job_id: int) -> list[FrameStatus]:
+        with Session(self.engine) as session:
+            self._own_job(session, studio_id, job_id)
+            chunks = session.exec(
+                select(ChunkRow).where(ChunkRow.job_id == job_id).order_by(col(ChunkRow.position))
+            ).all()
+            results = {
+                r.frame: r
+                for r in session.exec(select(FrameResultRow).where(FrameResultRow.job_id == job_id))
+            }
+        frames: list[FrameStatus] = []
+        for chunk in chunks:
+            assert chunk.id is not None
+            for frame in chunk.frames():
+                result = results.get(frame)
+                if result is not None:
+                    frames.append(
+                        FrameStatus(
+                            frame=frame,
+                            state="done",
+                            chunk_id=chunk.id,
+                            node=result.node,
+                            attempt=result.attempt,
+                            render_seconds=result.render_seconds,
+                            cpu_seconds=result.cpu_seconds,
+                            output=result.output,
+                            log=attempt_log_path(job_id, chunk.id, result.attempt),
+                        )
+                    )
+                    continue
+                frames.append(
+                    FrameStatus(
+                        frame=frame,
+                        state=chunk.state,
+                        chunk_id=chunk.id,
+                        node=chunk.node,
+                        attempt=chunk.attempts,
+                        render_seconds=None,
+                        cpu_seconds=None,
+                        output=None,
+                        log=attempt_log_path(job_id, chunk.id, chunk.attempts) if chunk.attempts else None,
+                    )
+                )
+        return frames
+
+    def frame_status(self, studio_id: int, job_id: int, frame: int) -> FrameStatus:
+        for status in self.list_frames(studio_id, job_id):
+            if status.frame == frame:
+                return status
+        raise NotFound(f"job {job_id} has no frame {frame}")
+
+    def list_nodes(self) -> Sequence[NodeRow]:
+        with Session(self.engine) as session:
+            return session.exec(select(NodeRow).order_by(col(NodeRow.name))).all()
+
+    # Steering --------------------------------------------------------------------------
+
+    def cancel_job(self, studio_id: int, job_id: int) -> JobDetail:
+        """Stop the job: unfinished chunks are cancelled; the scheduler revokes renders."""
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id)
+            if JobState(job.state).is_final:
+                raise Conflict(f"job {job_id} is {job.state} already")
+            self._set_chunks(
+                session,
+                job_id,
+                (ChunkState.QUEUED, ChunkState.DISPATCHED, ChunkState.RUNNING),
+                state=ChunkState.CANCELLED,
+                finished_at=self.clock(),
+            )
+            job.cancelled = True
+            return self._finish_change(session, job)
+
+    def suspend_job(self, studio_id: int, job_id: int) -> JobDetail:
+        """No new chunk is dispatched; chunks already rendering finish."""
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id)
+            if JobState(job.state).is_final:
+                raise Conflict(f"job {job_id} is {job.state}; only an unfinished job suspends")
+            job.suspended = True
+            return self._finish_change(session, job)
+
+    def resume_job(self, studio_id: int, job_id: int) -> JobDetail:
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id)
+            if not job.suspended or JobState(job.state).is_final:
+                raise Conflict(f"job {job_id} is {job.state}, not suspended")
+            job.suspended = False
+            return self._finish_change(session, job)
+
+    def retry_job(self, studio_id: int, job_id: int) -> JobDetail:
+        """Queue the failed chunks again, each with a fresh allowance of attempts."""
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id)
+            if job.cancelled:
+                raise Conflict(f"job {job_id} is cancelled")
+            retried = session.execute(
+                update(ChunkRow)
+                .where(col(ChunkRow.job_id) == job_id, col(ChunkRow.state) == ChunkState.FAILED)
+                .values(
+                    state=ChunkState.QUEUED,
+                    retry_base=ChunkRow.attempts,
+                    not_before=None,
+                    finished_at=None,
+                )
+            )
+            if not retried.rowcount:  # type: ignore[attr-defined]
+                raise Conflict(f"job {job_id} has no failed frames to retry")
+            job.message = None
+            job.finished_at = None
+            return self._finish_change(session, job)
+
+    def set_priority(self, studio_id: int, job_id: int, priority: int) -> JobDetail:
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id)
+            job.priority = priority
+            return self._finish_change(session, job)
+
+    def _set_chunks(
+        self, session: Session, job_id: int, states: Sequence[ChunkState], **values: Any
+    ) -> None:
+        session.execute(
+            update(ChunkRow)
+            .where(col(ChunkRow.job_id) == job_id, col(ChunkRow.state).in_(states))
+            .values(**values)
+        )
+
+    def _finish_change(self, session: Session, job: JobRow) -> JobDetail:
+        session.add(job)
+        session.flush()
+        refresh_job_states(session, [job], self.clock())
+        session.commit()
+        session.refresh(job)
+        assert job.id is not None
+        return JobDetail(job, load_progress(session, [job])[job.id])

@@ -1,0 +1,77 @@
+"""The farm's one settings class, read from ``RENDERFARM_*`` variables or a ``.env`` file.
+
+Every component (api, scheduler, worker, the embedded launcher) is built from a
+``Settings`` passed in explicitly; nothing reads settings at import time. Defaults
+work on a laptop: a SQLite file and a storage folder under ``data_dir``, and a
+Redis on localhost (or, for ``renderfarm up``/``demo``, one the launcher starts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RENDERFARM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where things live.
+    data_dir: Path = Field(Path("renderfarm-data"), description="SQLite file and default storage")
+    broker_url: str | None = Field(
+        None, description="Celery broker (Redis). Unset: localhost, or embedded for `up`/`demo`"
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    storage: Path | None = Field(None, description="frames and logs root; default data_dir/storage")
+
+    # What studios may ask for.
+    pools: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["cpu", "gpu"])
+    max_frames_per_job: int = Field(100_000, ge=1)
+    max_chunk_size: int = Field(1_000, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1_024)
+    default_max_attempts: int = Field(3, ge=1, le=100)
+    chunk_timeout: float = Field(3_600.0, gt=0, description="default render time limit per chunk")
+
+    # Scheduler.
+    tick_seconds: float = Field(0.5, gt=0, description="longest wait between dispatch ticks")
+    dispatch_buffer: int = Field(2, ge=0, description="messages queued beyond free slots, per pool")
+    event_batch: int = Field(500, ge=1, description="events ingested per database transaction")
+    node_timeout: float = Field(60.0, gt=0, description="seconds without heartbeat before lost")
+    redispatch_after: float = Field(30.0, gt=0, description="unclaimed seconds before a resend")
+
+    # Workers.
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    visibility_timeout: int = Field(
+        43_200, ge=60, description="Redis redelivery of unacked messages; above the longest render"
+    )
+
+    # API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _split_pools(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or DEFAULT_BROKER_URL
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'renderfarm.db').resolve()}"
+
+    @property
+    def storage_root(self) -> Path:
+        return (self.storage or self.data_dir / "storage").resolve()

@@ -1,0 +1,116 @@
+"""A render node as a Celery worker: the render task, the heartbeat, and how to start it.
+
+The task body is a few lines: decode the message, run the chunk (workers/runner.py),
+publish its events. The heartbeat runs in the worker's main process, where Celery
+knows which requests are active, and tells the scheduler every few seconds that the
+node lives, its pool, slots and hardware, and which attempts it is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from celery import Celery, signals
+from celery.worker import state as worker_state
+
+from scheduler.broker import pool_queue_entity
+from scheduler.celery_app import make_celery
+from scheduler.events import publish_events
+from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport
+from scheduler.settings import Settings
+from workers.runner import install_termination_handler, run_chunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    pool: str
+    slots: int
+    tags: list[str] = field(default_factory=list)
+
+    def report(self, running: int) -> NodeReport:
+        return NodeReport(
+            name=self.name,
+            pool=self.pool,
+            hostname=socket.gethostname(),
+            slots=self.slots,
+            running=running,
+            cores=psutil.cpu_count() or 1,
+            memory_bytes=psutil.virtual_memory().total,
+            gpus=0,
+            tags=list(self.tags),
+        )
+
+
+def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
+    app = make_celery(settings, main=f"renderfarm-node-{node.name}")
+    app.conf.task_queues = [pool_queue_entity(node.pool)]
+    storage = settings.storage_root
+
+    @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def render_chunk(task: Any, message: dict[str, Any]) -> bool:
+        chunk = ChunkMessage.from_dict(message)
+        return run_chunk(chunk, storage, node.name, lambda event: publish_events(task.app, [event]))
+
+    heartbeat = Heartbeat(app, node, settings.heartbeat_seconds)
+    signals.worker_ready.connect(heartbeat.start, weak=False)
+    signals.worker_shutdown.connect(heartbeat.stop, weak=False)
+    signals.worker_process_init.connect(lambda **_: install_termination_handler(), weak=False)
+    return app
+
+
+class Heartbeat:
+    def __init__(self, app: Celery, node: NodeConfig, every: float) -> None:
+        self.app = app
+        self.node = node
+        self.every = every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, **_: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+            self._thread.start()
+
+    def stop(self, **_: Any) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        running = [request.id for request in list(worker_state.active_requests)]
+        report = self.node.report(len(running))
+        publish_events(
+            self.app,
+            [{"kind": "heartbeat", "node": self.node.name, "info": report.to_dict(), "tasks": running}],
+        )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception:  # the broker is away: keep trying, never die
+                log.exception("heartbeat failed")
+            self._stop.wait(self.every)
+
+
+def start_worker(settings: Settings, node: NodeConfig, loglevel: str = "INFO") -> None:
+    """Run the worker in this process until it is told to stop (blocks)."""
+    app = make_worker_app(settings, node)
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    app.worker_main(
+        [
+            "worker",
+            f"--hostname={node.name}@{socket.gethostname()}",
+            f"--concurrency={node.slots}",
+            "--pool=prefork",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

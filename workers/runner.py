@@ -1,0 +1,258 @@
+"""Runs one attempt of a chunk on this node and reports it as events. No Celery here.
+
+A process renderer runs as a child in its own process group (so the whole tree can
+be killed), dies with its parent (``PR_SET_PDEATHSIG``), and is killed when the
+chunk's time limit passes. Its output goes to the attempt's log in storage; lines
+``renderfarm-frame: N [seconds=S] [cpu=C]`` report frames as they finish. CPU time
+is measured from the kernel's accounting of waited-for children, so frames that a
+renderer does not time itself still get honest figures (the chunk's, shared evenly).
+
+``emit`` receives each event dict (see scheduler/messages.py); the Celery task
+passes a function that publishes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import re
+import resource
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from scheduler.messages import ChunkMessage, FrameReport
+from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
+
+Emit = Callable[[dict[str, Any]], None]
+
+FRAME_LINE = re.compile(
+    rb"^renderfarm-frame:\s*(-?\d+)(?:\s+seconds=([0-9.]+))?(?:\s+cpu=([0-9.]+))?"
+)
+KILL_GRACE_SECONDS = 3.0
+PR_SET_PDEATHSIG = 1
+
+# Process groups of renderers running in this process, for the SIGTERM handler.
+_running_groups: set[int] = set()
+
+
+class RenderFailed(Exception):
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def chunk_event(kind: str, message: ChunkMessage, node: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "chunk_id": message.chunk_id,
+        "attempt": message.attempt,
+        "job_id": message.job_id,
+        "node": node,
+        "at": time.time(),
+        **fields,
+    }
+
+
+def run_chunk(message: ChunkMessage, storage: Path, node: str, emit: Emit) -> bool:
+    """Render the chunk; emit started, frame... and finished or failed. True if it rendered."""
+    emit(chunk_event("started", message, node))
+    try:
+        reports = render(message, storage, node, emit)
+    except RenderFailed as failure:
+        emit(chunk_event("failed", message, node, error=str(failure), exit_code=failure.exit_code))
+        return False
+    emit(
+        chunk_event("finished", message, node, results=[r.to_dict() for r in reports], exit_code=0)
+    )
+    return True
+
+
+def render(message: ChunkMessage, storage: Path, node: str, emit: Emit) -> list[FrameReport]:
+    try:
+        renderer = renderer_for(message.renderer)
+    except LookupError as error:
+        raise RenderFailed(str(error)) from None
+    if hasattr(renderer, "argv"):
+        return _render_in_child(message, storage, node, renderer, emit)  # type: ignore[arg-type]
+    in_process: InProcessRenderer = renderer  # type: ignore[assignment]
+    try:
+        return in_process.render(message, storage)
+    except Exception as error:
+        raise RenderFailed(f"{message.renderer} renderer raised {error!r}") from error
+
+
+def _render_in_child(
+    message: ChunkMessage, storage: Path, node: str, renderer: ProcessRenderer, emit: Emit
+) -> list[FrameReport]:
+    argv = renderer.argv(message, storage)
+    log_path = storage / message.log_path
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    reported: dict[int, FrameReport] = {}
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(
+            f"renderfarm: node {node} attempt {message.attempt} of chunk {message.chunk_id}, "
+            f"frames {message.frames[0]}..{message.frames[-1]}\n$ {' '.join(argv)}\n".encode()
+        )
+        try:
+            child = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                cwd=storage,
+            )
+        except OSError as error:
+            raise RenderFailed(f"cannot start {argv[0]}: {error}") from None
+        _running_groups.add(child.pid)
+        try:
+            markers: queue.Queue[tuple[int, float | None, float | None] | None] = queue.Queue()
+            assert child.stdout is not None
+            reader = threading.Thread(
+                target=_copy_output, args=(child.stdout, log, markers), daemon=True
+            )
+            reader.start()
+            deadline = started + message.timeout
+            last_mark = started
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    _kill_group(child)
+                    log.write(f"renderfarm: time limit of {message.timeout:.0f} s passed\n".encode())
+                    raise RenderFailed(f"exceeded the time limit of {message.timeout:.0f} s")
+                try:
+                    marker = markers.get(timeout=min(0.2, remaining))
+                except queue.Empty:
+                    continue
+                if marker is None:  # the renderer closed its output: it is exiting
+                    break
+                frame, seconds, cpu = marker
+                now = time.perf_counter()
+                if frame in message.frames and frame not in reported:
+                    report = FrameReport(
+                        frame=frame,
+                        output=message.output_for(frame) if renderer.writes_frames else None,
+                        render_seconds=seconds if seconds is not None else now - last_mark,
+                        cpu_seconds=cpu if cpu is not None else 0.0,
+                    )
+                    reported[frame] = report
+                    emit(chunk_event("frame", message, node, result=report.to_dict()))
+                last_mark = now
+            exit_code = _wait(child, deadline)
+        finally:
+            _running_groups.discard(child.pid)
+        elapsed = time.perf_counter() - started
+        usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if exit_code != 0:
+        raise RenderFailed(f"renderer exited with code {exit_code}; see the log", exit_code)
+    cpu_total = (usage_after.ru_utime - usage_before.ru_utime) + (
+        usage_after.ru_stime - usage_before.ru_stime
+    )
+    reports = _complete_reports(message, renderer, reported, elapsed, cpu_total)
+    if renderer.writes_frames:
+        missing = [r.frame for r in reports if r.output and not (storage / r.output).is_file()]
+        if missing:
+            raise RenderFailed(f"renderer exited 0 but wrote no file for frames {missing}", 0)
+    return reports
+
+
+def _complete_reports(
+    message: ChunkMessage,
+    renderer: ProcessRenderer,
+    reported: dict[int, FrameReport],
+    elapsed: float,
+    cpu_total: float,
+) -> list[FrameReport]:
+    """Every frame's report; frames the renderer did not time share what is left."""
+    unmarked = [f for f in message.frames if f not in reported]
+    wall_left = max(0.0, elapsed - sum(r.render_seconds for r in reported.values()))
+    cpu_marked = sum(r.cpu_seconds for r in reported.values())
+    cpu_left = max(0.0, cpu_total - cpu_marked)
+    reports = []
+    for frame in message.frames:
+        if frame in reported:
+            reports.append(reported[frame])
+            continue
+        reports.append(
+            FrameReport(
+                frame=frame,
+                output=message.output_for(frame) if renderer.writes_frames else None,
+                render_seconds=wall_left / len(unmarked),
+                cpu_seconds=cpu_left / len(unmarked),
+            )
+        )
+    return reports
+
+
+def _copy_output(
+    stream: IO[bytes],
+    log: IO[bytes],
+    markers: queue.Queue[tuple[int, float | None, float | None] | None],
+) -> None:
+    try:
+        for line in iter(stream.readline, b""):
+            log.write(line)
+            match = FRAME_LINE.match(line)
+            if match:
+                seconds, cpu = match.group(2), match.group(3)
+                markers.put(
+                    (
+                        int(match.group(1)),
+                        float(seconds) if seconds else None,
+                        float(cpu) if cpu else None,
+                    )
+                )
+    finally:
+        markers.put(None)
+
+
+def _wait(child: subprocess.Popen[bytes], deadline: float) -> int:
+    try:
+        return child.wait(timeout=max(0.1, deadline - time.perf_counter()))
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        raise RenderFailed("renderer closed its output but did not exit in time") from None
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the renderer's whole process group, then SIGKILL what is left."""
+    kill_groups([child.pid], signal.SIGTERM)
+    try:
+        child.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_groups([child.pid], signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=KILL_GRACE_SECONDS)
+
+
+def kill_groups(groups: Sequence[int], sig: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGKILL when the worker process dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def install_termination_handler() -> None:
+    """On SIGTERM (Celery's revoke with terminate), kill running renderers, then exit."""
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        kill_groups(list(_running_groups), signal.SIGKILL)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
