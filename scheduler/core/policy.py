@@ -94,12 +94,13 @@ def chunk_state_after_failure(attempts_made: int, max_attempts: int) -> ChunkSta
 
 
 def accepts_event(state: ChunkState, current_attempt: int, event_attempt: int) -> bool:
-    """Events count only for the chunk's current attempt while it is unfinished.
+    """Events count only for the chunk's current attempt while it is dispatched or running.
 
-    A duplicate, a late event from a superseded attempt, or one for a cancelled chunk
-    changes nothing: this is what makes ingestion idempotent.
+    A duplicate, a late event from a superseded attempt (the chunk was requeued, or
+    re-dispatched under a newer number), or one for a cancelled chunk changes nothing:
+    this is what makes ingestion idempotent.
     """
-    return event_attempt == current_attempt and not state.is_final
+    return event_attempt == current_attempt and state.is_active
 
 
 def is_node_lost(last_heartbeat: float, now: float, timeout: float) -> bool:

@@ -1,0 +1,165 @@
+"""Shared fixtures: a real database, a real Redis, settings for a test farm, and waiting.
+
+- Database: PostgreSQL when ``RENDERFARM_TEST_DATABASE_URL`` is set (CI sets it),
+  else a SQLite file per test. Tables are dropped and created for every test.
+- Redis: ``RENDERFARM_TEST_REDIS_URL``, else the server on 127.0.0.1:6379 if one
+  answers, else an embedded one started for the session. Flushed for every test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import redis
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+from scheduler.db import create_tables, make_engine
+from scheduler.embedded import EmbeddedRedis, stop_process
+from scheduler.settings import Settings
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    configured = os.environ.get("RENDERFARM_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    local = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(local, socket_connect_timeout=0.5).ping()
+        yield local
+        return
+    except redis.RedisError:
+        pass
+    embedded = EmbeddedRedis()
+    embedded.start()
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+def redis_client(url: str) -> redis.Redis:
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
+    return redis.Redis.from_url(url)
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis_client(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return os.environ.get("RENDERFARM_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'farm.db'}"
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    SQLModel.metadata.drop_all(engine)
+    create_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        database_url=database_url,
+        broker_url=redis_url,
+        storage=tmp_path / "storage",
+        tick_seconds=0.2,
+        heartbeat_seconds=0.5,
+        node_timeout=5.0,
+        redispatch_after=2.0,
+    )
+
+
+def farm_env(settings: Settings) -> dict[str, str]:
+    """The environment a farm process needs to share this test's farm."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERFARM_")}
+    env.update(
+        RENDERFARM_BROKER_URL=settings.effective_broker_url,
+        RENDERFARM_DATABASE_URL=settings.effective_database_url,
+        RENDERFARM_STORAGE=str(settings.storage_root),
+        RENDERFARM_DATA_DIR=str(settings.data_dir),
+        RENDERFARM_TICK_SECONDS=str(settings.tick_seconds),
+        RENDERFARM_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),
+        RENDERFARM_NODE_TIMEOUT=str(settings.node_timeout),
+        RENDERFARM_REDISPATCH_AFTER=str(settings.redispatch_after),
+    )
+    return env
+
+
+class Processes:
+    """Farm processes started by a test, each stopped (its whole group) at teardown."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, label: str, *args: str) -> subprocess.Popen[bytes]:
+        renderfarm = Path(sys.executable).with_name("renderfarm")
+        command = [str(renderfarm)] if renderfarm.exists() else [sys.executable, "-m", "scheduler.cli"]
+        with open(self.logs / f"{label}.log", "ab") as log:
+            child = subprocess.Popen(
+                [*command, *args],
+                env=farm_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.settings.data_dir,
+            )
+        self.started[label] = child
+        return child
+
+    def worker(self, name: str, slots: int = 1, pool: str = "cpu") -> subprocess.Popen[bytes]:
+        return self.start(name, "worker", "--pool", pool, "--slots", str(slots), "--name", name)
+
+    def log(self, label: str) -> str:
+        return (self.logs / f"{label}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for child in self.started.values():
+            stop_process(child, grace=5.0)
+
+
+@pytest.fixture
+def processes(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(settings, tmp_path / "logs")
+    try:
+        yield started
+    finally:
+        started.stop_all()

@@ -1,0 +1,217 @@
+"""The REST API against a real database (SQLite, or PostgreSQL in CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from api.app import create_app
+from scheduler.db import ChunkRow, JobRow
+from scheduler.service import StudioService
+from scheduler.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def service(engine: Engine, settings: Settings) -> StudioService:
+    return StudioService(engine, settings)
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, engine)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def studio(service: StudioService) -> dict[str, str]:
+    return {"Authorization": f"Bearer {service.create_studio('ghibli-east')[1]}"}
+
+
+@pytest.fixture
+def other_studio(service: StudioService) -> dict[str, str]:
+    return {"Authorization": f"Bearer {service.create_studio('aardman-east')[1]}"}
+
+
+def job_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "shot 010",
+        "frames": "1-24",
+        "chunk_size": 1,
+        "priority": 50,
+        "pool": "cpu",
+        "renderer": {"kind": "builtin", "width": 64, "height": 36},
+    }
+    body.update(overrides)
+    return body
+
+
+def count_rows(engine: Engine) -> tuple[int, int]:
+    with Session(engine) as session:
+        return (
+            session.exec(select(func.count()).select_from(JobRow)).one(),
+            session.exec(select(func.count()).select_from(ChunkRow)).one(),
+        )
+
+
+def test_submit_and_read_a_job(client: TestClient, studio: dict[str, str]) -> None:
+    created = client.post("/v1/jobs", json=job_body(frames="1-100x2,150", chunk_size=5), headers=studio)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert job["state"] == "queued"
+    assert job["frames"] == "1-99x2,150"
+    assert job["progress"] == {
+        "frames_total": 51,
+        "frames_done": 0,
+        "frames_running": 0,
+        "frames_failed": 0,
+        "frames_queued": 51,
+        "frames_cancelled": 0,
+    }
+    assert job["renderer"] == {"kind": "builtin", "width": 64, "height": 36, "samples": 1}
+    again = client.get(f"/v1/jobs/{job['id']}", headers=studio).json()
+    assert again["id"] == job["id"] and again["name"] == "shot 010"
+    frames = client.get(f"/v1/jobs/{job['id']}/frames", headers=studio).json()
+    assert [f["frame"] for f in frames] == [*range(1, 100, 2), 150]
+    assert {f["state"] for f in frames} == {"queued"}
+    assert frames[0]["output_url"] is None
+
+
+def test_every_call_needs_a_valid_key(client: TestClient) -> None:
+    assert client.get("/v1/jobs").status_code == 401
+    refused = client.get("/v1/jobs", headers={"Authorization": "Bearer rf_not-a-key"})
+    assert refused.status_code == 401
+    assert "unknown" in refused.json()["detail"]
+    assert client.post("/v1/jobs", json=job_body()).status_code == 401
+    assert client.get("/v1/nodes").status_code == 401
+
+
+def test_health_and_metrics_need_no_key(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "renderfarm_jobs" in metrics.text
+
+
+def test_a_studio_never_sees_another_studios_job(
+    client: TestClient, studio: dict[str, str], other_studio: dict[str, str]
+) -> None:
+    job = client.post("/v1/jobs", json=job_body(), headers=studio).json()
+    for method, path in [
+        ("GET", f"/v1/jobs/{job['id']}"),
+        ("GET", f"/v1/jobs/{job['id']}/frames"),
+        ("GET", f"/v1/jobs/{job['id']}/frames/1/output"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+        ("POST", f"/v1/jobs/{job['id']}/suspend"),
+    ]:
+        response = client.request(method, path, headers=other_studio)
+        assert response.status_code == 404, (method, path)
+    assert client.get("/v1/jobs", headers=other_studio).json()["total"] == 0
+    assert client.get(f"/v1/jobs/{job['id']}", headers=studio).json()["state"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        ({"frames": "1-"}, "frames", "cannot read"),
+        ({"frames": "10-1x0"}, "frames", "step"),
+        ({"frames": ""}, "frames", "at least 1 character"),
+        ({"frames": "1-99999999999"}, "frames", "more than"),
+        ({"renderer": {"kind": "maya"}}, "renderer", "builtin"),
+        ({"renderer": {"kind": "builtin", "width": 0}}, "width", "greater than or equal"),
+        ({"pool": "houdini"}, "pool", "unknown pool"),
+        ({"priority": 101}, "priority", "less than or equal to 100"),
+        ({"priority": -1}, "priority", "greater than or equal to 0"),
+        ({"chunk_size": 0}, "chunk_size", "greater than or equal to 1"),
+        ({"chunk_size": 100_000}, "chunk_size", "at most"),
+        ({"priorty": 3}, "priorty", "Extra inputs"),
+        ({"name": ""}, "name", "at least 1 character"),
+    ],
+)
+def test_bad_submissions_get_a_4xx_naming_the_field_and_create_nothing(
+    client: TestClient,
+    engine: Engine,
+    studio: dict[str, str],
+    overrides: dict[str, Any],
+    field: str,
+    words: str,
+) -> None:
+    response = client.post("/v1/jobs", json=job_body(**overrides), headers=studio)
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]
+    assert any(field in map(str, p["loc"]) and words in p["msg"] for p in problems), problems
+    assert count_rows(engine) == (0, 0)
+
+
+def test_malformed_json_and_oversized_bodies_are_refused(
+    client: TestClient, engine: Engine, studio: dict[str, str], settings: Settings
+) -> None:
+    broken = client.post(
+        "/v1/jobs", content=b"{not json", headers={**studio, "Content-Type": "application/json"}
+    )
+    assert broken.status_code == 422
+    huge = client.post(
+        "/v1/jobs",
+        json=job_body(name="x" * (settings.max_body_bytes + 10)),
+        headers=studio,
+    )
+    assert huge.status_code == 413
+    assert "larger than" in huge.json()["detail"]
+    assert count_rows(engine) == (0, 0)
+
+
+def test_list_jobs_paginates_and_filters(client: TestClient, studio: dict[str, str]) -> None:
+    ids = [client.post("/v1/jobs", json=job_body(name=f"shot {i}"), headers=studio).json()["id"]
+           for i in range(5)]
+    client.post(f"/v1/jobs/{ids[0]}/cancel", headers=studio)
+    page = client.get("/v1/jobs", params={"limit": 2, "offset": 1}, headers=studio).json()
+    assert page["total"] == 5 and page["limit"] == 2
+    assert [j["id"] for j in page["items"]] == [ids[3], ids[2]]  # newest first
+    cancelled = client.get("/v1/jobs", params={"state": "cancelled"}, headers=studio).json()
+    assert [j["id"] for j in cancelled["items"]] == [ids[0]]
+    assert client.get("/v1/jobs", params={"state": "bogus"}, headers=studio).status_code == 422
+    assert client.get("/v1/jobs", params={"limit": 0}, headers=studio).status_code == 422
+
+
+def test_steering_a_job(client: TestClient, studio: dict[str, str]) -> None:
+    job_id = client.post("/v1/jobs", json=job_body(), headers=studio).json()["id"]
+    url = f"/v1/jobs/{job_id}"
+
+    assert client.patch(url, json={"priority": 90}, headers=studio).json()["priority"] == 90
+    assert client.patch(url, json={"priority": 900}, headers=studio).status_code == 422
+
+    assert client.post(f"{url}/suspend", headers=studio).json()["state"] == "suspended"
+    assert client.post(f"{url}/resume", headers=studio).json()["state"] == "queued"
+    resumed_twice = client.post(f"{url}/resume", headers=studio)
+    assert resumed_twice.status_code == 409 and "not suspended" in resumed_twice.json()["detail"]
+
+    no_failures = client.post(f"{url}/retry", headers=studio)
+    assert no_failures.status_code == 409 and "no failed frames" in no_failures.json()["detail"]
+
+    cancelled = client.post(f"{url}/cancel", headers=studio).json()
+    assert cancelled["state"] == "cancelled"
+    assert cancelled["progress"]["frames_cancelled"] == 24
+    assert client.post(f"{url}/cancel", headers=studio).status_code == 409
+    assert client.post(f"{url}/suspend", headers=studio).status_code == 409
+
+
+def test_unknown_job_and_frame_are_404(client: TestClient, studio: dict[str, str]) -> None:
+    assert client.get("/v1/jobs/999999", headers=studio).status_code == 404
+    job_id = client.post("/v1/jobs", json=job_body(frames="1-3"), headers=studio).json()["id"]
+    missing = client.get(f"/v1/jobs/{job_id}/frames/7/output", headers=studio)
+    assert missing.status_code == 404 and "no frame 7" in missing.json()["detail"]
+    not_yet = client.get(f"/v1/jobs/{job_id}/frames/2/output", headers=studio)
+    assert not_yet.status_code == 404 and "queued" in not_yet.json()["detail"]
+
+
+def test_openapi_documents_the_api(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/frames", "/v1/nodes"} <= set(paths)
+    assert client.get("/docs").status_code == 200

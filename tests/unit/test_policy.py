@@ -1,0 +1,118 @@
+"""The dispatch policy and the failure, event and reconcile decisions, table by table."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.core.policy import (
+    Assignment,
+    DispatchSnapshot,
+    JobCandidate,
+    PoolCapacity,
+    QueuedChunk,
+    accepts_event,
+    chunk_state_after_failure,
+    is_node_lost,
+    plan_dispatch,
+    unclaimed_to_resend,
+)
+from scheduler.core.states import ChunkState
+
+
+def job(job_id: int, priority: int, chunks: list[int], pool: str = "cpu") -> JobCandidate:
+    return JobCandidate(job_id, 1, priority, pool, tuple(QueuedChunk(c, 0) for c in chunks))
+
+
+def snapshot(jobs: list[JobCandidate], **pools: tuple[int, int]) -> DispatchSnapshot:
+    return DispatchSnapshot(
+        {name: PoolCapacity(name, slots, active) for name, (slots, active) in pools.items()}, jobs
+    )
+
+
+def chunk_ids(assignments: list[Assignment]) -> list[int]:
+    return [a.chunk_id for a in assignments]
+
+
+def test_higher_priority_first_then_older_submission() -> None:
+    plan = plan_dispatch(
+        snapshot([job(1, 50, [10, 11]), job(2, 90, [20, 21]), job(3, 50, [30])], cpu=(3, 0)), 0.0
+    )
+    assert chunk_ids(plan) == [20, 21, 10]
+
+
+def test_only_free_slots_are_filled() -> None:
+    plan = plan_dispatch(snapshot([job(1, 50, [1, 2, 3, 4])], cpu=(4, 3)), 0.0)
+    assert chunk_ids(plan) == [1]
+
+
+def test_buffer_keeps_a_few_messages_beyond_free_slots() -> None:
+    pools = {"cpu": PoolCapacity("cpu", live_slots=2, active_chunks=0, buffer=2)}
+    plan = plan_dispatch(DispatchSnapshot(pools, [job(1, 50, [1, 2, 3, 4, 5, 6])]), 0.0)
+    assert chunk_ids(plan) == [1, 2, 3, 4]
+
+
+def test_a_pool_without_live_nodes_gets_nothing_even_with_a_buffer() -> None:
+    pools = {"cpu": PoolCapacity("cpu", live_slots=0, active_chunks=0, buffer=5)}
+    assert plan_dispatch(DispatchSnapshot(pools, [job(1, 50, [1])]), 0.0) == []
+
+
+def test_pools_fill_independently() -> None:
+    plan = plan_dispatch(
+        snapshot([job(1, 90, [1, 2, 3], "gpu"), job(2, 10, [4, 5], "cpu")], cpu=(1, 0), gpu=(2, 0)),
+        0.0,
+    )
+    assert {(a.pool, a.chunk_id) for a in plan} == {("gpu", 1), ("gpu", 2), ("cpu", 4)}
+
+
+def test_unknown_pool_gets_nothing() -> None:
+    assert plan_dispatch(snapshot([job(1, 50, [1], "houdini")], cpu=(4, 0)), 0.0) == []
+
+
+def test_attempt_numbers_follow_attempts_made() -> None:
+    candidate = JobCandidate(1, 1, 50, "cpu", (QueuedChunk(7, attempts=2),))
+    (assignment,) = plan_dispatch(snapshot([candidate], cpu=(1, 0)), 0.0)
+    assert assignment == Assignment(chunk_id=7, job_id=1, pool="cpu", attempt=3)
+
+
+def test_a_retry_waits_for_its_time() -> None:
+    candidate = JobCandidate(
+        1, 1, 50, "cpu", (QueuedChunk(1, 1, not_before=100.0), QueuedChunk(2, 0))
+    )
+    assert chunk_ids(plan_dispatch(snapshot([candidate], cpu=(2, 0)), 50.0)) == [2]
+    assert chunk_ids(plan_dispatch(snapshot([candidate], cpu=(2, 0)), 100.5)) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("made", "allowed", "state"),
+    [(1, 3, ChunkState.QUEUED), (2, 3, ChunkState.QUEUED), (3, 3, ChunkState.FAILED),
+     (1, 1, ChunkState.FAILED)],
+)
+def test_failure_retries_while_attempts_remain(made: int, allowed: int, state: ChunkState) -> None:
+    assert chunk_state_after_failure(made, allowed) == state
+
+
+@pytest.mark.parametrize(
+    ("state", "current", "event", "accepted"),
+    [
+        (ChunkState.DISPATCHED, 1, 1, True),
+        (ChunkState.RUNNING, 2, 2, True),
+        (ChunkState.RUNNING, 2, 1, False),  # a superseded attempt
+        (ChunkState.DONE, 1, 1, False),  # a duplicate after the chunk finished
+        (ChunkState.CANCELLED, 1, 1, False),
+        (ChunkState.QUEUED, 1, 1, False),  # requeued: the old attempt no longer counts
+    ],
+)
+def test_accepts_event(state: ChunkState, current: int, event: int, accepted: bool) -> None:
+    assert accepts_event(state, current, event) is accepted
+
+
+def test_node_lost_after_timeout() -> None:
+    assert not is_node_lost(last_heartbeat=100.0, now=159.0, timeout=60.0)
+    assert is_node_lost(last_heartbeat=100.0, now=161.0, timeout=60.0)
+
+
+def test_unclaimed_chunks_are_resent_only_when_the_queue_is_empty() -> None:
+    sent = [(1, 10.0), (2, 50.0)]
+    assert unclaimed_to_resend(sent, broker_depth=3, now=100.0, after=30.0) == []
+    assert unclaimed_to_resend(sent, broker_depth=0, now=100.0, after=30.0) == [1, 2]
+    assert unclaimed_to_resend(sent, broker_depth=0, now=70.0, after=30.0) == [1]
