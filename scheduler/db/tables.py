@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -136,7 +136,7 @@ class NodeRow(SQLModel, table=True):
     slots: int
     running: int = 0
     cores: int
-    memory_bytes: int
+    memory_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
     gpus: int = 0
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     state: str = Field(max_length=16)  # online | lost

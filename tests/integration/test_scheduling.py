@@ -1,0 +1,280 @@
+"""The scheduler's use cases against a real database; the broker is a recording fake
+where only the scheduler's decisions matter, and real Redis where the broker's own
+behaviour (losing its queues) is the point."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from scheduler.broker import CeleryBroker
+from scheduler.celery_app import make_celery
+from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
+from scheduler.messages import ChunkMessage, NodeReport
+from scheduler.scheduling import Scheduler
+from scheduler.service import JobRequest, StudioService
+from scheduler.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingBroker:
+    """Keeps what the scheduler sent and revoked; pretends the queue holds what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[ChunkMessage] = []
+        self.revoked: list[str] = []
+        self.depth = 0
+
+    def send(self, messages: Sequence[ChunkMessage]) -> None:
+        self.sent.extend(messages)
+
+    def revoke(self, task_ids: Sequence[str]) -> None:
+        self.revoked.extend(task_ids)
+
+    def queue_depth(self, pool: str) -> int:
+        return self.depth
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def studios(engine: Engine, settings: Settings, clock: Clock) -> StudioService:
+    return StudioService(engine, settings, clock)
+
+
+@pytest.fixture
+def studio_id(studios: StudioService) -> int:
+    studio, _key = studios.create_studio("pixar-east")
+    assert studio.id is not None
+    return studio.id
+
+
+def submit(studios: StudioService, studio_id: int, frames: str = "1-20", **extra: Any) -> int:
+    request = JobRequest(
+        name="shot",
+        frames=frames,
+        chunk_size=extra.pop("chunk_size", 1),
+        priority=extra.pop("priority", 50),
+        pool="cpu",
+        renderer="noop",
+        renderer_settings={},
+        **extra,
+    )
+    job = studios.submit_job(studio_id, request)
+    assert job.id is not None
+    return job.id
+
+
+def heartbeat(name: str = "node-a", slots: int = 2, running: int = 0) -> dict[str, Any]:
+    info = NodeReport(name, "cpu", "host", slots, running, cores=8, memory_bytes=2**34)
+    return {"kind": "heartbeat", "node": name, "info": info.to_dict()}
+
+
+def event(kind: str, message: ChunkMessage, node: str = "node-a", **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, "chunk_id": message.chunk_id, "attempt": message.attempt, "node": node,
+            **fields}
+
+
+def finished(message: ChunkMessage, node: str = "node-a") -> dict[str, Any]:
+    results = [
+        {"frame": f, "output": None, "render_seconds": 1.5, "cpu_seconds": 1.2} for f in message.frames
+    ]
+    return event("finished", message, node, results=results)
+
+
+def rows(engine: Engine, model: Any, **where: Any) -> list[Any]:
+    with Session(engine) as session:
+        query = select(model)
+        for key, value in where.items():
+            query = query.where(getattr(model, key) == value)
+        return list(session.exec(query))
+
+
+def count(engine: Engine, model: Any) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(model)).one()
+
+
+@pytest.fixture
+def fake_broker() -> RecordingBroker:
+    return RecordingBroker()
+
+
+@pytest.fixture
+def scheduler(engine: Engine, settings: Settings, fake_broker: RecordingBroker, clock: Clock) -> Scheduler:
+    return Scheduler(engine, settings.model_copy(update={"dispatch_buffer": 1}), fake_broker, clock)
+
+
+def test_nothing_is_dispatched_without_live_nodes(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, clock: Clock
+) -> None:
+    submit(studios, studio_id)
+    assert scheduler.dispatch_tick() == []
+    scheduler.ingest([heartbeat(slots=2)])
+    assert len(scheduler.dispatch_tick()) == 3  # 2 slots + a buffer of 1
+    clock.now += 60  # the node falls silent: no new work goes to its pool
+    assert scheduler.dispatch_tick() == []
+
+
+def test_just_in_time_dispatch_follows_free_slots(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    job_id = submit(studios, studio_id, "1-20")
+    scheduler.ingest([heartbeat(slots=2)])
+    first = scheduler.dispatch_tick()
+    assert [m.frames for m in first] == [[1], [2], [3]]
+    assert scheduler.dispatch_tick() == []  # the queue is as deep as it should be
+
+    scheduler.ingest([event("started", first[0]), finished(first[0])])
+    second = scheduler.dispatch_tick()
+    assert [m.frames for m in second] == [[4]]
+    detail = studios.get_job(studio_id, job_id)
+    assert detail.job.state == "running"
+    assert detail.progress.frames_done == 1
+    assert detail.progress.frames_running == 0
+    assert detail.progress.frames_queued == 19
+
+
+def test_priority_and_suspend_take_effect_on_the_next_tick(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    old = submit(studios, studio_id, "1-10")
+    urgent = submit(studios, studio_id, "1-10", priority=90)
+    scheduler.ingest([heartbeat(slots=1)])
+    sent = scheduler.dispatch_tick()
+    assert {m.job_id for m in sent} == {urgent}
+    for message in sent:
+        scheduler.ingest([finished(message)])
+    studios.suspend_job(studio_id, urgent)
+    assert {m.job_id for m in scheduler.dispatch_tick()} == {old}
+
+
+def test_duplicate_and_superseded_events_change_nothing(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    job_id = submit(studios, studio_id, "1-2")
+    scheduler.ingest([heartbeat(slots=1)])
+    message = scheduler.dispatch_tick()[0]
+    scheduler.ingest([event("started", message), finished(message)])
+    outcome = scheduler.ingest([finished(message), event("started", message)])
+    assert (outcome.applied, outcome.ignored) == (0, 2)
+    assert count(engine, FrameResultRow) == 1
+    late = event("failed", message, error="boom")  # a late failure of a done attempt
+    scheduler.ingest([late])
+    (chunk,) = rows(engine, ChunkRow, id=message.chunk_id)
+    assert chunk.state == "done"
+    assert studios.get_job(studio_id, job_id).progress.frames_done == 1
+
+
+def test_failures_retry_up_to_max_attempts_then_fail_the_job(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    job_id = submit(studios, studio_id, "1", max_attempts=2)
+    scheduler.ingest([heartbeat(slots=1)])
+    first = scheduler.dispatch_tick()[0]
+    scheduler.ingest([event("started", first), event("failed", first, error="segfault", exit_code=139)])
+    second = scheduler.dispatch_tick()[0]
+    assert (second.chunk_id, second.attempt) == (first.chunk_id, 2)
+    scheduler.ingest([event("failed", second, error="segfault again", exit_code=139)])
+    detail = studios.get_job(studio_id, job_id)
+    assert detail.job.state == "failed"
+    assert "failed every attempt" in (detail.job.message or "")
+    assert [a.state for a in rows(engine, AttemptRow)] == ["failed", "failed"]
+
+    studios.retry_job(studio_id, job_id)
+    third = scheduler.dispatch_tick()[0]
+    assert third.attempt == 3
+    scheduler.ingest([finished(third)])
+    assert studios.get_job(studio_id, job_id).job.state == "done"
+
+
+def test_a_lost_nodes_chunks_go_to_another_node_and_its_late_events_are_ignored(
+    scheduler: Scheduler,
+    studios: StudioService,
+    studio_id: int,
+    engine: Engine,
+    clock: Clock,
+    settings: Settings,
+    fake_broker: RecordingBroker,
+) -> None:
+    job_id = submit(studios, studio_id, "1")
+    scheduler.ingest([heartbeat("node-a", slots=1)])
+    lost = scheduler.dispatch_tick()[0]
+    scheduler.ingest([event("started", lost, "node-a")])
+    clock.now += settings.node_timeout + 1
+    scheduler.ingest([heartbeat("node-b", slots=1)])
+    scheduler.reconcile()
+    assert {n.name: n.state for n in studios.list_nodes()} == {"node-a": "lost", "node-b": "online"}
+    assert fake_broker.revoked == [f"chunk-{lost.chunk_id}-attempt-1"]
+    retry = scheduler.dispatch_tick()[0]
+    assert retry.attempt == 2
+    scheduler.ingest([event("started", retry, "node-b")])
+    scheduler.ingest([finished(lost, "node-a")])  # node-a comes back with its old result
+    assert count(engine, FrameResultRow) == 0
+    scheduler.ingest([finished(retry, "node-b")])
+    (result,) = rows(engine, FrameResultRow)
+    assert (result.node, result.attempt) == ("node-b", 2)
+    assert studios.get_job(studio_id, job_id).job.state == "done"
+
+
+def test_cancel_revokes_running_attempts_on_the_next_reconcile(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, fake_broker: RecordingBroker
+) -> None:
+    job_id = submit(studios, studio_id, "1-5")
+    scheduler.ingest([heartbeat(slots=2)])
+    sent = scheduler.dispatch_tick()
+    scheduler.ingest([event("started", sent[0])])
+    studios.cancel_job(studio_id, job_id)
+    scheduler.reconcile()
+    assert sorted(fake_broker.revoked) == sorted(f"chunk-{m.chunk_id}-attempt-1" for m in sent)
+    scheduler.ingest([finished(sent[0])])  # too late: the job is cancelled
+    detail = studios.get_job(studio_id, job_id)
+    assert detail.job.state == "cancelled"
+    assert detail.progress.frames_done == 0
+    assert scheduler.dispatch_tick() == []
+
+
+def test_chunks_lost_by_redis_are_sent_again(
+    engine: Engine,
+    settings: Settings,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+    broker: redis.Redis,
+) -> None:
+    app = make_celery(settings)
+    real = Scheduler(engine, settings, CeleryBroker(app), clock)
+    submit(studios, studio_id, "1-2")
+    real.ingest([heartbeat(slots=2)])
+    sent = real.dispatch_tick()
+    assert len(sent) == 2 and broker.llen("pool.cpu") == 2
+    clock.now += settings.redispatch_after + 1
+    real.ingest([heartbeat(slots=2)])
+    real.reconcile()
+    assert real.dispatch_tick() == []  # still in the queue: workers are just slow
+    broker.flushdb()  # Redis restarts empty
+    real.reconcile()
+    resent = real.dispatch_tick()
+    assert sorted((m.chunk_id, m.attempt) for m in resent) == sorted(
+        (m.chunk_id, 2) for m in sent
+    )
+    assert broker.llen("pool.cpu") == 2
+    assert {j.state for j in rows(engine, JobRow)} == {"running"}
