@@ -16,7 +16,9 @@ def install_error_handlers(app: FastAPI) -> None:
         status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(error, InvalidRequest):
-            detail: object = [{"loc": ["body", error.field], "msg": error.message, "type": "value_error"}]
+            detail: object = [
+                {"loc": ["body", error.field], "msg": error.message, "type": "value_error"}
+            ]
         else:
             detail = str(error)
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)

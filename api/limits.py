@@ -52,9 +52,7 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"request body larger than {self.max_bytes} bytes"}
-        ).encode()
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
         await send(
             {
                 "type": "http.response.start",

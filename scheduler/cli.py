@@ -85,7 +85,9 @@ def worker(
     pool: Annotated[str, typer.Option(help="the pool this node renders for")] = "cpu",
     slots: Annotated[int, typer.Option(min=1, help="chunks rendered at once")] = 1,
     name: Annotated[str | None, typer.Option(help="node name; default: the host name")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run a render node: a Celery worker on the pool's queue."""

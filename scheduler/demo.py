@@ -57,11 +57,18 @@ def run_demo(
                 "frames": frames,
                 "priority": 50,
                 "pool": "cpu",
-                "renderer": {"kind": "builtin", "width": width, "height": height, "samples": samples},
+                "renderer": {
+                    "kind": "builtin",
+                    "width": width,
+                    "height": height,
+                    "samples": samples,
+                },
             },
         )
         if response.status_code != 201:
-            console.print(f"[red]submission refused ({response.status_code}): {response.text}[/red]")
+            console.print(
+                f"[red]submission refused ({response.status_code}): {response.text}[/red]"
+            )
             return False
         job = response.json()
         started = time.monotonic()
@@ -86,8 +93,10 @@ def run_demo(
         if job["state"] != "done":
             console.print(f"[red]job {job['id']} ended {job['state']}: {job['message']}[/red]")
             return False
-        console.print(f"[green]rendered {done} frames[/green] in {elapsed:.1f} s: "
-                      f"{done / elapsed:.2f} frames/s on {workers} node(s)")
+        console.print(
+            f"[green]rendered {done} frames[/green] in {elapsed:.1f} s: "
+            f"{done / elapsed:.2f} frames/s on {workers} node(s)"
+        )
         console.print(f"frames: {frames_dir}")
         return True
     finally:

@@ -8,7 +8,7 @@ ingestion, keyed by (chunk, attempt), makes the repeat harmless.
 
 from __future__ import annotations
 
-import socket
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,17 +57,15 @@ class EventConsumer:
             messages.append(queue.get(block=True, timeout=timeout))
             while len(messages) < limit:
                 messages.append(queue.get_nowait())
-        except (queue.Empty, socket.timeout):
+        except (TimeoutError, queue.Empty):
             pass
         return messages
 
     def reset(self) -> None:
         """Drop the channel after a broker error; the next fetch reconnects."""
         if self._queue is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection is already broken
                 self._queue.close()
-            except Exception:  # the connection is already broken
-                pass
         self._queue = None
         self._connection.collect()
 

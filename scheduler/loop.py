@@ -1,8 +1,9 @@
 """The scheduler process: ingest events, dispatch, reconcile, forever.
 
 One loop, no threads: wait up to ``tick_seconds`` for node events, ingest what came
-in one transaction, acknowledge it, dispatch into the freed slots at once, and
-reconcile about once a second. A broker or database outage is logged and retried;
+in one transaction, acknowledge it, revoke renders of cancelled or superseded
+attempts, dispatch into the freed slots at once, and reconcile (lost nodes, lost
+messages) about once a second. A broker or database outage is logged and retried;
 the loop never dies of one.
 """
 
@@ -38,8 +39,11 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     consumer = EventConsumer(app)
     last_reconcile = 0.0
     backoff = 0.5
-    log.info("scheduler running: broker %s, database %s", _safe(settings.effective_broker_url),
-             _safe(settings.effective_database_url))
+    log.info(
+        "scheduler running: broker %s, database %s",
+        _safe(settings.effective_broker_url),
+        _safe(settings.effective_database_url),
+    )
     try:
         while not stop.is_set():
             try:
@@ -51,11 +55,13 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                         message.ack()
                     metrics.EVENTS_INGESTED.inc(outcome.applied)
                     metrics.EVENTS_IGNORED.inc(outcome.ignored)
-                sent = scheduler.dispatch_tick()
-                metrics.CHUNKS_DISPATCHED.inc(len(sent))
                 if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
                     scheduler.reconcile()
                     last_reconcile = time.monotonic()
+                else:
+                    scheduler.stop_stale_attempts()
+                sent = scheduler.dispatch_tick()
+                metrics.CHUNKS_DISPATCHED.inc(len(sent))
                 metrics.TICK_SECONDS.observe(time.perf_counter() - started)
                 backoff = 0.5
             except (BrokerError, RedisError, ConnectionError, OSError) as error:

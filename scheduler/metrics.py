@@ -24,9 +24,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
@@ -78,21 +78,26 @@ class FarmCollector(Collector):
             func.sum(case((col(FrameResultRow.render_seconds) <= bound, 1), else_=0))
             for bound in RENDER_SECONDS_BUCKETS
         ]
-        rows = session.exec(
-            select(  # type: ignore[call-overload]
-                FrameResultRow.pool,
+        rows = session.execute(
+            select(
+                col(FrameResultRow.pool),
                 func.count(),
                 func.sum(FrameResultRow.render_seconds),
                 func.sum(FrameResultRow.cpu_seconds),
                 *bucket_columns,
             ).group_by(col(FrameResultRow.pool))
         ).all()
-        for pool, count, total_seconds, total_cpu, *buckets in rows:
+        for row in rows:
+            pool, count, total_seconds, total_cpu = row[:4]
+            buckets: tuple[int | None, ...] = tuple(row[4:])
             rendered.add_metric([pool], count)
             cpu.add_metric([pool], total_cpu or 0.0)
             seconds.add_metric(
                 [pool],
-                [(str(bound), int(n or 0)) for bound, n in zip(RENDER_SECONDS_BUCKETS, buckets, strict=True)]
+                [
+                    (str(bound), int(n or 0))
+                    for bound, n in zip(RENDER_SECONDS_BUCKETS, buckets, strict=True)
+                ]
                 + [("+Inf", count)],
                 sum_value=total_seconds or 0.0,
             )
@@ -109,8 +114,8 @@ class FarmCollector(Collector):
         )
         counts: dict[tuple[str, str], int] = {
             (pool, state): n
-            for pool, state, n in session.exec(
-                select(ChunkRow.pool, ChunkRow.state, func.count()).group_by(
+            for pool, state, n in session.execute(
+                select(col(ChunkRow.pool), col(ChunkRow.state), func.count()).group_by(
                     col(ChunkRow.pool), col(ChunkRow.state)
                 )
             )
@@ -120,13 +125,19 @@ class FarmCollector(Collector):
                 chunks.add_metric([pool, state.value], counts.get((pool, state), 0))
             depth.add_metric(
                 [pool],
-                counts.get((pool, ChunkState.QUEUED), 0) + counts.get((pool, ChunkState.DISPATCHED), 0),
+                counts.get((pool, ChunkState.QUEUED), 0)
+                + counts.get((pool, ChunkState.DISPATCHED), 0),
             )
         yield from (chunks, depth)
 
     def _jobs(self, session: Session) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("renderfarm_jobs", "Jobs by state.", labels=["state"])
-        counts = dict(session.exec(select(JobRow.state, func.count()).group_by(col(JobRow.state))).all())
+        counts: dict[str, int] = {
+            state: n
+            for state, n in session.execute(
+                select(col(JobRow.state), func.count()).group_by(col(JobRow.state))
+            )
+        }
         for state in JobState:
             jobs.add_metric([state.value], counts.get(state.value, 0))
         yield jobs
@@ -141,9 +152,13 @@ class FarmCollector(Collector):
         busy = GaugeMetricFamily(
             "renderfarm_node_slots_busy", "Render slots in use on online nodes.", labels=["pool"]
         )
-        for pool, state, n, total_slots, running in session.exec(
+        for pool, state, n, total_slots, running in session.execute(
             select(
-                NodeRow.pool, NodeRow.state, func.count(), func.sum(NodeRow.slots), func.sum(NodeRow.running)
+                col(NodeRow.pool),
+                col(NodeRow.state),
+                func.count(),
+                func.sum(NodeRow.slots),
+                func.sum(NodeRow.running),
             ).group_by(col(NodeRow.pool), col(NodeRow.state))
         ):
             nodes.add_metric([pool, state], n)

@@ -135,7 +135,7 @@ class Scheduler:
                 .order_by(col(ChunkRow.position))
                 .limit(wanted)
             ).all()
-            queued = tuple(QueuedChunk(cid, attempts, nb) for cid, attempts, nb in rows)
+            queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
             room[job.pool] = wanted - len(queued)
             if queued:
                 candidates.append(_candidate(job, queued))
@@ -212,16 +212,16 @@ class Scheduler:
         now = self.clock()
         outcome = IngestOutcome(frames=[])
         with Session(self.engine) as session:
-            self._save_heartbeats(
-                session, [e for e in events if e.get("kind") == "heartbeat"], now
-            )
+            self._save_heartbeats(session, [e for e in events if e.get("kind") == "heartbeat"], now)
             chunk_events = [e for e in events if e.get("kind") != "heartbeat"]
             if chunk_events:
                 self._apply_chunk_events(session, chunk_events, now, outcome)
             session.commit()
         return outcome
 
-    def _save_heartbeats(self, session: Session, events: Sequence[dict[str, Any]], now: float) -> None:
+    def _save_heartbeats(
+        self, session: Session, events: Sequence[dict[str, Any]], now: float
+    ) -> None:
         latest: dict[str, NodeReport] = {}
         for event in events:
             report = NodeReport.from_dict(event["info"])
@@ -286,13 +286,16 @@ class Scheduler:
         touched: set[int] = set()
         new_results: list[dict[str, Any]] = []
         for event in events:
-            chunk = chunks.get(int(event["chunk_id"]))
+            chunk_id = int(event["chunk_id"])
+            chunk = chunks.get(chunk_id)
             attempt_no = int(event["attempt"])
-            if chunk is None or not accepts_event(ChunkState(chunk.state), chunk.attempts, attempt_no):
+            if chunk is None or not accepts_event(
+                ChunkState(chunk.state), chunk.attempts, attempt_no
+            ):
                 outcome.ignored += 1
                 continue
             job = jobs[chunk.job_id]
-            attempt = attempts.get((chunk.id, attempt_no))
+            attempt = attempts.get((chunk_id, attempt_no))
             kind = event["kind"]
             node = str(event.get("node") or "")
             at = float(event.get("at") or now)
@@ -365,14 +368,25 @@ class Scheduler:
     # Reconcile -------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Mark lost nodes, resend what the broker lost, stop superseded attempts."""
+        """Mark lost nodes and requeue their chunks; requeue what the broker lost."""
         now = self.clock()
         with Session(self.engine) as session:
             self._mark_lost_nodes(session, now)
             self._requeue_unclaimed(session, now)
-            to_stop = self._close_stale_attempts(session, now)
             session.commit()
-        self.broker.revoke(to_stop)
+        self.stop_stale_attempts()
+
+    def stop_stale_attempts(self) -> list[str]:
+        """Revoke attempts whose chunk moved on (cancelled, requeued, superseded).
+
+        Cheap enough to run every loop turn, so a cancel stops renders within a tick.
+        """
+        now = self.clock()
+        with Session(self.engine) as session:
+            task_ids = self._close_stale_attempts(session, now)
+            session.commit()
+        self.broker.revoke(task_ids)
+        return task_ids
 
     def _mark_lost_nodes(self, session: Session, now: float) -> None:
         online = session.exec(select(NodeRow).where(NodeRow.state == "online")).all()
@@ -402,16 +416,21 @@ class Scheduler:
                 col(ChunkRow.dispatched_at) < now - self.settings.redispatch_after,
             )
         ):
-            unclaimed[pool].append((chunk_id, sent_at or 0.0))
+            if chunk_id is not None:
+                unclaimed[pool].append((chunk_id, sent_at or 0.0))
         for pool, chunks in unclaimed.items():
             resend = unclaimed_to_resend(
                 chunks, self.broker.queue_depth(pool), now, self.settings.redispatch_after
             )
             if resend:
-                log.warning("pool %s: %d chunk(s) sent but never claimed; sending again", pool, len(resend))
+                log.warning(
+                    "pool %s: %d chunk(s) sent but never claimed; sending again", pool, len(resend)
+                )
                 session.execute(
                     update(ChunkRow)
-                    .where(col(ChunkRow.id).in_(resend), ChunkRow.state == ChunkState.DISPATCHED)
+                    .where(
+                        col(ChunkRow.id).in_(resend), col(ChunkRow.state) == ChunkState.DISPATCHED
+                    )
                     .values(state=ChunkState.QUEUED)
                 )
 

@@ -261,7 +261,9 @@ class StudioService:
                         render_seconds=None,
                         cpu_seconds=None,
                         output=None,
-                        log=attempt_log_path(job_id, chunk.id, chunk.attempts) if chunk.attempts else None,
+                        log=attempt_log_path(job_id, chunk.id, chunk.attempts)
+                        if chunk.attempts
+                        else None,
                     )
                 )
         return frames

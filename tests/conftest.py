@@ -131,7 +131,9 @@ class Processes:
 
     def start(self, label: str, *args: str) -> subprocess.Popen[bytes]:
         renderfarm = Path(sys.executable).with_name("renderfarm")
-        command = [str(renderfarm)] if renderfarm.exists() else [sys.executable, "-m", "scheduler.cli"]
+        command = (
+            [str(renderfarm)] if renderfarm.exists() else [sys.executable, "-m", "scheduler.cli"]
+        )
         with open(self.logs / f"{label}.log", "ab") as log:
             child = subprocess.Popen(
                 [*command, *args],

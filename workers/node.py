@@ -87,7 +87,14 @@ class Heartbeat:
         report = self.node.report(len(running))
         publish_events(
             self.app,
-            [{"kind": "heartbeat", "node": self.node.name, "info": report.to_dict(), "tasks": running}],
+            [
+                {
+                    "kind": "heartbeat",
+                    "node": self.node.name,
+                    "info": report.to_dict(),
+                    "tasks": running,
+                }
+            ],
         )
 
     def _run(self) -> None:

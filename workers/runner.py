@@ -128,7 +128,9 @@ def _render_in_child(
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     _kill_group(child)
-                    log.write(f"renderfarm: time limit of {message.timeout:.0f} s passed\n".encode())
+                    log.write(
+                        f"renderfarm: time limit of {message.timeout:.0f} s passed\n".encode()
+                    )
                     raise RenderFailed(f"exceeded the time limit of {message.timeout:.0f} s")
                 try:
                     marker = markers.get(timeout=min(0.2, remaining))
@@ -227,10 +229,8 @@ def _wait(child: subprocess.Popen[bytes], deadline: float) -> int:
 def _kill_group(child: subprocess.Popen[bytes]) -> None:
     """SIGTERM the renderer's whole process group, then SIGKILL what is left."""
     kill_groups([child.pid], signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
     kill_groups([child.pid], signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=KILL_GRACE_SECONDS)

@@ -59,7 +59,9 @@ def list_jobs(
     offset: int = Query(0, ge=0),
 ) -> JobPage:
     details, total = service.list_jobs(_id(studio), state, limit, offset)
-    return JobPage(items=[JobPublic.of(d) for d in details], total=total, limit=limit, offset=offset)
+    return JobPage(
+        items=[JobPublic.of(d) for d in details], total=total, limit=limit, offset=offset
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic)

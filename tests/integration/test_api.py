@@ -62,7 +62,9 @@ def count_rows(engine: Engine) -> tuple[int, int]:
 
 
 def test_submit_and_read_a_job(client: TestClient, studio: dict[str, str]) -> None:
-    created = client.post("/v1/jobs", json=job_body(frames="1-100x2,150", chunk_size=5), headers=studio)
+    created = client.post(
+        "/v1/jobs", json=job_body(frames="1-100x2,150", chunk_size=5), headers=studio
+    )
     assert created.status_code == 201, created.text
     job = created.json()
     assert job["state"] == "queued"
@@ -168,8 +170,10 @@ def test_malformed_json_and_oversized_bodies_are_refused(
 
 
 def test_list_jobs_paginates_and_filters(client: TestClient, studio: dict[str, str]) -> None:
-    ids = [client.post("/v1/jobs", json=job_body(name=f"shot {i}"), headers=studio).json()["id"]
-           for i in range(5)]
+    ids = [
+        client.post("/v1/jobs", json=job_body(name=f"shot {i}"), headers=studio).json()["id"]
+        for i in range(5)
+    ]
     client.post(f"/v1/jobs/{ids[0]}/cancel", headers=studio)
     page = client.get("/v1/jobs", params={"limit": 2, "offset": 1}, headers=studio).json()
     assert page["total"] == 5 and page["limit"] == 2

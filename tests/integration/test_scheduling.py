@@ -89,13 +89,19 @@ def heartbeat(name: str = "node-a", slots: int = 2, running: int = 0) -> dict[st
 
 
 def event(kind: str, message: ChunkMessage, node: str = "node-a", **fields: Any) -> dict[str, Any]:
-    return {"kind": kind, "chunk_id": message.chunk_id, "attempt": message.attempt, "node": node,
-            **fields}
+    return {
+        "kind": kind,
+        "chunk_id": message.chunk_id,
+        "attempt": message.attempt,
+        "node": node,
+        **fields,
+    }
 
 
 def finished(message: ChunkMessage, node: str = "node-a") -> dict[str, Any]:
     results = [
-        {"frame": f, "output": None, "render_seconds": 1.5, "cpu_seconds": 1.2} for f in message.frames
+        {"frame": f, "output": None, "render_seconds": 1.5, "cpu_seconds": 1.2}
+        for f in message.frames
     ]
     return event("finished", message, node, results=results)
 
@@ -119,7 +125,9 @@ def fake_broker() -> RecordingBroker:
 
 
 @pytest.fixture
-def scheduler(engine: Engine, settings: Settings, fake_broker: RecordingBroker, clock: Clock) -> Scheduler:
+def scheduler(
+    engine: Engine, settings: Settings, fake_broker: RecordingBroker, clock: Clock
+) -> Scheduler:
     return Scheduler(engine, settings.model_copy(update={"dispatch_buffer": 1}), fake_broker, clock)
 
 
@@ -190,7 +198,9 @@ def test_failures_retry_up_to_max_attempts_then_fail_the_job(
     job_id = submit(studios, studio_id, "1", max_attempts=2)
     scheduler.ingest([heartbeat(slots=1)])
     first = scheduler.dispatch_tick()[0]
-    scheduler.ingest([event("started", first), event("failed", first, error="segfault", exit_code=139)])
+    scheduler.ingest(
+        [event("started", first), event("failed", first, error="segfault", exit_code=139)]
+    )
     second = scheduler.dispatch_tick()[0]
     assert (second.chunk_id, second.attempt) == (first.chunk_id, 2)
     scheduler.ingest([event("failed", second, error="segfault again", exit_code=139)])
@@ -273,8 +283,6 @@ def test_chunks_lost_by_redis_are_sent_again(
     broker.flushdb()  # Redis restarts empty
     real.reconcile()
     resent = real.dispatch_tick()
-    assert sorted((m.chunk_id, m.attempt) for m in resent) == sorted(
-        (m.chunk_id, 2) for m in sent
-    )
+    assert sorted((m.chunk_id, m.attempt) for m in resent) == sorted((m.chunk_id, 2) for m in sent)
     assert broker.llen("pool.cpu") == 2
     assert {j.state for j in rows(engine, JobRow)} == {"running"}

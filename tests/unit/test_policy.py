@@ -84,8 +84,12 @@ def test_a_retry_waits_for_its_time() -> None:
 
 @pytest.mark.parametrize(
     ("made", "allowed", "state"),
-    [(1, 3, ChunkState.QUEUED), (2, 3, ChunkState.QUEUED), (3, 3, ChunkState.FAILED),
-     (1, 1, ChunkState.FAILED)],
+    [
+        (1, 3, ChunkState.QUEUED),
+        (2, 3, ChunkState.QUEUED),
+        (3, 3, ChunkState.FAILED),
+        (1, 1, ChunkState.FAILED),
+    ],
 )
 def test_failure_retries_while_attempts_remain(made: int, allowed: int, state: ChunkState) -> None:
     assert chunk_state_after_failure(made, allowed) == state

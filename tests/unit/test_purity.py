@@ -13,8 +13,19 @@ import scheduler.core
 
 CORE = Path(scheduler.core.__file__).parent
 FORBIDDEN = (
-    "sqlalchemy", "sqlmodel", "celery", "kombu", "redis", "fastapi", "starlette",
-    "pydantic", "pydantic_settings", "httpx", "psutil", "numpy", "scheduler.settings",
+    "sqlalchemy",
+    "sqlmodel",
+    "celery",
+    "kombu",
+    "redis",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "pydantic_settings",
+    "httpx",
+    "psutil",
+    "numpy",
+    "scheduler.settings",
     "scheduler.db",
 )
 

@@ -108,7 +108,10 @@ def trace(origins: np.ndarray, dirs: np.ndarray, spheres, depth: int) -> np.ndar
     if depth > 0:
         bounce = reflect > 0
         if bounce.any():
-            rd = d[bounce] - 2.0 * np.einsum("ij,ij->i", d[bounce], normals[bounce])[:, None] * normals[bounce]
+            rd = (
+                d[bounce]
+                - 2.0 * np.einsum("ij,ij->i", d[bounce], normals[bounce])[:, None] * normals[bounce]
+            )
             mirrored = trace(shadow_origin[bounce], rd, spheres, depth - 1)
             k = reflect[bounce][:, None]
             shaded[bounce] = shaded[bounce] * (1.0 - k) + mirrored * k
@@ -134,7 +137,7 @@ def render_frame(frame: int, width: int, height: int, samples: int) -> np.ndarra
     ys = ys.ravel().astype(np.float64)
     accumulated = np.zeros((width * height, 3))
     for sample in range(samples):
-        jx, jy = (rng.random(2) if sample else (0.5, 0.5))
+        jx, jy = rng.random(2) if sample else (0.5, 0.5)
         px = (2.0 * (xs + jx) / width - 1.0) * aspect * scale
         py = (1.0 - 2.0 * (ys + jy) / height) * scale
         dirs = forward + px[:, None] * right + py[:, None] * up

@@ -1,0 +1,146 @@
+"""Real render nodes (``renderfarm worker`` processes) and the scheduler loop on real Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from scheduler.db import AttemptRow, FrameResultRow
+from scheduler.loop import run_scheduler
+from scheduler.messages import ChunkMessage
+from scheduler.service import JobRequest, StudioService
+from scheduler.settings import Settings
+from tests.conftest import Processes, wait_for
+from workers.runner import run_chunk
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def scheduler_loop(engine: Engine, settings: Settings, broker: redis.Redis) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def studio(engine: Engine, settings: Settings) -> tuple[StudioService, int]:
+    service = StudioService(engine, settings)
+    studio, _ = service.create_studio("weta-east")
+    assert studio.id is not None
+    return service, studio.id
+
+
+def renderers_running(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "workers.renderers.builtin" in cmdline and marker in cmdline:
+            found.append(process)
+    return found
+
+
+def test_two_nodes_render_a_job(
+    scheduler_loop: None,
+    processes: Processes,
+    studio: tuple[StudioService, int],
+    settings: Settings,
+    engine: Engine,
+) -> None:
+    service, studio_id = studio
+    processes.worker("node-1", slots=1)
+    processes.worker("node-2", slots=1)
+    wait_for(lambda: len(service.list_nodes()) == 2, 60, "both nodes to report")
+    job = service.submit_job(
+        studio_id,
+        JobRequest("turntable", "1-8", 2, 50, "cpu", "builtin", {"width": 48, "height": 32}),
+    )
+    assert job.id is not None
+    done = wait_for(
+        lambda: (d := service.get_job(studio_id, job.id)).job.state in ("done", "failed") and d,  # type: ignore[arg-type]
+        120,
+        "the job to finish",
+    )
+    assert done.job.state == "done", [processes.log("node-1"), processes.log("node-2")]
+    assert done.progress.frames_done == 8
+    frames = sorted((settings.storage_root / "jobs" / str(job.id) / "frames").glob("*.png"))
+    assert [f.name for f in frames] == [f"frame_{n:06d}.png" for n in range(1, 9)]
+    assert all(Image.open(f).size == (48, 32) for f in frames)
+    with Session(engine) as session:
+        results = session.exec(select(FrameResultRow)).all()
+        attempts = session.exec(select(AttemptRow)).all()
+    assert len(results) == 8 and all(r.render_seconds > 0 and r.cpu_seconds > 0 for r in results)
+    assert {a.state for a in attempts} == {"done"} and len(attempts) == 4
+    assert {n.state for n in service.list_nodes()} == {"online"}
+
+
+def test_a_chunk_past_its_time_limit_is_killed_with_its_renderer(
+    scheduler_loop: None,
+    processes: Processes,
+    studio: tuple[StudioService, int],
+    settings: Settings,
+) -> None:
+    service, studio_id = studio
+    processes.worker("node-1", slots=1)
+    wait_for(lambda: service.list_nodes(), 60, "the node to report")
+    job = service.submit_job(
+        studio_id,
+        JobRequest(
+            "too slow",
+            "1-50",
+            50,
+            50,
+            "cpu",
+            "builtin",
+            {"width": 640, "height": 360, "samples": 4},
+            max_attempts=1,
+            timeout=1.5,
+        ),
+    )
+    assert job.id is not None
+    marker = f"jobs/{job.id}/frames"
+    wait_for(lambda: renderers_running(marker), 30, "the renderer to start")
+    failed = wait_for(
+        lambda: (d := service.get_job(studio_id, job.id)).job.state == "failed" and d,  # type: ignore[arg-type]
+        60,
+        "the job to fail",
+    )
+    assert failed.progress.frames_failed == 50
+    assert renderers_running(marker) == []
+    log = (settings.storage_root / f"jobs/{job.id}/logs").glob("*.log")
+    assert any("time limit" in path.read_text() for path in log)
+
+
+def test_runner_reports_frames_and_failures(tmp_path: Path) -> None:
+    events: list[dict[str, object]] = []
+    message = ChunkMessage(
+        chunk_id=1,
+        attempt=1,
+        job_id=1,
+        pool="cpu",
+        frames=[3, 4],
+        renderer="builtin",
+        settings={"width": 32, "height": 24},
+        output_pattern="f_{frame}.png",
+        log_path="a.log",
+        timeout=60,
+    )
+    assert run_chunk(message, tmp_path, "node", events.append)
+    assert [e["kind"] for e in events] == ["started", "frame", "frame", "finished"]
+    assert (tmp_path / "f_000003.png").is_file() and (tmp_path / "f_000004.png").is_file()
+
+    events.clear()
+    unknown = ChunkMessage(**{**message.to_dict(), "renderer": "maya"})
+    assert not run_chunk(unknown, tmp_path, "node", events.append)
+    assert events[-1]["kind"] == "failed" and "no renderer 'maya'" in str(events[-1]["error"])
