@@ -8,6 +8,9 @@ them nowhere.
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -16,6 +19,8 @@ from kombu import Exchange, Queue
 from kombu.exceptions import ChannelError
 
 from scheduler.messages import RENDER_TASK, ChunkMessage, pool_queue, task_id_for
+
+log = logging.getLogger(__name__)
 
 
 def pool_queue_entity(pool: str) -> Queue:
@@ -46,6 +51,9 @@ class CeleryBroker:
                     RENDER_TASK,
                     args=[message.to_dict()],
                     task_id=task_id_for(message.chunk_id, message.attempt),
+                    # Celery would otherwise saferepr() every argument for its logs.
+                    argsrepr=f"(chunk {message.chunk_id}, attempt {message.attempt})",
+                    kwargsrepr="{}",
                     queue=pool_queue_entity(message.pool),
                     producer=producer,
                     retry=True,
@@ -65,3 +73,41 @@ class CeleryBroker:
             except ChannelError:  # never declared, or flushed away: nothing waits
                 return 0
             return int(declared.message_count)
+
+
+class BackgroundSender:
+    """A Broker whose ``send`` returns at once; a thread publishes in order.
+
+    The scheduler commits a dispatch before sending it, so the loop need not wait
+    for the broker's round trips: it goes back to ingesting events while the thread
+    publishes. A message lost with the process (or the broker) is found by the
+    reconcile step as "sent but never claimed" and sent again.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._outbox: queue.Queue[Sequence[ChunkMessage] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="chunk-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, messages: Sequence[ChunkMessage]) -> None:
+        if messages:
+            self._outbox.put(messages)
+
+    def revoke(self, task_ids: Sequence[str]) -> None:
+        self._broker.revoke(task_ids)
+
+    def queue_depth(self, pool: str) -> int:
+        return self._broker.queue_depth(pool)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is waiting, then stop the thread."""
+        self._outbox.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (messages := self._outbox.get()) is not None:
+            try:
+                self._broker.send(messages)
+            except Exception:  # reconcile resends what never arrived
+                log.exception("sending %d chunk(s) failed", len(messages))

@@ -1,74 +1,125 @@
-"""Node events on the durable queue ``renderfarm.events``: publishing and consuming.
+"""Node events on a Redis list: what render nodes tell the scheduler.
 
-Events go straight to the queue through the default exchange (no binding to lose
-when Redis is flushed). The consumer acknowledges a batch only after the scheduler
-has committed it, so a scheduler that dies mid-batch gets the batch again, and
-ingestion, keyed by (chunk, attempt), makes the repeat harmless.
+Chunks travel to nodes as Celery tasks; events travel back on a plain Redis list,
+``renderfarm:events``, in the reliable-queue pattern:
+
+- a node ``LPUSH``es each event (JSON) with one round trip;
+- the scheduler moves a batch from the list's tail into ``renderfarm:events:processing``
+  atomically (a Lua script), ingests it in one transaction, and only then deletes the
+  processing list. A scheduler that dies mid-batch finds the batch there on restart
+  and ingests it again; ingestion, keyed by (chunk, attempt), makes that harmless.
+
+Why not kombu for this direction: kombu's Redis channel builds a client and runs
+three round trips per message (get, unacked bookkeeping, ack), which made event
+ingestion the farm's bottleneck (see BENCHMARKS.md); a batch here costs two.
+Redis stays a transport: losing the list (a flush) loses only events, which the
+scheduler recovers from node heartbeats (running attempts a node no longer lists are
+requeued).
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
-from celery import Celery
-from kombu import Exchange, Queue
-from kombu.simple import SimpleQueue
+import redis
 
-from scheduler.messages import EVENTS_QUEUE
+EVENTS_KEY = "renderfarm:events"
+PROCESSING_KEY = "renderfarm:events:processing"
 
-EVENTS = Queue(EVENTS_QUEUE, Exchange(""), routing_key=EVENTS_QUEUE, durable=True)
+# Move up to ARGV[1] of the oldest events (at the tail) to the processing list,
+# oldest first, and return them.
+_TAKE = """
+local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local n = #items
+if n == 0 then return items end
+redis.call('LTRIM', KEYS[1], 0, -n - 1)
+local oldest_first = {}
+for i = n, 1, -1 do oldest_first[#oldest_first + 1] = items[i] end
+redis.call('RPUSH', KEYS[2], unpack(oldest_first))
+return oldest_first
+"""
+
+log = logging.getLogger(__name__)
 
 
-def publish_events(app: Celery, events: Iterable[dict[str, Any]]) -> None:
-    with app.producer_or_acquire() as producer:
-        for event in events:
-            producer.publish(
-                event,
-                exchange="",
-                routing_key=EVENTS_QUEUE,
-                serializer="json",
-                delivery_mode=2,
-                retry=True,
-                retry_policy={"max_retries": None, "interval_start": 0.2, "interval_max": 2},
-                declare=[EVENTS],
-            )
+def redis_from_url(url: str) -> redis.Redis:
+    """A redis-py client for a Celery/kombu Redis URL (``redis+socket://`` included)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("redis+socket", "socket"):
+        return redis.Redis(unix_socket_path=parts.path, health_check_interval=30)
+    return redis.Redis.from_url(url, health_check_interval=30)
+
+
+class EventPublisher:
+    """Publishes events from a node; retries until the broker takes them."""
+
+    def __init__(self, broker_url: str, max_wait: float = 3600.0) -> None:
+        self._client = redis_from_url(broker_url)
+        self._max_wait = max_wait
+
+    def publish(self, events: Iterable[dict[str, Any]]) -> None:
+        payloads = [json.dumps(event, separators=(",", ":")) for event in events]
+        if not payloads:
+            return
+        deadline = time.monotonic() + self._max_wait
+        pause = 0.2
+        while True:
+            try:
+                self._client.lpush(EVENTS_KEY, *payloads)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cannot publish events (%s); retrying in %.1f s", error, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
 
 class EventConsumer:
-    """Fetches events in batches; ``ack`` after the batch is committed."""
+    """Takes events in batches for the scheduler; ``ack`` once the batch is committed."""
 
-    def __init__(self, app: Celery) -> None:
-        self._connection = app.connection_for_read()
-        self._queue: SimpleQueue | None = None
+    def __init__(self, broker_url: str) -> None:
+        self._client = redis_from_url(broker_url)
+        self._take = self._client.register_script(_TAKE)
 
-    def _simple(self) -> SimpleQueue:
-        if self._queue is None:
-            self._connection.ensure_connection(max_retries=None)
-            self._queue = self._connection.SimpleQueue(EVENTS, no_ack=False)
-        return self._queue
+    def fetch(self, limit: int, timeout: float) -> list[dict[str, Any]]:
+        """Up to ``limit`` events, oldest first; waits up to ``timeout`` s for the first.
 
-    def fetch(self, limit: int, timeout: float) -> list[Any]:
-        """Up to ``limit`` messages: waits ``timeout`` for the first, none for the rest."""
-        queue = self._simple()
-        messages: list[Any] = []
-        try:
-            messages.append(queue.get(block=True, timeout=timeout))
-            while len(messages) < limit:
-                messages.append(queue.get_nowait())
-        except (TimeoutError, queue.Empty):
-            pass
-        return messages
+        An unacknowledged batch (left by a scheduler that died) comes back first.
+        """
+        pending = self._client.lrange(PROCESSING_KEY, 0, -1)
+        if pending:
+            return _decode(pending)
+        items = self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit])
+        if not items and timeout > 0:
+            # Redis takes fractional timeouts; redis-py's annotation says int.
+            wait: Any = timeout
+            first = self._client.blmove(EVENTS_KEY, PROCESSING_KEY, wait, "RIGHT", "RIGHT")
+            if first is None:
+                return []
+            more = (
+                self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit - 1]) if limit > 1 else []
+            )
+            items = [first, *more]
+        return _decode(items)
 
-    def reset(self) -> None:
-        """Drop the channel after a broker error; the next fetch reconnects."""
-        if self._queue is not None:
-            with contextlib.suppress(Exception):  # the connection is already broken
-                self._queue.close()
-        self._queue = None
-        self._connection.collect()
+    def ack(self) -> None:
+        self._client.delete(PROCESSING_KEY)
 
     def close(self) -> None:
-        self.reset()
-        self._connection.release()
+        self._client.close()
+
+
+def _decode(items: list[bytes | str]) -> list[dict[str, Any]]:
+    events = []
+    for item in items:
+        try:
+            events.append(json.loads(item))
+        except ValueError:
+            log.error("dropping an event that is not JSON: %r", item[:200])
+    return events

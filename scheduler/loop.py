@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from scheduler import metrics
-from scheduler.broker import CeleryBroker
+from scheduler.broker import BackgroundSender, CeleryBroker
 from scheduler.celery_app import make_celery
 from scheduler.db import create_tables, make_engine
 from scheduler.events import EventConsumer
@@ -35,8 +35,9 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     engine = make_engine(settings.effective_database_url)
     create_tables(engine)
     app = make_celery(settings)
-    scheduler = Scheduler(engine, settings, CeleryBroker(app))
-    consumer = EventConsumer(app)
+    broker = BackgroundSender(CeleryBroker(app))
+    scheduler = Scheduler(engine, settings, broker)
+    consumer = EventConsumer(settings.effective_broker_url)
     last_reconcile = 0.0
     backoff = 0.5
     log.info(
@@ -48,11 +49,10 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         while not stop.is_set():
             try:
                 started = time.perf_counter()
-                messages = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
-                if messages:
-                    outcome = scheduler.ingest([m.payload for m in messages])
-                    for message in messages:
-                        message.ack()
+                events = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
+                if events:
+                    outcome = scheduler.ingest(events)
+                    consumer.ack()
                     metrics.EVENTS_INGESTED.inc(outcome.applied)
                     metrics.EVENTS_IGNORED.inc(outcome.ignored)
                 if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
@@ -66,7 +66,6 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                 backoff = 0.5
             except (BrokerError, RedisError, ConnectionError, OSError) as error:
                 log.warning("broker unavailable (%s); retrying in %.1f s", error, backoff)
-                consumer.reset()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except DatabaseError as error:
@@ -74,6 +73,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
     finally:
+        broker.close()
         consumer.close()
         engine.dispose()
 

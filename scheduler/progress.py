@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from scheduler.core.states import ChunkState, JobState, derive_job_state
@@ -67,13 +68,30 @@ def load_progress(session: Session, jobs: Sequence[JobRow]) -> dict[int, JobProg
     return progress
 
 
+def chunk_states_present(session: Session, job_id: int) -> dict[ChunkState, int]:
+    """Which chunk states a job has (1 each), from one index seek per state.
+
+    Enough for ``derive_job_state``, and independent of the job's size: counting
+    every chunk of a 100,000-frame job after each batch of events would not be.
+    """
+    probes = [
+        select(ChunkRow.id)
+        .where(ChunkRow.job_id == job_id, ChunkRow.state == state)
+        .limit(1)
+        .exists()
+        .label(state.value)
+        for state in ChunkState
+    ]
+    row = session.execute(sql_select(*probes)).one()
+    return {state: 1 for state, present in zip(ChunkState, row, strict=True) if present}
+
+
 def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> None:
     """Store each job's derived state; stamp when it started and finished."""
-    progress = load_progress(session, jobs)
     for job in jobs:
         assert job.id is not None
         state = derive_job_state(
-            progress[job.id].chunks, suspended=job.suspended, cancelled=job.cancelled
+            chunk_states_present(session, job.id), suspended=job.suspended, cancelled=job.cancelled
         )
         if state == job.state:
             continue
@@ -82,7 +100,8 @@ def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> 
         if state.is_final:
             job.finished_at = now
             if state == JobState.FAILED and not job.message:
-                job.message = f"{progress[job.id].frames_failed} frame(s) failed every attempt"
+                failed = load_progress(session, [job])[job.id].frames_failed
+                job.message = f"{failed} frame(s) failed every attempt"
         else:
             job.finished_at = None
         job.state = state

@@ -13,10 +13,11 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, tuple_, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -27,12 +28,12 @@ from scheduler.core.policy import (
     JobCandidate,
     PoolCapacity,
     QueuedChunk,
-    accepts_event,
-    chunk_state_after_failure,
+    chunk_state_after_event,
     dispatch_order,
     is_node_lost,
     plan_dispatch,
     unclaimed_to_resend,
+    vanished_attempts,
 )
 from scheduler.core.states import AttemptState, ChunkState, JobState
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
@@ -50,6 +51,8 @@ from scheduler.settings import Settings
 log = logging.getLogger(__name__)
 
 ACTIVE = (ChunkState.DISPATCHED, ChunkState.RUNNING)
+VANISHED_GRACE_SECONDS = 2.0
+CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
 
 
 @dataclass(slots=True)
@@ -208,25 +211,31 @@ class Scheduler:
     # Events ----------------------------------------------------------------------------
 
     def ingest(self, events: Sequence[dict[str, Any]]) -> IngestOutcome:
-        """Apply a batch of node events in one transaction; duplicates change nothing."""
+        """Apply a batch of node events in one transaction; duplicates change nothing.
+
+        Chunk events go first: a heartbeat that no longer lists an attempt was sent
+        after that attempt's last event, so the event must be applied before it.
+        """
         now = self.clock()
         outcome = IngestOutcome(frames=[])
+        beats = [e for e in events if e.get("kind") == "heartbeat" and "info" in e]
+        chunk_events = [e for e in events if _is_chunk_event(e)]
+        outcome.ignored += len(events) - len(beats) - len(chunk_events)
         with Session(self.engine) as session:
-            self._save_heartbeats(session, [e for e in events if e.get("kind") == "heartbeat"], now)
-            chunk_events = [e for e in events if e.get("kind") != "heartbeat"]
             if chunk_events:
                 self._apply_chunk_events(session, chunk_events, now, outcome)
+            self._save_heartbeats(session, beats, now)
             session.commit()
         return outcome
 
     def _save_heartbeats(
         self, session: Session, events: Sequence[dict[str, Any]], now: float
     ) -> None:
-        latest: dict[str, NodeReport] = {}
+        latest: dict[str, dict[str, Any]] = {}
         for event in events:
+            latest[event["info"]["name"]] = event
+        for event in latest.values():
             report = NodeReport.from_dict(event["info"])
-            latest[report.name] = report
-        for report in latest.values():
             node = session.get(NodeRow, report.name)
             if node is None:
                 node = NodeRow(
@@ -251,90 +260,110 @@ class Scheduler:
             node.state = "online"
             node.last_heartbeat = now
             session.add(node)
+            if "tasks" in event and "at" in event:
+                self._requeue_vanished(session, report.name, set(event["tasks"]), event["at"])
+
+    def _requeue_vanished(
+        self, session: Session, node: str, listed: set[str], reported_at: float
+    ) -> None:
+        running = [
+            (chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0)
+            for chunk_id, attempt, started_at in session.exec(
+                select(ChunkRow.id, ChunkRow.attempts, ChunkRow.started_at).where(
+                    ChunkRow.node == node, ChunkRow.state == ChunkState.RUNNING
+                )
+            )
+            if chunk_id is not None
+        ]
+        vanished = vanished_attempts(running, listed, reported_at, VANISHED_GRACE_SECONDS)
+        if vanished:
+            log.warning(
+                "node %s no longer holds %d running attempt(s); rendering them again",
+                node,
+                len(vanished),
+            )
+            session.execute(
+                update(ChunkRow)
+                .where(col(ChunkRow.id).in_(vanished), col(ChunkRow.state) == ChunkState.RUNNING)
+                .values(state=ChunkState.QUEUED, node=None)
+            )
 
     def _apply_chunk_events(
         self, session: Session, events: Sequence[dict[str, Any]], now: float, outcome: IngestOutcome
     ) -> None:
         chunk_ids = {int(e["chunk_id"]) for e in events}
         chunks = {
-            c.id: c for c in session.exec(select(ChunkRow).where(col(ChunkRow.id).in_(chunk_ids)))
-        }
-        jobs = {
-            j.id: j
-            for j in session.exec(
-                select(JobRow).where(col(JobRow.id).in_({c.job_id for c in chunks.values()}))
+            row.id: _ChunkView(row.id, row.job_id, row.pool, ChunkState(row.state), row.attempts,
+                               row.retry_base)
+            for row in session.execute(
+                sql_select(
+                    col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool),
+                    col(ChunkRow.state), col(ChunkRow.attempts), col(ChunkRow.retry_base),
+                ).where(col(ChunkRow.id).in_(chunk_ids))
             )
-        }
-        attempts = {
-            (a.chunk_id, a.number): a
-            for a in session.exec(
-                select(AttemptRow).where(
-                    tuple_(col(AttemptRow.chunk_id), col(AttemptRow.number)).in_(
-                        list({(int(e["chunk_id"]), int(e["attempt"])) for e in events})
-                    )
+        }  # fmt: skip
+        max_attempts: dict[int, int] = {
+            job_id: allowed
+            for job_id, allowed in session.execute(
+                sql_select(col(JobRow.id), col(JobRow.max_attempts)).where(
+                    col(JobRow.id).in_({c.job_id for c in chunks.values()})
                 )
             )
         }
         done_frames = {
             (job_id, frame)
-            for job_id, frame in session.exec(
-                select(FrameResultRow.job_id, FrameResultRow.frame).where(
+            for job_id, frame in session.execute(
+                sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame)).where(
                     col(FrameResultRow.chunk_id).in_(chunk_ids)
                 )
             )
         }
-        touched: set[int] = set()
+        attempt_changes: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
         new_results: list[dict[str, Any]] = []
         for event in events:
-            chunk_id = int(event["chunk_id"])
-            chunk = chunks.get(chunk_id)
+            chunk = chunks.get(int(event["chunk_id"]))
             attempt_no = int(event["attempt"])
-            if chunk is None or not accepts_event(
-                ChunkState(chunk.state), chunk.attempts, attempt_no
-            ):
+            kind = event["kind"]
+            state = None
+            if chunk is not None:
+                state = chunk_state_after_event(
+                    chunk.state,
+                    chunk.attempts,
+                    attempt_no,
+                    kind,
+                    chunk.attempts - chunk.retry_base,
+                    max_attempts[chunk.job_id],
+                )
+            if chunk is None or state is None:
                 outcome.ignored += 1
                 continue
-            job = jobs[chunk.job_id]
-            attempt = attempts.get((chunk_id, attempt_no))
-            kind = event["kind"]
             node = str(event.get("node") or "")
             at = float(event.get("at") or now)
-            reports = []
+            attempt = attempt_changes[(chunk.id, attempt_no)]
+            reports: list[FrameReport] = []
             if kind == "started":
-                if chunk.state == ChunkState.DISPATCHED:
-                    chunk.state = ChunkState.RUNNING
-                    chunk.started_at = at
-                chunk.node = node
-                if attempt is not None:
-                    attempt.state, attempt.node, attempt.started_at = AttemptState.RUNNING, node, at
+                if chunk.state != state:
+                    chunk.changes["started_at"] = at
+                chunk.changes["node"] = node
+                attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
             elif kind == "frame":
                 reports = [FrameReport.from_dict(event["result"])]
             elif kind == "finished":
                 reports = [FrameReport.from_dict(r) for r in event.get("results", ())]
-                chunk.state = ChunkState.DONE
-                chunk.finished_at = at
-                chunk.node = node or chunk.node
-                if attempt is not None:
-                    attempt.state, attempt.finished_at, attempt.exit_code = (
-                        AttemptState.DONE,
-                        at,
-                        event.get("exit_code", 0),
-                    )
+                chunk.changes.update(finished_at=at, node=node)
+                attempt.update(
+                    state=AttemptState.DONE, node=node, finished_at=at,
+                    exit_code=event.get("exit_code", 0),
+                )  # fmt: skip
             elif kind == "failed":
-                chunk.state = chunk_state_after_failure(
-                    chunk.attempts - chunk.retry_base, job.max_attempts
-                )
-                chunk.node = node or chunk.node
-                if chunk.state == ChunkState.FAILED:
-                    chunk.finished_at = at
-                if attempt is not None:
-                    attempt.state = AttemptState.FAILED
-                    attempt.finished_at = at
-                    attempt.exit_code = event.get("exit_code")
-                    attempt.error = str(event.get("error", ""))[:2000]
-            else:
-                outcome.ignored += 1
-                continue
+                if state == ChunkState.FAILED:
+                    chunk.changes["finished_at"] = at
+                attempt.update(
+                    state=AttemptState.FAILED, node=node, finished_at=at,
+                    exit_code=event.get("exit_code"), error=str(event.get("error", ""))[:2000],
+                )  # fmt: skip
+            chunk.state = state
+            chunk.changes["state"] = state
             for report in reports:
                 if (chunk.job_id, report.frame) in done_frames:
                     continue
@@ -354,16 +383,39 @@ class Scheduler:
                     }
                 )
             outcome.applied += 1
-            touched.add(chunk.job_id)
-            session.add(chunk)
-            if attempt is not None:
-                session.add(attempt)
+        self._save_changes(session, chunks.values(), attempt_changes)
         if new_results:
             session.execute(insert(FrameResultRow), new_results)
             outcome.frames = [FrameResultRow(**r) for r in new_results]
+        touched = {c.job_id for c in chunks.values() if c.changes}
         if touched:
-            session.flush()
-            refresh_job_states(session, [jobs[j] for j in touched], now)
+            jobs = session.exec(select(JobRow).where(col(JobRow.id).in_(touched))).all()
+            refresh_job_states(session, jobs, now)
+
+    def _save_changes(
+        self,
+        session: Session,
+        chunks: Iterable[_ChunkView],
+        attempt_changes: dict[tuple[int, int], dict[str, Any]],
+    ) -> None:
+        """Bulk updates by primary key, one statement per shape of change."""
+        _update_by_key(session, ChunkRow, [{"id": c.id, **c.changes} for c in chunks if c.changes])
+        changed = {key: values for key, values in attempt_changes.items() if values}
+        if not changed:
+            return
+        ids = {
+            (chunk_id, number): attempt_id
+            for attempt_id, chunk_id, number in session.execute(
+                sql_select(
+                    col(AttemptRow.id), col(AttemptRow.chunk_id), col(AttemptRow.number)
+                ).where(tuple_(col(AttemptRow.chunk_id), col(AttemptRow.number)).in_(list(changed)))
+            )
+        }
+        _update_by_key(
+            session,
+            AttemptRow,
+            [{"id": ids[key], **values} for key, values in changed.items() if key in ids],
+        )
 
     # Reconcile -------------------------------------------------------------------------
 
@@ -456,6 +508,36 @@ class Scheduler:
             session.add(attempt)
             task_ids.append(task_id_for(attempt.chunk_id, attempt.number))
         return task_ids
+
+
+@dataclass(slots=True)
+class _ChunkView:
+    """A chunk as one ingest batch sees it, with the columns the batch changed."""
+
+    id: int
+    job_id: int
+    pool: str
+    state: ChunkState
+    attempts: int
+    retry_base: int
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+def _update_by_key(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        shapes[frozenset(row)].append(row)
+    for same_shape in shapes.values():
+        session.execute(update(table), same_shape)
+
+
+def _is_chunk_event(event: dict[str, Any]) -> bool:
+    try:
+        return event.get("kind") in CHUNK_EVENT_KINDS and (
+            int(event["chunk_id"]) >= 0 and int(event["attempt"]) >= 1
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _candidate(job: JobRow, queued: Iterable[QueuedChunk]) -> JobCandidate:

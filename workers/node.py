@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from celery.worker import state as worker_state
 
 from scheduler.broker import pool_queue_entity
 from scheduler.celery_app import make_celery
-from scheduler.events import publish_events
+from scheduler.events import EventPublisher
 from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport
 from scheduler.settings import Settings
 from workers.runner import install_termination_handler, run_chunk
@@ -53,13 +54,14 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
     app.conf.task_queues = [pool_queue_entity(node.pool)]
     storage = settings.storage_root
+    events = EventPublisher(settings.effective_broker_url)
 
-    @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def render_chunk(task: Any, message: dict[str, Any]) -> bool:
+    @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True)
+    def render_chunk(message: dict[str, Any]) -> bool:
         chunk = ChunkMessage.from_dict(message)
-        return run_chunk(chunk, storage, node.name, lambda event: publish_events(task.app, [event]))
+        return run_chunk(chunk, storage, node.name, lambda event: events.publish([event]))
 
-    heartbeat = Heartbeat(app, node, settings.heartbeat_seconds)
+    heartbeat = Heartbeat(events, node, settings.heartbeat_seconds)
     signals.worker_ready.connect(heartbeat.start, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     signals.worker_process_init.connect(lambda **_: install_termination_handler(), weak=False)
@@ -67,8 +69,8 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
 
 
 class Heartbeat:
-    def __init__(self, app: Celery, node: NodeConfig, every: float) -> None:
-        self.app = app
+    def __init__(self, events: EventPublisher, node: NodeConfig, every: float) -> None:
+        self.events = events
         self.node = node
         self.every = every
         self._stop = threading.Event()
@@ -83,18 +85,21 @@ class Heartbeat:
         self._stop.set()
 
     def beat(self) -> None:
-        running = [request.id for request in list(worker_state.active_requests)]
+        # Reserved includes received-but-not-started: a task appears there before its
+        # render starts and leaves only after its last event was published.
+        holding = {r.id for r in list(worker_state.reserved_requests)}
+        running = {r.id for r in list(worker_state.active_requests)}
         report = self.node.report(len(running))
-        publish_events(
-            self.app,
+        self.events.publish(
             [
                 {
                     "kind": "heartbeat",
                     "node": self.node.name,
+                    "at": time.time(),
                     "info": report.to_dict(),
-                    "tasks": running,
+                    "tasks": sorted(holding | running),
                 }
-            ],
+            ]
         )
 
     def _run(self) -> None:

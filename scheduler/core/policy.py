@@ -93,6 +93,28 @@ def chunk_state_after_failure(attempts_made: int, max_attempts: int) -> ChunkSta
     return ChunkState.QUEUED if attempts_made < max_attempts else ChunkState.FAILED
 
 
+def chunk_state_after_event(
+    state: ChunkState,
+    current_attempt: int,
+    event_attempt: int,
+    kind: str,
+    attempts_since_retry: int,
+    max_attempts: int,
+) -> ChunkState | None:
+    """The chunk's state once a node event is applied, or None to ignore the event."""
+    if not accepts_event(state, current_attempt, event_attempt):
+        return None
+    if kind == "started":
+        return ChunkState.RUNNING if state == ChunkState.DISPATCHED else state
+    if kind == "frame":
+        return state
+    if kind == "finished":
+        return ChunkState.DONE
+    if kind == "failed":
+        return chunk_state_after_failure(attempts_since_retry, max_attempts)
+    return None
+
+
 def accepts_event(state: ChunkState, current_attempt: int, event_attempt: int) -> bool:
     """Events count only for the chunk's current attempt while it is dispatched or running.
 
@@ -120,3 +142,22 @@ def unclaimed_to_resend(
     if broker_depth > 0:
         return []
     return [chunk_id for chunk_id, sent_at in dispatched if now - sent_at > after]
+
+
+def vanished_attempts(
+    running: Iterable[tuple[int, str, float]], listed: set[str], reported_at: float, grace: float
+) -> list[int]:
+    """Chunks whose running attempt the node no longer holds, by its own heartbeat.
+
+    ``running`` holds (chunk id, task id, started at) of the node's running chunks;
+    ``listed`` the task ids the node reported holding at ``reported_at`` (its clock,
+    like ``started at``). A node lists a task from before its render starts until
+    after its last event was sent, so an attempt missing from a later report ended
+    without its events reaching us (lost in a broker flush, or the node restarted):
+    it must render again.
+    """
+    return [
+        chunk_id
+        for chunk_id, task_id, started_at in running
+        if task_id not in listed and started_at < reported_at - grace
+    ]

@@ -88,7 +88,11 @@ def can_transition(current: ChunkState, target: ChunkState) -> bool:
 def derive_job_state(
     chunk_counts: Mapping[ChunkState, int], *, suspended: bool, cancelled: bool
 ) -> JobState:
-    """A job's state from how many of its chunks are in each state."""
+    """A job's state from how many of its chunks are in each state.
+
+    Only which states are present matters, so a count of 1 per present state (what
+    the store can find with index seeks) gives the same answer as full counts.
+    """
     if cancelled:
         return JobState.CANCELLED
     count = {state: chunk_counts.get(state, 0) for state in ChunkState}

@@ -1,0 +1,28 @@
+"""The baseline of bench/dispatch.py: a bare Celery app whose task does nothing but count.
+
+Configured like the farm's own app (acks_late, prefetch 1, reject on worker lost, no
+result backend); completion is counted with one Redis INCR per task.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import Celery
+
+from scheduler.celery_app import make_celery
+from scheduler.settings import Settings
+
+COUNTER = "bench:celery-noop:done"
+
+app: Celery = make_celery(
+    Settings(_env_file=None, broker_url=os.environ["BENCH_BROKER_URL"]),  # type: ignore[call-arg]
+    main="bench-noop",
+)
+_counter = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+
+
+@app.task(name="bench.noop", acks_late=True)
+def noop(index: int) -> None:
+    _counter.incr(COUNTER)
