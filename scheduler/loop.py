@@ -2,8 +2,8 @@
 
 One loop, no threads: wait up to ``tick_seconds`` for node events, ingest what came
 in one transaction, acknowledge it, revoke renders of cancelled or superseded
-attempts, dispatch into the freed slots at once, and reconcile (lost nodes, lost
-messages) about once a second. A broker or database outage is logged and retried;
+attempts (five times a second), dispatch into the freed slots at once, and reconcile
+(lost nodes, lost messages) about once a second. A broker or database outage is logged and retried;
 the loop never dies of one.
 """
 
@@ -28,6 +28,7 @@ from scheduler.settings import Settings
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_SECONDS = 1.0
+STOP_STALE_EVERY_SECONDS = 0.2  # how soon a cancel stops the renders of a job
 
 
 def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -38,7 +39,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     broker = BackgroundSender(CeleryBroker(app))
     scheduler = Scheduler(engine, settings, broker)
     consumer = EventConsumer(settings.effective_broker_url)
-    last_reconcile = 0.0
+    last_reconcile = last_stale = 0.0
     backoff = 0.5
     log.info(
         "scheduler running: broker %s, database %s",
@@ -57,9 +58,10 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                     metrics.EVENTS_IGNORED.inc(outcome.ignored)
                 if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
                     scheduler.reconcile()
-                    last_reconcile = time.monotonic()
-                else:
+                    last_reconcile = last_stale = time.monotonic()
+                elif time.monotonic() - last_stale >= STOP_STALE_EVERY_SECONDS:
                     scheduler.stop_stale_attempts()
+                    last_stale = time.monotonic()
                 sent = scheduler.dispatch_tick()
                 metrics.CHUNKS_DISPATCHED.inc(len(sent))
                 metrics.TICK_SECONDS.observe(time.perf_counter() - started)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,7 @@ from scheduler.core.policy import (
     dispatch_order,
     is_node_lost,
     plan_dispatch,
+    queue_buffer,
     unclaimed_to_resend,
     vanished_attempts,
 )
@@ -60,6 +61,33 @@ class IngestOutcome:
     applied: int = 0
     ignored: int = 0
     frames: list[FrameResultRow] | None = None
+    finished: Counter[str] = field(default_factory=Counter)  # chunks finished, by pool
+
+
+class CompletionRate:
+    """Chunks finished per pool over a sliding window, and the mean dispatch tick."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._finished: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._last_tick: float | None = None
+        self.tick = 0.0
+
+    def record(self, now: float, finished: Counter[str]) -> None:
+        for pool, count in finished.items():
+            self._finished[pool].append((now, count))
+
+    def note_tick(self, now: float) -> None:
+        if self._last_tick is not None:
+            interval = min(now - self._last_tick, self.window)
+            self.tick = interval if not self.tick else 0.8 * self.tick + 0.2 * interval
+        self._last_tick = now
+
+    def finished(self, pool: str, now: float) -> int:
+        recent = self._finished[pool]
+        while recent and recent[0][0] < now - self.window:
+            recent.popleft()
+        return sum(count for _, count in recent)
 
 
 class Scheduler:
@@ -74,12 +102,14 @@ class Scheduler:
         self.settings = settings
         self.broker = broker
         self.clock = clock
+        self.rates = CompletionRate()
 
     # Dispatch --------------------------------------------------------------------------
 
     def dispatch_tick(self) -> list[ChunkMessage]:
         """Fill each pool's queue up to its free slots; returns what was sent."""
         now = self.clock()
+        self.rates.note_tick(now)
         with Session(self.engine) as session:
             snapshot, jobs = self._load_dispatch_snapshot(session, now)
             assignments = plan_dispatch(snapshot, now)
@@ -109,7 +139,7 @@ class Scheduler:
             ).all()
         )
         pools = {
-            pool: PoolCapacity(pool, int(total), active.get(pool, 0), self.settings.dispatch_buffer)
+            pool: PoolCapacity(pool, int(total), active.get(pool, 0), self._buffer(pool, now))
             for pool, total in slots.items()
         }
         room = {name: pool.free for name, pool in pools.items() if pool.free > 0}
@@ -143,6 +173,15 @@ class Scheduler:
             if queued:
                 candidates.append(_candidate(job, queued))
         return DispatchSnapshot(pools, candidates), {j.id: j for j in jobs if j.id is not None}
+
+    def _buffer(self, pool: str, now: float) -> int:
+        return queue_buffer(
+            self.rates.finished(pool, now),
+            self.rates.window,
+            self.rates.tick,
+            self.settings.dispatch_buffer,
+            self.settings.max_dispatch_buffer,
+        )
 
     def _save_dispatch(
         self,
@@ -226,6 +265,7 @@ class Scheduler:
                 self._apply_chunk_events(session, chunk_events, now, outcome)
             self._save_heartbeats(session, beats, now)
             session.commit()
+        self.rates.record(now, outcome.finished)
         return outcome
 
     def _save_heartbeats(
@@ -362,6 +402,8 @@ class Scheduler:
                     state=AttemptState.FAILED, node=node, finished_at=at,
                     exit_code=event.get("exit_code"), error=str(event.get("error", ""))[:2000],
                 )  # fmt: skip
+            if kind in ("finished", "failed"):
+                outcome.finished[chunk.pool] += 1
             chunk.state = state
             chunk.changes["state"] = state
             for report in reports:

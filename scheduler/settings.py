@@ -40,7 +40,12 @@ class Settings(BaseSettings):
 
     # Scheduler.
     tick_seconds: float = Field(0.5, gt=0, description="longest wait between dispatch ticks")
-    dispatch_buffer: int = Field(2, ge=0, description="messages queued beyond free slots, per pool")
+    dispatch_buffer: int = Field(
+        2, ge=0, description="least messages queued beyond free slots, per pool"
+    )
+    max_dispatch_buffer: int = Field(
+        64, ge=0, description="most messages queued beyond free slots, for very short chunks"
+    )
     event_batch: int = Field(500, ge=1, description="events ingested per database transaction")
     node_timeout: float = Field(60.0, gt=0, description="seconds without heartbeat before lost")
     redispatch_after: float = Field(30.0, gt=0, description="unclaimed seconds before a resend")

@@ -11,6 +11,7 @@ the next tick instead of after a backlog drains.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -63,6 +64,22 @@ class Assignment:
     job_id: int
     pool: str
     attempt: int  # the number of the attempt this dispatch starts (1-based)
+
+
+def queue_buffer(finished: int, window: float, tick: float, minimum: int, maximum: int) -> int:
+    """How many messages a pool's queue holds beyond its free slots.
+
+    Enough to keep the pool busy while one dispatch round trip (a few ticks) passes:
+    the pool's recent completion rate (``finished`` chunks in ``window`` seconds)
+    times four ticks, within [minimum, maximum]. Renders of minutes finish a few
+    chunks a second across a whole farm, so the buffer stays at its small minimum
+    and a priority change takes effect on the next tick; chunks of milliseconds
+    (benchmarks, trivial tasks) get a deeper queue instead of idle slots.
+    """
+    if window <= 0:
+        return minimum
+    wanted = math.ceil(finished / window * tick * 4)
+    return max(minimum, min(maximum, wanted))
 
 
 def dispatch_order(job: JobCandidate) -> tuple[int, int]:

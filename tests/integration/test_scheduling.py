@@ -286,3 +286,21 @@ def test_chunks_lost_by_redis_are_sent_again(
     assert sorted((m.chunk_id, m.attempt) for m in resent) == sorted((m.chunk_id, 2) for m in sent)
     assert broker.llen("pool.cpu") == 2
     assert {j.state for j in rows(engine, JobRow)} == {"running"}
+
+
+def test_a_running_attempt_its_node_no_longer_holds_renders_again(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    """Events lost with the broker (a flush): the node's heartbeat tells."""
+    submit(studios, studio_id, "1-2")
+    scheduler.ingest([heartbeat(slots=2)])
+    first, second = scheduler.dispatch_tick()
+    scheduler.ingest([event("started", first, at=100.0), event("started", second, at=100.0)])
+    holding = [f"chunk-{second.chunk_id}-attempt-1"]
+    scheduler.ingest([{**heartbeat(slots=2), "at": 101.0, "tasks": []}])  # too soon to tell
+    assert {c.state for c in rows(engine, ChunkRow)} == {"running"}
+    scheduler.ingest([{**heartbeat(slots=2), "at": 110.0, "tasks": holding}])
+    states = {c.id: c.state for c in rows(engine, ChunkRow)}
+    assert states == {first.chunk_id: "queued", second.chunk_id: "running"}
+    again = scheduler.dispatch_tick()
+    assert [(m.chunk_id, m.attempt) for m in again] == [(first.chunk_id, 2)]

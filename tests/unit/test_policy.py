@@ -14,7 +14,9 @@ from scheduler.core.policy import (
     chunk_state_after_failure,
     is_node_lost,
     plan_dispatch,
+    queue_buffer,
     unclaimed_to_resend,
+    vanished_attempts,
 )
 from scheduler.core.states import ChunkState
 
@@ -120,3 +122,31 @@ def test_unclaimed_chunks_are_resent_only_when_the_queue_is_empty() -> None:
     assert unclaimed_to_resend(sent, broker_depth=3, now=100.0, after=30.0) == []
     assert unclaimed_to_resend(sent, broker_depth=0, now=100.0, after=30.0) == [1, 2]
     assert unclaimed_to_resend(sent, broker_depth=0, now=70.0, after=30.0) == [1]
+
+
+@pytest.mark.parametrize(
+    ("finished", "window", "tick", "buffer"),
+    [
+        (0, 5.0, 0.5, 2),  # idle pool: the minimum
+        (10, 5.0, 0.5, 4),  # renders of seconds: 2/s x 0.5 s x 4 ticks
+        (3, 5.0, 0.5, 2),  # renders of minutes: the minimum keeps JIT responsive
+        (1500, 5.0, 0.02, 24),  # millisecond chunks: a deeper queue
+        (100_000, 5.0, 0.5, 64),  # never beyond the maximum
+        (10, 0.0, 0.5, 2),  # no window yet
+    ],
+)
+def test_queue_buffer_covers_a_dispatch_round_trip(
+    finished: int, window: float, tick: float, buffer: int
+) -> None:
+    assert queue_buffer(finished, window, tick, minimum=2, maximum=64) == buffer
+
+
+def test_attempts_a_node_stopped_listing_are_vanished() -> None:
+    running = [
+        (1, "chunk-1-attempt-1", 100.0),
+        (2, "chunk-2-attempt-1", 100.0),
+        (3, "chunk-3-attempt-2", 109.5),
+    ]
+    listed = {"chunk-2-attempt-1"}
+    # chunk 3 started too recently for the report to be trusted about it
+    assert vanished_attempts(running, listed, reported_at=110.0, grace=2.0) == [1]
