@@ -388,20 +388,21 @@ class Scheduler:
                 attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
             elif kind == "frame":
                 reports = [FrameReport.from_dict(event["result"])]
-            elif kind == "finished":
-                reports = [FrameReport.from_dict(r) for r in event.get("results", ())]
-                chunk.changes.update(finished_at=at, node=node)
-                attempt.update(
-                    state=AttemptState.DONE, node=node, finished_at=at,
-                    exit_code=event.get("exit_code", 0),
-                )  # fmt: skip
-            elif kind == "failed":
-                if state == ChunkState.FAILED:
+            elif kind in ("finished", "failed"):
+                if chunk.state == ChunkState.DISPATCHED:  # ended before "started" was due
+                    started = float(event.get("started_at") or at)
+                    chunk.changes["started_at"] = started
+                    attempt["started_at"] = started
+                attempt.update(node=node, finished_at=at, exit_code=event.get("exit_code"))
+                chunk.changes["node"] = node
+                if kind == "finished":
+                    reports = [FrameReport.from_dict(r) for r in event.get("results", ())]
                     chunk.changes["finished_at"] = at
-                attempt.update(
-                    state=AttemptState.FAILED, node=node, finished_at=at,
-                    exit_code=event.get("exit_code"), error=str(event.get("error", ""))[:2000],
-                )  # fmt: skip
+                    attempt["state"] = AttemptState.DONE
+                else:
+                    if state == ChunkState.FAILED:
+                        chunk.changes["finished_at"] = at
+                    attempt.update(state=AttemptState.FAILED, error=str(event.get("error"))[:2000])
             if kind in ("finished", "failed"):
                 outcome.finished[chunk.pool] += 1
             chunk.state = state

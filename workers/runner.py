@@ -36,6 +36,7 @@ FRAME_LINE = re.compile(
     rb"^renderfarm-frame:\s*(-?\d+)(?:\s+seconds=([0-9.]+))?(?:\s+cpu=([0-9.]+))?"
 )
 KILL_GRACE_SECONDS = 3.0
+STARTED_GRACE_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
 
 # Process groups of renderers running in this process, for the SIGTERM handler.
@@ -61,17 +62,63 @@ def chunk_event(kind: str, message: ChunkMessage, node: str, **fields: Any) -> d
 
 
 def run_chunk(message: ChunkMessage, storage: Path, node: str, emit: Emit) -> bool:
-    """Render the chunk; emit started, frame... and finished or failed. True if it rendered."""
-    emit(chunk_event("started", message, node))
+    """Render the chunk; emit started, frame... and finished or failed. True if it rendered.
+
+    "started" goes out after ``STARTED_GRACE_SECONDS`` or with the first frame,
+    whichever comes first; a chunk done sooner sends only "finished", which carries
+    ``started_at``. Short chunks thus cost the scheduler one event instead of two.
+    """
+    notice = StartNotice(emit, chunk_event("started", message, node), STARTED_GRACE_SECONDS)
+    started_at = time.time()
     try:
-        reports = render(message, storage, node, emit)
+        reports = render(message, storage, node, notice.emit)
     except RenderFailed as failure:
-        emit(chunk_event("failed", message, node, error=str(failure), exit_code=failure.exit_code))
+        notice.settle()
+        emit(
+            chunk_event(
+                "failed", message, node, started_at=started_at, error=str(failure),
+                exit_code=failure.exit_code,
+            )
+        )  # fmt: skip
         return False
+    notice.settle()
     emit(
-        chunk_event("finished", message, node, results=[r.to_dict() for r in reports], exit_code=0)
-    )
+        chunk_event(
+            "finished", message, node, started_at=started_at,
+            results=[r.to_dict() for r in reports], exit_code=0,
+        )
+    )  # fmt: skip
     return True
+
+
+class StartNotice:
+    """Sends the "started" event once, late, or not at all if the attempt ends first."""
+
+    def __init__(self, emit: Emit, event: dict[str, Any], grace: float) -> None:
+        self._emit = emit
+        self._event = event
+        self._lock = threading.Lock()
+        self._settled = False
+        self._timer = threading.Timer(grace, self._send)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _send(self) -> None:
+        with self._lock:
+            if not self._settled:
+                self._settled = True
+                self._emit(self._event)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Emit a progress event, after "started" if that is still due."""
+        self._send()
+        self._emit(event)
+
+    def settle(self) -> None:
+        """The attempt has ended: "started" is sent no more."""
+        self._timer.cancel()
+        with self._lock:
+            self._settled = True
 
 
 def render(message: ChunkMessage, storage: Path, node: str, emit: Emit) -> list[FrameReport]:
