@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -148,17 +147,17 @@ def up(
 
     _logging()
     settings = Settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     farm = LocalFarm(settings, workers=workers, slots=slots, api_port=port)
     with farm:
         console.print(f"renderfarm is up: API {farm.api_url} (docs at {farm.api_url}/docs)")
         console.print(f"logs in {farm.logs}; storage in {settings.storage_root}")
         console.print("create a studio key with: renderfarm studio create NAME. Ctrl-C stops.")
-        try:
-            while True:
-                farm.check_children()
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            console.print("stopping ...")
+        while not stop.wait(1.0):
+            farm.check_children()
+        console.print("stopping ...")
 
 
 @app.command()

@@ -10,7 +10,6 @@ their environment, so the embedded farm exercises exactly the farm's code paths.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -19,14 +18,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import redis
 
 from scheduler.db import create_tables, make_engine
+from scheduler.processes import die_with_parent, kill_groups, stop_process, wait_until
 from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +76,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         client = redis.Redis(unix_socket_path=str(self.socket))
         wait_until(lambda: _pings(client), timeout, f"Redis ({binary}) did not start")
@@ -162,6 +161,7 @@ class LocalFarm:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log_file.close()
         self.children.append((label, child))
@@ -181,11 +181,10 @@ class LocalFarm:
                 )
 
     def stop(self) -> None:
+        # Signal all first, so they shut down in parallel, then wait for each.
+        kill_groups([child.pid for _label, child in self.children], signal.SIGTERM)
         for _label, child in reversed(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGTERM)
-        for _label, child in reversed(self.children):
-            stop_process(child)
+            stop_process(child, STOP_GRACE_SECONDS)
         self.children.clear()
         if self.redis is not None:
             self.redis.stop()
@@ -197,25 +196,3 @@ class LocalFarm:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def stop_process(child: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM, wait, then SIGKILL the child's whole process group."""
-    if child.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=grace)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(message)

@@ -22,7 +22,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from scheduler.db import create_tables, make_engine
-from scheduler.embedded import EmbeddedRedis, stop_process
+from scheduler.embedded import EmbeddedRedis
+from scheduler.processes import stop_process
 from scheduler.settings import Settings
 
 T = TypeVar("T")

@@ -14,7 +14,6 @@ passes a function that publishes it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import queue
 import re
@@ -23,11 +22,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from scheduler.messages import ChunkMessage, FrameReport
+from scheduler.processes import die_with_parent, kill_groups
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
 Emit = Callable[[dict[str, Any]], None]
@@ -37,7 +37,6 @@ FRAME_LINE = re.compile(
 )
 KILL_GRACE_SECONDS = 3.0
 STARTED_GRACE_SECONDS = 0.5
-PR_SET_PDEATHSIG = 1
 
 # Process groups of renderers running in this process, for the SIGTERM handler.
 _running_groups: set[int] = set()
@@ -156,7 +155,7 @@ def _render_in_child(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 cwd=storage,
             )
         except OSError as error:
@@ -281,18 +280,6 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
     kill_groups([child.pid], signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=KILL_GRACE_SECONDS)
-
-
-def kill_groups(groups: Sequence[int], sig: int) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGKILL when the worker process dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def install_termination_handler() -> None:
