@@ -5,7 +5,7 @@ the REST API; the real scheduler, a real ``renderfarm worker`` and the database 
 it to ``done`` (every frame result written). Baseline: N bare Celery no-op tasks
 through a worker of the same concurrency. Prints both rates and farm/celery.
 
-    python bench/dispatch.py                 # 5,000 frames, a table
+    python bench/dispatch.py                 # 5,000 frames, 3 alternating rounds, a table
     python bench/dispatch.py --json          # {"farm_frames_per_s", "celery_tasks_per_s", "ratio"}
     python bench/dispatch.py --frames 1000 --slots 4 --broker-url redis://127.0.0.1:6379/14
 """
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +46,22 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
-def bench_farm(settings: Settings, frames: int, slots: int) -> float:
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of a process and its live children (a worker's pool processes)."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def bench_farm(
+    settings: Settings, frames: int, slots: int, also_measure: dict[str, psutil.Process]
+) -> tuple[float, dict[str, float]]:
+    """Frames per second, and CPU milliseconds per frame of each farm process."""
     with LocalFarm(settings, workers=1, slots=slots, api_port=free_port()) as farm:
         client = httpx.Client(
             base_url=farm.api_url,
@@ -52,6 +69,13 @@ def bench_farm(settings: Settings, frames: int, slots: int) -> float:
             timeout=30,
         )
         wait_until(lambda: bool(client.get("/v1/nodes").json()), 60, "the node did not report")
+        processes = {
+            label.split("-local-")[0] if "-local-" in label else label: psutil.Process(c.pid)
+            for label, c in farm.children
+        }
+        if farm.redis is not None and farm.redis.process is not None:
+            processes["redis"] = psutil.Process(farm.redis.process.pid)
+        cpu_before = {label: cpu_seconds(p) for label, p in processes.items()}
         started = time.perf_counter()
         job = client.post(
             "/v1/jobs",
@@ -67,9 +91,13 @@ def bench_farm(settings: Settings, frames: int, slots: int) -> float:
 
         wait_until(done, 3600, "the farm did not finish")
         elapsed = time.perf_counter() - started
+        cpu_ms = {
+            label: round((cpu_seconds(p) - cpu_before[label]) / frames * 1000, 2)
+            for label, p in processes.items()
+        }
         progress = client.get(f"/v1/jobs/{job['id']}").json()["progress"]
         assert progress["frames_done"] == frames, progress
-        return frames / elapsed
+        return frames / elapsed, cpu_ms
 
 
 def bench_celery(broker_url: str, frames: int, slots: int, logs: Path) -> float:
@@ -133,11 +161,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=5000)
     parser.add_argument("--slots", type=int, default=4, help="worker concurrency, both sides")
+    parser.add_argument("--rounds", type=int, default=3, help="celery and farm runs, alternated")
     parser.add_argument("--broker-url", default=None, help="default: an embedded Redis")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp folder")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    farm_rates: list[float] = []
+    celery_rates: list[float] = []
+    cpu_ms: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="renderfarm-bench-") as folder:
         embedded = None
         broker_url = args.broker_url
@@ -146,34 +178,53 @@ def main() -> None:
             embedded.start()
             broker_url = embedded.url
         try:
-            redis_client(broker_url).flushdb()
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                data_dir=Path(folder),
-                broker_url=broker_url,
-                database_url=args.database_url,
-                max_frames_per_job=max(100_000, args.frames),
+            redis_process = (
+                {"redis": psutil.Process(embedded.process.pid)}
+                if embedded is not None and embedded.process is not None
+                else {}
             )
-            farm_rate = bench_farm(settings, args.frames, args.slots)
-            print(f"farm: {farm_rate:.1f} frames/s", file=sys.stderr)
-            celery_rate = bench_celery(broker_url, args.frames, args.slots, Path(folder))
+            for round_ in range(args.rounds):
+                # Alternate, so a machine that slows down mid-run hurts both sides alike.
+                redis_client(broker_url).flushdb()
+                celery_rates.append(bench_celery(broker_url, args.frames, args.slots, Path(folder)))
+                settings = Settings(
+                    _env_file=None,  # type: ignore[call-arg]
+                    data_dir=Path(folder) / f"round-{round_}",
+                    broker_url=broker_url,
+                    database_url=args.database_url,
+                    max_frames_per_job=max(100_000, args.frames),
+                )
+                rate, cpu_ms = bench_farm(settings, args.frames, args.slots, redis_process)
+                farm_rates.append(rate)
+                print(
+                    f"round {round_ + 1}: farm {rate:.1f} frames/s, "
+                    f"celery {celery_rates[-1]:.1f} tasks/s",
+                    file=sys.stderr,
+                )
         finally:
             if embedded is not None:
                 embedded.stop()
+    farm_rate, celery_rate = statistics.median(farm_rates), statistics.median(celery_rates)
+    ratios = [f / c for f, c in zip(farm_rates, celery_rates, strict=True)]
     result = {
         "farm_frames_per_s": round(farm_rate, 1),
         "celery_tasks_per_s": round(celery_rate, 1),
         "ratio": round(farm_rate / celery_rate, 3),
+        "ratio_per_round": [round(r, 3) for r in ratios],
         "frames": args.frames,
         "slots": args.slots,
+        "farm_cpu_ms_per_frame": cpu_ms,
     }
     if args.json:
         print(json.dumps(result))
         return
+    print(f"medians of {args.rounds} alternating rounds of {args.frames} frames/tasks")
     print(f"{'path':<34}{'per second':>12}")
     print(f"{'farm (API→scheduler→Celery→DB)':<34}{farm_rate:>12.1f}")
     print(f"{'bare Celery no-op tasks':<34}{celery_rate:>12.1f}")
     print(f"{'ratio farm / celery':<34}{farm_rate / celery_rate:>12.3f}")
+    print("ratio per round: " + ", ".join(f"{r:.3f}" for r in ratios))
+    print("farm CPU ms per frame (last round): " + ", ".join(f"{k} {v}" for k, v in cpu_ms.items()))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -74,16 +74,20 @@ def chunk_states_present(session: Session, job_id: int) -> dict[ChunkState, int]
     Enough for ``derive_job_state``, and independent of the job's size: counting
     every chunk of a 100,000-frame job after each batch of events would not be.
     """
-    probes = [
+    row = session.execute(_STATES_PRESENT, {"job": job_id}).one()
+    return {state: 1 for state, present in zip(ChunkState, row, strict=True) if present}
+
+
+_STATES_PRESENT = sql_select(
+    *(
         select(ChunkRow.id)
-        .where(ChunkRow.job_id == job_id, ChunkRow.state == state)
+        .where(col(ChunkRow.job_id) == bindparam("job"), ChunkRow.state == state)
         .limit(1)
         .exists()
         .label(state.value)
         for state in ChunkState
-    ]
-    row = session.execute(sql_select(*probes)).one()
-    return {state: 1 for state, present in zip(ChunkState, row, strict=True) if present}
+    )
+)
 
 
 def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> None:

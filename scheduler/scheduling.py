@@ -9,6 +9,7 @@ the pool queue empty) and sends it again as a new attempt.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, tuple_, update
+from sqlalchemy import Integer, bindparam, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -54,6 +55,67 @@ log = logging.getLogger(__name__)
 ACTIVE = (ChunkState.DISPATCHED, ChunkState.RUNNING)
 VANISHED_GRACE_SECONDS = 2.0
 CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
+
+# The statements of the hot path, built once: SQLAlchemy spends more time building
+# and keying a statement than SQLite spends running it (see BENCHMARKS.md).
+_LIVE_SLOTS = (
+    sql_select(col(NodeRow.pool), func.sum(NodeRow.slots))
+    .where(col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= bindparam("since"))
+    .group_by(col(NodeRow.pool))
+)
+_ACTIVE_CHUNKS = (
+    sql_select(col(ChunkRow.pool), func.count())
+    .where(col(ChunkRow.state).in_(ACTIVE))
+    .group_by(col(ChunkRow.pool))
+)
+_DISPATCHABLE_JOBS = select(JobRow).where(
+    col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING)),
+    col(JobRow.suspended).is_(False),
+    col(JobRow.cancelled).is_(False),
+    col(JobRow.pool).in_(bindparam("pools", expanding=True)),
+)
+_NEXT_QUEUED = (
+    sql_select(col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.not_before))
+    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
+    .where(col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= bindparam("now")))
+    .order_by(col(ChunkRow.position))
+    .limit(bindparam("wanted", type_=Integer))
+)
+_CLAIM = (
+    update(ChunkRow)
+    .where(
+        col(ChunkRow.id).in_(bindparam("ids", expanding=True)),
+        col(ChunkRow.state) == ChunkState.QUEUED,
+    )
+    .values(
+        state=ChunkState.DISPATCHED,
+        attempts=ChunkRow.attempts + 1,
+        dispatched_at=bindparam("now"),
+        started_at=None,
+        node=None,
+    )
+    .returning(
+        col(ChunkRow.id),
+        col(ChunkRow.job_id),
+        col(ChunkRow.attempts),
+        col(ChunkRow.first_frame),
+        col(ChunkRow.last_frame),
+        col(ChunkRow.step),
+    )
+)
+_CHUNKS_OF_EVENTS = sql_select(
+    col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool), col(ChunkRow.state),
+    col(ChunkRow.attempts), col(ChunkRow.retry_base), col(JobRow.max_attempts),
+).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
+    col(ChunkRow.id).in_(bindparam("ids", expanding=True))
+)  # fmt: skip
+_FRAMES_DONE = sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame)).where(
+    col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True))
+)
+_JOBS_BY_ID = select(JobRow).where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
+_UPDATE_CHUNKS = update(ChunkRow)
+_INSERT_ATTEMPTS = insert(AttemptRow)
+_INSERT_RESULTS = insert(FrameResultRow)
 
 
 @dataclass(slots=True)
@@ -124,35 +186,19 @@ class Scheduler:
         self, session: Session, now: float
     ) -> tuple[DispatchSnapshot, dict[int, JobRow]]:
         live_since = now - self.settings.node_timeout
-        slots = dict(
-            session.exec(
-                select(NodeRow.pool, func.sum(NodeRow.slots))
-                .where(NodeRow.state == "online", col(NodeRow.last_heartbeat) >= live_since)
-                .group_by(col(NodeRow.pool))
-            ).all()
-        )
-        active = dict(
-            session.exec(
-                select(ChunkRow.pool, func.count())
-                .where(col(ChunkRow.state).in_(ACTIVE))
-                .group_by(col(ChunkRow.pool))
-            ).all()
-        )
+        slots = {
+            pool: int(total or 0)
+            for pool, total in session.execute(_LIVE_SLOTS, {"since": live_since})
+        }
+        active: dict[str, int] = {pool: n for pool, n in session.execute(_ACTIVE_CHUNKS)}
         pools = {
-            pool: PoolCapacity(pool, int(total), active.get(pool, 0), self._buffer(pool, now))
+            pool: PoolCapacity(pool, total, active.get(pool, 0), self._buffer(pool, now))
             for pool, total in slots.items()
         }
         room = {name: pool.free for name, pool in pools.items() if pool.free > 0}
         if not room:
             return DispatchSnapshot(pools, ()), {}
-        jobs = session.exec(
-            select(JobRow).where(
-                col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING)),
-                col(JobRow.suspended).is_(False),
-                col(JobRow.cancelled).is_(False),
-                col(JobRow.pool).in_(list(room)),
-            )
-        ).all()
+        jobs = session.exec(_DISPATCHABLE_JOBS, params={"pools": list(room)}).all()
         candidates: list[JobCandidate] = []
         # Chunks are loaded in the policy's own order, and only as many as could be
         # sent: the cost of a tick follows the free slots, not the size of the backlog.
@@ -161,12 +207,8 @@ class Scheduler:
             if wanted <= 0:
                 continue
             assert job.id is not None
-            rows = session.exec(
-                select(ChunkRow.id, ChunkRow.attempts, ChunkRow.not_before)
-                .where(ChunkRow.job_id == job.id, ChunkRow.state == ChunkState.QUEUED)
-                .where((col(ChunkRow.not_before).is_(None)) | (col(ChunkRow.not_before) <= now))
-                .order_by(col(ChunkRow.position))
-                .limit(wanted)
+            rows = session.execute(
+                _NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}
             ).all()
             queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
             room[job.pool] = wanted - len(queued)
@@ -192,29 +234,11 @@ class Scheduler:
     ) -> list[ChunkMessage]:
         by_chunk = {a.chunk_id: a for a in assignments}
         # Compare-and-set: a chunk cancelled since the snapshot stays cancelled.
-        claimed = session.execute(
-            update(ChunkRow)
-            .where(col(ChunkRow.id).in_(list(by_chunk)), col(ChunkRow.state) == ChunkState.QUEUED)
-            .values(
-                state=ChunkState.DISPATCHED,
-                attempts=ChunkRow.attempts + 1,
-                dispatched_at=now,
-                started_at=None,
-                node=None,
-            )
-            .returning(
-                col(ChunkRow.id),
-                col(ChunkRow.job_id),
-                col(ChunkRow.attempts),
-                col(ChunkRow.first_frame),
-                col(ChunkRow.last_frame),
-                col(ChunkRow.step),
-            )
-        ).all()
+        claimed = session.execute(_CLAIM, {"ids": list(by_chunk), "now": now}).all()
         if not claimed:
             return []
         session.execute(
-            insert(AttemptRow),
+            _INSERT_ATTEMPTS,
             [
                 {
                     "chunk_id": chunk_id,
@@ -332,31 +356,16 @@ class Scheduler:
         self, session: Session, events: Sequence[dict[str, Any]], now: float, outcome: IngestOutcome
     ) -> None:
         chunk_ids = {int(e["chunk_id"]) for e in events}
-        chunks = {
-            row.id: _ChunkView(row.id, row.job_id, row.pool, ChunkState(row.state), row.attempts,
-                               row.retry_base)
-            for row in session.execute(
-                sql_select(
-                    col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool),
-                    col(ChunkRow.state), col(ChunkRow.attempts), col(ChunkRow.retry_base),
-                ).where(col(ChunkRow.id).in_(chunk_ids))
-            )
-        }  # fmt: skip
-        max_attempts: dict[int, int] = {
-            job_id: allowed
-            for job_id, allowed in session.execute(
-                sql_select(col(JobRow.id), col(JobRow.max_attempts)).where(
-                    col(JobRow.id).in_({c.job_id for c in chunks.values()})
-                )
-            )
-        }
+        chunks: dict[int, _ChunkView] = {}
+        max_attempts: dict[int, int] = {}
+        for cid, job_id, pool, state, attempts, retry_base, allowed in session.execute(
+            _CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)}
+        ):
+            chunks[cid] = _ChunkView(cid, job_id, pool, ChunkState(state), attempts, retry_base)
+            max_attempts[job_id] = allowed
         done_frames = {
             (job_id, frame)
-            for job_id, frame in session.execute(
-                sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame)).where(
-                    col(FrameResultRow.chunk_id).in_(chunk_ids)
-                )
-            )
+            for job_id, frame in session.execute(_FRAMES_DONE, {"ids": list(chunk_ids)})
         }
         attempt_changes: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
         new_results: list[dict[str, Any]] = []
@@ -428,11 +437,11 @@ class Scheduler:
             outcome.applied += 1
         self._save_changes(session, chunks.values(), attempt_changes)
         if new_results:
-            session.execute(insert(FrameResultRow), new_results)
+            session.execute(_INSERT_RESULTS, new_results)
             outcome.frames = [FrameResultRow(**r) for r in new_results]
         touched = {c.job_id for c in chunks.values() if c.changes}
         if touched:
-            jobs = session.exec(select(JobRow).where(col(JobRow.id).in_(touched))).all()
+            jobs = session.exec(_JOBS_BY_ID, params={"ids": list(touched)}).all()
             refresh_job_states(session, jobs, now)
 
     def _save_changes(
@@ -441,24 +450,16 @@ class Scheduler:
         chunks: Iterable[_ChunkView],
         attempt_changes: dict[tuple[int, int], dict[str, Any]],
     ) -> None:
-        """Bulk updates by primary key, one statement per shape of change."""
-        _update_by_key(session, ChunkRow, [{"id": c.id, **c.changes} for c in chunks if c.changes])
-        changed = {key: values for key, values in attempt_changes.items() if values}
-        if not changed:
-            return
-        ids = {
-            (chunk_id, number): attempt_id
-            for attempt_id, chunk_id, number in session.execute(
-                sql_select(
-                    col(AttemptRow.id), col(AttemptRow.chunk_id), col(AttemptRow.number)
-                ).where(tuple_(col(AttemptRow.chunk_id), col(AttemptRow.number)).in_(list(changed)))
-            )
-        }
-        _update_by_key(
-            session,
-            AttemptRow,
-            [{"id": ids[key], **values} for key, values in changed.items() if key in ids],
-        )
+        """Bulk updates, one statement per shape of change."""
+        _update_by_key(session, [{"id": c.id, **c.changes} for c in chunks if c.changes])
+        shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+        for (chunk_id, number), values in attempt_changes.items():
+            if values:
+                shapes[frozenset(values)].append(
+                    {"b_chunk": chunk_id, "b_number": number, **values}
+                )
+        for columns, rows in shapes.items():
+            session.execute(_attempt_update(columns), rows)
 
     # Reconcile -------------------------------------------------------------------------
 
@@ -553,6 +554,17 @@ class Scheduler:
         return task_ids
 
 
+@functools.cache
+def _attempt_update(columns: frozenset[str]) -> Any:
+    """UPDATE attempts SET <columns> WHERE (chunk_id, number) = ...; one per shape."""
+    table = AttemptRow.__table__  # type: ignore[attr-defined]  # Core, so a list of parameters is a plain executemany
+    return (
+        table.update()  # type: ignore[attr-defined]
+        .where(table.c.chunk_id == bindparam("b_chunk"), table.c.number == bindparam("b_number"))
+        .values({name: bindparam(name) for name in sorted(columns)})
+    )
+
+
 @dataclass(slots=True)
 class _ChunkView:
     """A chunk as one ingest batch sees it, with the columns the batch changed."""
@@ -566,12 +578,13 @@ class _ChunkView:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
-def _update_by_key(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+def _update_by_key(session: Session, rows: list[dict[str, Any]]) -> None:
+    """ORM bulk UPDATE of chunks by primary key, one executemany per shape."""
     shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         shapes[frozenset(row)].append(row)
     for same_shape in shapes.values():
-        session.execute(update(table), same_shape)
+        session.execute(_UPDATE_CHUNKS, same_shape)
 
 
 def _is_chunk_event(event: dict[str, Any]) -> bool:
