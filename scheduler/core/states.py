@@ -52,6 +52,9 @@ class ChunkState(StrEnum):
         return self in (ChunkState.DISPATCHED, ChunkState.RUNNING)
 
 
+ACTIVE_CHUNK_STATES = (ChunkState.DISPATCHED, ChunkState.RUNNING)
+
+
 class AttemptState(StrEnum):
     DISPATCHED = "dispatched"
     RUNNING = "running"

@@ -1,0 +1,187 @@
+"""Dispatch: load what may go out, claim it, and build the messages that send it.
+
+A tick's cost follows the free slots, not the size of the backlog: chunks are read
+in the policy's own job order, and only as many as the pools have room for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+
+from sqlalchemy import Integer, bindparam, func, insert, update
+from sqlalchemy import select as sql_select
+from sqlmodel import Session, col, select
+
+from scheduler.core.policy import (
+    Assignment,
+    DispatchSnapshot,
+    JobCandidate,
+    PoolCapacity,
+    QueuedChunk,
+    dispatch_order,
+)
+from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState, JobState
+from scheduler.db import AttemptRow, ChunkRow, JobRow, NodeRow
+from scheduler.messages import ChunkMessage, attempt_log_path, output_pattern_for
+from scheduler.progress import refresh_job_states
+
+# The statements of the hot path are built once: SQLAlchemy spends more time building
+# and keying a statement than SQLite spends running it (see BENCHMARKS.md).
+_LIVE_SLOTS = (
+    sql_select(col(NodeRow.pool), func.sum(NodeRow.slots))
+    .where(col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= bindparam("since"))
+    .group_by(col(NodeRow.pool))
+)
+_ACTIVE_CHUNKS = (
+    sql_select(col(ChunkRow.pool), func.count())
+    .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
+    .group_by(col(ChunkRow.pool))
+)
+_DISPATCHABLE_JOBS = select(JobRow).where(
+    col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING)),
+    col(JobRow.suspended).is_(False),
+    col(JobRow.cancelled).is_(False),
+    col(JobRow.pool).in_(bindparam("pools", expanding=True)),
+)
+_NEXT_QUEUED = (
+    sql_select(col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.not_before))
+    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
+    .where(col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= bindparam("now")))
+    .order_by(col(ChunkRow.position))
+    .limit(bindparam("wanted", type_=Integer))
+)
+_CLAIM = (
+    update(ChunkRow)
+    .where(
+        col(ChunkRow.id).in_(bindparam("ids", expanding=True)),
+        col(ChunkRow.state) == ChunkState.QUEUED,
+    )
+    .values(
+        state=ChunkState.DISPATCHED,
+        attempts=ChunkRow.attempts + 1,
+        dispatched_at=bindparam("now"),
+        started_at=None,
+        node=None,
+    )
+    .returning(
+        col(ChunkRow.id),
+        col(ChunkRow.job_id),
+        col(ChunkRow.attempts),
+        col(ChunkRow.first_frame),
+        col(ChunkRow.last_frame),
+        col(ChunkRow.step),
+    )
+)
+_INSERT_ATTEMPTS = insert(AttemptRow)
+
+
+class CompletionRate:
+    """Chunks finished per pool over a sliding window, and the mean dispatch tick."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._finished: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._last_tick: float | None = None
+        self.tick = 0.0
+
+    def record(self, now: float, finished: Counter[str]) -> None:
+        for pool, count in finished.items():
+            self._finished[pool].append((now, count))
+
+    def note_tick(self, now: float) -> None:
+        if self._last_tick is not None:
+            interval = min(now - self._last_tick, self.window)
+            self.tick = interval if not self.tick else 0.8 * self.tick + 0.2 * interval
+        self._last_tick = now
+
+    def finished(self, pool: str, now: float) -> int:
+        recent = self._finished[pool]
+        while recent and recent[0][0] < now - self.window:
+            recent.popleft()
+        return sum(count for _, count in recent)
+
+
+def load_dispatch_snapshot(
+    session: Session, now: float, node_timeout: float, buffer_for: Callable[[str], int]
+) -> tuple[DispatchSnapshot, dict[int, JobRow]]:
+    """Pools' capacity and the next queued chunks of the jobs that may dispatch."""
+    live_since = now - node_timeout
+    slots = {
+        pool: int(total or 0) for pool, total in session.execute(_LIVE_SLOTS, {"since": live_since})
+    }
+    active: dict[str, int] = {pool: n for pool, n in session.execute(_ACTIVE_CHUNKS)}
+    pools = {
+        pool: PoolCapacity(pool, total, active.get(pool, 0), buffer_for(pool))
+        for pool, total in slots.items()
+    }
+    room = {name: pool.free for name, pool in pools.items() if pool.free > 0}
+    if not room:
+        return DispatchSnapshot(pools, ()), {}
+    jobs = session.exec(_DISPATCHABLE_JOBS, params={"pools": list(room)}).all()
+    candidates: list[JobCandidate] = []
+    # Chunks are loaded in the policy's own order, and only as many as could be
+    # sent: the cost of a tick follows the free slots, not the size of the backlog.
+    for job in sorted(jobs, key=lambda j: dispatch_order(_candidate(j, ()))):
+        wanted = room.get(job.pool, 0)
+        if wanted <= 0:
+            continue
+        assert job.id is not None
+        rows = session.execute(_NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}).all()
+        queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
+        room[job.pool] = wanted - len(queued)
+        if queued:
+            candidates.append(_candidate(job, queued))
+    return DispatchSnapshot(pools, candidates), {j.id: j for j in jobs if j.id is not None}
+
+
+def save_dispatch(
+    session: Session,
+    assignments: Sequence[Assignment],
+    jobs: dict[int, JobRow],
+    now: float,
+) -> list[ChunkMessage]:
+    """Claim the assigned chunks, open their attempts; the messages to send."""
+    by_chunk = {a.chunk_id: a for a in assignments}
+    # Compare-and-set: a chunk cancelled since the snapshot stays cancelled.
+    claimed = session.execute(_CLAIM, {"ids": list(by_chunk), "now": now}).all()
+    if not claimed:
+        return []
+    session.execute(
+        _INSERT_ATTEMPTS,
+        [
+            {
+                "chunk_id": chunk_id,
+                "job_id": job_id,
+                "number": attempt,
+                "pool": by_chunk[chunk_id].pool,
+                "state": AttemptState.DISPATCHED,
+                "dispatched_at": now,
+            }
+            for chunk_id, job_id, attempt, *_ in claimed
+        ],
+    )
+    messages = []
+    for chunk_id, job_id, attempt, first, last, step in claimed:
+        job = jobs[job_id]
+        messages.append(
+            ChunkMessage(
+                chunk_id=chunk_id,
+                attempt=attempt,
+                job_id=job_id,
+                pool=job.pool,
+                frames=list(range(first, last + 1, step)),
+                renderer=job.renderer,
+                settings=dict(job.renderer_settings),
+                output_pattern=output_pattern_for(job_id),
+                log_path=attempt_log_path(job_id, chunk_id, attempt),
+                timeout=job.timeout,
+            )
+        )
+    refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)
+    return messages
+
+
+def _candidate(job: JobRow, queued: Iterable[QueuedChunk]) -> JobCandidate:
+    assert job.id is not None
+    return JobCandidate(job.id, job.studio_id, job.priority, job.pool, tuple(queued))

@@ -1,0 +1,268 @@
+"""Ingesting node events: one batch, one transaction, idempotent by (chunk, attempt).
+
+Whether an event counts, and what it does to its chunk, is the pure core's decision
+(``chunk_state_after_event``); this module loads the chunks, applies the decisions,
+and writes the changes in bulk: one statement per shape of change, not per row.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as sql_select
+from sqlmodel import Session, col, select
+
+from scheduler.core.policy import chunk_state_after_event, vanished_attempts
+from scheduler.core.states import AttemptState, ChunkState
+from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.messages import FrameReport, NodeReport, task_id_for
+from scheduler.progress import refresh_job_states
+
+log = logging.getLogger(__name__)
+
+VANISHED_GRACE_SECONDS = 2.0
+CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
+
+_CHUNKS_OF_EVENTS = sql_select(
+    col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool), col(ChunkRow.state),
+    col(ChunkRow.attempts), col(ChunkRow.retry_base), col(JobRow.max_attempts),
+).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
+    col(ChunkRow.id).in_(bindparam("ids", expanding=True))
+)  # fmt: skip
+_FRAMES_DONE = sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame)).where(
+    col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True))
+)
+_JOBS_BY_ID = select(JobRow).where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
+_UPDATE_CHUNKS = update(ChunkRow)
+_INSERT_RESULTS = insert(FrameResultRow)
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    applied: int = 0
+    ignored: int = 0
+    frames: list[FrameResultRow] | None = None
+    finished: Counter[str] = field(default_factory=Counter)  # chunks finished, by pool
+
+
+def split_events(
+    events: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(chunk events, heartbeats); anything malformed is in neither."""
+    beats = [e for e in events if e.get("kind") == "heartbeat" and "info" in e]
+    return [e for e in events if _is_chunk_event(e)], beats
+
+
+def apply_chunk_events(
+    session: Session, events: Sequence[dict[str, Any]], now: float, outcome: IngestOutcome
+) -> None:
+    """Apply chunk events in order; events of non-current attempts are ignored."""
+    chunk_ids = {int(e["chunk_id"]) for e in events}
+    chunks: dict[int, _ChunkView] = {}
+    max_attempts: dict[int, int] = {}
+    for cid, job_id, pool, state, attempts, retry_base, allowed in session.execute(
+        _CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)}
+    ):
+        chunks[cid] = _ChunkView(cid, job_id, pool, ChunkState(state), attempts, retry_base)
+        max_attempts[job_id] = allowed
+    done_frames = {
+        (job_id, frame) for job_id, frame in session.execute(_FRAMES_DONE, {"ids": list(chunk_ids)})
+    }
+    attempt_changes: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
+    new_results: list[dict[str, Any]] = []
+    for event in events:
+        chunk = chunks.get(int(event["chunk_id"]))
+        attempt_no = int(event["attempt"])
+        kind = event["kind"]
+        state = None
+        if chunk is not None:
+            state = chunk_state_after_event(
+                chunk.state,
+                chunk.attempts,
+                attempt_no,
+                kind,
+                chunk.attempts - chunk.retry_base,
+                max_attempts[chunk.job_id],
+            )
+        if chunk is None or state is None:
+            outcome.ignored += 1
+            continue
+        node = str(event.get("node") or "")
+        at = float(event.get("at") or now)
+        attempt = attempt_changes[(chunk.id, attempt_no)]
+        reports: list[FrameReport] = []
+        if kind == "started":
+            if chunk.state != state:
+                chunk.changes["started_at"] = at
+            chunk.changes["node"] = node
+            attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
+        elif kind == "frame":
+            reports = [FrameReport.from_dict(event["result"])]
+        elif kind in ("finished", "failed"):
+            if chunk.state == ChunkState.DISPATCHED:  # ended before "started" was due
+                started = float(event.get("started_at") or at)
+                chunk.changes["started_at"] = started
+                attempt["started_at"] = started
+            attempt.update(node=node, finished_at=at, exit_code=event.get("exit_code"))
+            chunk.changes["node"] = node
+            if kind == "finished":
+                reports = [FrameReport.from_dict(r) for r in event.get("results", ())]
+                chunk.changes["finished_at"] = at
+                attempt["state"] = AttemptState.DONE
+            else:
+                if state == ChunkState.FAILED:
+                    chunk.changes["finished_at"] = at
+                attempt.update(state=AttemptState.FAILED, error=str(event.get("error"))[:2000])
+        if kind in ("finished", "failed"):
+            outcome.finished[chunk.pool] += 1
+        chunk.state = state
+        chunk.changes["state"] = state
+        for report in reports:
+            if (chunk.job_id, report.frame) in done_frames:
+                continue
+            done_frames.add((chunk.job_id, report.frame))
+            new_results.append(
+                {
+                    "job_id": chunk.job_id,
+                    "chunk_id": chunk.id,
+                    "frame": report.frame,
+                    "attempt": attempt_no,
+                    "node": node,
+                    "pool": chunk.pool,
+                    "output": report.output,
+                    "render_seconds": report.render_seconds,
+                    "cpu_seconds": report.cpu_seconds,
+                    "finished_at": at,
+                }
+            )
+        outcome.applied += 1
+    _save_changes(session, chunks.values(), attempt_changes)
+    if new_results:
+        session.execute(_INSERT_RESULTS, new_results)
+        outcome.frames = [FrameResultRow(**r) for r in new_results]
+    touched = {c.job_id for c in chunks.values() if c.changes}
+    if touched:
+        jobs = session.exec(_JOBS_BY_ID, params={"ids": list(touched)}).all()
+        refresh_job_states(session, jobs, now)
+
+
+def _save_changes(
+    session: Session,
+    chunks: Iterable[_ChunkView],
+    attempt_changes: dict[tuple[int, int], dict[str, Any]],
+) -> None:
+    """Bulk updates, one statement per shape of change."""
+    _update_by_key(session, [{"id": c.id, **c.changes} for c in chunks if c.changes])
+    shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for (chunk_id, number), values in attempt_changes.items():
+        if values:
+            shapes[frozenset(values)].append({"b_chunk": chunk_id, "b_number": number, **values})
+    for columns, rows in shapes.items():
+        session.execute(_attempt_update(columns), rows)
+
+
+def save_heartbeats(session: Session, events: Sequence[dict[str, Any]], now: float) -> None:
+    """Register or refresh each reporting node; requeue attempts it no longer holds."""
+    latest: dict[str, dict[str, Any]] = {}
+    for event in events:
+        latest[event["info"]["name"]] = event
+    for event in latest.values():
+        report = NodeReport.from_dict(event["info"])
+        node = session.get(NodeRow, report.name)
+        if node is None:
+            node = NodeRow(
+                name=report.name,
+                pool=report.pool,
+                hostname=report.hostname,
+                slots=report.slots,
+                cores=report.cores,
+                memory_bytes=report.memory_bytes,
+                state="online",
+                last_heartbeat=now,
+                registered_at=now,
+            )
+        node.pool = report.pool
+        node.hostname = report.hostname
+        node.slots = report.slots
+        node.running = report.running
+        node.cores = report.cores
+        node.memory_bytes = report.memory_bytes
+        node.gpus = report.gpus
+        node.tags = list(report.tags)
+        node.state = "online"
+        node.last_heartbeat = now
+        session.add(node)
+        if "tasks" in event and "at" in event:
+            _requeue_vanished(session, report.name, set(event["tasks"]), event["at"])
+
+
+def _requeue_vanished(session: Session, node: str, listed: set[str], reported_at: float) -> None:
+    running = [
+        (chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0)
+        for chunk_id, attempt, started_at in session.exec(
+            select(ChunkRow.id, ChunkRow.attempts, ChunkRow.started_at).where(
+                ChunkRow.node == node, ChunkRow.state == ChunkState.RUNNING
+            )
+        )
+        if chunk_id is not None
+    ]
+    vanished = vanished_attempts(running, listed, reported_at, VANISHED_GRACE_SECONDS)
+    if vanished:
+        log.warning(
+            "node %s no longer holds %d running attempt(s); rendering them again",
+            node,
+            len(vanished),
+        )
+        session.execute(
+            update(ChunkRow)
+            .where(col(ChunkRow.id).in_(vanished), col(ChunkRow.state) == ChunkState.RUNNING)
+            .values(state=ChunkState.QUEUED, node=None)
+        )
+
+
+@functools.cache
+def _attempt_update(columns: frozenset[str]) -> Any:
+    """UPDATE attempts SET <columns> WHERE (chunk_id, number) = ...; one per shape."""
+    table = AttemptRow.__table__  # type: ignore[attr-defined]  # Core, so a list of parameters is a plain executemany
+    return (
+        table.update()  # type: ignore[attr-defined]
+        .where(table.c.chunk_id == bindparam("b_chunk"), table.c.number == bindparam("b_number"))
+        .values({name: bindparam(name) for name in sorted(columns)})
+    )
+
+
+@dataclass(slots=True)
+class _ChunkView:
+    """A chunk as one ingest batch sees it, with the columns the batch changed."""
+
+    id: int
+    job_id: int
+    pool: str
+    state: ChunkState
+    attempts: int
+    retry_base: int
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+def _update_by_key(session: Session, rows: list[dict[str, Any]]) -> None:
+    """ORM bulk UPDATE of chunks by primary key, one executemany per shape."""
+    shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        shapes[frozenset(row)].append(row)
+    for same_shape in shapes.values():
+        session.execute(_UPDATE_CHUNKS, same_shape)
+
+
+def _is_chunk_event(event: dict[str, Any]) -> bool:
+    try:
+        return event.get("kind") in CHUNK_EVENT_KINDS and (
+            int(event["chunk_id"]) >= 0 and int(event["attempt"]) >= 1
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
