@@ -13,7 +13,6 @@ passes a function that publishes it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from scheduler.messages import ChunkMessage, FrameReport
-from scheduler.processes import die_with_parent, kill_groups
+from scheduler.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
 Emit = Callable[[dict[str, Any]], None]
@@ -173,7 +172,7 @@ def _render_in_child(
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
-                    _kill_group(child)
+                    stop_process(child, KILL_GRACE_SECONDS)
                     log.write(
                         f"renderfarm: time limit of {message.timeout:.0f} s passed\n".encode()
                     )
@@ -268,18 +267,8 @@ def _wait(child: subprocess.Popen[bytes], deadline: float) -> int:
     try:
         return child.wait(timeout=max(0.1, deadline - time.perf_counter()))
     except subprocess.TimeoutExpired:
-        _kill_group(child)
+        stop_process(child, KILL_GRACE_SECONDS)
         raise RenderFailed("renderer closed its output but did not exit in time") from None
-
-
-def _kill_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the renderer's whole process group, then SIGKILL what is left."""
-    kill_groups([child.pid], signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=KILL_GRACE_SECONDS)
-    kill_groups([child.pid], signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=KILL_GRACE_SECONDS)
 
 
 def install_termination_handler() -> None:
