@@ -1,10 +1,11 @@
 """The scheduler process: ingest events, dispatch, reconcile, forever.
 
-One loop, no threads: wait up to ``tick_seconds`` for node events, ingest what came
-in one transaction, acknowledge it, revoke renders of cancelled or superseded
-attempts (five times a second), dispatch into the freed slots at once, and reconcile
-(lost nodes, lost messages) about once a second. A broker or database outage is logged and retried;
-the loop never dies of one.
+One loop: wait up to ``tick_seconds`` for node events, ingest what came in one
+transaction, acknowledge it, revoke renders of cancelled or superseded attempts
+(five times a second), dispatch into the freed slots at once, and reconcile (lost
+nodes, lost messages) about once a second. Chunk messages are published by a
+background thread after their dispatch commits. A broker or database outage is
+logged and retried; the loop never dies of one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 
 from kombu.exceptions import OperationalError as BrokerError
+from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
@@ -82,9 +84,4 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
 
 def _safe(url: str) -> str:
     """A URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+    return str(maybe_sanitize_url(url))
