@@ -221,58 +221,58 @@ class StudioService:
             progress = load_progress(session, jobs)
             return [JobDetail(job, progress[job.id]) for job in jobs if job.id], total
 
-    def list_frames(self, studio_id: int, job_id: int) -> list[FrameStatus]:
+    def list_frames(
+        self, studio_id: int, job_id: int, offset: int = 0, limit: int | None = None
+    ) -> list[FrameStatus]:
+        """The job's frames in ascending order, ``limit`` of them from ``offset``."""
         with Session(self.engine) as session:
             self._own_job(session, studio_id, job_id)
             chunks = session.exec(
                 select(ChunkRow).where(ChunkRow.job_id == job_id).order_by(col(ChunkRow.position))
             ).all()
+            window: list[tuple[ChunkRow, int]] = []
+            skipped = 0
+            for chunk in chunks:
+                if skipped + chunk.frame_count <= offset:
+                    skipped += chunk.frame_count
+                    continue
+                for frame in chunk.frames():
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    window.append((chunk, frame))
+                if limit is not None and len(window) >= limit:
+                    window = window[:limit]
+                    break
             results = {
                 r.frame: r
-                for r in session.exec(select(FrameResultRow).where(FrameResultRow.job_id == job_id))
-            }
-        frames: list[FrameStatus] = []
-        for chunk in chunks:
-            assert chunk.id is not None
-            for frame in chunk.frames():
-                result = results.get(frame)
-                if result is not None:
-                    frames.append(
-                        FrameStatus(
-                            frame=frame,
-                            state="done",
-                            chunk_id=chunk.id,
-                            node=result.node,
-                            attempt=result.attempt,
-                            render_seconds=result.render_seconds,
-                            cpu_seconds=result.cpu_seconds,
-                            output=result.output,
-                            log=attempt_log_path(job_id, chunk.id, result.attempt),
-                        )
-                    )
-                    continue
-                frames.append(
-                    FrameStatus(
-                        frame=frame,
-                        state=chunk.state,
-                        chunk_id=chunk.id,
-                        node=chunk.node,
-                        attempt=chunk.attempts,
-                        render_seconds=None,
-                        cpu_seconds=None,
-                        output=None,
-                        log=attempt_log_path(job_id, chunk.id, chunk.attempts)
-                        if chunk.attempts
-                        else None,
+                for r in session.exec(
+                    select(FrameResultRow).where(
+                        col(FrameResultRow.chunk_id).in_({c.id for c, _ in window})
                     )
                 )
-        return frames
+            }
+        return [_frame_status(job_id, chunk, frame, results.get(frame)) for chunk, frame in window]
 
     def frame_status(self, studio_id: int, job_id: int, frame: int) -> FrameStatus:
-        for status in self.list_frames(studio_id, job_id):
-            if status.frame == frame:
-                return status
-        raise NotFound(f"job {job_id} has no frame {frame}")
+        with Session(self.engine) as session:
+            self._own_job(session, studio_id, job_id)
+            candidates = session.exec(
+                select(ChunkRow).where(
+                    ChunkRow.job_id == job_id,
+                    col(ChunkRow.first_frame) <= frame,
+                    col(ChunkRow.last_frame) >= frame,
+                )
+            ).all()
+            chunk = next((c for c in candidates if (frame - c.first_frame) % c.step == 0), None)
+            if chunk is None:
+                raise NotFound(f"job {job_id} has no frame {frame}")
+            result = session.exec(
+                select(FrameResultRow).where(
+                    FrameResultRow.job_id == job_id, FrameResultRow.frame == frame
+                )
+            ).first()
+            return _frame_status(job_id, chunk, frame, result)
 
     def list_nodes(self) -> Sequence[NodeRow]:
         with Session(self.engine) as session:
@@ -358,3 +358,32 @@ class StudioService:
         session.refresh(job)
         assert job.id is not None
         return JobDetail(job, load_progress(session, [job])[job.id])
+
+
+def _frame_status(
+    job_id: int, chunk: ChunkRow, frame: int, result: FrameResultRow | None
+) -> FrameStatus:
+    assert chunk.id is not None
+    if result is not None:
+        return FrameStatus(
+            frame=frame,
+            state="done",
+            chunk_id=chunk.id,
+            node=result.node,
+            attempt=result.attempt,
+            render_seconds=result.render_seconds,
+            cpu_seconds=result.cpu_seconds,
+            output=result.output,
+            log=attempt_log_path(job_id, chunk.id, result.attempt),
+        )
+    return FrameStatus(
+        frame=frame,
+        state=chunk.state,
+        chunk_id=chunk.id,
+        node=chunk.node,
+        attempt=chunk.attempts,
+        render_seconds=None,
+        cpu_seconds=None,
+        output=None,
+        log=attempt_log_path(job_id, chunk.id, chunk.attempts) if chunk.attempts else None,
+    )

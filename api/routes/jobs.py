@@ -95,8 +95,15 @@ def retry_job(job_id: int, studio: StudioDep, service: ServiceDep) -> JobPublic:
 
 
 @router.get("/{job_id}/frames", response_model=list[FramePublic])
-def list_frames(job_id: int, studio: StudioDep, service: ServiceDep) -> list[FramePublic]:
-    return [FramePublic.of(job_id, s) for s in service.list_frames(_id(studio), job_id)]
+def list_frames(
+    job_id: int,
+    studio: StudioDep,
+    service: ServiceDep,
+    offset: int = Query(0, ge=0, description="frames to skip, in ascending frame order"),
+    limit: int = Query(10_000, ge=1, le=100_000),
+) -> list[FramePublic]:
+    frames = service.list_frames(_id(studio), job_id, offset, limit)
+    return [FramePublic.of(job_id, s) for s in frames]
 
 
 @router.get("/{job_id}/frames/{frame}/output", response_class=FileResponse)

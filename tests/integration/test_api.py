@@ -84,6 +84,8 @@ def test_submit_and_read_a_job(client: TestClient, studio: dict[str, str]) -> No
     assert [f["frame"] for f in frames] == [*range(1, 100, 2), 150]
     assert {f["state"] for f in frames} == {"queued"}
     assert frames[0]["output_url"] is None
+    page = client.get(f"/v1/jobs/{job['id']}/frames?offset=48&limit=5", headers=studio).json()
+    assert [f["frame"] for f in page] == [97, 99, 150]
 
 
 def test_every_call_needs_a_valid_key(client: TestClient) -> None:
