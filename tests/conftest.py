@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import pytest
 import redis
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
@@ -84,7 +85,9 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
-    SQLModel.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        SQLModel.metadata.drop_all(connection)
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     create_tables(engine)
     yield engine
     engine.dispose()

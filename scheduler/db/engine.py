@@ -1,5 +1,9 @@
 """The engine: any SQLAlchemy URL; SQLite tuned for several writer processes.
 
+The schema is Alembic's (scheduler/db/migrations): ``create_tables`` upgrades any
+database, empty or older, to the newest revision. After changing a table, add a
+revision: ``alembic -c scheduler/db/alembic.ini revision --autogenerate -m "..."``.
+
 SQLite gets WAL, ``synchronous=NORMAL``, a 5 s busy timeout and ``BEGIN IMMEDIATE``
 transactions: a deferred transaction that reads and then writes can fail at once with
 "database is locked" while another process writes (the busy handler is not used for
@@ -12,9 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel, create_engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlmodel import create_engine
 
 from scheduler.db import tables  # noqa: F401  (registers the tables on the metadata)
 
@@ -45,5 +51,15 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
 def create_tables(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Bring the schema to the newest revision (Alembic); safe to call at every start."""
+    with engine.connect() as connection:
+        command.upgrade(alembic_config(connection), "head")
+        connection.commit()
