@@ -1,9 +1,10 @@
 """The scheduler process: ingest events, dispatch, reconcile, forever.
 
-One loop: wait up to ``tick_seconds`` for node events, ingest what came in one
-transaction, acknowledge it, revoke renders of cancelled or superseded attempts
-(five times a second), dispatch into the freed slots at once, and reconcile (lost
-nodes, lost messages) about once a second. Chunk messages are published by a
+One loop, run only while this scheduler holds the leader lock (a second one stands
+by and takes over when the first dies): wait up to ``tick_seconds`` for node events,
+ingest what came in one transaction, acknowledge it, revoke renders of cancelled or
+superseded attempts (five times a second), dispatch into the freed slots at once,
+and reconcile (lost nodes, lost messages) about once a second. Chunk messages are published by a
 background thread after their dispatch commits. A broker or database outage is
 logged and retried; the loop never dies of one.
 """
@@ -23,7 +24,8 @@ from scheduler import metrics
 from scheduler.broker import BackgroundSender, CeleryBroker
 from scheduler.celery_app import make_celery
 from scheduler.db import create_tables, make_engine
-from scheduler.events import EventConsumer
+from scheduler.events import EventConsumer, redis_from_url
+from scheduler.leader import LeaderLock
 from scheduler.scheduling import Scheduler
 from scheduler.settings import Settings
 
@@ -41,6 +43,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     broker = BackgroundSender(CeleryBroker(app))
     scheduler = Scheduler(engine, settings, broker)
     consumer = EventConsumer(settings.effective_broker_url)
+    leader = LeaderLock(redis_from_url(settings.effective_broker_url), settings.leader_ttl)
     last_reconcile = last_stale = 0.0
     backoff = 0.5
     log.info(
@@ -51,6 +54,8 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     try:
         while not stop.is_set():
             try:
+                if not _lead(leader, settings, stop):
+                    continue
                 started = time.perf_counter()
                 events = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
                 if events:
@@ -77,9 +82,23 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
     finally:
+        leader.release()
         broker.close()
         consumer.close()
         engine.dispose()
+
+
+def _lead(leader: LeaderLock, settings: Settings, stop: threading.Event) -> bool:
+    """True while this scheduler leads; a standby waits here for the lock."""
+    if leader.held:
+        if leader.renew():
+            return True
+        log.warning("lost the leader lock; standing by")
+    if leader.try_acquire():
+        log.info("leading as %s", leader.identity)
+        return True
+    stop.wait(min(1.0, settings.leader_ttl / 4))
+    return False
 
 
 def _safe(url: str) -> str:

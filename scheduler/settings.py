@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     event_batch: int = Field(500, ge=1, description="events ingested per database transaction")
     node_timeout: float = Field(60.0, gt=0, description="seconds without heartbeat before lost")
     redispatch_after: float = Field(30.0, gt=0, description="unclaimed seconds before a resend")
+    leader_ttl: float = Field(
+        10.0, gt=0, description="seconds a dead scheduler keeps the leader lock; standby waits"
+    )
 
     # Workers.
     heartbeat_seconds: float = Field(5.0, gt=0)

@@ -105,6 +105,7 @@ def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
         heartbeat_seconds=0.5,
         node_timeout=5.0,
         redispatch_after=2.0,
+        leader_ttl=2.0,
     )
 
 
@@ -120,6 +121,7 @@ def farm_env(settings: Settings) -> dict[str, str]:
         RENDERFARM_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),
         RENDERFARM_NODE_TIMEOUT=str(settings.node_timeout),
         RENDERFARM_REDISPATCH_AFTER=str(settings.redispatch_after),
+        RENDERFARM_LEADER_TTL=str(settings.leader_ttl),
     )
     return env
 
@@ -163,7 +165,8 @@ class Processes:
 
 
 @pytest.fixture
-def processes(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+def processes(settings: Settings, tmp_path: Path, broker: redis.Redis) -> Iterator[Processes]:
+    """Farm processes on a flushed Redis: no event of an earlier test reaches them."""
     started = Processes(settings, tmp_path / "logs")
     try:
         yield started

@@ -1,0 +1,47 @@
+"""One active scheduler: a leader lock in Redis, held while renewed.
+
+The holder renews the lock every loop turn; a scheduler that dies (or stalls past
+``ttl``) loses it, and a standby polling ``try_acquire`` takes over within about
+``ttl`` seconds. The lock is a token-checked ``SET NX PX`` (redis-py's ``Lock``), so
+a scheduler can only renew or release a lock it still owns. Two schedulers that
+briefly both believe they lead (the old one not yet noticing) cannot dispatch a
+chunk twice: claims are compare-and-set in the database, which stays the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+LEADER_KEY = "renderfarm:scheduler:leader"
+
+
+class LeaderLock:
+    def __init__(self, client: redis.Redis, ttl: float, key: str = LEADER_KEY) -> None:
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = Lock(client, key, timeout=ttl, blocking=False, thread_local=False)
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; never waits."""
+        self.held = bool(self._lock.acquire(blocking=False, token=self.identity))
+        return self.held
+
+    def renew(self) -> bool:
+        """Extend our hold to a full ``ttl``; False once it is lost (expired, taken, flushed)."""
+        try:
+            self._lock.reacquire()
+        except LockError:
+            self.held = False
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(LockError):  # expired meanwhile: nothing to release
+                self._lock.release()
+            self.held = False
