@@ -12,11 +12,13 @@ Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -99,6 +101,18 @@ def worker(
     start_worker(Settings(), node, loglevel)
 
 
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A domain error ends the command with its message and exit status 1."""
+    from scheduler.errors import RenderfarmError
+
+    try:
+        yield
+    except RenderfarmError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+
+
 def _studio_service() -> StudioService:
     from scheduler.db import create_tables, make_engine
     from scheduler.service import StudioService
@@ -114,26 +128,40 @@ def studio_create(
     name: str, weight: Annotated[float, typer.Option(min=0.001, help="fair-share weight")] = 1.0
 ) -> None:
     """Create a studio and print its API key (shown once)."""
-    from scheduler.errors import RenderfarmError
-
-    try:
+    with _reported():
         _studio, key = _studio_service().create_studio(name, weight)
-    except RenderfarmError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(1) from None
     typer.echo(key)
 
 
 @studio_app.command("key")
 def studio_key(name: str) -> None:
     """Print a new API key for an existing studio."""
-    from scheduler.errors import RenderfarmError
-
-    try:
+    with _reported():
         typer.echo(_studio_service().create_key(name))
-    except RenderfarmError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(1) from None
+
+
+@studio_app.command("weight")
+def studio_weight(
+    name: str, weight: Annotated[float, typer.Argument(help="fair-share weight, default 1")]
+) -> None:
+    """Set a studio's fair-share weight: slots are shared by weight while studios compete."""
+    with _reported():
+        studio = _studio_service().set_weight(name, weight)
+    typer.echo(f"{studio.name}: weight {studio.weight:g}")
+
+
+@studio_app.command("terms")
+def studio_terms(
+    name: str,
+    pool: Annotated[str, typer.Option(help="the pool the terms apply to")] = "cpu",
+    minimum: Annotated[int, typer.Option("--min", min=0, help="guaranteed slots")] = 0,
+    maximum: Annotated[int | None, typer.Option("--max", min=0, help="burst cap of slots")] = None,
+) -> None:
+    """Guarantee a studio a minimum of a pool's slots and cap its bursts."""
+    with _reported():
+        terms = _studio_service().set_terms(name, pool, minimum, maximum)
+    cap = "no cap" if terms.max_slots is None else f"at most {terms.max_slots}"
+    typer.echo(f"{name} in {pool}: at least {terms.min_slots} slot(s), {cap}")
 
 
 @app.command()

@@ -7,12 +7,13 @@ in the policy's own job order, and only as many as the pools have room for.
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import Integer, bindparam, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from scheduler.core.fairshare import PoolTerms
 from scheduler.core.policy import (
     Assignment,
     DispatchSnapshot,
@@ -22,7 +23,7 @@ from scheduler.core.policy import (
     dispatch_order,
 )
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState, JobState
-from scheduler.db import AttemptRow, ChunkRow, JobRow, NodeRow
+from scheduler.db import AttemptRow, ChunkRow, JobRow, NodeRow, Studio, Subscription
 from scheduler.messages import ChunkMessage, attempt_log_path, output_pattern_for
 from scheduler.progress import refresh_job_states
 
@@ -33,11 +34,21 @@ _LIVE_SLOTS = (
     .where(col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= bindparam("since"))
     .group_by(col(NodeRow.pool))
 )
-_ACTIVE_CHUNKS = (
-    sql_select(col(ChunkRow.pool), func.count())
+_ACTIVE_BY_STUDIO = (
+    sql_select(col(JobRow.studio_id), col(ChunkRow.pool), func.count())
+    .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
     .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
-    .group_by(col(ChunkRow.pool))
+    .group_by(col(JobRow.studio_id), col(ChunkRow.pool))
 )
+_WEIGHTS = sql_select(col(Studio.id), col(Studio.weight)).where(
+    col(Studio.id).in_(bindparam("ids", expanding=True))
+)
+_TERMS = sql_select(
+    col(Subscription.studio_id),
+    col(Subscription.pool),
+    col(Subscription.min_slots),
+    col(Subscription.max_slots),
+).where(col(Subscription.studio_id).in_(bindparam("ids", expanding=True)))
 _DISPATCHABLE_JOBS = select(JobRow).where(
     col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING)),
     col(JobRow.suspended).is_(False),
@@ -103,16 +114,25 @@ class CompletionRate:
 
 
 def load_dispatch_snapshot(
-    session: Session, now: float, node_timeout: float, buffer_for: Callable[[str], int]
+    session: Session,
+    now: float,
+    node_timeout: float,
+    buffer_for: Callable[[str], int],
+    passes: Mapping[tuple[int, str], float],
 ) -> tuple[DispatchSnapshot, dict[int, JobRow]]:
-    """Pools' capacity and the next queued chunks of the jobs that may dispatch."""
+    """Pools' capacity, studios' shares, and the next queued chunks of dispatchable jobs."""
     live_since = now - node_timeout
     slots = {
         pool: int(total or 0) for pool, total in session.execute(_LIVE_SLOTS, {"since": live_since})
     }
-    active: dict[str, int] = {pool: n for pool, n in session.execute(_ACTIVE_CHUNKS)}
+    held: dict[tuple[int, str], int] = {
+        (studio, pool): n for studio, pool, n in session.execute(_ACTIVE_BY_STUDIO)
+    }
+    active: Counter[str] = Counter()
+    for (_studio, pool), n in held.items():
+        active[pool] += n
     pools = {
-        pool: PoolCapacity(pool, total, active.get(pool, 0), buffer_for(pool))
+        pool: PoolCapacity(pool, total, active[pool], buffer_for(pool))
         for pool, total in slots.items()
     }
     room = {name: pool.free for name, pool in pools.items() if pool.free > 0}
@@ -120,19 +140,32 @@ def load_dispatch_snapshot(
         return DispatchSnapshot(pools, ()), {}
     jobs = session.exec(_DISPATCHABLE_JOBS, params={"pools": list(room)}).all()
     candidates: list[JobCandidate] = []
-    # Chunks are loaded in the policy's own order, and only as many as could be
-    # sent: the cost of a tick follows the free slots, not the size of the backlog.
+    # Chunks are loaded in the policy's own job order, and no more per studio and pool
+    # than the pool has room for: a tick's cost follows the free slots, not the backlog.
+    loaded: Counter[tuple[int, str]] = Counter()
     for job in sorted(jobs, key=lambda j: dispatch_order(_candidate(j, ()))):
-        wanted = room.get(job.pool, 0)
+        wanted = room.get(job.pool, 0) - loaded[(job.studio_id, job.pool)]
         if wanted <= 0:
             continue
         assert job.id is not None
         rows = session.execute(_NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}).all()
         queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
-        room[job.pool] = wanted - len(queued)
+        loaded[(job.studio_id, job.pool)] += len(queued)
         if queued:
             candidates.append(_candidate(job, queued))
-    return DispatchSnapshot(pools, candidates), {j.id: j for j in jobs if j.id is not None}
+    studios = list({job.studio_id for job in candidates})
+    weights: dict[int, float] = {}
+    terms: dict[tuple[int, str], PoolTerms] = {}
+    if studios:
+        weights = {sid: w for sid, w in session.execute(_WEIGHTS, {"ids": studios})}
+        terms = {
+            (sid, pool): PoolTerms(minimum, maximum)
+            for sid, pool, minimum, maximum in session.execute(_TERMS, {"ids": studios})
+        }
+    snapshot = DispatchSnapshot(
+        pools, candidates, active=held, weights=weights, terms=terms, passes=passes
+    )
+    return snapshot, {j.id: j for j in jobs if j.id is not None}
 
 
 def save_dispatch(

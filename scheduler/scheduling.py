@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from scheduler.broker import Broker
-from scheduler.core.policy import plan_dispatch, queue_buffer
+from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
 from scheduler.dispatching import CompletionRate, load_dispatch_snapshot, save_dispatch
 from scheduler.ingestion import IngestOutcome, apply_chunk_events, save_heartbeats, split_events
 from scheduler.messages import ChunkMessage
@@ -39,6 +39,8 @@ class Scheduler:
         self.broker = broker
         self.clock = clock
         self.rates = CompletionRate()
+        # Fair-share stride passes, carried between ticks; a restart starts them afresh.
+        self.passes: dict[tuple[int, str], float] = {}
 
     def dispatch_tick(self) -> list[ChunkMessage]:
         """Fill each pool's queue up to its free slots; returns what was sent."""
@@ -46,11 +48,16 @@ class Scheduler:
         self.rates.note_tick(now)
         with Session(self.engine) as session:
             snapshot, jobs = load_dispatch_snapshot(
-                session, now, self.settings.node_timeout, lambda pool: self._buffer(pool, now)
+                session,
+                now,
+                self.settings.node_timeout,
+                lambda pool: self._buffer(pool, now),
+                self.passes,
             )
             assignments = plan_dispatch(snapshot, now)
             if not assignments:
                 return []
+            self.passes = passes_after(snapshot, assignments)
             messages = save_dispatch(session, assignments, jobs, now)
             session.commit()
         self.broker.send(messages)

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
 from scheduler.core.states import ChunkState, JobState
-from scheduler.db import ApiKey, ChunkRow, FrameResultRow, JobRow, NodeRow, Studio
+from scheduler.db import ApiKey, ChunkRow, FrameResultRow, JobRow, NodeRow, Studio, Subscription
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from scheduler.messages import attempt_log_path
 from scheduler.progress import JobProgress, load_progress, refresh_job_states
@@ -99,9 +99,8 @@ class StudioService:
 
     def create_key(self, studio_name: str) -> str:
         with Session(self.engine) as session:
-            studio = session.exec(select(Studio).where(Studio.name == studio_name)).first()
-            if studio is None or studio.id is None:
-                raise NotFound(f"no studio named {studio_name!r}")
+            studio = self._studio_named(session, studio_name)
+            assert studio.id is not None
             key = self._add_key(session, studio.id)
             session.commit()
             return key
@@ -117,6 +116,47 @@ class StudioService:
             )
         )
         return key
+
+    def set_weight(self, studio_name: str, weight: float) -> Studio:
+        """An operator sets a studio's fair-share weight (default 1)."""
+        if not weight > 0:
+            raise InvalidRequest("weight", "a fair-share weight is a number above 0")
+        with Session(self.engine) as session:
+            studio = self._studio_named(session, studio_name)
+            studio.weight = weight
+            session.add(studio)
+            session.commit()
+            session.refresh(studio)
+            return studio
+
+    def set_terms(
+        self, studio_name: str, pool: str, minimum: int = 0, maximum: int | None = None
+    ) -> Subscription:
+        """An operator guarantees a studio ``minimum`` slots of a pool, at most ``maximum``."""
+        if minimum < 0 or (maximum is not None and maximum < minimum):
+            raise InvalidRequest("maximum", "need 0 <= minimum <= maximum")
+        with Session(self.engine) as session:
+            studio = self._studio_named(session, studio_name)
+            terms = session.exec(
+                select(Subscription).where(
+                    Subscription.studio_id == studio.id, Subscription.pool == pool
+                )
+            ).first()
+            if terms is None:
+                assert studio.id is not None
+                terms = Subscription(studio_id=studio.id, pool=pool)
+            terms.min_slots = minimum
+            terms.max_slots = maximum
+            session.add(terms)
+            session.commit()
+            session.refresh(terms)
+            return terms
+
+    def _studio_named(self, session: Session, name: str) -> Studio:
+        studio = session.exec(select(Studio).where(Studio.name == name)).first()
+        if studio is None or studio.id is None:
+            raise NotFound(f"no studio named {name!r}")
+        return studio
 
     def authenticate(self, key: str) -> Studio:
         with Session(self.engine) as session:

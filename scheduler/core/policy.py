@@ -1,5 +1,8 @@
 """Dispatch policy: which chunks go to which pool queue now, and what a failure means.
 
+Order of dispatch: fair share between studios (``scheduler.core.fairshare``), then
+within a studio priority, then submission order.
+
 Everything here is a plain function over a snapshot and ``now`` (seconds, any epoch):
 the service layer loads the snapshot, calls the policy, saves the decisions, and only
 then enqueues. Nothing here reads a clock, a database or a broker.
@@ -12,9 +15,18 @@ the next tick instead of after a backlog drains.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from scheduler.core.fairshare import (
+    NO_TERMS,
+    PoolTerms,
+    StudioShare,
+    next_studio,
+    share_of,
+    starting_passes,
+)
 from scheduler.core.states import ChunkState
 
 
@@ -56,6 +68,13 @@ class JobCandidate:
 class DispatchSnapshot:
     pools: Mapping[str, PoolCapacity]
     jobs: Sequence[JobCandidate]
+    # Chunks dispatched or running, by (studio id, pool).
+    active: Mapping[tuple[int, str], int] = field(default_factory=dict)
+    # Studios' fair-share weights (default 1), and operators' terms by (studio, pool).
+    weights: Mapping[int, float] = field(default_factory=dict)
+    terms: Mapping[tuple[int, str], PoolTerms] = field(default_factory=dict)
+    # Stride passes by (studio, pool), carried from tick to tick (see fairshare.py).
+    passes: Mapping[tuple[int, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +83,7 @@ class Assignment:
     job_id: int
     pool: str
     attempt: int  # the number of the attempt this dispatch starts (1-based)
+    studio_id: int = 0
 
 
 def queue_buffer(finished: int, window: float, tick: float, minimum: int, maximum: int) -> int:
@@ -88,21 +108,84 @@ def dispatch_order(job: JobCandidate) -> tuple[int, int]:
 
 
 def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
-    """The chunks to send now, in the order they should be sent."""
-    free = {name: pool.free for name, pool in snapshot.pools.items()}
+    """The chunks to send now, in the order they should be sent.
+
+    Each pool's free room goes out one slot at a time: the studio whose turn it is
+    (``next_studio``: minimums, then weighted fair share, within maximums) sends its
+    next chunk, from its highest-priority, oldest job first.
+    """
     assignments: list[Assignment] = []
-    for job in sorted(snapshot.jobs, key=dispatch_order):
-        room = free.get(job.pool, 0)
-        for chunk in job.queued:
-            if room <= 0:
+    for pool, studios in _studios_by_pool(snapshot).items():
+        capacity = snapshot.pools.get(pool)
+        room = capacity.free if capacity else 0
+        ready = {studio: _ready_chunks(jobs, now) for studio, jobs in studios.items()}
+        held = {studio: snapshot.active.get((studio, pool), 0) for studio in studios}
+        shares = _shares(snapshot, pool, studios)
+        passes = _passes(snapshot, pool, studios)
+        total = sum(held.values()) + room
+        while room > 0 and ready:
+            studio = next_studio(ready, held, shares, total, passes)
+            if studio is None:
                 break
-            if chunk.not_before is not None and chunk.not_before > now:
+            picked = next(ready[studio], None)
+            if picked is None:
+                del ready[studio]
                 continue
-            assignments.append(Assignment(chunk.chunk_id, job.job_id, job.pool, chunk.attempts + 1))
+            job, chunk = picked
+            assignments.append(
+                Assignment(chunk.chunk_id, job.job_id, pool, chunk.attempts + 1, studio)
+            )
+            held[studio] += 1
+            passes[studio] += 1 / shares[studio].weight
             room -= 1
-        if job.pool in free:
-            free[job.pool] = room
     return assignments
+
+
+def passes_after(
+    snapshot: DispatchSnapshot, assignments: Sequence[Assignment]
+) -> dict[tuple[int, str], float]:
+    """The stride passes to carry into the next tick, for the studios of this one."""
+    result: dict[tuple[int, str], float] = {}
+    for pool, studios in _studios_by_pool(snapshot).items():
+        for studio, value in _passes(snapshot, pool, studios).items():
+            result[(studio, pool)] = value
+    for assignment in assignments:
+        weight = snapshot.weights.get(assignment.studio_id, 1.0)
+        result[(assignment.studio_id, assignment.pool)] += 1 / max(weight, 1e-9)
+    return result
+
+
+def _studios_by_pool(snapshot: DispatchSnapshot) -> dict[str, dict[int, list[JobCandidate]]]:
+    by_pool: dict[str, dict[int, list[JobCandidate]]] = defaultdict(lambda: defaultdict(list))
+    for job in sorted(snapshot.jobs, key=dispatch_order):
+        by_pool[job.pool][job.studio_id].append(job)
+    return by_pool
+
+
+def _shares(
+    snapshot: DispatchSnapshot, pool: str, studios: Iterable[int]
+) -> dict[int, StudioShare]:
+    return {
+        studio: share_of(
+            max(snapshot.weights.get(studio, 1.0), 1e-9),
+            snapshot.terms.get((studio, pool), NO_TERMS),
+        )
+        for studio in studios
+    }
+
+
+def _passes(snapshot: DispatchSnapshot, pool: str, studios: Iterable[int]) -> dict[int, float]:
+    known = {s: value for (s, p), value in snapshot.passes.items() if p == pool}
+    return starting_passes(studios, known)
+
+
+def _ready_chunks(
+    jobs: Sequence[JobCandidate], now: float
+) -> Iterator[tuple[JobCandidate, QueuedChunk]]:
+    for job in jobs:
+        for chunk in job.queued:
+            if chunk.not_before is None or chunk.not_before <= now:
+                yield job, chunk
 
 
 def chunk_state_after_failure(attempts_made: int, max_attempts: int) -> ChunkState:

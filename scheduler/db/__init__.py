@@ -9,6 +9,7 @@ from scheduler.db.tables import (
     JobRow,
     NodeRow,
     Studio,
+    Subscription,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "JobRow",
     "NodeRow",
     "Studio",
+    "Subscription",
     "create_tables",
     "make_engine",
 ]

@@ -21,6 +21,19 @@ class Studio(SQLModel, table=True):
     created_at: float
 
 
+class Subscription(SQLModel, table=True):
+    """An operator's terms for a studio in a pool: guaranteed and burst slots."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("studio_id", "pool"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id")
+    pool: str = Field(max_length=64)
+    min_slots: int = 0
+    max_slots: int | None = None
+
+
 class ApiKey(SQLModel, table=True):
     """A studio's key, stored as a SHA-256 hash: the key itself is shown once."""
 

@@ -4,6 +4,7 @@ behaviour (losing its queues) is the point."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -304,3 +305,22 @@ def test_a_running_attempt_its_node_no_longer_holds_renders_again(
     assert states == {first.chunk_id: "queued", second.chunk_id: "running"}
     again = scheduler.dispatch_tick()
     assert [(m.chunk_id, m.attempt) for m in again] == [(first.chunk_id, 2)]
+
+
+def test_studios_share_slots_by_weight_within_operator_terms(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    other, _ = studios.create_studio("aardman-east")
+    assert other.id is not None
+    studios.set_weight("aardman-east", 3)
+    light = submit(studios, studio_id, "1-40")
+    heavy = submit(studios, other.id, "1-40")
+    scheduler.ingest([heartbeat(slots=7)])  # 7 slots + a buffer of 1
+    first = Counter(m.job_id for m in scheduler.dispatch_tick())
+    assert first == {light: 2, heavy: 6}
+
+    studios.set_terms("pixar-east", "cpu", minimum=5)
+    studios.set_terms("aardman-east", "cpu", maximum=7)
+    scheduler.ingest([heartbeat("node-b", slots=8)])  # 8 more slots
+    second = Counter(m.job_id for m in scheduler.dispatch_tick())
+    assert second == {light: 7, heavy: 1}  # light to its minimum of 5 and beyond; heavy capped

@@ -73,7 +73,7 @@ def test_unknown_pool_gets_nothing() -> None:
 def test_attempt_numbers_follow_attempts_made() -> None:
     candidate = JobCandidate(1, 1, 50, "cpu", (QueuedChunk(7, attempts=2),))
     (assignment,) = plan_dispatch(snapshot([candidate], cpu=(1, 0)), 0.0)
-    assert assignment == Assignment(chunk_id=7, job_id=1, pool="cpu", attempt=3)
+    assert assignment == Assignment(chunk_id=7, job_id=1, pool="cpu", attempt=3, studio_id=1)
 
 
 def test_a_retry_waits_for_its_time() -> None:
