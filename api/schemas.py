@@ -52,6 +52,9 @@ class JobCreate(_Request):
     pool: str = Field("cpu", min_length=1, max_length=64)
     renderer: RendererSpec
     max_attempts: int | None = Field(None, ge=1, le=100)
+    max_failed_frames: int | None = Field(
+        None, ge=1, description="stop the job once this many frames failed every attempt"
+    )
     timeout: float | None = Field(
         None, gt=0, le=7 * 24 * 3600, description="render time limit per chunk, seconds"
     )
@@ -82,6 +85,7 @@ class JobPublic(BaseModel):
     pool: str
     renderer: dict[str, Any]
     max_attempts: int
+    max_failed_frames: int | None
     timeout: float
     submitted_at: datetime
     started_at: datetime | None
@@ -104,6 +108,7 @@ class JobPublic(BaseModel):
             pool=job.pool,
             renderer={"kind": job.renderer, **job.renderer_settings},
             max_attempts=job.max_attempts,
+            max_failed_frames=job.max_failed_frames,
             timeout=job.timeout,
             submitted_at=_time(job.submitted_at),
             started_at=_time(job.started_at),

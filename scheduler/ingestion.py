@@ -14,11 +14,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
-from scheduler.core.policy import chunk_state_after_event, vanished_attempts
+from scheduler.core.policy import (
+    chunk_state_after_event,
+    exceeds_failure_limit,
+    retry_delay,
+    vanished_attempts,
+)
 from scheduler.core.states import AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
 from scheduler.messages import FrameReport, NodeReport, task_id_for
@@ -27,6 +32,7 @@ from scheduler.progress import refresh_job_states
 log = logging.getLogger(__name__)
 
 VANISHED_GRACE_SECONDS = 2.0
+RetryTiming = tuple[float, float]  # (first wait, longest wait), seconds
 CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
 
 _CHUNKS_OF_EVENTS = sql_select(
@@ -37,6 +43,14 @@ _CHUNKS_OF_EVENTS = sql_select(
 )  # fmt: skip
 _FRAMES_DONE = sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame)).where(
     col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True))
+)
+_FAILED_FRAMES = sql_select(func.sum(ChunkRow.frame_count)).where(
+    col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.FAILED
+)
+_END_QUEUED = (
+    update(ChunkRow)
+    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
+    .values(state=ChunkState.CANCELLED)
 )
 _JOBS_BY_ID = select(JobRow).where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
 _UPDATE_CHUNKS = update(ChunkRow)
@@ -49,6 +63,7 @@ class IngestOutcome:
     ignored: int = 0
     frames: list[FrameResultRow] | None = None
     finished: Counter[str] = field(default_factory=Counter)  # chunks finished, by pool
+    failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
 
 
 def split_events(
@@ -60,7 +75,11 @@ def split_events(
 
 
 def apply_chunk_events(
-    session: Session, events: Sequence[dict[str, Any]], now: float, outcome: IngestOutcome
+    session: Session,
+    events: Sequence[dict[str, Any]],
+    now: float,
+    outcome: IngestOutcome,
+    retry: RetryTiming,
 ) -> None:
     """Apply chunk events in order; events of non-current attempts are ignored."""
     chunk_ids = {int(e["chunk_id"]) for e in events}
@@ -118,6 +137,10 @@ def apply_chunk_events(
             else:
                 if state == ChunkState.FAILED:
                     chunk.changes["finished_at"] = at
+                    outcome.failed_jobs.add(chunk.job_id)
+                else:  # retried, after a pause that doubles with each failure
+                    made = chunk.attempts - chunk.retry_base
+                    chunk.changes["not_before"] = now + retry_delay(made, *retry)
                 attempt.update(state=AttemptState.FAILED, error=str(event.get("error"))[:2000])
         if kind in ("finished", "failed"):
             outcome.finished[chunk.pool] += 1
@@ -146,10 +169,27 @@ def apply_chunk_events(
     if new_results:
         session.execute(_INSERT_RESULTS, new_results)
         outcome.frames = [FrameResultRow(**r) for r in new_results]
+    _stop_failing_jobs(session, outcome.failed_jobs)
     touched = {c.job_id for c in chunks.values() if c.changes}
     if touched:
         jobs = session.exec(_JOBS_BY_ID, params={"ids": list(touched)}).all()
         refresh_job_states(session, jobs, now)
+
+
+def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
+    """Jobs past their limit of failed frames dispatch nothing more; queued chunks end."""
+    for job_id in job_ids:
+        job = session.get(JobRow, job_id)
+        if job is None or job.max_failed_frames is None:
+            continue
+        failed = session.execute(_FAILED_FRAMES, {"job": job_id}).scalar_one() or 0
+        if exceeds_failure_limit(failed, job.max_failed_frames):
+            session.execute(_END_QUEUED, {"job": job_id})
+            job.message = (
+                f"stopped: {failed} frame(s) failed every attempt, "
+                f"the job's limit is {job.max_failed_frames}"
+            )
+            session.add(job)
 
 
 def _save_changes(

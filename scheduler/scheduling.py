@@ -83,7 +83,8 @@ class Scheduler:
         outcome = IngestOutcome(frames=[], ignored=len(events) - len(chunk_events) - len(beats))
         with Session(self.engine) as session:
             if chunk_events:
-                apply_chunk_events(session, chunk_events, now, outcome)
+                retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+                apply_chunk_events(session, chunk_events, now, outcome, retry)
             save_heartbeats(session, beats, now)
             session.commit()
         self.rates.record(now, outcome.finished)

@@ -51,6 +51,7 @@ class JobRequest:
     renderer_settings: dict[str, Any]
     max_attempts: int | None = None
     timeout: float | None = None
+    max_failed_frames: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,7 @@ class StudioService:
                 renderer=request.renderer,
                 renderer_settings=request.renderer_settings,
                 max_attempts=request.max_attempts or self.settings.default_max_attempts,
+                max_failed_frames=request.max_failed_frames,
                 timeout=request.timeout or self.settings.chunk_timeout,
                 state=JobState.QUEUED,
                 submitted_at=now,
@@ -354,14 +356,21 @@ class StudioService:
             return self._finish_change(session, job)
 
     def retry_job(self, studio_id: int, job_id: int) -> JobDetail:
-        """Queue the failed chunks again, each with a fresh allowance of attempts."""
+        """Queue the failed chunks again, each with a fresh allowance of attempts.
+
+        Chunks that a job past its limit of failed frames never started are queued
+        again too (a job the studio cancelled cannot be retried).
+        """
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id)
             if job.cancelled:
                 raise Conflict(f"job {job_id} is cancelled")
             retried = session.execute(
                 update(ChunkRow)
-                .where(col(ChunkRow.job_id) == job_id, col(ChunkRow.state) == ChunkState.FAILED)
+                .where(
+                    col(ChunkRow.job_id) == job_id,
+                    col(ChunkRow.state).in_((ChunkState.FAILED, ChunkState.CANCELLED)),
+                )
                 .values(
                     state=ChunkState.QUEUED,
                     retry_base=ChunkRow.attempts,

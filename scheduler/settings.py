@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1_024)
     default_max_attempts: int = Field(3, ge=1, le=100)
     chunk_timeout: float = Field(3_600.0, gt=0, description="default render time limit per chunk")
+    retry_base_seconds: float = Field(10.0, ge=0, description="first wait before a retry")
+    retry_max_seconds: float = Field(600.0, ge=0, description="longest wait before a retry")
 
     # Scheduler.
     tick_seconds: float = Field(0.5, gt=0, description="longest wait between dispatch ticks")

@@ -106,6 +106,7 @@ def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
         node_timeout=5.0,
         redispatch_after=2.0,
         leader_ttl=2.0,
+        retry_base_seconds=0.5,
     )
 
 
@@ -122,6 +123,7 @@ def farm_env(settings: Settings) -> dict[str, str]:
         RENDERFARM_NODE_TIMEOUT=str(settings.node_timeout),
         RENDERFARM_REDISPATCH_AFTER=str(settings.redispatch_after),
         RENDERFARM_LEADER_TTL=str(settings.leader_ttl),
+        RENDERFARM_RETRY_BASE_SECONDS=str(settings.retry_base_seconds),
     )
     return env
 

@@ -43,6 +43,7 @@ def submit_job(body: JobCreate, studio: StudioDep, service: ServiceDep) -> JobPu
             renderer=kind,
             renderer_settings=renderer,
             max_attempts=body.max_attempts,
+            max_failed_frames=body.max_failed_frames,
             timeout=body.timeout,
         ),
     )

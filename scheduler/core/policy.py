@@ -188,6 +188,16 @@ def _ready_chunks(
                 yield job, chunk
 
 
+def retry_delay(attempts_made: int, base: float, cap: float) -> float:
+    """Seconds a failed chunk waits before its next attempt: doubling from ``base``."""
+    return min(cap, base * 2 ** max(0, attempts_made - 1))
+
+
+def exceeds_failure_limit(failed_frames: int, limit: int | None) -> bool:
+    """A job with this many frames failed for good stops dispatching (None: no limit)."""
+    return limit is not None and failed_frames >= limit
+
+
 def chunk_state_after_failure(attempts_made: int, max_attempts: int) -> ChunkState:
     """Retry (back to queued) while attempts remain, else the chunk has failed."""
     return ChunkState.QUEUED if attempts_made < max_attempts else ChunkState.FAILED

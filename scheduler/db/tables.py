@@ -62,6 +62,7 @@ class JobRow(SQLModel, table=True):
     renderer: str = Field(max_length=32)
     renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     max_attempts: int
+    max_failed_frames: int | None = None  # the job stops once this many frames failed
     timeout: float  # render time limit per chunk, seconds
     state: str = Field(index=True, max_length=16)
     message: str | None = None

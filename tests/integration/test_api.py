@@ -137,6 +137,8 @@ def test_a_studio_never_sees_another_studios_job(
         ({"chunk_size": 100_000}, "chunk_size", "at most"),
         ({"priorty": 3}, "priorty", "Extra inputs"),
         ({"name": ""}, "name", "at least 1 character"),
+        ({"max_failed_frames": 0}, "max_failed_frames", "greater than or equal to 1"),
+        ({"timeout": -5}, "timeout", "greater than 0"),
     ],
 )
 def test_bad_submissions_get_a_4xx_naming_the_field_and_create_nothing(

@@ -129,7 +129,10 @@ def fake_broker() -> RecordingBroker:
 def scheduler(
     engine: Engine, settings: Settings, fake_broker: RecordingBroker, clock: Clock
 ) -> Scheduler:
-    return Scheduler(engine, settings.model_copy(update={"dispatch_buffer": 1}), fake_broker, clock)
+    tuned = settings.model_copy(
+        update={"dispatch_buffer": 1, "retry_base_seconds": 5.0, "retry_max_seconds": 60.0}
+    )
+    return Scheduler(engine, tuned, fake_broker, clock)
 
 
 def test_nothing_is_dispatched_without_live_nodes(
@@ -193,8 +196,8 @@ def test_duplicate_and_superseded_events_change_nothing(
     assert studios.get_job(studio_id, job_id).progress.frames_done == 1
 
 
-def test_failures_retry_up_to_max_attempts_then_fail_the_job(
-    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+def test_failures_retry_after_a_pause_up_to_max_attempts_then_fail_the_job(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
 ) -> None:
     job_id = submit(studios, studio_id, "1", max_attempts=2)
     scheduler.ingest([heartbeat(slots=1)])
@@ -202,6 +205,9 @@ def test_failures_retry_up_to_max_attempts_then_fail_the_job(
     scheduler.ingest(
         [event("started", first), event("failed", first, error="segfault", exit_code=139)]
     )
+    assert scheduler.dispatch_tick() == []  # the retry waits 5 s
+    clock.now += 5.0
+    scheduler.ingest([heartbeat(slots=1)])
     second = scheduler.dispatch_tick()[0]
     assert (second.chunk_id, second.attempt) == (first.chunk_id, 2)
     scheduler.ingest([event("failed", second, error="segfault again", exit_code=139)])
@@ -324,3 +330,22 @@ def test_studios_share_slots_by_weight_within_operator_terms(
     scheduler.ingest([heartbeat("node-b", slots=8)])  # 8 more slots
     second = Counter(m.job_id for m in scheduler.dispatch_tick())
     assert second == {light: 7, heavy: 1}  # light to its minimum of 5 and beyond; heavy capped
+
+
+def test_a_job_past_its_failure_limit_stops_and_a_retry_resumes_it(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    job_id = submit(studios, studio_id, "1-6", max_attempts=1, max_failed_frames=2)
+    scheduler.ingest([heartbeat(slots=1)])
+    sent = scheduler.dispatch_tick()  # one slot and a buffer of one
+    scheduler.ingest([event("failed", m, error="missing texture") for m in sent])
+    detail = studios.get_job(studio_id, job_id)
+    assert detail.job.state == "failed"
+    assert "limit is 2" in (detail.job.message or "")
+    assert (detail.progress.frames_failed, detail.progress.frames_cancelled) == (2, 4)
+    assert scheduler.dispatch_tick() == []
+
+    resumed = studios.retry_job(studio_id, job_id)
+    assert resumed.job.state == "queued" and resumed.job.message is None
+    assert resumed.progress.frames_queued == 6
+    assert len(scheduler.dispatch_tick()) == 2

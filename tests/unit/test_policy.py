@@ -12,9 +12,11 @@ from scheduler.core.policy import (
     QueuedChunk,
     accepts_event,
     chunk_state_after_failure,
+    exceeds_failure_limit,
     is_node_lost,
     plan_dispatch,
     queue_buffer,
+    retry_delay,
     unclaimed_to_resend,
     vanished_attempts,
 )
@@ -150,3 +152,17 @@ def test_attempts_a_node_stopped_listing_are_vanished() -> None:
     listed = {"chunk-2-attempt-1"}
     # chunk 3 started too recently for the report to be trusted about it
     assert vanished_attempts(running, listed, reported_at=110.0, grace=2.0) == [1]
+
+
+@pytest.mark.parametrize(
+    ("made", "delay"), [(1, 10.0), (2, 20.0), (3, 40.0), (6, 320.0), (7, 600.0), (30, 600.0)]
+)
+def test_retry_delay_doubles_up_to_a_cap(made: int, delay: float) -> None:
+    assert retry_delay(made, base=10.0, cap=600.0) == delay
+
+
+@pytest.mark.parametrize(
+    ("failed", "limit", "stop"), [(0, None, False), (99, None, False), (2, 3, False), (3, 3, True)]
+)
+def test_failure_limit(failed: int, limit: int | None, stop: bool) -> None:
+    assert exceeds_failure_limit(failed, limit) is stop
