@@ -56,7 +56,10 @@ class JobCreate(_Request):
         None, ge=1, description="stop the job once this many frames failed every attempt"
     )
     timeout: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600, description="render time limit per chunk, seconds"
+        None, gt=0, le=7 * 24 * 3600, description="render time limit per frame, seconds"
+    )
+    stall_timeout: float | None = Field(
+        None, gt=0, le=24 * 3600, description="kill a renderer silent for this many seconds"
     )
 
 
@@ -87,6 +90,7 @@ class JobPublic(BaseModel):
     max_attempts: int
     max_failed_frames: int | None
     timeout: float
+    stall_timeout: float | None
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -110,6 +114,7 @@ class JobPublic(BaseModel):
             max_attempts=job.max_attempts,
             max_failed_frames=job.max_failed_frames,
             timeout=job.timeout,
+            stall_timeout=job.stall_timeout,
             submitted_at=_time(job.submitted_at),
             started_at=_time(job.started_at),
             finished_at=_time(job.finished_at),

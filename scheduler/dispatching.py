@@ -209,6 +209,7 @@ def save_dispatch(
                 output_pattern=output_pattern_for(job_id),
                 log_path=attempt_log_path(job_id, chunk_id, attempt),
                 timeout=job.timeout,
+                stall_timeout=job.stall_timeout,
             )
         )
     refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)

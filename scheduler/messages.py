@@ -53,7 +53,8 @@ class ChunkMessage:
     settings: dict[str, Any]
     output_pattern: str  # relative to storage; "{frame}" is replaced by the frame number
     log_path: str  # relative to storage
-    timeout: float
+    timeout: float  # render time limit per frame, seconds
+    stall_timeout: float | None = None  # longest silence (no output) allowed, seconds
 
     def output_for(self, frame: int) -> str:
         return self.output_pattern.replace("{frame}", f"{frame:06d}")

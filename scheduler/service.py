@@ -52,6 +52,7 @@ class JobRequest:
     max_attempts: int | None = None
     timeout: float | None = None
     max_failed_frames: int | None = None
+    stall_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,8 @@ class StudioService:
                 renderer_settings=request.renderer_settings,
                 max_attempts=request.max_attempts or self.settings.default_max_attempts,
                 max_failed_frames=request.max_failed_frames,
-                timeout=request.timeout or self.settings.chunk_timeout,
+                timeout=request.timeout or self.settings.frame_timeout,
+                stall_timeout=request.stall_timeout,
                 state=JobState.QUEUED,
                 submitted_at=now,
             )

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_chunk_size: int = Field(1_000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1_024)
     default_max_attempts: int = Field(3, ge=1, le=100)
-    chunk_timeout: float = Field(3_600.0, gt=0, description="default render time limit per chunk")
+    frame_timeout: float = Field(3_600.0, gt=0, description="default render time limit per frame")
     retry_base_seconds: float = Field(10.0, ge=0, description="first wait before a retry")
     retry_max_seconds: float = Field(600.0, ge=0, description="longest wait before a retry")
 

@@ -163,22 +163,22 @@ def _render_in_child(
         try:
             markers: queue.Queue[tuple[int, float | None, float | None] | None] = queue.Queue()
             assert child.stdout is not None
+            last_output = [started]  # the reader stamps every line it copies
             reader = threading.Thread(
-                target=_copy_output, args=(child.stdout, log, markers), daemon=True
+                target=_copy_output, args=(child.stdout, log, markers, last_output), daemon=True
             )
             reader.start()
-            deadline = started + message.timeout
             last_mark = started
             while True:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                breach = limit_breached(
+                    message, time.perf_counter(), started, last_mark, len(reported), last_output[0]
+                )
+                if breach:
                     stop_process(child, KILL_GRACE_SECONDS)
-                    log.write(
-                        f"renderfarm: time limit of {message.timeout:.0f} s passed\n".encode()
-                    )
-                    raise RenderFailed(f"exceeded the time limit of {message.timeout:.0f} s")
+                    log.write(f"renderfarm: {breach}; the renderer was killed\n".encode())
+                    raise RenderFailed(breach)
                 try:
-                    marker = markers.get(timeout=min(0.2, remaining))
+                    marker = markers.get(timeout=0.2)
                 except queue.Empty:
                     continue
                 if marker is None:  # the renderer closed its output: it is exiting
@@ -195,7 +195,7 @@ def _render_in_child(
                     reported[frame] = report
                     emit(chunk_event("frame", message, node, result=report.to_dict()))
                 last_mark = now
-            exit_code = _wait(child, deadline)
+            exit_code = _wait(child, time.perf_counter() + message.timeout)
         finally:
             _running_groups.discard(child.pid)
         elapsed = time.perf_counter() - started
@@ -241,13 +241,42 @@ def _complete_reports(
     return reports
 
 
+def limit_breached(
+    message: ChunkMessage,
+    now: float,
+    started: float,
+    last_mark: float,
+    marked: int,
+    last_output: float,
+) -> str | None:
+    """Why the render must be killed now, or None.
+
+    ``message.timeout`` bounds each frame: until the renderer reports a frame, the
+    chunk may take that times its frames; once it reports frames, each next frame
+    must come within the limit of the last. ``message.stall_timeout`` bounds the
+    silence: no line of output for that long is a hung renderer.
+    """
+    if marked and now - last_mark > message.timeout:
+        return f"a frame took longer than the limit of {message.timeout:g} s"
+    if not marked and now - started > message.timeout * len(message.frames):
+        return (
+            f"exceeded the time limit of {message.timeout:g} s per frame "
+            f"({message.timeout * len(message.frames):g} s for {len(message.frames)} frame(s))"
+        )
+    if message.stall_timeout and now - last_output > message.stall_timeout:
+        return f"stalled: no output for {message.stall_timeout:g} s"
+    return None
+
+
 def _copy_output(
     stream: IO[bytes],
     log: IO[bytes],
     markers: queue.Queue[tuple[int, float | None, float | None] | None],
+    last_output: list[float],
 ) -> None:
     try:
         for line in iter(stream.readline, b""):
+            last_output[0] = time.perf_counter()
             log.write(line)
             match = FRAME_LINE.match(line)
             if match:

@@ -45,6 +45,7 @@ def submit_job(body: JobCreate, studio: StudioDep, service: ServiceDep) -> JobPu
             max_attempts=body.max_attempts,
             max_failed_frames=body.max_failed_frames,
             timeout=body.timeout,
+            stall_timeout=body.stall_timeout,
         ),
     )
     assert job.id is not None

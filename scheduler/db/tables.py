@@ -63,7 +63,8 @@ class JobRow(SQLModel, table=True):
     renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     max_attempts: int
     max_failed_frames: int | None = None  # the job stops once this many frames failed
-    timeout: float  # render time limit per chunk, seconds
+    timeout: float  # render time limit per frame, seconds
+    stall_timeout: float | None = None  # longest silence allowed from the renderer, seconds
     state: str = Field(index=True, max_length=16)
     message: str | None = None
     suspended: bool = False

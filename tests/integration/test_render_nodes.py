@@ -85,29 +85,34 @@ def test_two_nodes_render_a_job(
     assert {n.state for n in service.list_nodes()} == {"online"}
 
 
-def test_a_chunk_past_its_time_limit_is_killed_with_its_renderer(
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"timeout": 1.0}, "time limit of 1 s per frame"),  # 4 frames: 4 s for the chunk
+        ({"timeout": 600.0, "stall_timeout": 1.5}, "stalled: no output for 1.5 s"),
+    ],
+)
+def test_a_render_past_its_limits_is_killed_with_its_renderer(
     scheduler_loop: None,
     processes: Processes,
     studio: tuple[StudioService, int],
     settings: Settings,
+    limits: dict[str, float],
+    reason: str,
 ) -> None:
+    """A first frame of seconds, silent until written: too slow for a 1 s-per-frame
+    limit over 4 frames, and too quiet for a 1.5 s stall limit."""
     service, studio_id = studio
     processes.worker("node-1", slots=1)
     wait_for(lambda: service.list_nodes(), 60, "the node to report")
     job = service.submit_job(
         studio_id,
         JobRequest(
-            "too slow",
-            "1-50",
-            50,
-            50,
-            "cpu",
-            "builtin",
-            {"width": 640, "height": 360, "samples": 4},
-            max_attempts=1,
-            timeout=1.5,
+            "too slow", "1-4", 4, 50, "cpu", "builtin",
+            {"width": 1920, "height": 1080, "samples": 4},
+            max_attempts=1, **limits,
         ),
-    )
+    )  # fmt: skip
     assert job.id is not None
     marker = f"jobs/{job.id}/frames"
     wait_for(lambda: renderers_running(marker), 30, "the renderer to start")
@@ -116,10 +121,10 @@ def test_a_chunk_past_its_time_limit_is_killed_with_its_renderer(
         60,
         "the job to fail",
     )
-    assert failed.progress.frames_failed == 50
+    assert failed.progress.frames_failed == 4
     assert renderers_running(marker) == []
-    log = (settings.storage_root / f"jobs/{job.id}/logs").glob("*.log")
-    assert any("time limit" in path.read_text() for path in log)
+    logs = (settings.storage_root / f"jobs/{job.id}/logs").glob("*.log")
+    assert any(reason in path.read_text() for path in logs)
 
 
 def test_runner_reports_frames_and_failures(tmp_path: Path) -> None:
