@@ -61,6 +61,11 @@ class JobCreate(_Request):
     stall_timeout: float | None = Field(
         None, gt=0, le=24 * 3600, description="kill a renderer silent for this many seconds"
     )
+    limits: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="named farm-wide limits (licences) each chunk takes one of",
+    )
 
 
 class JobPatch(_Request):
@@ -91,6 +96,7 @@ class JobPublic(BaseModel):
     max_failed_frames: int | None
     timeout: float
     stall_timeout: float | None
+    limits: list[str]
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -115,6 +121,7 @@ class JobPublic(BaseModel):
             max_failed_frames=job.max_failed_frames,
             timeout=job.timeout,
             stall_timeout=job.stall_timeout,
+            limits=list(job.limits or ()),
             submitted_at=_time(job.submitted_at),
             started_at=_time(job.started_at),
             finished_at=_time(job.finished_at),

@@ -6,6 +6,8 @@
     renderfarm scheduler                 the dispatch loop
     renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]...
     renderfarm studio create NAME        prints a new studio's API key
+    renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
+    renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
 
 Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
 """
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 studio_app = typer.Typer(help="Manage studios and their API keys.", no_args_is_help=True)
 app.add_typer(studio_app, name="studio")
+limit_app = typer.Typer(help="Named farm-wide limits, such as licences.", no_args_is_help=True)
+app.add_typer(limit_app, name="limit")
 console = Console()
 
 
@@ -162,6 +166,21 @@ def studio_terms(
         terms = _studio_service().set_terms(name, pool, minimum, maximum)
     cap = "no cap" if terms.max_slots is None else f"at most {terms.max_slots}"
     typer.echo(f"{name} in {pool}: at least {terms.min_slots} slot(s), {cap}")
+
+
+@limit_app.command("set")
+def limit_set(name: str, capacity: Annotated[int, typer.Argument(min=0)]) -> None:
+    """Create or change a limit: at most CAPACITY chunks naming it render at once."""
+    with _reported():
+        limit = _studio_service().set_limit(name, capacity)
+    typer.echo(f"{limit.name}: {limit.capacity}")
+
+
+@limit_app.command("list")
+def limit_list() -> None:
+    """Every limit and its capacity."""
+    for limit in _studio_service().list_limits():
+        typer.echo(f"{limit.name}: {limit.capacity}")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from scheduler.core.policy import (
     dispatch_order,
 )
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState, JobState
-from scheduler.db import AttemptRow, ChunkRow, JobRow, NodeRow, Studio, Subscription
+from scheduler.db import AttemptRow, ChunkRow, JobRow, Limit, NodeRow, Studio, Subscription
 from scheduler.messages import ChunkMessage, attempt_log_path, output_pattern_for
 from scheduler.progress import refresh_job_states
 
@@ -85,6 +85,15 @@ _CLAIM = (
     )
 )
 _INSERT_ATTEMPTS = insert(AttemptRow)
+_LIMITS = sql_select(col(Limit.name), col(Limit.capacity))
+_ACTIVE_BY_JOB = (
+    sql_select(col(ChunkRow.job_id), func.count())
+    .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
+    .group_by(col(ChunkRow.job_id))
+)
+_JOB_LIMITS = sql_select(col(JobRow.id), col(JobRow.limits)).where(
+    col(JobRow.id).in_(bindparam("ids", expanding=True))
+)
 
 
 class CompletionRate:
@@ -162,10 +171,34 @@ def load_dispatch_snapshot(
             (sid, pool): PoolTerms(minimum, maximum)
             for sid, pool, minimum, maximum in session.execute(_TERMS, {"ids": studios})
         }
+    limits, limits_used = _load_limits(session, candidates)
     snapshot = DispatchSnapshot(
-        pools, candidates, active=held, weights=weights, terms=terms, passes=passes
+        pools,
+        candidates,
+        active=held,
+        weights=weights,
+        terms=terms,
+        passes=passes,
+        limits=limits,
+        limits_used=limits_used,
     )
     return snapshot, {j.id: j for j in jobs if j.id is not None}
+
+
+def _load_limits(
+    session: Session, candidates: Sequence[JobCandidate]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Capacity of every named limit, and how many active chunks hold each."""
+    if not any(job.limits for job in candidates):
+        return {}, {}
+    capacity = {name: n for name, n in session.execute(_LIMITS)}
+    active_jobs = {job_id: n for job_id, n in session.execute(_ACTIVE_BY_JOB)}
+    used: Counter[str] = Counter()
+    if active_jobs:
+        for job_id, names in session.execute(_JOB_LIMITS, {"ids": list(active_jobs)}):
+            for name in names or ():
+                used[name] += active_jobs[job_id]
+    return capacity, dict(used)
 
 
 def save_dispatch(
@@ -218,4 +251,6 @@ def save_dispatch(
 
 def _candidate(job: JobRow, queued: Iterable[QueuedChunk]) -> JobCandidate:
     assert job.id is not None
-    return JobCandidate(job.id, job.studio_id, job.priority, job.pool, tuple(queued))
+    return JobCandidate(
+        job.id, job.studio_id, job.priority, job.pool, tuple(queued), tuple(job.limits or ())
+    )

@@ -25,7 +25,16 @@ from sqlmodel import Session, col, select
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
 from scheduler.core.states import ChunkState, JobState
-from scheduler.db import ApiKey, ChunkRow, FrameResultRow, JobRow, NodeRow, Studio, Subscription
+from scheduler.db import (
+    ApiKey,
+    ChunkRow,
+    FrameResultRow,
+    JobRow,
+    Limit,
+    NodeRow,
+    Studio,
+    Subscription,
+)
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from scheduler.messages import attempt_log_path
 from scheduler.progress import JobProgress, load_progress, refresh_job_states
@@ -53,6 +62,7 @@ class JobRequest:
     timeout: float | None = None
     max_failed_frames: int | None = None
     stall_timeout: float | None = None
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +164,23 @@ class StudioService:
             session.refresh(terms)
             return terms
 
+    def set_limit(self, name: str, capacity: int) -> Limit:
+        """An operator sets a named farm-wide limit: at most ``capacity`` chunks hold it."""
+        name = name.strip()
+        if not name or len(name) > 64 or capacity < 0:
+            raise InvalidRequest("limit", "a limit has a name of 1 to 64 characters, capacity >= 0")
+        with Session(self.engine) as session:
+            limit = session.get(Limit, name) or Limit(name=name, capacity=capacity)
+            limit.capacity = capacity
+            session.add(limit)
+            session.commit()
+            session.refresh(limit)
+            return limit
+
+    def list_limits(self) -> Sequence[Limit]:
+        with Session(self.engine) as session:
+            return session.exec(select(Limit).order_by(col(Limit.name))).all()
+
     def _studio_named(self, session: Session, name: str) -> Studio:
         studio = session.exec(select(Studio).where(Studio.name == name)).first()
         if studio is None or studio.id is None:
@@ -195,6 +222,13 @@ class StudioService:
                 raise InvalidRequest(
                     "pool", f"unknown pool {request.pool!r}; known pools: {sorted(pools)}"
                 )
+            if request.limits:
+                known = set(session.exec(select(Limit.name)).all())
+                unknown = sorted(set(request.limits) - known)
+                if unknown:
+                    raise InvalidRequest(
+                        "limits", f"unknown limit(s) {unknown}; known limits: {sorted(known)}"
+                    )
             job = JobRow(
                 studio_id=studio_id,
                 name=request.name,
@@ -209,6 +243,7 @@ class StudioService:
                 max_failed_frames=request.max_failed_frames,
                 timeout=request.timeout or self.settings.frame_timeout,
                 stall_timeout=request.stall_timeout,
+                limits=sorted(set(request.limits)),
                 state=JobState.QUEUED,
                 submitted_at=now,
             )

@@ -46,6 +46,7 @@ def submit_job(body: JobCreate, studio: StudioDep, service: ServiceDep) -> JobPu
             max_failed_frames=body.max_failed_frames,
             timeout=body.timeout,
             stall_timeout=body.stall_timeout,
+            limits=tuple(body.limits),
         ),
     )
     assert job.id is not None

@@ -62,6 +62,7 @@ class JobCandidate:
     priority: int
     pool: str
     queued: Sequence[QueuedChunk] = field(default_factory=tuple)
+    limits: tuple[str, ...] = ()  # named farm-wide limits each of its chunks takes one of
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,9 @@ class DispatchSnapshot:
     terms: Mapping[tuple[int, str], PoolTerms] = field(default_factory=dict)
     # Stride passes by (studio, pool), carried from tick to tick (see fairshare.py).
     passes: Mapping[tuple[int, str], float] = field(default_factory=dict)
+    # Named farm-wide limits (licences): capacity, and chunks holding one now.
+    limits: Mapping[str, int] = field(default_factory=dict)
+    limits_used: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,7 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
     next chunk, from its highest-priority, oldest job first.
     """
     assignments: list[Assignment] = []
+    used = dict(snapshot.limits_used)
     for pool, studios in _studios_by_pool(snapshot).items():
         capacity = snapshot.pools.get(pool)
         room = capacity.free if capacity else 0
@@ -132,6 +137,10 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
                 del ready[studio]
                 continue
             job, chunk = picked
+            if not fits_limits(job.limits, snapshot.limits, used):
+                continue  # this job waits for a licence; the studio's other jobs may go
+            for name in job.limits:
+                used[name] = used.get(name, 0) + 1
             assignments.append(
                 Assignment(chunk.chunk_id, job.job_id, pool, chunk.attempts + 1, studio)
             )
@@ -139,6 +148,13 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
             passes[studio] += 1 / shares[studio].weight
             room -= 1
     return assignments
+
+
+def fits_limits(
+    wanted: Sequence[str], capacity: Mapping[str, int], used: Mapping[str, int]
+) -> bool:
+    """Whether one more chunk may take each of these limits; an unknown limit has none."""
+    return all(used.get(name, 0) < capacity.get(name, 0) for name in wanted)
 
 
 def passes_after(

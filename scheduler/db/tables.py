@@ -34,6 +34,15 @@ class Subscription(SQLModel, table=True):
     max_slots: int | None = None
 
 
+class Limit(SQLModel, table=True):
+    """A named farm-wide concurrency limit, such as the licences of a renderer."""
+
+    __tablename__ = "limits"
+
+    name: str = Field(primary_key=True, max_length=64)
+    capacity: int
+
+
 class ApiKey(SQLModel, table=True):
     """A studio's key, stored as a SHA-256 hash: the key itself is shown once."""
 
@@ -63,6 +72,7 @@ class JobRow(SQLModel, table=True):
     renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     max_attempts: int
     max_failed_frames: int | None = None  # the job stops once this many frames failed
+    limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # each chunk takes one
     timeout: float  # render time limit per frame, seconds
     stall_timeout: float | None = None  # longest silence allowed from the renderer, seconds
     state: str = Field(index=True, max_length=16)

@@ -349,3 +349,26 @@ def test_a_job_past_its_failure_limit_stops_and_a_retry_resumes_it(
     assert resumed.job.state == "queued" and resumed.job.message is None
     assert resumed.progress.frames_queued == 6
     assert len(scheduler.dispatch_tick()) == 2
+
+
+def test_a_limit_holds_across_ticks_and_scheduler_restarts(
+    engine: Engine,
+    settings: Settings,
+    studios: StudioService,
+    studio_id: int,
+    fake_broker: RecordingBroker,
+    clock: Clock,
+) -> None:
+    studios.set_limit("houdini", 2)
+    licensed = submit(studios, studio_id, "1-10", priority=90, limits=("houdini",))
+    other = submit(studios, studio_id, "1-10")
+    first = Scheduler(engine, settings, fake_broker, clock)
+    first.ingest([heartbeat(slots=6)])
+    sent = first.dispatch_tick()
+    assert Counter(m.job_id for m in sent)[licensed] == 2
+    restarted = Scheduler(engine, settings, fake_broker, clock)  # counts come from the database
+    restarted.ingest([finished(m) for m in sent if m.job_id == other])
+    again = restarted.dispatch_tick()
+    assert licensed not in {m.job_id for m in again}
+    restarted.ingest([finished(next(m for m in sent if m.job_id == licensed))])
+    assert [m.job_id for m in restarted.dispatch_tick()] == [licensed]

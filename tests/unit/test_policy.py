@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from scheduler.core.policy import (
@@ -13,6 +15,7 @@ from scheduler.core.policy import (
     accepts_event,
     chunk_state_after_failure,
     exceeds_failure_limit,
+    fits_limits,
     is_node_lost,
     plan_dispatch,
     queue_buffer,
@@ -166,3 +169,25 @@ def test_retry_delay_doubles_up_to_a_cap(made: int, delay: float) -> None:
 )
 def test_failure_limit(failed: int, limit: int | None, stop: bool) -> None:
     assert exceeds_failure_limit(failed, limit) is stop
+
+
+def test_named_limits_are_never_exceeded() -> None:
+    licensed = JobCandidate(1, 1, 90, "cpu", tuple(QueuedChunk(c, 0) for c in range(10, 16)),
+                            limits=("houdini",))  # fmt: skip
+    free = JobCandidate(2, 1, 10, "cpu", tuple(QueuedChunk(c, 0) for c in range(20, 26)))
+    snapshot = DispatchSnapshot(
+        {"cpu": PoolCapacity("cpu", 6, 0)},
+        [licensed, free],
+        limits={"houdini": 3},
+        limits_used={"houdini": 1},  # one licence is held by a render already running
+    )
+    assert Counter(a.job_id for a in plan_dispatch(snapshot, 0.0)) == {1: 2, 2: 4}
+
+
+@pytest.mark.parametrize(
+    ("wanted", "used", "fits"),
+    [((), {}, True), (("a",), {"a": 1}, True), (("a",), {"a": 2}, False),
+     (("a", "b"), {"b": 5}, False), (("gone",), {}, False)],
+)  # fmt: skip
+def test_fits_limits(wanted: tuple[str, ...], used: dict[str, int], fits: bool) -> None:
+    assert fits_limits(wanted, {"a": 2, "b": 5}, used) is fits
