@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.states import JobState
 from scheduler.service import FrameStatus, JobDetail
 
@@ -66,6 +67,15 @@ class JobCreate(_Request):
         max_length=16,
         description="named farm-wide limits (licences) each chunk takes one of",
     )
+    depends_on: list[int] = Field(
+        default_factory=list, max_length=32, description="jobs of this studio to wait for"
+    )
+    dependency: DependencyMode = Field(
+        DependencyMode.JOB, description="job: start when they are done; frame: frame by frame"
+    )
+    on_dependency_failure: OnDependencyFailure = Field(
+        OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
+    )
 
 
 class JobPatch(_Request):
@@ -97,6 +107,9 @@ class JobPublic(BaseModel):
     timeout: float
     stall_timeout: float | None
     limits: list[str]
+    depends_on: list[int]
+    dependency: DependencyMode
+    on_dependency_failure: OnDependencyFailure
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -122,6 +135,9 @@ class JobPublic(BaseModel):
             timeout=job.timeout,
             stall_timeout=job.stall_timeout,
             limits=list(job.limits or ()),
+            depends_on=detail.depends_on,
+            dependency=DependencyMode(job.dependency_mode),
+            on_dependency_failure=OnDependencyFailure(job.on_dependency_failure),
             submitted_at=_time(job.submitted_at),
             started_at=_time(job.started_at),
             finished_at=_time(job.finished_at),

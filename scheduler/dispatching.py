@@ -13,6 +13,14 @@ from sqlalchemy import Integer, bindparam, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from scheduler.core.dependencies import (
+    WAITING,
+    DependencyMode,
+    Gate,
+    OnDependencyFailure,
+    dependency_gate,
+    frames_ready,
+)
 from scheduler.core.fairshare import PoolTerms
 from scheduler.core.policy import (
     Assignment,
@@ -23,7 +31,17 @@ from scheduler.core.policy import (
     dispatch_order,
 )
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState, JobState
-from scheduler.db import AttemptRow, ChunkRow, JobRow, Limit, NodeRow, Studio, Subscription
+from scheduler.db import (
+    AttemptRow,
+    ChunkRow,
+    FrameResultRow,
+    JobDependency,
+    JobRow,
+    Limit,
+    NodeRow,
+    Studio,
+    Subscription,
+)
 from scheduler.messages import ChunkMessage, attempt_log_path, output_pattern_for
 from scheduler.progress import refresh_job_states
 
@@ -85,6 +103,39 @@ _CLAIM = (
     )
 )
 _INSERT_ATTEMPTS = insert(AttemptRow)
+_DEPENDENCIES = (
+    sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
+    .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
+    .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
+)
+_END_QUEUED_OF_JOB = (
+    update(ChunkRow)
+    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
+    .values(state=ChunkState.CANCELLED)
+)
+_NEXT_QUEUED_FRAMES = (
+    sql_select(
+        col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.not_before),
+        col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step),
+    )
+    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
+    .where(col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= bindparam("now")))
+    .order_by(col(ChunkRow.position))
+    .limit(bindparam("wanted", type_=Integer))
+)  # fmt: skip
+_CHUNK_RANGES_IN = sql_select(
+    col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step)
+).where(
+    col(ChunkRow.job_id) == bindparam("job"),
+    col(ChunkRow.first_frame) <= bindparam("high"),
+    col(ChunkRow.last_frame) >= bindparam("low"),
+)
+_DONE_FRAMES_IN = sql_select(col(FrameResultRow.frame)).where(
+    col(FrameResultRow.job_id) == bindparam("job"),
+    col(FrameResultRow.frame) >= bindparam("low"),
+    col(FrameResultRow.frame) <= bindparam("high"),
+)
+FRAME_LOOKAHEAD = 200  # queued chunks examined per tick for a frame-dependent job
 _LIMITS = sql_select(col(Limit.name), col(Limit.capacity))
 _ACTIVE_BY_JOB = (
     sql_select(col(ChunkRow.job_id), func.count())
@@ -148,6 +199,7 @@ def load_dispatch_snapshot(
     if not room:
         return DispatchSnapshot(pools, ()), {}
     jobs = session.exec(_DISPATCHABLE_JOBS, params={"pools": list(room)}).all()
+    dependencies = _dependencies(session, jobs)
     candidates: list[JobCandidate] = []
     # Chunks are loaded in the policy's own job order, and no more per studio and pool
     # than the pool has room for: a tick's cost follows the free slots, not the backlog.
@@ -157,8 +209,16 @@ def load_dispatch_snapshot(
         if wanted <= 0:
             continue
         assert job.id is not None
-        rows = session.execute(_NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}).all()
-        queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
+        waits_for = dependencies.get(job.id)
+        if waits_for and not _gate_open(session, job, waits_for, now):
+            continue
+        if waits_for and job.dependency_mode == DependencyMode.FRAME:
+            queued = _frames_ready_chunks(session, job.id, waits_for, wanted, now)
+        else:
+            rows = session.execute(
+                _NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}
+            ).all()
+            queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
         loaded[(job.studio_id, job.pool)] += len(queued)
         if queued:
             candidates.append(_candidate(job, queued))
@@ -183,6 +243,71 @@ def load_dispatch_snapshot(
         limits_used=limits_used,
     )
     return snapshot, {j.id: j for j in jobs if j.id is not None}
+
+
+def _dependencies(session: Session, jobs: Sequence[JobRow]) -> dict[int, dict[int, JobState]]:
+    """For each job that depends on others: their states, by job id."""
+    found: dict[int, dict[int, JobState]] = defaultdict(dict)
+    ids = [job.id for job in jobs if job.id is not None]
+    if ids:
+        for job_id, other, state in session.execute(_DEPENDENCIES, {"ids": ids}):
+            found[job_id][other] = JobState(state)
+    return found
+
+
+def _gate_open(session: Session, job: JobRow, waits_for: dict[int, JobState], now: float) -> bool:
+    """Apply the dependency gate to the job: True if it may dispatch (some of) its chunks.
+
+    A waiting job says why in its message; a job whose dependency failed, and which
+    was told to fail then, ends its queued chunks (and so fails) with the reason.
+    """
+    decision = dependency_gate(
+        waits_for,
+        DependencyMode(job.dependency_mode),
+        OnDependencyFailure(job.on_dependency_failure),
+    )
+    message = decision.message
+    if decision.gate == Gate.OPEN and job.message and job.message.startswith(WAITING):
+        message = None  # the wait is over
+    elif decision.gate == Gate.OPEN:
+        message = job.message
+    if message != job.message:
+        job.message = message
+        session.add(job)
+    if decision.gate == Gate.FAIL:
+        session.execute(_END_QUEUED_OF_JOB, {"job": job.id})
+        refresh_job_states(session, [job], now)
+    return decision.gate == Gate.OPEN
+
+
+def _frames_ready_chunks(
+    session: Session, job_id: int, waits_for: dict[int, JobState], wanted: int, now: float
+) -> tuple[QueuedChunk, ...]:
+    """Frame mode: the next queued chunks whose frames are done in every dependency."""
+    rows = session.execute(
+        _NEXT_QUEUED_FRAMES, {"job": job_id, "now": now, "wanted": FRAME_LOOKAHEAD}
+    ).all()
+    if not rows:
+        return ()
+    low = min(first for *_, first, _last, _step in rows)
+    high = max(last for *_, _first, last, _step in rows)
+    has: dict[int, set[int]] = {}
+    done: dict[int, set[int]] = {}
+    for other in waits_for:
+        window = {"job": other, "low": low, "high": high}
+        has[other] = {
+            frame
+            for first, last, step in session.execute(_CHUNK_RANGES_IN, window)
+            for frame in range(first, last + 1, step)
+            if low <= frame <= high
+        }
+        done[other] = {frame for (frame,) in session.execute(_DONE_FRAMES_IN, window)}
+    ready = [
+        QueuedChunk(cid, attempts, not_before)
+        for cid, attempts, not_before, first, last, step in rows
+        if frames_ready(range(first, last + 1, step), has, done)
+    ]
+    return tuple(ready[:wanted])
 
 
 def _load_limits(
@@ -228,7 +353,9 @@ def save_dispatch(
         ],
     )
     messages = []
-    for chunk_id, job_id, attempt, first, last, step in claimed:
+    # Send in the policy's order (the database returns claimed rows in its own).
+    order = {a.chunk_id: index for index, a in enumerate(assignments)}
+    for chunk_id, job_id, attempt, first, last, step in sorted(claimed, key=lambda r: order[r[0]]):
         job = jobs[job_id]
         messages.append(
             ChunkMessage(

@@ -56,6 +56,7 @@ class Scheduler:
             )
             assignments = plan_dispatch(snapshot, now)
             if not assignments:
+                session.commit()  # a dependency gate may have changed a job's message
                 return []
             self.passes = passes_after(snapshot, assignments)
             messages = save_dispatch(session, assignments, jobs, now)

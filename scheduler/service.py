@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, update
@@ -23,12 +23,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from scheduler.core.chunks import plan_chunks
+from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import (
     ApiKey,
     ChunkRow,
     FrameResultRow,
+    JobDependency,
     JobRow,
     Limit,
     NodeRow,
@@ -63,12 +65,16 @@ class JobRequest:
     max_failed_frames: int | None = None
     stall_timeout: float | None = None
     limits: tuple[str, ...] = ()
+    depends_on: tuple[int, ...] = ()
+    dependency_mode: DependencyMode = DependencyMode.JOB
+    on_dependency_failure: OnDependencyFailure = OnDependencyFailure.WAIT
 
 
 @dataclass(frozen=True, slots=True)
 class JobDetail:
     job: JobRow
     progress: JobProgress
+    depends_on: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +228,10 @@ class StudioService:
                 raise InvalidRequest(
                     "pool", f"unknown pool {request.pool!r}; known pools: {sorted(pools)}"
                 )
+            for dependency in set(request.depends_on):
+                other = session.get(JobRow, dependency)
+                if other is None or other.studio_id != studio_id:
+                    raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
             if request.limits:
                 known = set(session.exec(select(Limit.name)).all())
                 unknown = sorted(set(request.limits) - known)
@@ -244,11 +254,16 @@ class StudioService:
                 timeout=request.timeout or self.settings.frame_timeout,
                 stall_timeout=request.stall_timeout,
                 limits=sorted(set(request.limits)),
+                dependency_mode=request.dependency_mode,
+                on_dependency_failure=request.on_dependency_failure,
                 state=JobState.QUEUED,
                 submitted_at=now,
             )
             session.add(job)
             session.flush()
+            assert job.id is not None
+            for dependency in sorted(set(request.depends_on)):
+                session.add(JobDependency(job_id=job.id, depends_on=dependency))
             session.execute(
                 insert(ChunkRow),
                 [
@@ -282,7 +297,7 @@ class StudioService:
     def get_job(self, studio_id: int, job_id: int) -> JobDetail:
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id)
-            return JobDetail(job, load_progress(session, [job])[job_id])
+            return self._detail(session, job)
 
     def list_jobs(
         self, studio_id: int, state: JobState | None, limit: int, offset: int
@@ -298,7 +313,11 @@ class StudioService:
                 session.exec(query.order_by(col(JobRow.id).desc()).offset(offset).limit(limit))
             )
             progress = load_progress(session, jobs)
-            return [JobDetail(job, progress[job.id]) for job in jobs if job.id], total
+            deps = _dependencies_of(session, [job.id for job in jobs if job.id])
+            details = [
+                JobDetail(job, progress[job.id], deps.get(job.id, [])) for job in jobs if job.id
+            ]
+            return details, total
 
     def list_frames(
         self, studio_id: int, job_id: int, offset: int = 0, limit: int | None = None
@@ -442,8 +461,12 @@ class StudioService:
         refresh_job_states(session, [job], self.clock())
         session.commit()
         session.refresh(job)
+        return self._detail(session, job)
+
+    def _detail(self, session: Session, job: JobRow) -> JobDetail:
         assert job.id is not None
-        return JobDetail(job, load_progress(session, [job])[job.id])
+        deps = _dependencies_of(session, [job.id]).get(job.id, [])
+        return JobDetail(job, load_progress(session, [job])[job.id], deps)
 
 
 def _frame_status(
@@ -473,3 +496,15 @@ def _frame_status(
         output=None,
         log=attempt_log_path(job_id, chunk.id, chunk.attempts) if chunk.attempts else None,
     )
+
+
+def _dependencies_of(session: Session, job_ids: list[int]) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    if job_ids:
+        for job_id, depends_on in session.exec(
+            select(JobDependency.job_id, JobDependency.depends_on)
+            .where(col(JobDependency.job_id).in_(job_ids))
+            .order_by(col(JobDependency.depends_on))
+        ):
+            found.setdefault(job_id, []).append(depends_on)
+    return found

@@ -47,6 +47,9 @@ def submit_job(body: JobCreate, studio: StudioDep, service: ServiceDep) -> JobPu
             timeout=body.timeout,
             stall_timeout=body.stall_timeout,
             limits=tuple(body.limits),
+            depends_on=tuple(body.depends_on),
+            dependency_mode=body.dependency,
+            on_dependency_failure=body.on_dependency_failure,
         ),
     )
     assert job.id is not None

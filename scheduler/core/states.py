@@ -103,7 +103,9 @@ def derive_job_state(
     unfinished = count[ChunkState.QUEUED] + count[ChunkState.DISPATCHED] + count[ChunkState.RUNNING]
     if total and count[ChunkState.DONE] == total:
         return JobState.DONE
-    if total and not unfinished and count[ChunkState.FAILED]:
+    if total and not unfinished:
+        # Ended without every frame: failed chunks, or chunks the farm ended (a job
+        # past its failure limit, or whose dependency failed).
         return JobState.FAILED
     if suspended:
         return JobState.SUSPENDED

@@ -73,6 +73,8 @@ class JobRow(SQLModel, table=True):
     max_attempts: int
     max_failed_frames: int | None = None  # the job stops once this many frames failed
     limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # each chunk takes one
+    dependency_mode: str = Field("job", max_length=8)  # job | frame
+    on_dependency_failure: str = Field("wait", max_length=8)  # wait | fail
     timeout: float  # render time limit per frame, seconds
     stall_timeout: float | None = None  # longest silence allowed from the renderer, seconds
     state: str = Field(index=True, max_length=16)
@@ -82,6 +84,15 @@ class JobRow(SQLModel, table=True):
     submitted_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+
+class JobDependency(SQLModel, table=True):
+    """Job ``job_id`` waits for job ``depends_on`` (as a whole, or frame by frame)."""
+
+    __tablename__ = "job_dependencies"
+
+    job_id: int = Field(foreign_key="jobs.id", primary_key=True)
+    depends_on: int = Field(foreign_key="jobs.id", primary_key=True)
 
 
 class ChunkRow(SQLModel, table=True):

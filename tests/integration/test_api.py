@@ -140,6 +140,8 @@ def test_a_studio_never_sees_another_studios_job(
         ({"max_failed_frames": 0}, "max_failed_frames", "greater than or equal to 1"),
         ({"timeout": -5}, "timeout", "greater than 0"),
         ({"limits": ["maya-licence"]}, "limits", "unknown limit"),
+        ({"depends_on": [424242]}, "depends_on", "no job 424242"),
+        ({"dependency": "shot"}, "dependency", "'job' or 'frame'"),
     ],
 )
 def test_bad_submissions_get_a_4xx_naming_the_field_and_create_nothing(

@@ -372,3 +372,58 @@ def test_a_limit_holds_across_ticks_and_scheduler_restarts(
     assert licensed not in {m.job_id for m in again}
     restarted.ingest([finished(next(m for m in sent if m.job_id == licensed))])
     assert [m.job_id for m in restarted.dispatch_tick()] == [licensed]
+
+
+def test_a_job_waits_for_the_jobs_it_depends_on(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    lighting = submit(studios, studio_id, "1-2")
+    comp = submit(studios, studio_id, "1-2", priority=90, depends_on=(lighting,))
+    scheduler.ingest([heartbeat(slots=4)])
+    sent = scheduler.dispatch_tick()
+    assert {m.job_id for m in sent} == {lighting}
+    waiting = studios.get_job(studio_id, comp)
+    assert waiting.job.state == "queued" and waiting.depends_on == [lighting]
+    assert waiting.job.message == f"waiting for job(s) [{lighting}] to finish"
+    scheduler.ingest([finished(m) for m in sent])
+    assert {m.job_id for m in scheduler.dispatch_tick()} == {comp}
+    assert studios.get_job(studio_id, comp).job.message is None
+
+
+def test_frame_by_frame_dependencies_release_each_frame(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    sim = submit(studios, studio_id, "1-4", max_attempts=1)
+    render = submit(studios, studio_id, "1-6", priority=90, depends_on=(sim,),
+                    dependency_mode="frame")  # fmt: skip
+    scheduler.ingest([heartbeat(slots=2)])
+    sent = scheduler.dispatch_tick()  # 2 slots + a buffer of 1, in priority order
+    # The render's frames 5 and 6 wait for nothing: the sim has no such frames.
+    assert [(m.job_id, m.frames) for m in sent] == [(render, [5]), (render, [6]), (sim, [1])]
+    scheduler.ingest([finished(m) for m in sent[:2]])
+    assert [(m.job_id, m.frames) for m in scheduler.dispatch_tick()] == [(sim, [2]), (sim, [3])]
+    scheduler.ingest([finished(m) for m in sent[2:]])  # sim frame 1 is done
+    released = scheduler.dispatch_tick()
+    assert [(m.job_id, m.frames) for m in released] == [(render, [1])]
+
+
+@pytest.mark.parametrize("on_failure", ["fail", "wait"])
+def test_a_failed_dependency_fails_or_holds_the_job(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, on_failure: str
+) -> None:
+    cache = submit(studios, studio_id, "1", max_attempts=1)
+    shot = submit(studios, studio_id, "1-3", depends_on=(cache,), on_dependency_failure=on_failure)
+    scheduler.ingest([heartbeat(slots=1)])
+    (sent,) = scheduler.dispatch_tick()
+    scheduler.ingest([event("failed", sent, error="out of memory")])
+    assert scheduler.dispatch_tick() == []
+    held = studios.get_job(studio_id, shot)
+    assert f"job {cache} is failed" in (held.job.message or "")
+    if on_failure == "fail":
+        assert held.job.state == "failed" and held.progress.frames_cancelled == 3
+    else:
+        assert held.job.state == "queued" and held.progress.frames_queued == 3
+        studios.retry_job(studio_id, cache)
+        (again,) = scheduler.dispatch_tick()
+        scheduler.ingest([finished(again)])
+        assert {m.job_id for m in scheduler.dispatch_tick()} == {shot}
