@@ -23,6 +23,7 @@ less of late, so the light studio alternates between 1 and 2 and gets its 25%.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -95,3 +96,59 @@ def starting_passes(studios: Iterable[int], passes: Mapping[int, float]) -> dict
     known = [passes[s] for s in studios if s in passes]
     floor = min(known) if known else 0.0
     return {s: passes.get(s, floor) for s in studios}
+
+
+class TurnOrder:
+    """``next_studio`` asked again and again, at O(log studios) a turn.
+
+    Between turns only the studio just served changes (one more slot held, a higher
+    pass), so the others' places hold; the order is rebuilt only when a studio
+    leaves (its work is all sent, or it reached its maximum), which changes the
+    weights the quotas are shared by. The turns are exactly those of calling
+    ``next_studio`` each time (a property test checks it).
+    """
+
+    def __init__(
+        self,
+        studios: Iterable[int],
+        held: Mapping[int, int],
+        shares: Mapping[int, StudioShare],
+        total: int,
+        passes: Mapping[int, float],
+    ) -> None:
+        self.held = {s: held.get(s, 0) for s in studios}
+        self.shares = {s: shares.get(s, DEFAULT_SHARE) for s in self.held}
+        self.passes = {s: passes.get(s, 0.0) for s in self.held}
+        self.total = total
+        self.present = {s for s in self.held if self.shares[s].allows_more(self.held[s])}
+        self._rebuild()
+
+    def _key(self, studio: int) -> tuple[bool, float, float, int]:
+        share = self.shares[studio]
+        holding = self.held[studio]
+        deficit = self.total * max(share.weight, TOLERANCE) / self._weight_sum - holding
+        return (holding >= share.minimum, -round(deficit, 9), self.passes[studio], studio)
+
+    def _rebuild(self) -> None:
+        self._weight_sum = sum(max(self.shares[s].weight, TOLERANCE) for s in self.present)
+        self._heap = [(self._key(s), s) for s in self.present]
+        heapq.heapify(self._heap)
+
+    def next(self) -> int | None:
+        return self._heap[0][1] if self._heap else None
+
+    def served(self, studio: int) -> None:
+        """The studio got a slot: it holds one more and its pass moves on."""
+        heapq.heappop(self._heap)
+        self.held[studio] += 1
+        self.passes[studio] += 1 / max(self.shares[studio].weight, TOLERANCE)
+        if self.shares[studio].allows_more(self.held[studio]):
+            heapq.heappush(self._heap, (self._key(studio), studio))
+        else:
+            self.leave(studio)
+
+    def leave(self, studio: int) -> None:
+        """The studio has nothing more to send (or may take no more) this tick."""
+        if studio in self.present:
+            self.present.discard(studio)
+            self._rebuild()

@@ -14,6 +14,7 @@ the next tick instead of after a backlog drains.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from scheduler.core.fairshare import (
     NO_TERMS,
     PoolTerms,
     StudioShare,
-    next_studio,
+    TurnOrder,
     share_of,
     starting_passes,
 )
@@ -116,25 +117,29 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
 
     Each pool's free room goes out one slot at a time: the studio whose turn it is
     (``next_studio``: minimums, then weighted fair share, within maximums) sends its
-    next chunk, from its highest-priority, oldest job first.
+    next chunk, from its highest-priority, oldest job first, if the job's named
+    limits have room.
     """
     assignments: list[Assignment] = []
     used = dict(snapshot.limits_used)
     for pool, studios in _studios_by_pool(snapshot).items():
         capacity = snapshot.pools.get(pool)
         room = capacity.free if capacity else 0
-        ready = {studio: _ready_chunks(jobs, now) for studio, jobs in studios.items()}
+        if room <= 0:
+            continue
         held = {studio: snapshot.active.get((studio, pool), 0) for studio in studios}
-        shares = _shares(snapshot, pool, studios)
-        passes = _passes(snapshot, pool, studios)
-        total = sum(held.values()) + room
-        while room > 0 and ready:
-            studio = next_studio(ready, held, shares, total, passes)
-            if studio is None:
-                break
+        turns = TurnOrder(
+            studios,
+            held,
+            _shares(snapshot, pool, studios),
+            sum(held.values()) + room,
+            _passes(snapshot, pool, studios),
+        )
+        ready = {studio: _ready_chunks(jobs, now) for studio, jobs in studios.items()}
+        while room > 0 and (studio := turns.next()) is not None:
             picked = next(ready[studio], None)
             if picked is None:
-                del ready[studio]
+                turns.leave(studio)
                 continue
             job, chunk = picked
             if not fits_limits(job.limits, snapshot.limits, used):
@@ -144,8 +149,7 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
             assignments.append(
                 Assignment(chunk.chunk_id, job.job_id, pool, chunk.attempts + 1, studio)
             )
-            held[studio] += 1
-            passes[studio] += 1 / shares[studio].weight
+            turns.served(studio)
             room -= 1
     return assignments
 
@@ -161,8 +165,11 @@ def passes_after(
     snapshot: DispatchSnapshot, assignments: Sequence[Assignment]
 ) -> dict[tuple[int, str], float]:
     """The stride passes to carry into the next tick, for the studios of this one."""
+    studios_in: dict[str, set[int]] = defaultdict(set)
+    for job in snapshot.jobs:
+        studios_in[job.pool].add(job.studio_id)
     result: dict[tuple[int, str], float] = {}
-    for pool, studios in _studios_by_pool(snapshot).items():
+    for pool, studios in studios_in.items():
         for studio, value in _passes(snapshot, pool, studios).items():
             result[(studio, pool)] = value
     for assignment in assignments:
@@ -173,7 +180,7 @@ def passes_after(
 
 def _studios_by_pool(snapshot: DispatchSnapshot) -> dict[str, dict[int, list[JobCandidate]]]:
     by_pool: dict[str, dict[int, list[JobCandidate]]] = defaultdict(lambda: defaultdict(list))
-    for job in sorted(snapshot.jobs, key=dispatch_order):
+    for job in snapshot.jobs:
         by_pool[job.pool][job.studio_id].append(job)
     return by_pool
 
@@ -198,7 +205,15 @@ def _passes(snapshot: DispatchSnapshot, pool: str, studios: Iterable[int]) -> di
 def _ready_chunks(
     jobs: Sequence[JobCandidate], now: float
 ) -> Iterator[tuple[JobCandidate, QueuedChunk]]:
-    for job in jobs:
+    """A studio's chunks that may go now, its jobs in dispatch order.
+
+    The jobs are put in order lazily (a heap): a tick that sends a few chunks of a
+    studio with thousands of jobs orders only the jobs it reaches.
+    """
+    heap = [(dispatch_order(job), index) for index, job in enumerate(jobs)]
+    heapq.heapify(heap)
+    while heap:
+        job = jobs[heapq.heappop(heap)[1]]
         for chunk in job.queued:
             if chunk.not_before is None or chunk.not_before <= now:
                 yield job, chunk

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter, deque
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from scheduler.core.fairshare import PoolTerms, StudioShare, next_studio
+from scheduler.core.fairshare import PoolTerms, StudioShare, TurnOrder, next_studio
 from scheduler.core.policy import (
     DispatchSnapshot,
     JobCandidate,
@@ -159,3 +161,37 @@ def test_a_queue_beyond_the_slots_keeps_the_running_share_by_weight() -> None:
         while queue and len(running) < 4:
             running.append(queue.popleft())
     assert 0.24 <= ran[A] / (ran[A] + ran[B]) <= 0.26
+
+
+@given(
+    st.dictionaries(
+        st.integers(1, 6),
+        st.tuples(
+            st.integers(0, 6),  # held
+            st.floats(0.1, 5.0),  # weight
+            st.integers(0, 4),  # minimum
+            st.one_of(st.none(), st.integers(0, 12)),  # maximum
+            st.floats(0.0, 5.0),  # pass
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 20),
+)
+def test_turn_order_takes_the_turns_next_studio_gives(
+    studios: dict[int, tuple[int, float, int, int | None, float]], room: int
+) -> None:
+    held = {s: v[0] for s, v in studios.items()}
+    shares = {s: StudioShare(v[1], v[2], v[3]) for s, v in studios.items()}
+    passes = {s: v[4] for s, v in studios.items()}
+    total = sum(held.values()) + room
+    turns = TurnOrder(studios, held, shares, total, passes)
+    expected_held, expected_passes = dict(held), dict(passes)
+    for _ in range(room):
+        expected = next_studio(studios, expected_held, shares, total, expected_passes)
+        assert turns.next() == expected
+        if expected is None:
+            break
+        turns.served(expected)
+        expected_held[expected] += 1
+        expected_passes[expected] += 1 / shares[expected].weight
