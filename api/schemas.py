@@ -40,6 +40,15 @@ class NoopRenderer(_Request):
 RendererSpec = Annotated[BuiltinRenderer | NoopRenderer, Field(discriminator="kind")]
 
 
+class NodeRequirements(_Request):
+    """What a render node must have to render the job."""
+
+    cores: int = Field(0, ge=0, le=4096)
+    memory_gb: float = Field(0, ge=0, le=65536)
+    gpus: int = Field(0, ge=0, le=64)
+    tags: list[str] = Field(default_factory=list, max_length=32, description="all required")
+
+
 class JobCreate(_Request):
     name: str = Field(min_length=1, max_length=200)
     frames: str = Field(
@@ -67,6 +76,7 @@ class JobCreate(_Request):
         max_length=16,
         description="named farm-wide limits (licences) each chunk takes one of",
     )
+    requirements: NodeRequirements = Field(default_factory=NodeRequirements)
     depends_on: list[int] = Field(
         default_factory=list, max_length=32, description="jobs of this studio to wait for"
     )
@@ -107,6 +117,7 @@ class JobPublic(BaseModel):
     timeout: float
     stall_timeout: float | None
     limits: list[str]
+    requirements: NodeRequirements
     depends_on: list[int]
     dependency: DependencyMode
     on_dependency_failure: OnDependencyFailure
@@ -135,6 +146,12 @@ class JobPublic(BaseModel):
             timeout=job.timeout,
             stall_timeout=job.stall_timeout,
             limits=list(job.limits or ()),
+            requirements=NodeRequirements(
+                cores=job.min_cores,
+                memory_gb=job.min_memory_bytes / 2**30,
+                gpus=job.min_gpus,
+                tags=list(job.required_tags or ()),
+            ),
             depends_on=detail.depends_on,
             dependency=DependencyMode(job.dependency_mode),
             on_dependency_failure=OnDependencyFailure(job.on_dependency_failure),

@@ -1,6 +1,7 @@
 """The broker adapter the scheduler dispatches through (Celery on Redis).
 
-Chunk messages are published to the pool's queue through the default exchange, so
+Chunk messages are published to their node's queue (``node.<name>``; ``pool.<name>``
+for a chunk not placed on a node) through the default exchange, so
 they land in the queue even after Redis lost its exchange bindings (a restart or
 FLUSHALL): Celery's per-connection cache of declared queues would otherwise route
 them nowhere.
@@ -18,14 +19,14 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import ChannelError
 
-from scheduler.messages import RENDER_TASK, ChunkMessage, pool_queue, task_id_for
+from scheduler.messages import RENDER_TASK, ChunkMessage, task_id_for
 
 log = logging.getLogger(__name__)
 
 
-def pool_queue_entity(pool: str) -> Queue:
-    """A pool's queue, reached through the default exchange: no binding needed."""
-    return Queue(pool_queue(pool), Exchange(""), routing_key=pool_queue(pool), durable=True)
+def queue_entity(name: str) -> Queue:
+    """A queue reached through the default exchange: no binding to lose in a flush."""
+    return Queue(name, Exchange(""), routing_key=name, durable=True)
 
 
 class Broker(Protocol):
@@ -35,7 +36,7 @@ class Broker(Protocol):
 
     def revoke(self, task_ids: Sequence[str]) -> None: ...
 
-    def queue_depth(self, pool: str) -> int: ...
+    def queue_depth(self, queue: str) -> int: ...
 
 
 class CeleryBroker:
@@ -54,7 +55,7 @@ class CeleryBroker:
                     # Celery would otherwise saferepr() every argument for its logs.
                     argsrepr=f"(chunk {message.chunk_id}, attempt {message.attempt})",
                     kwargsrepr="{}",
-                    queue=pool_queue_entity(message.pool),
+                    queue=queue_entity(message.queue),
                     producer=producer,
                     retry=True,
                     retry_policy={"max_retries": None, "interval_start": 0.2, "interval_max": 2},
@@ -64,12 +65,10 @@ class CeleryBroker:
         if task_ids:
             self.app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
 
-    def queue_depth(self, pool: str) -> int:
+    def queue_depth(self, queue: str) -> int:
         with self.app.connection_for_read() as connection:
             try:
-                declared = connection.default_channel.queue_declare(
-                    queue=pool_queue(pool), passive=True
-                )
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
             except ChannelError:  # never declared, or flushed away: nothing waits
                 return 0
             return int(declared.message_count)
@@ -97,8 +96,8 @@ class BackgroundSender:
     def revoke(self, task_ids: Sequence[str]) -> None:
         self._broker.revoke(task_ids)
 
-    def queue_depth(self, pool: str) -> int:
-        return self._broker.queue_depth(pool)
+    def queue_depth(self, queue: str) -> int:
+        return self._broker.queue_depth(queue)
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is waiting, then stop the thread."""

@@ -93,14 +93,19 @@ def worker(
     tag: Annotated[
         list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")
     ] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs this node offers to jobs")] = 0,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
-    """Run a render node: a Celery worker on the pool's queue."""
+    """Run a render node: a Celery worker on its own queue and its pool's."""
     from workers.node import NodeConfig, start_worker
 
     _logging(loglevel)
     node = NodeConfig(
-        name=name or socket.gethostname().split(".")[0], pool=pool, slots=slots, tags=tag or []
+        name=name or socket.gethostname().split(".")[0],
+        pool=pool,
+        slots=slots,
+        tags=tag or [],
+        gpus=gpus,
     )
     start_worker(Settings(), node, loglevel)
 

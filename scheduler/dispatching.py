@@ -6,8 +6,10 @@ in the policy's own job order, and only as many as the pools have room for.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from sqlalchemy import Integer, bindparam, func, insert, update
 from sqlalchemy import select as sql_select
@@ -22,11 +24,11 @@ from scheduler.core.dependencies import (
     frames_ready,
 )
 from scheduler.core.fairshare import PoolTerms
+from scheduler.core.placement import NO_REQUIREMENTS, NodeView, Requirements, can_ever_run
 from scheduler.core.policy import (
     Assignment,
     DispatchSnapshot,
     JobCandidate,
-    PoolCapacity,
     QueuedChunk,
     dispatch_order,
 )
@@ -47,11 +49,27 @@ from scheduler.progress import refresh_job_states
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
 # and keying a statement than SQLite spends running it (see BENCHMARKS.md).
-_LIVE_SLOTS = (
-    sql_select(col(NodeRow.pool), func.sum(NodeRow.slots))
-    .where(col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= bindparam("since"))
-    .group_by(col(NodeRow.pool))
+_LIVE_NODES = select(NodeRow).where(
+    col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= bindparam("since")
 )
+_ACTIVE_BY_NODE = (
+    sql_select(col(ChunkRow.node), func.count())
+    .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES), col(ChunkRow.node).is_not(None))
+    .group_by(col(ChunkRow.node))
+)
+_BLOCKED = (  # failures since the studio last retried the chunk count
+    sql_select(col(AttemptRow.job_id), col(AttemptRow.node))
+    .join(ChunkRow, col(ChunkRow.id) == col(AttemptRow.chunk_id))
+    .where(
+        col(AttemptRow.job_id).in_(bindparam("ids", expanding=True)),
+        col(AttemptRow.state) == AttemptState.FAILED,
+        col(AttemptRow.node).is_not(None),
+        col(AttemptRow.number) > col(ChunkRow.retry_base),
+    )
+    .group_by(col(AttemptRow.job_id), col(AttemptRow.node))
+    .having(func.count() >= bindparam("failures"))
+)
+NO_NODE = "no live node"  # how the message of a job no node can render begins
 _ACTIVE_BY_STUDIO = (
     sql_select(col(JobRow.studio_id), col(ChunkRow.pool), func.count())
     .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
@@ -103,6 +121,7 @@ _CLAIM = (
     )
 )
 _INSERT_ATTEMPTS = insert(AttemptRow)
+_UPDATE_CHUNKS = update(ChunkRow)
 _DEPENDENCIES = (
     sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
     .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
@@ -176,39 +195,36 @@ class CompletionRate:
 def load_dispatch_snapshot(
     session: Session,
     now: float,
-    node_timeout: float,
+    settings: DispatchSettings,
     buffer_for: Callable[[str], int],
     passes: Mapping[tuple[int, str], float],
 ) -> tuple[DispatchSnapshot, dict[int, JobRow]]:
-    """Pools' capacity, studios' shares, and the next queued chunks of dispatchable jobs."""
-    live_since = now - node_timeout
-    slots = {
-        pool: int(total or 0) for pool, total in session.execute(_LIVE_SLOTS, {"since": live_since})
-    }
+    """Live nodes and their room, studios' shares, and the next queued chunks of the
+    jobs that may dispatch."""
+    nodes = _live_nodes(session, now - settings.node_timeout, buffer_for)
+    room: Counter[str] = Counter()
+    for node in nodes:
+        room[node.pool] += max(0, node.free)
+    room = +room  # pools with room only
+    if not room:
+        return DispatchSnapshot({}, (), nodes=nodes), {}
     held: dict[tuple[int, str], int] = {
         (studio, pool): n for studio, pool, n in session.execute(_ACTIVE_BY_STUDIO)
     }
-    active: Counter[str] = Counter()
-    for (_studio, pool), n in held.items():
-        active[pool] += n
-    pools = {
-        pool: PoolCapacity(pool, total, active[pool], buffer_for(pool))
-        for pool, total in slots.items()
-    }
-    room = {name: pool.free for name, pool in pools.items() if pool.free > 0}
-    if not room:
-        return DispatchSnapshot(pools, ()), {}
     jobs = session.exec(_DISPATCHABLE_JOBS, params={"pools": list(room)}).all()
     dependencies = _dependencies(session, jobs)
+    avoid = _blocklists(session, jobs, settings.node_blocklist_after)
     candidates: list[JobCandidate] = []
     # Chunks are loaded in the policy's own job order, and no more per studio and pool
     # than the pool has room for: a tick's cost follows the free slots, not the backlog.
     loaded: Counter[tuple[int, str]] = Counter()
     for job in sorted(jobs, key=lambda j: dispatch_order(_candidate(j, ()))):
-        wanted = room.get(job.pool, 0) - loaded[(job.studio_id, job.pool)]
+        wanted = room[job.pool] - loaded[(job.studio_id, job.pool)]
         if wanted <= 0:
             continue
         assert job.id is not None
+        if not _placeable(session, job, nodes):
+            continue
         waits_for = dependencies.get(job.id)
         if waits_for and not _gate_open(session, job, waits_for, now):
             continue
@@ -221,7 +237,7 @@ def load_dispatch_snapshot(
             queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
         loaded[(job.studio_id, job.pool)] += len(queued)
         if queued:
-            candidates.append(_candidate(job, queued))
+            candidates.append(_candidate(job, queued, avoid.get(job.id, frozenset())))
     studios = list({job.studio_id for job in candidates})
     weights: dict[int, float] = {}
     terms: dict[tuple[int, str], PoolTerms] = {}
@@ -233,7 +249,7 @@ def load_dispatch_snapshot(
         }
     limits, limits_used = _load_limits(session, candidates)
     snapshot = DispatchSnapshot(
-        pools,
+        {},
         candidates,
         active=held,
         weights=weights,
@@ -241,8 +257,70 @@ def load_dispatch_snapshot(
         passes=passes,
         limits=limits,
         limits_used=limits_used,
+        nodes=nodes,
     )
     return snapshot, {j.id: j for j in jobs if j.id is not None}
+
+
+class DispatchSettings(Protocol):
+    node_timeout: float
+    node_blocklist_after: int
+
+
+def _live_nodes(
+    session: Session, live_since: float, buffer_for: Callable[[str], int]
+) -> list[NodeView]:
+    """Live nodes with the room in their queues: slots and a share of the pool's
+    buffer, less the chunks sent to them or rendering on them."""
+    rows = session.exec(_LIVE_NODES, params={"since": live_since}).all()
+    busy = {node: n for node, n in session.execute(_ACTIVE_BY_NODE)}
+    per_pool = Counter(row.pool for row in rows)
+    buffers = {pool: math.ceil(buffer_for(pool) / count) for pool, count in per_pool.items()}
+    return [
+        NodeView(
+            name=row.name,
+            pool=row.pool,
+            free=row.slots + buffers[row.pool] - busy.get(row.name, 0),
+            cores=row.cores,
+            memory_bytes=row.memory_bytes,
+            gpus=row.gpus,
+            tags=frozenset(row.tags or ()),
+        )
+        for row in rows
+    ]
+
+
+def _needs(job: JobRow) -> Requirements:
+    return Requirements(
+        job.min_cores, job.min_memory_bytes, job.min_gpus, frozenset(job.required_tags or ())
+    )
+
+
+def _placeable(session: Session, job: JobRow, nodes: Sequence[NodeView]) -> bool:
+    """Whether a live node of its pool can ever render the job; if not, it says so."""
+    needs = _needs(job)
+    if needs == NO_REQUIREMENTS or can_ever_run(nodes, job.pool, needs):
+        if job.message and job.message.startswith(NO_NODE):
+            job.message = None
+            session.add(job)
+        return True
+    message = f"{NO_NODE} of pool {job.pool} has {needs.describe()}; it waits for one"
+    if job.message != message:
+        job.message = message
+        session.add(job)
+    return False
+
+
+def _blocklists(
+    session: Session, jobs: Sequence[JobRow], failures: int
+) -> dict[int, frozenset[str]]:
+    """Per job, the nodes it failed on ``failures`` times or more."""
+    ids = [job.id for job in jobs if job.id is not None]
+    found: dict[int, set[str]] = defaultdict(set)
+    if ids:
+        for job_id, node in session.execute(_BLOCKED, {"ids": ids, "failures": failures}):
+            found[job_id].add(node)
+    return {job_id: frozenset(nodes) for job_id, nodes in found.items()}
 
 
 def _dependencies(session: Session, jobs: Sequence[JobRow]) -> dict[int, dict[int, JobState]]:
@@ -338,6 +416,13 @@ def save_dispatch(
     claimed = session.execute(_CLAIM, {"ids": list(by_chunk), "now": now}).all()
     if not claimed:
         return []
+    placed = [
+        {"id": chunk_id, "node": by_chunk[chunk_id].node}
+        for chunk_id, *_ in claimed
+        if by_chunk[chunk_id].node is not None
+    ]
+    if placed:
+        session.execute(_UPDATE_CHUNKS, placed)
     session.execute(
         _INSERT_ATTEMPTS,
         [
@@ -346,6 +431,7 @@ def save_dispatch(
                 "job_id": job_id,
                 "number": attempt,
                 "pool": by_chunk[chunk_id].pool,
+                "node": by_chunk[chunk_id].node,
                 "state": AttemptState.DISPATCHED,
                 "dispatched_at": now,
             }
@@ -370,14 +456,24 @@ def save_dispatch(
                 log_path=attempt_log_path(job_id, chunk_id, attempt),
                 timeout=job.timeout,
                 stall_timeout=job.stall_timeout,
+                node=by_chunk[chunk_id].node,
             )
         )
     refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)
     return messages
 
 
-def _candidate(job: JobRow, queued: Iterable[QueuedChunk]) -> JobCandidate:
+def _candidate(
+    job: JobRow, queued: Iterable[QueuedChunk], avoid: frozenset[str] = frozenset()
+) -> JobCandidate:
     assert job.id is not None
     return JobCandidate(
-        job.id, job.studio_id, job.priority, job.pool, tuple(queued), tuple(job.limits or ())
+        job.id,
+        job.studio_id,
+        job.priority,
+        job.pool,
+        tuple(queued),
+        tuple(job.limits or ()),
+        _needs(job),
+        avoid,
     )

@@ -29,6 +29,10 @@ def pool_queue(pool: str) -> str:
     return f"pool.{pool}"
 
 
+def node_queue(node: str) -> str:
+    return f"node.{node}"
+
+
 def task_id_for(chunk_id: int, attempt: int) -> str:
     """Celery task ids are derived, so the scheduler can revoke an attempt by id alone."""
     return f"chunk-{chunk_id}-attempt-{attempt}"
@@ -55,6 +59,11 @@ class ChunkMessage:
     log_path: str  # relative to storage
     timeout: float  # render time limit per frame, seconds
     stall_timeout: float | None = None  # longest silence (no output) allowed, seconds
+    node: str | None = None  # the node it was placed on; None: any node of the pool
+
+    @property
+    def queue(self) -> str:
+        return node_queue(self.node) if self.node else pool_queue(self.pool)
 
     def output_for(self, frame: int) -> str:
         return self.output_pattern.replace("{frame}", f"{frame:06d}")

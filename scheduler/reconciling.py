@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from scheduler.core.policy import is_node_lost, unclaimed_to_resend
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, NodeRow
-from scheduler.messages import task_id_for
+from scheduler.messages import node_queue, pool_queue, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,27 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
 def requeue_unclaimed(
     session: Session, now: float, after: float, queue_depth: Callable[[str], int]
 ) -> None:
-    """Chunks sent but never claimed while their pool's queue is empty: send again."""
+    """Chunks sent but never claimed while their queue is empty: send again."""
     unclaimed: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for chunk_id, pool, sent_at in session.exec(
-        select(ChunkRow.id, ChunkRow.pool, ChunkRow.dispatched_at).where(
+    for chunk_id, pool, node, sent_at in session.exec(
+        select(ChunkRow.id, ChunkRow.pool, ChunkRow.node, ChunkRow.dispatched_at).where(
             ChunkRow.state == ChunkState.DISPATCHED,
             col(ChunkRow.dispatched_at) < now - after,
         )
     ):
         if chunk_id is not None:
-            unclaimed[pool].append((chunk_id, sent_at or 0.0))
-    for pool, chunks in unclaimed.items():
-        resend = unclaimed_to_resend(chunks, queue_depth(pool), now, after)
+            queue = node_queue(node) if node else pool_queue(pool)
+            unclaimed[queue].append((chunk_id, sent_at or 0.0))
+    for queue, chunks in unclaimed.items():
+        resend = unclaimed_to_resend(chunks, queue_depth(queue), now, after)
         if resend:
             log.warning(
-                "pool %s: %d chunk(s) sent but never claimed; sending again", pool, len(resend)
+                "queue %s: %d chunk(s) sent but never claimed; sending again", queue, len(resend)
             )
             session.execute(
                 update(ChunkRow)
                 .where(col(ChunkRow.id).in_(resend), col(ChunkRow.state) == ChunkState.DISPATCHED)
-                .values(state=ChunkState.QUEUED)
+                .values(state=ChunkState.QUEUED, node=None)
             )
 
 

@@ -50,7 +50,7 @@ class Scheduler:
             snapshot, jobs = load_dispatch_snapshot(
                 session,
                 now,
-                self.settings.node_timeout,
+                self.settings,
                 lambda pool: self._buffer(pool, now),
                 self.passes,
             )

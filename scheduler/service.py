@@ -66,6 +66,10 @@ class JobRequest:
     stall_timeout: float | None = None
     limits: tuple[str, ...] = ()
     depends_on: tuple[int, ...] = ()
+    min_cores: int = 0
+    min_memory_bytes: int = 0
+    min_gpus: int = 0
+    required_tags: tuple[str, ...] = ()
     dependency_mode: DependencyMode = DependencyMode.JOB
     on_dependency_failure: OnDependencyFailure = OnDependencyFailure.WAIT
 
@@ -254,6 +258,10 @@ class StudioService:
                 timeout=request.timeout or self.settings.frame_timeout,
                 stall_timeout=request.stall_timeout,
                 limits=sorted(set(request.limits)),
+                min_cores=request.min_cores,
+                min_memory_bytes=request.min_memory_bytes,
+                min_gpus=request.min_gpus,
+                required_tags=sorted(set(request.required_tags)),
                 dependency_mode=request.dependency_mode,
                 on_dependency_failure=request.on_dependency_failure,
                 state=JobState.QUEUED,

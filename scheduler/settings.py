@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1_024)
     default_max_attempts: int = Field(3, ge=1, le=100)
     frame_timeout: float = Field(3_600.0, gt=0, description="default render time limit per frame")
+    node_blocklist_after: int = Field(
+        2, ge=1, description="failures of a job on a node before that node stops getting it"
+    )
     retry_base_seconds: float = Field(10.0, ge=0, description="first wait before a retry")
     retry_max_seconds: float = Field(600.0, ge=0, description="longest wait before a retry")
 

@@ -19,10 +19,10 @@ import psutil
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
-from scheduler.broker import pool_queue_entity
+from scheduler.broker import queue_entity
 from scheduler.celery_app import make_celery
 from scheduler.events import EventPublisher
-from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport
+from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport, node_queue, pool_queue
 from scheduler.settings import Settings
 from workers.runner import install_termination_handler, run_chunk
 
@@ -35,6 +35,7 @@ class NodeConfig:
     pool: str
     slots: int
     tags: list[str] = field(default_factory=list)
+    gpus: int = 0
 
     def report(self, running: int) -> NodeReport:
         return NodeReport(
@@ -45,14 +46,17 @@ class NodeConfig:
             running=running,
             cores=psutil.cpu_count() or 1,
             memory_bytes=psutil.virtual_memory().total,
-            gpus=0,
+            gpus=self.gpus,
             tags=list(self.tags),
         )
 
 
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
-    app.conf.task_queues = [pool_queue_entity(node.pool)]
+    app.conf.task_queues = [
+        queue_entity(node_queue(node.name)),
+        queue_entity(pool_queue(node.pool)),
+    ]
     storage = settings.storage_root
     events = EventPublisher(settings.effective_broker_url)
 

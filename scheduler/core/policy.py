@@ -28,6 +28,7 @@ from scheduler.core.fairshare import (
     share_of,
     starting_passes,
 )
+from scheduler.core.placement import NO_REQUIREMENTS, NodeView, Placement, Requirements
 from scheduler.core.states import ChunkState
 
 
@@ -64,6 +65,8 @@ class JobCandidate:
     pool: str
     queued: Sequence[QueuedChunk] = field(default_factory=tuple)
     limits: tuple[str, ...] = ()  # named farm-wide limits each of its chunks takes one of
+    needs: Requirements = NO_REQUIREMENTS  # what a node must have to render it
+    avoid: frozenset[str] = frozenset()  # nodes on which it failed too often
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,9 @@ class DispatchSnapshot:
     # Named farm-wide limits (licences): capacity, and chunks holding one now.
     limits: Mapping[str, int] = field(default_factory=dict)
     limits_used: Mapping[str, int] = field(default_factory=dict)
+    # Live nodes with their room; when given, every chunk is placed on one of them
+    # and a pool's room is the room of its nodes.
+    nodes: Sequence[NodeView] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class Assignment:
     pool: str
     attempt: int  # the number of the attempt this dispatch starts (1-based)
     studio_id: int = 0
+    node: str | None = None  # the node whose queue it goes to; None: the pool's queue
 
 
 def queue_buffer(finished: int, window: float, tick: float, minimum: int, maximum: int) -> int:
@@ -122,9 +129,10 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
     """
     assignments: list[Assignment] = []
     used = dict(snapshot.limits_used)
+    placement = Placement(snapshot.nodes) if snapshot.nodes else None
     for pool, studios in _studios_by_pool(snapshot).items():
         capacity = snapshot.pools.get(pool)
-        room = capacity.free if capacity else 0
+        room = placement.room(pool) if placement else (capacity.free if capacity else 0)
         if room <= 0:
             continue
         held = {studio: snapshot.active.get((studio, pool), 0) for studio in studios}
@@ -136,18 +144,25 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
             _passes(snapshot, pool, studios),
         )
         ready = {studio: _ready_chunks(jobs, now) for studio, jobs in studios.items()}
+        unplaced: set[int] = set()  # jobs no node with room can take this tick
         while room > 0 and (studio := turns.next()) is not None:
             picked = next(ready[studio], None)
             if picked is None:
                 turns.leave(studio)
                 continue
             job, chunk = picked
-            if not fits_limits(job.limits, snapshot.limits, used):
-                continue  # this job waits for a licence; the studio's other jobs may go
+            if job.job_id in unplaced or not fits_limits(job.limits, snapshot.limits, used):
+                continue  # this job waits (a node, a licence); the studio's others may go
+            node = None
+            if placement is not None:
+                node = placement.place(pool, job.needs, job.avoid)
+                if node is None:
+                    unplaced.add(job.job_id)
+                    continue
             for name in job.limits:
                 used[name] = used.get(name, 0) + 1
             assignments.append(
-                Assignment(chunk.chunk_id, job.job_id, pool, chunk.attempts + 1, studio)
+                Assignment(chunk.chunk_id, job.job_id, pool, chunk.attempts + 1, studio, node)
             )
             turns.served(studio)
             room -= 1

@@ -73,6 +73,10 @@ class JobRow(SQLModel, table=True):
     max_attempts: int
     max_failed_frames: int | None = None  # the job stops once this many frames failed
     limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # each chunk takes one
+    min_cores: int = 0  # what a node must have to render the job
+    min_memory_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    min_gpus: int = 0
+    required_tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     dependency_mode: str = Field("job", max_length=8)  # job | frame
     on_dependency_failure: str = Field("wait", max_length=8)  # wait | fail
     timeout: float  # render time limit per frame, seconds

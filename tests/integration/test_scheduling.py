@@ -47,7 +47,7 @@ class RecordingBroker:
     def revoke(self, task_ids: Sequence[str]) -> None:
         self.revoked.extend(task_ids)
 
-    def queue_depth(self, pool: str) -> int:
+    def queue_depth(self, queue: str) -> int:
         return self.depth
 
 
@@ -84,8 +84,12 @@ def submit(studios: StudioService, studio_id: int, frames: str = "1-20", **extra
     return job.id
 
 
-def heartbeat(name: str = "node-a", slots: int = 2, running: int = 0) -> dict[str, Any]:
-    info = NodeReport(name, "cpu", "host", slots, running, cores=8, memory_bytes=2**34)
+def heartbeat(
+    name: str = "node-a", slots: int = 2, running: int = 0, **hardware: Any
+) -> dict[str, Any]:
+    info = NodeReport(
+        name, "cpu", "host", slots, running, **{"cores": 8, "memory_bytes": 2**34, **hardware}
+    )
     return {"kind": "heartbeat", "node": name, "info": info.to_dict()}
 
 
@@ -282,7 +286,7 @@ def test_chunks_lost_by_redis_are_sent_again(
     submit(studios, studio_id, "1-2")
     real.ingest([heartbeat(slots=2)])
     sent = real.dispatch_tick()
-    assert len(sent) == 2 and broker.llen("pool.cpu") == 2
+    assert len(sent) == 2 and broker.llen("node.node-a") == 2
     clock.now += settings.redispatch_after + 1
     real.ingest([heartbeat(slots=2)])
     real.reconcile()
@@ -291,7 +295,7 @@ def test_chunks_lost_by_redis_are_sent_again(
     real.reconcile()
     resent = real.dispatch_tick()
     assert sorted((m.chunk_id, m.attempt) for m in resent) == sorted((m.chunk_id, 2) for m in sent)
-    assert broker.llen("pool.cpu") == 2
+    assert broker.llen("node.node-a") == 2
     assert {j.state for j in rows(engine, JobRow)} == {"running"}
 
 
@@ -327,9 +331,9 @@ def test_studios_share_slots_by_weight_within_operator_terms(
 
     studios.set_terms("pixar-east", "cpu", minimum=5)
     studios.set_terms("aardman-east", "cpu", maximum=7)
-    scheduler.ingest([heartbeat("node-b", slots=8)])  # 8 more slots
+    scheduler.ingest([heartbeat("node-b", slots=8)])  # 8 more slots, and 1 of buffer each
     second = Counter(m.job_id for m in scheduler.dispatch_tick())
-    assert second == {light: 7, heavy: 1}  # light to its minimum of 5 and beyond; heavy capped
+    assert second == {light: 8, heavy: 1}  # light to its minimum of 5 and beyond; heavy capped
 
 
 def test_a_job_past_its_failure_limit_stops_and_a_retry_resumes_it(
@@ -427,3 +431,34 @@ def test_a_failed_dependency_fails_or_holds_the_job(
         (again,) = scheduler.dispatch_tick()
         scheduler.ingest([finished(again)])
         assert {m.job_id for m in scheduler.dispatch_tick()} == {shot}
+
+
+def test_a_job_goes_only_to_nodes_that_match_it_and_says_when_none_can(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    job_id = submit(studios, studio_id, "1-3", required_tags=("blender-4.5",), min_gpus=1)
+    scheduler.ingest([heartbeat("cpu-node", slots=4)])
+    assert scheduler.dispatch_tick() == []
+    message = studios.get_job(studio_id, job_id).job.message or ""
+    assert message.startswith("no live node of pool cpu has 1 GPU(s), tags ['blender-4.5']")
+    scheduler.ingest([heartbeat("gpu-node", slots=1, gpus=2, tags=["blender-4.5", "ocio"])])
+    sent = scheduler.dispatch_tick()
+    assert {m.node for m in sent} == {"gpu-node"} and len(sent) == 2  # 1 slot + a buffer of 1
+    assert studios.get_job(studio_id, job_id).job.message is None
+
+
+def test_a_node_a_job_keeps_failing_on_stops_getting_it(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, clock: Clock
+) -> None:
+    submit(studios, studio_id, "1", max_attempts=5)
+    scheduler.ingest([heartbeat("flaky", slots=1)])
+    for _ in range(2):  # node_blocklist_after is 2
+        (sent,) = scheduler.dispatch_tick()
+        assert sent.node == "flaky"
+        scheduler.ingest([event("failed", sent, node="flaky", error="bad driver")])
+        clock.now += 60  # past the retry's pause
+        scheduler.ingest([heartbeat("flaky", slots=1)])
+    assert scheduler.dispatch_tick() == []  # only the flaky node is alive
+    scheduler.ingest([heartbeat("steady", slots=1)])
+    (sent,) = scheduler.dispatch_tick()
+    assert (sent.node, sent.attempt) == ("steady", 3)
