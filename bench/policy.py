@@ -1,10 +1,12 @@
 """Time of one dispatch decision (the pure policy) as the farm grows.
 
-For 10, 1,000 and 10,000 active jobs (from up to 50 studios of random weights) and
-10, 1,000 and 10,000 nodes of 4 slots, with 90% of the slots busy, it times
-``plan_dispatch`` plus ``passes_after`` on the snapshot a tick would load (each job's
-next queued chunks), and prints the time per decision and per dispatched chunk, and
-the ratio of the largest farm's time per chunk to the smallest's.
+For 10, 1,000 and 10,000 active jobs (from up to 50 studios of random weights, a
+quarter each needing nothing, 32 cores, a Houdini tag, or a GPU with Blender) and
+10, 1,000 and 10,000 nodes of 4 slots (four kinds of hardware; 90% of them busy),
+it times ``plan_dispatch`` (fair share, priorities, placement on nodes) plus
+``passes_after`` on the snapshot a tick would load (each job's next queued chunks),
+and prints the time per decision and per dispatched chunk, and the ratio of the
+largest farm's time per chunk to the smallest's.
 
     python bench/policy.py            # a table
     python bench/policy.py --json
@@ -22,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scheduler.core.placement import NodeView, Requirements
 from scheduler.core.policy import (
     DispatchSnapshot,
     JobCandidate,
-    PoolCapacity,
     QueuedChunk,
     passes_after,
     plan_dispatch,
@@ -35,25 +37,47 @@ SLOTS_PER_NODE = 4
 QUEUED_PER_JOB = 8
 
 
+HARDWARE = [  # four kinds of node, as a farm bought them over the years
+    {"cores": 16, "memory_bytes": 64 << 30, "gpus": 0, "tags": frozenset()},
+    {"cores": 32, "memory_bytes": 128 << 30, "gpus": 0, "tags": frozenset({"houdini-20"})},
+    {"cores": 64, "memory_bytes": 256 << 30, "gpus": 0, "tags": frozenset({"houdini-20"})},
+    {"cores": 32, "memory_bytes": 256 << 30, "gpus": 2, "tags": frozenset({"blender-4.5"})},
+]
+NEEDS = [
+    Requirements(),
+    Requirements(cores=32),
+    Requirements(tags=frozenset({"houdini-20"})),
+    Requirements(gpus=1, tags=frozenset({"blender-4.5"})),
+]
+
+
 def snapshot_for(jobs: int, nodes: int, rng: random.Random) -> DispatchSnapshot:
+    """Jobs of many studios with mixed requirements; nodes of four kinds, 90% busy."""
     studios = list(range(1, min(50, jobs) + 1))
-    slots = nodes * SLOTS_PER_NODE
-    busy = int(slots * 0.9)
+    views = []
+    for index in range(nodes):
+        free = SLOTS_PER_NODE + 2 if rng.random() < 0.1 else 0  # 10% idle, with a buffer
+        views.append(NodeView(f"node-{index}", "cpu", free, **HARDWARE[index % 4]))  # type: ignore[arg-type]
+    busy = (nodes - sum(1 for v in views if v.free)) * SLOTS_PER_NODE
     candidates = []
     next_chunk = 1
     for job_id in range(1, jobs + 1):
         queued = tuple(QueuedChunk(next_chunk + i, 0) for i in range(QUEUED_PER_JOB))
         next_chunk += QUEUED_PER_JOB
         candidates.append(
-            JobCandidate(job_id, rng.choice(studios), rng.randint(0, 100), "cpu", queued)
-        )
+            JobCandidate(
+                job_id, rng.choice(studios), rng.randint(0, 100), "cpu", queued,
+                needs=rng.choice(NEEDS),
+            )
+        )  # fmt: skip
     active = {(s, "cpu"): busy // len(studios) for s in studios}
     return DispatchSnapshot(
-        {"cpu": PoolCapacity("cpu", slots, busy, buffer=2)},
+        {},
         candidates,
         active=active,
         weights={s: rng.uniform(1, 5) for s in studios},
         passes={(s, "cpu"): rng.uniform(0, 10) for s in studios},
+        nodes=views,
     )
 
 
