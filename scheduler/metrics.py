@@ -47,7 +47,7 @@ EVENTS_IGNORED = Counter(
     "Node events ignored as duplicates or from superseded attempts.",
 )
 CHUNKS_DISPATCHED = Counter(
-    "renderfarm_scheduler_chunks_dispatched_total", "Chunk attempts sent to pool queues."
+    "renderfarm_scheduler_chunks_dispatched_total", "Chunk attempts sent to node queues."
 )
 
 
@@ -109,7 +109,7 @@ class FarmCollector(Collector):
         )
         depth = GaugeMetricFamily(
             "renderfarm_queue_depth",
-            "Chunks waiting for a render slot (queued in the farm or sent to the pool queue).",
+            "Chunks waiting for a render slot (queued in the farm or sent to a node queue).",
             labels=["pool"],
         )
         counts: dict[tuple[str, str], int] = {

@@ -3,7 +3,7 @@
 Each use case is one transaction: load what it needs, ask the pure core, commit the
 decision, and only then talk to the broker. If the process dies between the commit
 and the send, the chunk is "dispatched" with no message anywhere; ``reconcile``
-notices it (unclaimed for ``redispatch_after`` seconds with the pool queue empty)
+notices it (unclaimed for ``redispatch_after`` seconds with its queue empty)
 and sends it again as a new attempt. The work itself is in dispatching.py,
 ingestion.py and reconciling.py.
 """
@@ -43,7 +43,7 @@ class Scheduler:
         self.passes: dict[tuple[int, str], float] = {}
 
     def dispatch_tick(self) -> list[ChunkMessage]:
-        """Fill each pool's queue up to its free slots; returns what was sent."""
+        """Fill each node's queue up to its free slots; returns what was sent."""
         now = self.clock()
         self.rates.note_tick(now)
         with Session(self.engine) as session:

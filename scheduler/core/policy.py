@@ -1,4 +1,4 @@
-"""Dispatch policy: which chunks go to which pool queue now, and what a failure means.
+"""Dispatch policy: which chunks go to which node now, and what a failure means.
 
 Order of dispatch: fair share between studios (``scheduler.core.fairshare``), then
 within a studio priority, then submission order.
@@ -7,7 +7,7 @@ Everything here is a plain function over a snapshot and ``now`` (seconds, any ep
 the service layer loads the snapshot, calls the policy, saves the decisions, and only
 then enqueues. Nothing here reads a clock, a database or a broker.
 
-Just-in-time dispatch: a pool's queue is kept about as deep as its free render slots
+Just-in-time dispatch: a node's queue is kept about as deep as its free render slots
 plus a small buffer, so a priority change, a suspend or an urgent job takes effect on
 the next tick instead of after a backlog drains.
 """
@@ -99,7 +99,7 @@ class Assignment:
 
 
 def queue_buffer(finished: int, window: float, tick: float, minimum: int, maximum: int) -> int:
-    """How many messages a pool's queue holds beyond its free slots.
+    """How many messages a pool's queues hold beyond its free slots (shared by its nodes).
 
     Enough to keep the pool busy while one dispatch round trip (a few ticks) passes:
     the pool's recent completion rate (``finished`` chunks in ``window`` seconds)
