@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
 import pytest
 import redis
 from sqlalchemy import text
@@ -126,6 +127,17 @@ def farm_env(settings: Settings) -> dict[str, str]:
         RENDERFARM_RETRY_BASE_SECONDS=str(settings.retry_base_seconds),
     )
     return env
+
+
+def renderers_running(job_id: int | None = None) -> list[psutil.Process]:
+    """Built-in renderer processes alive on this machine (of one job, if given)."""
+    marker = f"jobs/{job_id}/frames" if job_id is not None else ""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "workers.renderers.builtin" in cmdline and marker in cmdline:
+            found.append(process)
+    return found
 
 
 class Processes:

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 import redis
 from PIL import Image
 from sqlalchemy.engine import Engine
 
 from scheduler.settings import Settings
-from tests.conftest import Processes, farm_env, wait_for
+from tests.conftest import Processes, farm_env, renderers_running, wait_for
 
 pytestmark = pytest.mark.end_to_end
 
@@ -71,16 +70,6 @@ def submit(client: httpx.Client, **body: Any) -> dict[str, Any]:
 
 def job_state(client: httpx.Client, job_id: int) -> dict[str, Any]:
     return client.get(f"/v1/jobs/{job_id}").json()
-
-
-def renderers_of(job_id: int) -> list[psutil.Process]:
-    marker = f"jobs/{job_id}/frames"
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "workers.renderers.builtin" in " ".join(p.info["cmdline"] or [])
-        and marker in " ".join(p.info["cmdline"] or [])
-    ]
 
 
 def metric(text: str, name: str, labels: str) -> float:
@@ -135,13 +124,13 @@ def test_render_a_job_and_cancel_another(farm: httpx.Client, settings: Settings)
         120,
         "the second job to render a few frames",
     )
-    wait_for(lambda: renderers_of(slow["id"]), 30, "a renderer of the second job")
+    wait_for(lambda: renderers_running(slow["id"]), 30, "a renderer of the second job")
     cancelled = farm.post(f"/v1/jobs/{slow['id']}/cancel").json()
     cancelled_at = time.time()
     assert cancelled["state"] == "cancelled"
     done_at_cancel = cancelled["progress"]["frames_done"]
     assert done_at_cancel < 40, "the job finished before it could be cancelled"
-    wait_for(lambda: not renderers_of(slow["id"]), 30, "no renderer of the cancelled job")
+    wait_for(lambda: not renderers_running(slow["id"]), 30, "no renderer of the cancelled job")
     time.sleep(2.0)  # let any straggling event arrive: none may count
     after = job_state(farm, slow["id"])
     assert after["state"] == "cancelled"
@@ -149,4 +138,4 @@ def test_render_a_job_and_cancel_another(farm: httpx.Client, settings: Settings)
     frames_dir = settings.storage_root / "jobs" / str(slow["id"]) / "frames"
     late = [p.name for p in frames_dir.glob("*.png") if p.stat().st_mtime > cancelled_at + 1.0]
     assert late == [], "frames written after the cancel took effect"
-    assert renderers_of(slow["id"]) == []
+    assert renderers_running(slow["id"]) == []

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 
-import psutil
 import pytest
 import redis
 from sqlalchemy import func
@@ -18,7 +17,7 @@ from sqlmodel import Session, col, select
 from scheduler.db import ChunkRow, FrameResultRow
 from scheduler.service import JobRequest, StudioService
 from scheduler.settings import Settings
-from tests.conftest import Processes, wait_for
+from tests.conftest import Processes, renderers_running, wait_for
 
 pytestmark = pytest.mark.end_to_end
 
@@ -64,14 +63,6 @@ def assert_rendered_once(engine: Engine, job_id: int, frames: int) -> None:
             select(FrameResultRow.frame).where(FrameResultRow.job_id == job_id)
         ).all()
     assert sorted(rows) == list(range(1, frames + 1))
-
-
-def renderers_running() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "workers.renderers.builtin" in " ".join(p.info["cmdline"] or [])
-    ]
 
 
 def test_a_node_killed_mid_chunk_loses_no_frame(

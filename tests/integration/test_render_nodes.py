@@ -6,7 +6,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 import redis
 from PIL import Image
@@ -18,7 +17,7 @@ from scheduler.loop import run_scheduler
 from scheduler.messages import ChunkMessage
 from scheduler.service import JobRequest, StudioService
 from scheduler.settings import Settings
-from tests.conftest import Processes, wait_for
+from tests.conftest import Processes, renderers_running, wait_for
 from workers.runner import run_chunk
 
 pytestmark = pytest.mark.integration
@@ -40,15 +39,6 @@ def studio(engine: Engine, settings: Settings) -> tuple[StudioService, int]:
     studio, _ = service.create_studio("weta-east")
     assert studio.id is not None
     return service, studio.id
-
-
-def renderers_running(marker: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "workers.renderers.builtin" in cmdline and marker in cmdline:
-            found.append(process)
-    return found
 
 
 def test_two_nodes_render_a_job(
@@ -114,15 +104,14 @@ def test_a_render_past_its_limits_is_killed_with_its_renderer(
         ),
     )  # fmt: skip
     assert job.id is not None
-    marker = f"jobs/{job.id}/frames"
-    wait_for(lambda: renderers_running(marker), 30, "the renderer to start")
+    wait_for(lambda: renderers_running(job.id), 30, "the renderer to start")
     failed = wait_for(
         lambda: (d := service.get_job(studio_id, job.id)).job.state == "failed" and d,  # type: ignore[arg-type]
         60,
         "the job to fail",
     )
     assert failed.progress.frames_failed == 4
-    assert renderers_running(marker) == []
+    assert renderers_running(job.id) == []
     logs = (settings.storage_root / f"jobs/{job.id}/logs").glob("*.log")
     assert any(reason in path.read_text() for path in logs)
 
