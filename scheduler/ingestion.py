@@ -64,6 +64,9 @@ class IngestOutcome:
     frames: list[FrameResultRow] | None = None
     finished: Counter[str] = field(default_factory=Counter)  # chunks finished, by pool
     failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
+    # Renders still going for attempts that no longer count (superseded, cancelled,
+    # or brought back by Celery long after): the scheduler stops them at once.
+    unwanted: list[str] = field(default_factory=list)
 
 
 def split_events(
@@ -111,6 +114,8 @@ def apply_chunk_events(
             )
         if chunk is None or state is None:
             outcome.ignored += 1
+            if kind in ("started", "frame"):  # a render the farm no longer wants
+                outcome.unwanted.append(task_id_for(int(event["chunk_id"]), attempt_no))
             continue
         node = str(event.get("node") or "")
         at = float(event.get("at") or now)

@@ -89,6 +89,8 @@ class Scheduler:
             save_heartbeats(session, beats, now)
             session.commit()
         self.rates.record(now, outcome.finished)
+        if outcome.unwanted:
+            self.broker.revoke(outcome.unwanted)
         return outcome
 
     def reconcile(self) -> None:

@@ -248,6 +248,9 @@ def test_a_lost_nodes_chunks_go_to_another_node_and_its_late_events_are_ignored(
     retry = scheduler.dispatch_tick()[0]
     assert retry.attempt == 2
     scheduler.ingest([event("started", retry, "node-b")])
+    fake_broker.revoked.clear()
+    scheduler.ingest([event("started", lost, "node-a")])  # Celery brings the old message back
+    assert fake_broker.revoked == [f"chunk-{lost.chunk_id}-attempt-1"]  # stopped at once
     scheduler.ingest([finished(lost, "node-a")])  # node-a comes back with its old result
     assert count(engine, FrameResultRow) == 0
     scheduler.ingest([finished(retry, "node-b")])
