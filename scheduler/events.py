@@ -30,6 +30,7 @@ import redis
 
 EVENTS_KEY = "renderfarm:events"
 PROCESSING_KEY = "renderfarm:events:processing"
+DEAD_KEY = "renderfarm:events:dead"
 
 # Move up to ARGV[1] of the oldest events (at the tail) to the processing list,
 # oldest first, and return them.
@@ -110,6 +111,16 @@ class EventConsumer:
 
     def ack(self) -> None:
         self._client.delete(PROCESSING_KEY)
+
+    def set_aside(self) -> None:
+        """Move the batch being processed to ``renderfarm:events:dead`` for inspection:
+        a batch that cannot be ingested must not block every batch after it."""
+        pipe = self._client.pipeline()
+        pipe.lrange(PROCESSING_KEY, 0, -1)
+        pipe.delete(PROCESSING_KEY)
+        items, _ = pipe.execute()
+        if items:
+            self._client.rpush(DEAD_KEY, *items)
 
     def close(self) -> None:
         self._client.close()

@@ -127,7 +127,7 @@ def apply_chunk_events(
             chunk.changes["node"] = node
             attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
         elif kind == "frame":
-            reports = [FrameReport.from_dict(event["result"])]
+            reports = _reports([event.get("result")])
         elif kind in ("finished", "failed"):
             if chunk.state == ChunkState.DISPATCHED:  # ended before "started" was due
                 started = float(event.get("started_at") or at)
@@ -136,7 +136,7 @@ def apply_chunk_events(
             attempt.update(node=node, finished_at=at, exit_code=event.get("exit_code"))
             chunk.changes["node"] = node
             if kind == "finished":
-                reports = [FrameReport.from_dict(r) for r in event.get("results", ())]
+                reports = _reports(event.get("results") or ())
                 chunk.changes["finished_at"] = at
                 attempt["state"] = AttemptState.DONE
             else:
@@ -181,6 +181,17 @@ def apply_chunk_events(
         refresh_job_states(session, jobs, now)
 
 
+def _reports(payloads: Iterable[Any]) -> list[FrameReport]:
+    """The frame reports of an event; a malformed one is logged and left out."""
+    reports = []
+    for payload in payloads:
+        try:
+            reports.append(FrameReport.from_dict(payload))
+        except (TypeError, ValueError):
+            log.error("ignoring a malformed frame report: %r", payload)
+    return reports
+
+
 def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
     """Jobs past their limit of failed frames dispatch nothing more; queued chunks end."""
     for job_id in job_ids:
@@ -214,11 +225,15 @@ def _save_changes(
 
 def save_heartbeats(session: Session, events: Sequence[dict[str, Any]], now: float) -> None:
     """Register or refresh each reporting node; requeue attempts it no longer holds."""
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, tuple[dict[str, Any], NodeReport]] = {}
     for event in events:
-        latest[event["info"]["name"]] = event
-    for event in latest.values():
-        report = NodeReport.from_dict(event["info"])
+        try:
+            report = NodeReport.from_dict(event["info"])
+        except (TypeError, ValueError):
+            log.error("ignoring a malformed heartbeat: %r", event)
+            continue
+        latest[report.name] = (event, report)
+    for event, report in latest.values():
         node = session.get(NodeRow, report.name)
         if node is None:
             node = NodeRow(

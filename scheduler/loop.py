@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from kombu.exceptions import OperationalError as BrokerError
 from kombu.utils.url import maybe_sanitize_url
@@ -59,10 +60,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                 started = time.perf_counter()
                 events = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
                 if events:
-                    outcome = scheduler.ingest(events)
-                    consumer.ack()
-                    metrics.EVENTS_INGESTED.inc(outcome.applied)
-                    metrics.EVENTS_IGNORED.inc(outcome.ignored)
+                    _ingest(scheduler, consumer, events)
                 if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
                     scheduler.reconcile()
                     last_reconcile = last_stale = time.monotonic()
@@ -86,6 +84,20 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         broker.close()
         consumer.close()
         engine.dispose()
+
+
+def _ingest(scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str, Any]]) -> None:
+    try:
+        outcome = scheduler.ingest(events)
+    except (BrokerError, RedisError, ConnectionError, OSError, DatabaseError):
+        raise  # an outage: the batch stays pending and comes back
+    except Exception:
+        log.exception("setting aside a batch of %d events that cannot be ingested", len(events))
+        consumer.set_aside()
+        return
+    consumer.ack()
+    metrics.EVENTS_INGESTED.inc(outcome.applied)
+    metrics.EVENTS_IGNORED.inc(outcome.ignored)
 
 
 def _lead(leader: LeaderLock, settings: Settings, stop: threading.Event) -> bool:

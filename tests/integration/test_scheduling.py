@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from scheduler.broker import CeleryBroker
 from scheduler.celery_app import make_celery
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
+from scheduler.events import EventConsumer, EventPublisher
 from scheduler.messages import ChunkMessage, NodeReport
 from scheduler.scheduling import Scheduler
 from scheduler.service import JobRequest, StudioService
@@ -465,3 +466,37 @@ def test_a_node_a_job_keeps_failing_on_stops_getting_it(
     scheduler.ingest([heartbeat("steady", slots=1)])
     (sent,) = scheduler.dispatch_tick()
     assert (sent.node, sent.attempt) == ("steady", 3)
+
+
+def test_malformed_events_are_ignored_without_blocking_the_rest(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    submit(studios, studio_id, "1")
+    scheduler.ingest([heartbeat(slots=1)])
+    (sent,) = scheduler.dispatch_tick()
+    outcome = scheduler.ingest(
+        [
+            {"kind": "finished"},  # no chunk
+            {"kind": "heartbeat", "info": {"name": "half a node"}},
+            {"kind": "started", "chunk_id": "x", "attempt": 1},
+            {**finished(sent), "results": [{"frame": 1, "bogus": True}, None]},
+        ]
+    )
+    assert outcome.applied == 1 and outcome.ignored == 2
+    (chunk,) = rows(engine, ChunkRow)
+    assert chunk.state == "done"
+    assert count(engine, FrameResultRow) == 0  # its only report was malformed
+
+
+def test_a_batch_that_cannot_be_ingested_is_set_aside(
+    settings: Settings, broker: redis.Redis
+) -> None:
+    publisher = EventPublisher(settings.effective_broker_url)
+    consumer = EventConsumer(settings.effective_broker_url)
+    publisher.publish([{"kind": "started", "n": 1}, {"kind": "started", "n": 2}])
+    assert [e["n"] for e in consumer.fetch(10, 0.5)] == [1, 2]
+    assert [e["n"] for e in consumer.fetch(10, 0.5)] == [1, 2]  # unacknowledged: again
+    consumer.set_aside()
+    assert consumer.fetch(10, 0.1) == []
+    assert broker.llen("renderfarm:events:dead") == 2
+    consumer.close()
