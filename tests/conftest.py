@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +128,12 @@ def farm_env(settings: Settings) -> dict[str, str]:
         RENDERFARM_RETRY_BASE_SECONDS=str(settings.retry_base_seconds),
     )
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def renderers_running(job_id: int | None = None) -> list[psutil.Process]:

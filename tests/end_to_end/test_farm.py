@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 
 from scheduler.settings import Settings
-from tests.conftest import Processes, farm_env, renderers_running, wait_for
+from tests.conftest import Processes, farm_env, free_port, renderers_running, wait_for
 
 pytestmark = pytest.mark.end_to_end
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

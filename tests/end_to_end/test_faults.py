@@ -1,23 +1,28 @@
 """The faults of a night on a real farm, with real processes on real Redis: a node
 killed mid-chunk, Redis losing everything, the active scheduler killed with a standby
-waiting. Every frame must end rendered exactly once."""
+waiting, the API killed mid-submission. Every frame must end rendered exactly once,
+and every job must exist whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from scheduler.db import ChunkRow, FrameResultRow
+from scheduler.db import ChunkRow, FrameResultRow, JobRow
 from scheduler.service import JobRequest, StudioService
 from scheduler.settings import Settings
-from tests.conftest import Processes, renderers_running, wait_for
+from tests.conftest import Processes, free_port, renderers_running, wait_for
 
 pytestmark = pytest.mark.end_to_end
 
@@ -130,3 +135,54 @@ def test_a_standby_scheduler_takes_over(
     with Session(engine) as session:
         chunks = session.exec(select(ChunkRow).where(col(ChunkRow.job_id) == job_id)).all()
     assert {c.state for c in chunks} == {"done"}
+
+
+def test_an_api_killed_mid_submission_leaves_whole_jobs_or_none(
+    processes: Processes, engine: Engine, settings: Settings
+) -> None:
+    """Submissions of 20,000-frame jobs in flight while the API is killed -9: every
+    job that exists has all its chunks."""
+    service = StudioService(engine, settings)
+    _studio, key = service.create_studio("impatient")
+    port = free_port()
+    api = processes.start("api", "api", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(url), 60, "the API")
+    body = {"name": "big", "frames": "1-20000", "renderer": {"kind": "noop"}}
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def submit_until_killed() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            for _ in range(50):
+                httpx.post(f"{url}/v1/jobs", json=body, headers=headers, timeout=30)
+
+    threads = [threading.Thread(target=submit_until_killed) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: _job_count(engine) >= 2, 60, "a few jobs to be created")
+    os.killpg(api.pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=60)
+    with Session(engine) as session:
+        jobs = session.exec(select(JobRow)).all()
+        frames: dict[int, int] = {
+            job_id: total
+            for job_id, total in session.execute(
+                sql_select(col(ChunkRow.job_id), func.sum(ChunkRow.frame_count)).group_by(
+                    col(ChunkRow.job_id)
+                )
+            )
+        }
+    assert jobs and all(frames.get(job.id) == job.frame_count == 20000 for job in jobs)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _job_count(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(JobRow)).one()
