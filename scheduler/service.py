@@ -1,4 +1,5 @@
-"""Studio-facing use cases: studios and keys, submitting and steering jobs, reading progress.
+"""The use cases of studios and operators: submitting, steering and reading jobs; studios,
+keys, fair-share weights and terms, and named limits.
 
 Each public method is one transaction. A studio only ever sees its own jobs: another
 studio's job is ``NotFound``, exactly like a job that does not exist. Changes to
