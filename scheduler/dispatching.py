@@ -45,7 +45,7 @@ from scheduler.db import (
     Subscription,
 )
 from scheduler.messages import ChunkMessage, attempt_log_path, output_pattern_for
-from scheduler.progress import refresh_job_states
+from scheduler.progress import end_queued_chunks, refresh_job_states
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
 # and keying a statement than SQLite spends running it (see BENCHMARKS.md).
@@ -126,11 +126,6 @@ _DEPENDENCIES = (
     sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
     .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
     .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
-)
-_END_QUEUED_OF_JOB = (
-    update(ChunkRow)
-    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
-    .values(state=ChunkState.CANCELLED)
 )
 _NEXT_QUEUED_FRAMES = (
     sql_select(
@@ -300,15 +295,21 @@ def _placeable(session: Session, job: JobRow, nodes: Sequence[NodeView]) -> bool
     """Whether a live node of its pool can ever render the job; if not, it says so."""
     needs = _needs(job)
     if needs == NO_REQUIREMENTS or can_ever_run(nodes, job.pool, needs):
-        if job.message and job.message.startswith(NO_NODE):
-            job.message = None
-            session.add(job)
+        _say_held(session, job, NO_NODE, None)
         return True
-    message = f"{NO_NODE} of pool {job.pool} has {needs.describe()}; it waits for one"
+    held = f"{NO_NODE} of pool {job.pool} has {needs.describe()}; it waits for one"
+    _say_held(session, job, NO_NODE, held)
+    return False
+
+
+def _say_held(session: Session, job: JobRow, reason: str, message: str | None) -> None:
+    """Show why a job is held (a message starting with ``reason``), or, once it is no
+    longer held for that reason, take that message away; other messages stay."""
+    if message is None and not (job.message or "").startswith(reason):
+        return
     if job.message != message:
         job.message = message
         session.add(job)
-    return False
 
 
 def _blocklists(
@@ -344,17 +345,14 @@ def _gate_open(session: Session, job: JobRow, waits_for: dict[int, JobState], no
         DependencyMode(job.dependency_mode),
         OnDependencyFailure(job.on_dependency_failure),
     )
-    message = decision.message
-    if decision.gate == Gate.OPEN and job.message and job.message.startswith(WAITING):
-        message = None  # the wait is over
-    elif decision.gate == Gate.OPEN:
-        message = job.message
-    if message != job.message:
-        job.message = message
-        session.add(job)
     if decision.gate == Gate.FAIL:
-        session.execute(_END_QUEUED_OF_JOB, {"job": job.id})
+        assert job.id is not None
+        job.message = decision.message
+        session.add(job)
+        end_queued_chunks(session, job.id)
         refresh_job_states(session, [job], now)
+    else:
+        _say_held(session, job, WAITING, decision.message)
     return decision.gate == Gate.OPEN
 
 

@@ -27,7 +27,7 @@ from scheduler.core.policy import (
 from scheduler.core.states import AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
 from scheduler.messages import FrameReport, NodeReport, task_id_for
-from scheduler.progress import refresh_job_states
+from scheduler.progress import end_queued_chunks, refresh_job_states
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ _FRAMES_DONE = sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame))
 _FAILED_FRAMES = sql_select(func.sum(ChunkRow.frame_count)).where(
     col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.FAILED
 )
-_END_QUEUED = (
-    update(ChunkRow)
-    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
-    .values(state=ChunkState.CANCELLED)
-)
 _JOBS_BY_ID = select(JobRow).where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
 _UPDATE_CHUNKS = update(ChunkRow)
 _INSERT_RESULTS = insert(FrameResultRow)
@@ -61,7 +56,6 @@ _INSERT_RESULTS = insert(FrameResultRow)
 class IngestOutcome:
     applied: int = 0
     ignored: int = 0
-    frames: list[FrameResultRow] | None = None
     finished: Counter[str] = field(default_factory=Counter)  # chunks finished, by pool
     failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
     # Renders still going for attempts that no longer count (superseded, cancelled,
@@ -173,7 +167,6 @@ def apply_chunk_events(
     _save_changes(session, chunks.values(), attempt_changes)
     if new_results:
         session.execute(_INSERT_RESULTS, new_results)
-        outcome.frames = [FrameResultRow(**r) for r in new_results]
     _stop_failing_jobs(session, outcome.failed_jobs)
     touched = {c.job_id for c in chunks.values() if c.changes}
     if touched:
@@ -200,7 +193,7 @@ def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
             continue
         failed = session.execute(_FAILED_FRAMES, {"job": job_id}).scalar_one() or 0
         if exceeds_failure_limit(failed, job.max_failed_frames):
-            session.execute(_END_QUEUED, {"job": job_id})
+            end_queued_chunks(session, job_id)
             job.message = (
                 f"stopped: {failed} frame(s) failed every attempt, "
                 f"the job's limit is {job.max_failed_frames}"

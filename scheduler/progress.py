@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, func
+from sqlalchemy import bindparam, func, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -87,6 +87,19 @@ _STATES_PRESENT = sql_select(
         .label(state.value)
         for state in ChunkState
     )
+)
+
+
+def end_queued_chunks(session: Session, job_id: int) -> None:
+    """The farm gives up on a job's chunks that never started (failure limit, failed
+    dependency); ``derive_job_state`` then makes the job failed once nothing runs."""
+    session.execute(_END_QUEUED, {"job": job_id})
+
+
+_END_QUEUED = (
+    update(ChunkRow)
+    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
+    .values(state=ChunkState.CANCELLED)
 )
 
 

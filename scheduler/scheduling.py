@@ -81,7 +81,7 @@ class Scheduler:
         """
         now = self.clock()
         chunk_events, beats = split_events(events)
-        outcome = IngestOutcome(frames=[], ignored=len(events) - len(chunk_events) - len(beats))
+        outcome = IngestOutcome(ignored=len(events) - len(chunk_events) - len(beats))
         with Session(self.engine) as session:
             if chunk_events:
                 retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
