@@ -27,6 +27,7 @@ from sqlmodel import SQLModel
 from scheduler.db import create_tables, make_engine
 from scheduler.embedded import EmbeddedRedis
 from scheduler.processes import stop_process
+from scheduler.service import StudioService
 from scheduler.settings import Settings
 
 T = TypeVar("T")
@@ -110,6 +111,15 @@ def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
         leader_ttl=2.0,
         retry_base_seconds=0.5,
     )
+
+
+@pytest.fixture
+def studio(engine: Engine, settings: Settings) -> tuple[StudioService, int]:
+    """A studio of this test's farm: the service to act for it, and its id."""
+    service = StudioService(engine, settings)
+    created, _key = service.create_studio("test-studio")
+    assert created.id is not None
+    return service, created.id
 
 
 def farm_env(settings: Settings) -> dict[str, str]:

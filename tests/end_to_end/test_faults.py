@@ -27,14 +27,6 @@ from tests.conftest import Processes, free_port, renderers_running, wait_for
 pytestmark = pytest.mark.end_to_end
 
 
-@pytest.fixture
-def studio(engine: Engine, settings: Settings) -> tuple[StudioService, int]:
-    service = StudioService(engine, settings)
-    studio, _key = service.create_studio("night-shift")
-    assert studio.id is not None
-    return service, studio.id
-
-
 def submit(
     studio: tuple[StudioService, int], frames: str, width: int = 320, samples: int = 1
 ) -> int:

@@ -33,14 +33,6 @@ def scheduler_loop(engine: Engine, settings: Settings, broker: redis.Redis) -> I
     thread.join(timeout=10)
 
 
-@pytest.fixture
-def studio(engine: Engine, settings: Settings) -> tuple[StudioService, int]:
-    service = StudioService(engine, settings)
-    studio, _ = service.create_studio("weta-east")
-    assert studio.id is not None
-    return service, studio.id
-
-
 def test_two_nodes_render_a_job(
     scheduler_loop: None,
     processes: Processes,
