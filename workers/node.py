@@ -3,7 +3,9 @@
 The task body is a few lines: decode the message, run the chunk (workers/runner.py),
 publish its events. The heartbeat runs in the worker's main process, where Celery
 knows which requests are active, and tells the scheduler every few seconds that the
-node lives, its pool, slots and hardware, and which attempts it is running.
+node lives, its pool, region, slots and hardware, its power, and which attempts it is
+running. The energy ledger (workers/energy.py) runs in the main process too, and the
+render slots reach it over a Unix socket.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from scheduler.celery_app import make_celery
 from scheduler.events import EventPublisher
 from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport, node_queue, pool_queue
 from scheduler.settings import Settings
+from workers.energy import EnergyLedger, LedgerServer
+from workers.meters import IDLE_WATTS_PER_CPU, MAX_WATTS_PER_CPU, choose_meter
 from workers.runner import install_termination_handler, run_chunk
 
 log = logging.getLogger(__name__)
@@ -36,8 +40,9 @@ class NodeConfig:
     slots: int
     tags: list[str] = field(default_factory=list)
     gpus: int = 0
+    region: str = "guizhou"
 
-    def report(self, running: int) -> NodeReport:
+    def report(self, running: int, ledger: EnergyLedger | None = None) -> NodeReport:
         return NodeReport(
             name=self.name,
             pool=self.pool,
@@ -48,6 +53,9 @@ class NodeConfig:
             memory_bytes=psutil.virtual_memory().total,
             gpus=self.gpus,
             tags=list(self.tags),
+            region=self.region,
+            energy_method=ledger.method if ledger else None,
+            power_watts=ledger.power_watts if ledger else 0.0,
         )
 
 
@@ -59,24 +67,52 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     ]
     storage = settings.storage_root
     events = EventPublisher(settings.effective_broker_url)
+    server = make_ledger_server(settings, node)
+    meter = server.client() if server else None
 
     @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunk(message: dict[str, Any]) -> bool:
         chunk = ChunkMessage.from_dict(message)
-        return run_chunk(chunk, storage, node.name, lambda event: events.publish([event]))
+        publish = lambda event: events.publish([event])  # noqa: E731
+        return run_chunk(chunk, storage, node.name, publish, meter, node.region)
 
-    heartbeat = Heartbeat(events, node, settings.heartbeat_seconds)
+    heartbeat = Heartbeat(
+        events, node, settings.heartbeat_seconds, server.ledger if server else None
+    )
+    if server is not None:  # before the heartbeat: its first beat reports the meter
+        signals.worker_ready.connect(server.start, weak=False)
+        signals.worker_shutdown.connect(server.stop, weak=False)
     signals.worker_ready.connect(heartbeat.start, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     signals.worker_process_init.connect(lambda **_: install_termination_handler(), weak=False)
     return app
 
 
+def make_ledger_server(settings: Settings, node: NodeConfig) -> LedgerServer | None:
+    """The node's energy ledger, with the meter this node has; None if metering is off."""
+    if settings.energy_meter == "off":
+        return None
+    cpus = psutil.cpu_count() or 1
+    idle = settings.idle_watts if settings.idle_watts is not None else IDLE_WATTS_PER_CPU * cpus
+    peak = settings.max_watts if settings.max_watts is not None else MAX_WATTS_PER_CPU * cpus
+    meter = choose_meter(idle, max(idle, peak), settings.energy_meter)
+    ledger = EnergyLedger(meter, idle, node.slots, {"pool": node.pool, "region": node.region})
+    log.info("energy: metering by %s, idle %.0f W over %d slots", meter.method, idle, node.slots)
+    return LedgerServer(ledger, settings.energy_sample_seconds)
+
+
 class Heartbeat:
-    def __init__(self, events: EventPublisher, node: NodeConfig, every: float) -> None:
+    def __init__(
+        self,
+        events: EventPublisher,
+        node: NodeConfig,
+        every: float,
+        ledger: EnergyLedger | None = None,
+    ) -> None:
         self.events = events
         self.node = node
         self.every = every
+        self.ledger = ledger
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,7 +129,7 @@ class Heartbeat:
         # render starts and leaves only after its last event was published.
         holding = {r.id for r in list(worker_state.reserved_requests)}
         running = {r.id for r in list(worker_state.active_requests)}
-        report = self.node.report(len(running))
+        report = self.node.report(len(running), self.ledger)
         self.events.publish(
             [
                 {

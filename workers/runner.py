@@ -9,10 +9,18 @@ renderer does not time itself still get honest figures (the chunk's, shared even
 
 ``emit`` receives each event dict (see scheduler/messages.py); the Celery task
 passes a function that publishes it.
+
+Energy: with a ``FrameMeter`` (the node's energy ledger, workers/energy.py) each
+frame report carries the joules the ledger attributed to it: at each frame line, what
+the attempt accumulated since the previous one; frames the renderer did not mark
+share the rest evenly, or else the last frame takes the renderer's last moments (so
+its figure in "finished" is a little larger than in its "frame" event, and the
+"finished" one stands). A failed attempt reports the energy it used, too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -23,9 +31,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from scheduler.messages import ChunkMessage, FrameReport
+from scheduler.messages import ChunkMessage, FrameReport, task_id_for
 from scheduler.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
@@ -41,48 +49,132 @@ STARTED_GRACE_SECONDS = 0.5
 _running_groups: set[int] = set()
 
 
+class FrameMeter(Protocol):
+    """The node's energy ledger as a render slot sees it (workers.energy.LedgerClient)."""
+
+    method: str
+
+    def begin(self, key: str, pid: int) -> None: ...
+
+    def frame(self, key: str, render_seconds: float) -> float | None: ...
+
+    def end(
+        self, key: str, cpu_total: float | None, render_seconds: list[float]
+    ) -> tuple[float, list[float]] | None: ...
+
+
+class AttemptMeter:
+    """One attempt's energy: frame by frame, and its whole as the attempt ends."""
+
+    def __init__(self, meter: FrameMeter | None, key: str) -> None:
+        self.meter = meter
+        self.key = key
+        self.spent: float | None = 0.0 if meter is not None else None
+        self._ended = meter is None
+
+    def begin(self, pid: int) -> None:
+        if self.meter is not None:
+            self.meter.begin(self.key, pid)
+
+    def frame(self, report: FrameReport) -> FrameReport:
+        if self.meter is None:
+            return report
+        return self._with_energy(report, self.meter.frame(self.key, report.render_seconds))
+
+    def end(
+        self,
+        cpu_total: float | None = None,
+        unmarked: list[FrameReport] | None = None,
+        last: FrameReport | None = None,
+    ) -> list[FrameReport]:
+        """``unmarked`` frames with their shares of the energy since the last frame.
+
+        With every frame marked, the renderer's last moments (after its last frame
+        line, until it exited) go to ``last``, the last frame, returned instead.
+        """
+        unmarked = unmarked or []
+        if self._ended or self.meter is None:
+            return unmarked
+        self._ended = True
+        answer = self.meter.end(self.key, cpu_total, [r.render_seconds for r in unmarked])
+        if answer is None:
+            self.spent = None
+            return unmarked
+        left, shares = answer
+        if self.spent is not None:
+            self.spent += left
+        if not unmarked and last is not None and last.energy_joules is not None:
+            return [dataclasses.replace(last, energy_joules=last.energy_joules + left)]
+        return [
+            dataclasses.replace(r, energy_joules=j, energy_method=self.meter.method)
+            for r, j in zip(unmarked, shares, strict=True)
+        ]
+
+    def _with_energy(self, report: FrameReport, joules: float | None) -> FrameReport:
+        if joules is None or self.meter is None:
+            self.spent = None  # a frame went unmetered: the attempt's sum is unknown
+            return report
+        if self.spent is not None:
+            self.spent += joules
+        return dataclasses.replace(report, energy_joules=joules, energy_method=self.meter.method)
+
+
 class RenderFailed(Exception):
     def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
-def chunk_event(kind: str, message: ChunkMessage, node: str, **fields: Any) -> dict[str, Any]:
+def chunk_event(
+    kind: str, message: ChunkMessage, node: str, region: str = "", **fields: Any
+) -> dict[str, Any]:
     return {
         "kind": kind,
         "chunk_id": message.chunk_id,
         "attempt": message.attempt,
         "job_id": message.job_id,
         "node": node,
+        "region": region,
         "at": time.time(),
         **fields,
     }
 
 
-def run_chunk(message: ChunkMessage, storage: Path, node: str, emit: Emit) -> bool:
+def run_chunk(
+    message: ChunkMessage,
+    storage: Path,
+    node: str,
+    emit: Emit,
+    meter: FrameMeter | None = None,
+    region: str = "",
+) -> bool:
     """Render the chunk; emit started, frame... and finished or failed. True if it rendered.
 
     "started" goes out after ``STARTED_GRACE_SECONDS`` or with the first frame,
     whichever comes first; a chunk done sooner sends only "finished", which carries
     ``started_at``. Short chunks thus cost the scheduler one event instead of two.
     """
-    notice = StartNotice(emit, chunk_event("started", message, node), STARTED_GRACE_SECONDS)
+    notice = StartNotice(emit, chunk_event("started", message, node, region), STARTED_GRACE_SECONDS)
     started_at = time.time()
+    energy = AttemptMeter(meter, task_id_for(message.chunk_id, message.attempt))
     try:
-        reports = render(message, storage, node, notice.emit)
+        reports = render(message, storage, node, notice.emit, energy, region)
     except RenderFailed as failure:
+        energy.end()
         notice.settle()
         emit(
             chunk_event(
-                "failed", message, node, started_at=started_at, error=str(failure),
-                exit_code=failure.exit_code,
+                "failed", message, node, region, started_at=started_at, error=str(failure),
+                exit_code=failure.exit_code, energy_joules=energy.spent,
             )
         )  # fmt: skip
         return False
+    finally:
+        energy.end()  # whatever happened, the ledger stops counting this attempt
     notice.settle()
     emit(
         chunk_event(
-            "finished", message, node, started_at=started_at,
+            "finished", message, node, region, started_at=started_at,
             results=[r.to_dict() for r in reports], exit_code=0,
         )
     )  # fmt: skip
@@ -119,22 +211,37 @@ class StartNotice:
             self._settled = True
 
 
-def render(message: ChunkMessage, storage: Path, node: str, emit: Emit) -> list[FrameReport]:
+def render(
+    message: ChunkMessage,
+    storage: Path,
+    node: str,
+    emit: Emit,
+    energy: AttemptMeter,
+    region: str = "",
+) -> list[FrameReport]:
     try:
         renderer = renderer_for(message.renderer)
     except LookupError as error:
         raise RenderFailed(str(error)) from None
     if hasattr(renderer, "argv"):
-        return _render_in_child(message, storage, node, renderer, emit)  # type: ignore[arg-type]
+        return _render_in_child(message, storage, node, renderer, emit, energy, region)  # type: ignore[arg-type]
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
+    energy.begin(os.getpid())
     try:
-        return in_process.render(message, storage)
+        reports = in_process.render(message, storage)
     except Exception as error:
         raise RenderFailed(f"{message.renderer} renderer raised {error!r}") from error
+    return energy.end(None, reports)
 
 
 def _render_in_child(
-    message: ChunkMessage, storage: Path, node: str, renderer: ProcessRenderer, emit: Emit
+    message: ChunkMessage,
+    storage: Path,
+    node: str,
+    renderer: ProcessRenderer,
+    emit: Emit,
+    energy: AttemptMeter,
+    region: str,
 ) -> list[FrameReport]:
     argv = renderer.argv(message, storage)
     log_path = storage / message.log_path
@@ -160,6 +267,7 @@ def _render_in_child(
         except OSError as error:
             raise RenderFailed(f"cannot start {argv[0]}: {error}") from None
         _running_groups.add(child.pid)
+        energy.begin(child.pid)
         try:
             markers: queue.Queue[tuple[int, float | None, float | None] | None] = queue.Queue()
             assert child.stdout is not None
@@ -192,20 +300,24 @@ def _render_in_child(
                         render_seconds=seconds if seconds is not None else now - last_mark,
                         cpu_seconds=cpu if cpu is not None else 0.0,
                     )
-                    reported[frame] = report
-                    emit(chunk_event("frame", message, node, result=report.to_dict()))
+                    report = reported[frame] = energy.frame(report)
+                    emit(chunk_event("frame", message, node, region, result=report.to_dict()))
                 last_mark = now
             exit_code = _wait(child, time.perf_counter() + message.timeout)
         finally:
             _running_groups.discard(child.pid)
         elapsed = time.perf_counter() - started
         usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if exit_code != 0:
-        raise RenderFailed(f"renderer exited with code {exit_code}; see the log", exit_code)
     cpu_total = (usage_after.ru_utime - usage_before.ru_utime) + (
         usage_after.ru_stime - usage_before.ru_stime
     )
+    if exit_code != 0:
+        energy.end(cpu_total)
+        raise RenderFailed(f"renderer exited with code {exit_code}; see the log", exit_code)
     reports = _complete_reports(message, renderer, reported, elapsed, cpu_total)
+    unmarked = [r for r in reports if r.frame not in reported]
+    metered = {r.frame: r for r in energy.end(cpu_total, unmarked, last=reports[-1])}
+    reports = [metered.get(r.frame, r) for r in reports]
     if renderer.writes_frames:
         missing = [r.frame for r in reports if r.output and not (storage / r.output).is_file()]
         if missing:

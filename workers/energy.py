@@ -1,0 +1,312 @@
+"""The node's energy ledger: one meter, every running attempt, every frame's joules.
+
+The ledger lives in the worker's main process, the one place that sees every render
+slot. It reads the node's meter about once a second, and again at every frame
+boundary, and shares each interval's joules between the attempts then running by
+their CPU time (``scheduler.core.energy.attribute_interval``). A frame's energy is
+what its attempt accumulated since the attempt's previous frame, so the frames of a
+node, plus the idle energy no frame carries, add up to the meter.
+
+Renders run in Celery's prefork children; they reach the ledger over a Unix socket
+(``LedgerClient``): ``begin`` when a render starts, ``frame`` when the renderer
+reports a frame, ``end`` when it exits. Every Prometheus metric of the node is set
+here, in the main process, so prefork needs no multiprocess mode for them.
+
+If the ledger cannot be reached, frames are still rendered and reported, without
+energy: a bill is never made up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from scheduler import metrics
+from scheduler.core.energy import attribute_interval, split_evenly
+from workers.meters import Meter
+
+log = logging.getLogger(__name__)
+
+CpuReader = Callable[[int], float | None]
+REPLY_TIMEOUT_SECONDS = 5.0
+
+
+def process_tree_cpu(pid: int) -> float | None:
+    """CPU seconds of a process and its descendants, living and reaped; None if gone."""
+    try:
+        root = psutil.Process(pid)
+        times = root.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in root.children(recursive=True):
+            try:
+                child_times = child.cpu_times()
+            except psutil.Error:
+                continue
+            total += child_times.user + child_times.system
+        return total
+    except psutil.Error:
+        return None
+
+
+# An attempt whose process vanished without its end being told (its render slot was
+# killed) stops taking a share after this long.
+VANISHED_AFTER_SECONDS = 10.0
+
+
+@dataclass
+class _Running:
+    pid: int
+    cpu_seen: float
+    joules: float = 0.0  # accumulated since the attempt's last frame
+    gone_since: float | None = None
+
+
+class EnergyLedger:
+    """Shares the meter's joules between running attempts. Thread-safe."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        idle_watts: float,
+        slots: int,
+        labels: dict[str, str] | None = None,
+        cpu_of: CpuReader = process_tree_cpu,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.meter = meter
+        self.method = meter.method
+        self.idle_watts = idle_watts
+        self.slots = slots
+        self.cpu_of = cpu_of
+        self.clock = clock
+        self.labels = labels or {"pool": "", "region": ""}
+        self._lock = threading.Lock()
+        self._running: dict[Hashable, _Running] = {}
+        self._metered = meter.read()
+        self._at = clock()
+        self.power_watts = 0.0
+        self.total_joules = 0.0
+        self.unattributed_joules = 0.0
+
+    def begin(self, key: Hashable, pid: int) -> None:
+        with self._lock:
+            self._sample({})
+            self._running[key] = _Running(pid, self.cpu_of(pid) or 0.0)
+            self._set_busy()
+
+    def frame(self, key: Hashable) -> float | None:
+        """The joules of the attempt's frame that just finished (since its last one)."""
+        with self._lock:
+            self._sample({})
+            running = self._running.get(key)
+            if running is None:
+                return None
+            joules, running.joules = running.joules, 0.0
+            return joules
+
+    def end(self, key: Hashable, cpu_total: float | None = None) -> float | None:
+        """The joules the attempt accumulated since its last frame; it runs no more.
+
+        ``cpu_total``: the render's CPU seconds by the kernel's account, for a renderer
+        that has exited and been reaped (so it can no longer be read).
+        """
+        with self._lock:
+            if key not in self._running:
+                return None
+            self._sample({key: cpu_total} if cpu_total is not None else {})
+            joules = self._running.pop(key).joules
+            self._set_busy()
+            return joules
+
+    def sample(self) -> None:
+        with self._lock:
+            self._sample({})
+
+    def _sample(self, final_cpu: dict[Hashable, float]) -> None:
+        now = self.clock()
+        metered = self.meter.read()
+        joules, seconds = metered - self._metered, now - self._at
+        self._metered, self._at = metered, now
+        used: dict[Hashable, float] = {}
+        for key, running in list(self._running.items()):
+            cpu = final_cpu.get(key)
+            if cpu is None:
+                cpu = self.cpu_of(running.pid)
+            if cpu is None:  # gone before its end was told: no more CPU to count
+                cpu = running.cpu_seen
+                running.gone_since = running.gone_since or now
+                if now - running.gone_since > VANISHED_AFTER_SECONDS:
+                    log.warning("energy: attempt %s vanished without ending", key)
+                    del self._running[key]
+                    self._set_busy()
+                    continue
+            used[key] = cpu - running.cpu_seen
+            running.cpu_seen = max(running.cpu_seen, cpu)
+        split = attribute_interval(joules, seconds, self.idle_watts, self.slots, used)
+        for key, share in split.shares.items():
+            self._running[key].joules += share
+        self.total_joules += joules
+        self.unattributed_joules += split.unattributed
+        if seconds >= 0.5:  # a short interval between two frames says little about power
+            self.power_watts = joules / seconds
+            metrics.WORKER_POWER.labels(**self.labels, method=self.method).set(self.power_watts)
+        metrics.WORKER_ENERGY.labels(**self.labels, method=self.method).inc(joules)
+        metrics.WORKER_UNATTRIBUTED.labels(**self.labels, method=self.method).inc(
+            split.unattributed
+        )
+
+    def _set_busy(self) -> None:
+        metrics.WORKER_SLOTS_BUSY.labels(**self.labels).set(len(self._running))
+
+
+def observe_frames(ledger: EnergyLedger, joules: list[float], render_seconds: list[float]) -> None:
+    for spent, seconds in zip(joules, render_seconds, strict=True):
+        metrics.WORKER_FRAMES.labels(**ledger.labels, method=ledger.method).inc()
+        metrics.WORKER_FRAME_ENERGY.labels(**ledger.labels, method=ledger.method).observe(spent)
+        metrics.WORKER_FRAME_SECONDS.labels(**ledger.labels).observe(seconds)
+
+
+class LedgerServer:
+    """Serves the ledger to the prefork children and samples it every ``every`` seconds."""
+
+    def __init__(self, ledger: EnergyLedger, every: float = 1.0) -> None:
+        self.ledger = ledger
+        self.every = every
+        self._folder = Path(tempfile.mkdtemp(prefix="renderfarm-ledger-"))
+        self.address = str(self._folder / "ledger.sock")
+        self.authkey = secrets.token_bytes(16)
+        self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, **_: Any) -> None:
+        if self._threads:
+            return
+        for target, name in ((self._accept, "ledger-accept"), (self._tick, "ledger-tick")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, **_: Any) -> None:
+        self._stop.set()
+        try:
+            self._listener.close()
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def client(self) -> LedgerClient:
+        return LedgerClient(self.address, self.authkey, self.ledger.method)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.ledger.sample()
+            except Exception:
+                log.exception("energy: sampling the meter failed")
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection = self._listener.accept()
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.exception("energy: a render slot could not connect")
+                continue
+            threading.Thread(
+                target=self._serve, args=(connection,), name="ledger-slot", daemon=True
+            ).start()
+
+    def _serve(self, connection: Connection) -> None:
+        with connection:
+            while True:
+                try:
+                    request = connection.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    connection.send(self._answer(request))
+                except Exception as error:
+                    log.exception("energy: bad ledger request %r", request)
+                    connection.send(error)
+
+    def _answer(self, request: tuple[Any, ...]) -> Any:
+        verb, key, *args = request
+        ledger = self.ledger
+        if verb == "begin":
+            ledger.begin(key, int(args[0]))
+            return None
+        if verb == "frame":
+            joules = ledger.frame(key)
+            if joules is not None:
+                observe_frames(ledger, [joules], [float(args[0])])
+            return joules
+        if verb == "end":
+            cpu_total, render_seconds = args
+            left = ledger.end(key, cpu_total)
+            if left is None:
+                return None
+            shares = split_evenly(left, len(render_seconds))
+            observe_frames(ledger, shares, render_seconds)
+            return left, shares
+        raise ValueError(f"unknown ledger request {verb!r}")
+
+
+class LedgerClient:
+    """A render slot's line to the ledger; answers None for energy it could not get."""
+
+    def __init__(self, address: str, authkey: bytes, method: str) -> None:
+        self.address = address
+        self.authkey = authkey
+        self.method = method
+        self._connection: Connection | None = None
+        self._pid = 0
+
+    def begin(self, key: Hashable, pid: int) -> None:
+        self._ask(("begin", key, pid))
+
+    def frame(self, key: Hashable, render_seconds: float) -> float | None:
+        answer = self._ask(("frame", key, render_seconds))
+        return float(answer) if isinstance(answer, int | float) else None
+
+    def end(
+        self, key: Hashable, cpu_total: float | None, render_seconds: list[float]
+    ) -> tuple[float, list[float]] | None:
+        """What the attempt used since its last frame, and each unmarked frame's share."""
+        answer = self._ask(("end", key, cpu_total, render_seconds))
+        if not isinstance(answer, tuple):
+            return None
+        left, shares = answer
+        return float(left), [float(j) for j in shares]
+
+    def _ask(self, request: tuple[Any, ...]) -> Any:
+        try:
+            if self._connection is None or self._pid != os.getpid():  # forked: own line
+                self._connection = Client(self.address, family="AF_UNIX", authkey=self.authkey)
+                self._pid = os.getpid()
+            self._connection.send(request)
+            if not self._connection.poll(REPLY_TIMEOUT_SECONDS):
+                raise TimeoutError("the energy ledger did not answer")
+            answer = self._connection.recv()
+        except (OSError, EOFError, TimeoutError) as error:
+            log.warning("energy: ledger unreachable (%s); frames go without energy", error)
+            if self._connection is not None:
+                self._connection.close()  # a late answer must not meet the next question
+            self._connection = None
+            return None
+        if isinstance(answer, Exception):
+            log.warning("energy: the ledger refused %r: %s", request[0], answer)
+            return None
+        return answer
