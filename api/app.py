@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routes import jobs, nodes, system
+from api.routes import jobs, nodes, studios, system
 from scheduler import __version__
 from scheduler.db import create_tables, make_engine
 from scheduler.metrics import FarmCollector
@@ -26,7 +26,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         "Authenticate with `Authorization: Bearer <studio key>`.",
     )
     registry = CollectorRegistry()
-    registry.register(FarmCollector(engine))
+    registry.register(FarmCollector(engine, settings.currency))
     app.state.settings = settings
     app.state.engine = engine
     app.state.registry = registry
@@ -34,6 +34,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(nodes.router)
+    app.include_router(studios.router)
     app.include_router(system.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

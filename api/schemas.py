@@ -7,12 +7,14 @@ instead of a silently ignored setting. Renderer settings are a union told apart 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.billing import EnergyTotals
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
+from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState
 from scheduler.service import FrameStatus, JobDetail
 
@@ -101,6 +103,71 @@ class Progress(BaseModel):
     frames_cancelled: int
 
 
+class EnergyFigures(BaseModel):
+    it_joules: float = Field(description="what the nodes' meters measured (or their model)")
+    facility_joules: float = Field(description="IT energy x the region's PUE")
+    facility_kwh: float
+    cost: float = Field(description="of the facility energy, in `currency`")
+    co2_grams: float = Field(description="grid CO2 for the facility energy")
+
+
+class EnergyPublic(EnergyFigures):
+    """A job's bill so far: the sum over its rendered frames, and the mean per frame."""
+
+    currency: str
+    frames_metered: int = Field(description="frames whose energy is known (all, normally)")
+    render_seconds: float
+    per_frame: EnergyFigures | None = Field(description="the mean of the metered frames")
+
+    @classmethod
+    def of(cls, totals: EnergyTotals, currency: str) -> EnergyPublic:
+        n = totals.metered_frames
+        return cls(
+            **_figures(totals, 1).model_dump(),
+            currency=currency,
+            frames_metered=n,
+            render_seconds=totals.render_seconds,
+            per_frame=_figures(totals, n) if n else None,
+        )
+
+
+def _figures(totals: EnergyTotals, frames: int) -> EnergyFigures:
+    return EnergyFigures(
+        it_joules=totals.it_joules / frames,
+        facility_joules=totals.facility_joules / frames,
+        facility_kwh=totals.facility_joules / JOULES_PER_KWH / frames,
+        cost=totals.cost / frames,
+        co2_grams=totals.co2_grams / frames,
+    )
+
+
+class UsageDay(EnergyFigures):
+    day: date
+    frames: int
+    frames_metered: int
+    render_seconds: float
+
+    @classmethod
+    def of(cls, day: date, totals: EnergyTotals) -> UsageDay:
+        return cls(
+            **_figures(totals, 1).model_dump(),
+            day=day,
+            frames=totals.frames,
+            frames_metered=totals.metered_frames,
+            render_seconds=totals.render_seconds,
+        )
+
+
+class UsagePublic(BaseModel):
+    """A studio's usage per billing day (in ``timezone``), days with frames only."""
+
+    studio: str
+    currency: str
+    timezone: str
+    days: list[UsageDay]
+    total: UsageDay | None = Field(description="all the days listed; `day` is the last one")
+
+
 class JobPublic(BaseModel):
     id: int
     name: str
@@ -125,6 +192,7 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     progress: Progress
+    energy: EnergyPublic
 
     @classmethod
     def of(cls, detail: JobDetail) -> JobPublic:
@@ -166,6 +234,7 @@ class JobPublic(BaseModel):
                 frames_queued=p.frames_queued,
                 frames_cancelled=p.frames_cancelled,
             ),
+            energy=EnergyPublic.of(detail.energy, detail.currency),
         )
 
 
@@ -183,6 +252,11 @@ class FramePublic(BaseModel):
     attempt: int
     render_seconds: float | None
     cpu_seconds: float | None
+    energy_joules: float | None = Field(description="IT energy; None until rendered, or unmetered")
+    energy_method: str | None = Field(description="rapl, nvml, model, or a sum: rapl+nvml")
+    facility_joules: float | None
+    cost: float | None
+    co2_grams: float | None
     output_url: str | None
     log_url: str | None
 
@@ -196,6 +270,11 @@ class FramePublic(BaseModel):
             attempt=status.attempt,
             render_seconds=status.render_seconds,
             cpu_seconds=status.cpu_seconds,
+            energy_joules=status.energy_joules,
+            energy_method=status.energy_method,
+            facility_joules=status.facility_joules,
+            cost=status.cost,
+            co2_grams=status.co2_grams,
             output_url=f"{base}/output" if status.output else None,
             log_url=f"{base}/log" if status.log else None,
         )
@@ -212,6 +291,9 @@ class NodePublic(BaseModel):
     memory_bytes: int
     gpus: int
     tags: list[str]
+    region: str
+    energy_method: str | None = Field(description="how the node meters energy; None: it does not")
+    power_watts: float = Field(description="IT power over its last sampling interval")
     last_heartbeat: datetime
 
 

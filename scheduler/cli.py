@@ -4,10 +4,11 @@
     renderfarm up                        the embedded farm, until Ctrl-C
     renderfarm api [--host H --port P]   the REST API
     renderfarm scheduler                 the dispatch loop
-    renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]...
+    renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R]
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
+    renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
 
 Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
 """
@@ -21,7 +22,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,6 +37,11 @@ studio_app = typer.Typer(help="Manage studios and their API keys.", no_args_is_h
 app.add_typer(studio_app, name="studio")
 limit_app = typer.Typer(help="Named farm-wide limits, such as licences.", no_args_is_help=True)
 app.add_typer(limit_app, name="limit")
+region_app = typer.Typer(
+    help="Regions: PUE, electricity price and grid carbon where nodes stand.",
+    no_args_is_help=True,
+)
+app.add_typer(region_app, name="region")
 console = Console()
 
 
@@ -94,20 +100,56 @@ def worker(
         list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")
     ] = None,
     gpus: Annotated[int, typer.Option(min=0, help="GPUs this node offers to jobs")] = 0,
+    region: Annotated[
+        str | None, typer.Option(help="where the node stands (default: RENDERFARM_REGION)")
+    ] = None,
+    energy_meter: Annotated[
+        str | None, typer.Option(help="auto, rapl, model or off (default: auto)")
+    ] = None,
+    idle_watts: Annotated[
+        float | None, typer.Option(min=0, help="the node's IT power at idle, for the model")
+    ] = None,
+    max_watts: Annotated[
+        float | None, typer.Option(min=0, help="the node's IT power at full load, for the model")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve the node's own metrics on this port")
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run a render node: a Celery worker on its own queue and its pool's."""
+    from prometheus_client import start_http_server
+
+    from scheduler.metrics import WORKER_REGISTRY
     from workers.node import NodeConfig, start_worker
 
     _logging(loglevel)
+    overrides = {
+        key: value
+        for key, value in (
+            ("region", region),
+            ("energy_meter", energy_meter),
+            ("idle_watts", idle_watts),
+            ("max_watts", max_watts),
+        )
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     node = NodeConfig(
         name=name or socket.gethostname().split(".")[0],
         pool=pool,
         slots=slots,
         tags=tag or [],
         gpus=gpus,
+        region=settings.region,
     )
-    start_worker(Settings(), node, loglevel)
+    if metrics_port:
+        start_http_server(metrics_port, registry=WORKER_REGISTRY)
+    start_worker(settings, node, loglevel)
 
 
 @contextlib.contextmanager
@@ -186,6 +228,48 @@ def limit_list() -> None:
     """Every limit and its capacity."""
     for limit in _studio_service().list_limits():
         typer.echo(f"{limit.name}: {limit.capacity}")
+
+
+@region_app.command("set")
+def region_set(
+    name: str,
+    pue: Annotated[float | None, typer.Option(help="facility energy / IT energy")] = None,
+    price: Annotated[float | None, typer.Option(help="electricity price per kWh")] = None,
+    carbon: Annotated[float | None, typer.Option(help="grid carbon intensity, gCO2/kWh")] = None,
+    source: Annotated[str | None, typer.Option(help="where the figures come from")] = None,
+) -> None:
+    """Create or change a region; frames already billed keep their bills."""
+    import time
+
+    from sqlmodel import Session
+
+    from scheduler.regions import set_region
+
+    service = _studio_service()
+    with _reported(), Session(service.engine) as session:
+        region = set_region(session, name, time.time(), pue, price, carbon, source)
+        session.commit()
+        typer.echo(_region_line(region, service.settings.currency))
+
+
+@region_app.command("list")
+def region_list() -> None:
+    """Every region and its figures."""
+    from sqlmodel import Session
+
+    from scheduler.regions import list_regions
+
+    service = _studio_service()
+    with Session(service.engine) as session:
+        for region in list_regions(session):
+            typer.echo(_region_line(region, service.settings.currency))
+
+
+def _region_line(region: Any, currency: str) -> str:
+    return (
+        f"{region.name}: PUE {region.pue:g}, {region.price_per_kwh:g} {currency}/kWh, "
+        f"{region.carbon_g_per_kwh:g} gCO2/kWh ({region.source or 'no source given'})"
+    )
 
 
 @app.command()

@@ -7,8 +7,10 @@ and writes the changes in bulk: one statement per shape of change, not per row.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from scheduler.billing import FrameBiller
 from scheduler.core.policy import (
     chunk_state_after_event,
     exceeds_failure_limit,
@@ -32,24 +35,33 @@ from scheduler.progress import end_queued_chunks, refresh_job_states
 log = logging.getLogger(__name__)
 
 VANISHED_GRACE_SECONDS = 2.0
+_BILL_COLUMNS = ("region", "it_joules", "facility_joules", "cost", "co2_grams")
 RetryTiming = tuple[float, float]  # (first wait, longest wait), seconds
 CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
 
 _CHUNKS_OF_EVENTS = sql_select(
     col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool), col(ChunkRow.state),
-    col(ChunkRow.attempts), col(ChunkRow.retry_base), col(JobRow.max_attempts),
+    col(ChunkRow.attempts), col(ChunkRow.retry_base), col(ChunkRow.dispatched_at),
+    col(JobRow.max_attempts), col(JobRow.studio_id),
 ).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
     col(ChunkRow.id).in_(bindparam("ids", expanding=True))
 )  # fmt: skip
-_FRAMES_DONE = sql_select(col(FrameResultRow.job_id), col(FrameResultRow.frame)).where(
-    col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True))
-)
+_FRAMES_DONE = sql_select(
+    col(FrameResultRow.job_id), col(FrameResultRow.frame), col(FrameResultRow.id),
+    col(FrameResultRow.attempt), col(FrameResultRow.it_joules),
+).where(col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True)))  # fmt: skip
 _FAILED_FRAMES = sql_select(func.sum(ChunkRow.frame_count)).where(
     col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.FAILED
 )
 _JOBS_BY_ID = select(JobRow).where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
 _UPDATE_CHUNKS = update(ChunkRow)
 _INSERT_RESULTS = insert(FrameResultRow)
+_FRAME_TABLE = FrameResultRow.__table__  # type: ignore[attr-defined]
+_RESTATE_ENERGY = (
+    _FRAME_TABLE.update()
+    .where(_FRAME_TABLE.c.id == bindparam("b_id"))
+    .values({name: bindparam(name) for name in _BILL_COLUMNS})
+)
 
 
 @dataclass(slots=True)
@@ -61,6 +73,8 @@ class IngestOutcome:
     # Renders still going for attempts that no longer count (superseded, cancelled,
     # or brought back by Celery long after): the scheduler stops them at once.
     unwanted: list[str] = field(default_factory=list)
+    # Seconds between sending an attempt and a node starting it.
+    dispatch_latencies: list[float] = field(default_factory=list)
 
 
 def split_events(
@@ -77,21 +91,29 @@ def apply_chunk_events(
     now: float,
     outcome: IngestOutcome,
     retry: RetryTiming,
+    biller: FrameBiller,
 ) -> None:
     """Apply chunk events in order; events of non-current attempts are ignored."""
     chunk_ids = {int(e["chunk_id"]) for e in events}
     chunks: dict[int, _ChunkView] = {}
     max_attempts: dict[int, int] = {}
-    for cid, job_id, pool, state, attempts, retry_base, allowed in session.execute(
+    for cid, job_id, pool, state, attempts, retry_base, sent, allowed, studio in session.execute(
         _CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)}
     ):
-        chunks[cid] = _ChunkView(cid, job_id, pool, ChunkState(state), attempts, retry_base)
+        chunks[cid] = _ChunkView(
+            cid, job_id, studio, pool, ChunkState(state), attempts, retry_base, sent
+        )
         max_attempts[job_id] = allowed
-    done_frames = {
-        (job_id, frame) for job_id, frame in session.execute(_FRAMES_DONE, {"ids": list(chunk_ids)})
+    # (job, frame) -> (row id, attempt, IT joules) of the frames already recorded.
+    done_frames: dict[tuple[int, int], tuple[int | None, int, float | None]] = {
+        (job_id, frame): (row_id, attempt, joules)
+        for job_id, frame, row_id, attempt, joules in session.execute(
+            _FRAMES_DONE, {"ids": list(chunk_ids)}
+        )
     }
+    restated: list[dict[str, Any]] = []  # recorded frames whose energy "finished" completes
     attempt_changes: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
-    new_results: list[dict[str, Any]] = []
+    pending: dict[tuple[int, int], dict[str, Any]] = {}  # frame rows to insert
     for event in events:
         chunk = chunks.get(int(event["chunk_id"]))
         attempt_no = int(event["attempt"])
@@ -115,9 +137,11 @@ def apply_chunk_events(
         at = float(event.get("at") or now)
         attempt = attempt_changes[(chunk.id, attempt_no)]
         reports: list[FrameReport] = []
+        region = str(event.get("region") or "")
         if kind == "started":
             if chunk.state != state:
                 chunk.changes["started_at"] = at
+                outcome.dispatch_latencies.append(max(0.0, at - (chunk.dispatched_at or at)))
             chunk.changes["node"] = node
             attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
         elif kind == "frame":
@@ -127,12 +151,14 @@ def apply_chunk_events(
                 started = float(event.get("started_at") or at)
                 chunk.changes["started_at"] = started
                 attempt["started_at"] = started
+                outcome.dispatch_latencies.append(max(0.0, started - (chunk.dispatched_at or at)))
             attempt.update(node=node, finished_at=at, exit_code=event.get("exit_code"))
             chunk.changes["node"] = node
             if kind == "finished":
                 reports = _reports(event.get("results") or ())
                 chunk.changes["finished_at"] = at
                 attempt["state"] = AttemptState.DONE
+                attempt["energy_joules"] = _energy_of(reports)
             else:
                 if state == ChunkState.FAILED:
                     chunk.changes["finished_at"] = at
@@ -140,33 +166,52 @@ def apply_chunk_events(
                 else:  # retried, after a pause that doubles with each failure
                     made = chunk.attempts - chunk.retry_base
                     chunk.changes["not_before"] = now + retry_delay(made, *retry)
-                attempt.update(state=AttemptState.FAILED, error=str(event.get("error"))[:2000])
+                attempt.update(
+                    state=AttemptState.FAILED,
+                    error=str(event.get("error"))[:2000],
+                    energy_joules=_number_or_none(event.get("energy_joules")),
+                )
         if kind in ("finished", "failed"):
             outcome.finished[chunk.pool] += 1
         chunk.state = state
         chunk.changes["state"] = state
         for report in reports:
-            if (chunk.job_id, report.frame) in done_frames:
+            key = (chunk.job_id, report.frame)
+            known = done_frames.get(key)
+            if known is not None:
+                # The last frame's energy grows in "finished" by the renderer's exit.
+                row_id, by_attempt, joules = known
+                if by_attempt == attempt_no and report.energy_joules != joules:
+                    bill = biller.bill(session, region, report.energy_joules, at, now)
+                    bill.pop("day")
+                    if row_id is None:  # recorded earlier in this very batch
+                        pending[key].update(bill)
+                    else:
+                        restated.append({"b_id": row_id, **bill})
                 continue
-            done_frames.add((chunk.job_id, report.frame))
-            new_results.append(
-                {
-                    "job_id": chunk.job_id,
-                    "chunk_id": chunk.id,
-                    "frame": report.frame,
-                    "attempt": attempt_no,
-                    "node": node,
-                    "pool": chunk.pool,
-                    "output": report.output,
-                    "render_seconds": report.render_seconds,
-                    "cpu_seconds": report.cpu_seconds,
-                    "finished_at": at,
-                }
-            )
+            done_frames[key] = (None, attempt_no, report.energy_joules)
+            pending[key] = {
+                "job_id": chunk.job_id,
+                "studio_id": chunk.studio_id,
+                "chunk_id": chunk.id,
+                "frame": report.frame,
+                "attempt": attempt_no,
+                "node": node,
+                "pool": chunk.pool,
+                "output": report.output,
+                "render_seconds": report.render_seconds,
+                "cpu_seconds": report.cpu_seconds,
+                "finished_at": at,
+                "energy_method": report.energy_method if report.energy_joules is not None
+                else None,
+                **biller.bill(session, region, report.energy_joules, at, now),
+            }  # fmt: skip
         outcome.applied += 1
     _save_changes(session, chunks.values(), attempt_changes)
-    if new_results:
-        session.execute(_INSERT_RESULTS, new_results)
+    if pending:
+        session.execute(_INSERT_RESULTS, list(pending.values()))
+    if restated:
+        session.execute(_RESTATE_ENERGY, restated)
     _stop_failing_jobs(session, outcome.failed_jobs)
     touched = {c.job_id for c in chunks.values() if c.changes}
     if touched:
@@ -179,10 +224,30 @@ def _reports(payloads: Iterable[Any]) -> list[FrameReport]:
     reports = []
     for payload in payloads:
         try:
-            reports.append(FrameReport.from_dict(payload))
+            report = FrameReport.from_dict(payload)
         except (TypeError, ValueError):
             log.error("ignoring a malformed frame report: %r", payload)
+            continue
+        joules = _number_or_none(report.energy_joules)
+        if joules is not None and not (0.0 <= joules < math.inf):
+            log.error("ignoring the energy of a frame report: %r", payload)
+            joules = None
+        reports.append(dataclasses.replace(report, energy_joules=joules))
     return reports
+
+
+def _energy_of(reports: Sequence[FrameReport]) -> float | None:
+    """An attempt's energy: its frames' sum, if every frame was metered."""
+    if not reports or any(r.energy_joules is None for r in reports):
+        return None
+    return sum(r.energy_joules or 0.0 for r in reports)
+
+
+def _number_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
@@ -248,6 +313,9 @@ def save_heartbeats(session: Session, events: Sequence[dict[str, Any]], now: flo
         node.memory_bytes = report.memory_bytes
         node.gpus = report.gpus
         node.tags = list(report.tags)
+        node.region = report.region
+        node.energy_method = report.energy_method
+        node.power_watts = report.power_watts
         node.state = "online"
         node.last_heartbeat = now
         session.add(node)
@@ -296,10 +364,12 @@ class _ChunkView:
 
     id: int
     job_id: int
+    studio_id: int
     pool: str
     state: ChunkState
     attempts: int
     retry_base: int
+    dispatched_at: float | None
     changes: dict[str, Any] = field(default_factory=dict)
 
 

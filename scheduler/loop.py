@@ -98,6 +98,8 @@ def _ingest(scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str
     consumer.ack()
     metrics.EVENTS_INGESTED.inc(outcome.applied)
     metrics.EVENTS_IGNORED.inc(outcome.ignored)
+    for seconds in outcome.dispatch_latencies:
+        metrics.DISPATCH_LATENCY.observe(seconds)
 
 
 def _lead(leader: LeaderLock, settings: Settings, stop: threading.Event) -> bool:

@@ -12,7 +12,9 @@ changes nothing. Kinds:
 - ``started``   the attempt began on ``node``;
 - ``frame``     one frame is written: ``result`` = FrameReport;
 - ``finished``  the attempt succeeded: ``results`` = every frame's FrameReport;
-- ``failed``    the attempt failed: ``error``, ``exit_code``;
+- ``failed``    the attempt failed: ``error``, ``exit_code``, ``energy_joules``;
+
+Chunk events also carry the node's ``region``, where its frames are billed.
 - ``heartbeat`` a node is alive: ``info`` = NodeReport (no chunk, no attempt).
 """
 
@@ -82,6 +84,8 @@ class FrameReport:
     output: str | None  # relative to storage; None for renderers that write nothing
     render_seconds: float
     cpu_seconds: float
+    energy_joules: float | None = None  # IT energy the node metered for it; None: unmetered
+    energy_method: str | None = None  # rapl, nvml, model, or a sum such as "rapl+nvml"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +106,9 @@ class NodeReport:
     memory_bytes: int
     gpus: int = 0
     tags: list[str] = field(default_factory=list)
+    region: str = ""
+    energy_method: str | None = None  # None: the node does not meter energy
+    power_watts: float = 0.0  # IT power over the node's last sampling interval
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

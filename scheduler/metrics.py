@@ -1,22 +1,29 @@
 """Every Prometheus metric of the farm, declared once.
 
-Two kinds:
+Three kinds:
 
 - *farm totals* come from the database at scrape time (``FarmCollector``, registered
   by the API's /metrics), so they are right whichever process restarted and however
-  many API replicas answer;
-- *process metrics* (scheduler tick duration, events ingested, chunks dispatched)
-  live in the process that does the work and are served by it.
+  many API replicas answer: frames, render time, energy, cost and CO2, chunks, jobs,
+  nodes and their power. One scrape target is enough for the dashboard's core panels;
+- *scheduler metrics* (tick duration, dispatch latency, events) live in the scheduler
+  and are served by ``renderfarm scheduler --metrics-port``;
+- *worker metrics* (``renderfarm_worker_*``: the node's power and metered energy, its
+  frames and their energy) live in ``WORKER_REGISTRY``, are set only in a worker's
+  main process (its energy ledger, workers/energy.py) and are served by ``renderfarm
+  worker --metrics-port``; prefork children never touch them, so no multiprocess mode.
 
-Names: ``renderfarm_`` prefix, base units, ``_total`` counters, labels with few
-values (pool, state), never a job or frame id.
+Names: ``renderfarm_`` prefix, base units (seconds, joules, grams, watts), ``_total``
+counters, labels with few values (pool, region, method, state), never a job, frame
+or node name (Prometheus adds the target's ``instance``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,9 +36,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from scheduler.core.states import ChunkState, JobState
-from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
 
 RENDER_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# A frame's IT energy: a few joules (a tiny test frame) to megajoules (an hour on a
+# 300 W node).
+ENERGY_JOULES_BUCKETS = (1, 5, 10, 50, 100, 500, 1e3, 5e3, 1e4, 5e4, 1e5, 5e5, 1e6, 5e6)
 
 # Scheduler process metrics.
 TICK_SECONDS = Histogram(
@@ -49,59 +59,178 @@ EVENTS_IGNORED = Counter(
 CHUNKS_DISPATCHED = Counter(
     "renderfarm_scheduler_chunks_dispatched_total", "Chunk attempts sent to node queues."
 )
+DISPATCH_LATENCY = Histogram(
+    "renderfarm_dispatch_latency_seconds",
+    "Time from the scheduler sending a chunk attempt to a node starting it.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+# Worker metrics: set by the node's energy ledger in the worker's main process.
+WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
+_NODE = ["pool", "region"]
+WORKER_POWER = Gauge(
+    "renderfarm_worker_power_watts",
+    "IT power of this node over its last sampling interval.",
+    [*_NODE, "method"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_ENERGY = Counter(
+    "renderfarm_worker_energy_joules",
+    "IT energy this node's meter measured (or its power model estimated).",
+    [*_NODE, "method"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_UNATTRIBUTED = Counter(
+    "renderfarm_worker_unattributed_energy_joules",
+    "This node's energy no frame carries: idle power of unused slots, and idle time.",
+    [*_NODE, "method"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_FRAMES = Counter(
+    "renderfarm_worker_frames_rendered",
+    "Frames this node rendered (an attempt that later fails is counted too).",
+    [*_NODE, "method"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_FRAME_ENERGY = Histogram(
+    "renderfarm_worker_frame_energy_joules",
+    "IT energy of each frame this node rendered.",
+    [*_NODE, "method"],
+    buckets=ENERGY_JOULES_BUCKETS,
+    registry=WORKER_REGISTRY,
+)
+WORKER_FRAME_SECONDS = Histogram(
+    "renderfarm_worker_frame_render_seconds",
+    "Render time of each frame this node rendered.",
+    _NODE,
+    buckets=RENDER_SECONDS_BUCKETS,
+    registry=WORKER_REGISTRY,
+)
+WORKER_SLOTS_BUSY = Gauge(
+    "renderfarm_worker_slots_busy",
+    "Render slots of this node rendering now.",
+    _NODE,
+    registry=WORKER_REGISTRY,
+)
 
 
 class FarmCollector(Collector):
     """Farm-wide figures read from the database at each scrape."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, currency: str = "CNY") -> None:
         self.engine = engine
+        self.currency = currency
 
     def collect(self) -> Iterator[Metric]:
         with Session(self.engine) as session:
             yield from self._frames(session)
+            yield from self._failures(session)
             yield from self._chunks(session)
             yield from self._jobs(session)
             yield from self._nodes(session)
 
     def _frames(self, session: Session) -> Iterator[Metric]:
+        where = ["pool", "region"]
         rendered = CounterMetricFamily(
-            "renderfarm_frames_rendered", "Frames rendered, each counted once.", labels=["pool"]
+            "renderfarm_frames_rendered",
+            "Frames rendered, each counted once.",
+            labels=[*where, "method"],
         )
         seconds = HistogramMetricFamily(
-            "renderfarm_frame_render_seconds", "Render time of each frame.", labels=["pool"]
+            "renderfarm_frame_render_seconds", "Render time of each frame.", labels=where
         )
         cpu = CounterMetricFamily(
-            "renderfarm_frame_cpu_seconds", "CPU time spent rendering frames.", labels=["pool"]
+            "renderfarm_frame_cpu_seconds", "CPU time spent rendering frames.", labels=where
         )
-        bucket_columns = [
-            func.sum(case((col(FrameResultRow.render_seconds) <= bound, 1), else_=0))
-            for bound in RENDER_SECONDS_BUCKETS
-        ]
+        energy = HistogramMetricFamily(
+            "renderfarm_frame_energy_joules",
+            "IT energy of each metered frame, by how it was obtained (rapl, nvml, model).",
+            labels=[*where, "method"],
+        )
+        it = CounterMetricFamily(
+            "renderfarm_it_energy_joules", "IT energy of the frames rendered.", labels=where
+        )
+        facility = CounterMetricFamily(
+            "renderfarm_facility_energy_joules",
+            "Facility energy of the frames rendered: IT energy x the region's PUE.",
+            labels=where,
+        )
+        cost = CounterMetricFamily(
+            "renderfarm_energy_cost",
+            "Cost of the facility energy of the frames rendered, in the farm's currency.",
+            labels=[*where, "currency"],
+        )
+        co2 = CounterMetricFamily(
+            "renderfarm_carbon_dioxide_grams",
+            "Grid CO2 emitted for the facility energy of the frames rendered.",
+            labels=where,
+        )
+        joules = col(FrameResultRow.it_joules)
+        group = (
+            col(FrameResultRow.pool),
+            col(FrameResultRow.region),
+            col(FrameResultRow.energy_method),
+        )
         rows = session.execute(
             select(
-                col(FrameResultRow.pool),
+                *group,
                 func.count(),
+                func.count(joules),
                 func.sum(FrameResultRow.render_seconds),
                 func.sum(FrameResultRow.cpu_seconds),
-                *bucket_columns,
-            ).group_by(col(FrameResultRow.pool))
+                func.sum(joules),
+                func.sum(FrameResultRow.facility_joules),
+                func.sum(FrameResultRow.cost),
+                func.sum(FrameResultRow.co2_grams),
+                *_buckets(col(FrameResultRow.render_seconds), RENDER_SECONDS_BUCKETS),
+                *_buckets(joules, ENERGY_JOULES_BUCKETS),
+            ).group_by(*group)
         ).all()
+        by_place: dict[tuple[str, str], _Sums] = {}
+        split = 11 + len(RENDER_SECONDS_BUCKETS)
         for row in rows:
-            pool, count, total_seconds, total_cpu = row[:4]
-            buckets: tuple[int | None, ...] = tuple(row[4:])
-            rendered.add_metric([pool], count)
-            cpu.add_metric([pool], total_cpu or 0.0)
+            pool, region, method, count, metered = row[:5]
+            place = by_place.setdefault((pool, region), _Sums(len(RENDER_SECONDS_BUCKETS)))
+            place.add(row[5:11], row[11:split], count)
+            rendered.add_metric([pool, region, method or "none"], count)
+            if metered:
+                energy.add_metric(
+                    [pool, region, method],
+                    _histogram(ENERGY_JOULES_BUCKETS, row[split:], metered),
+                    sum_value=row[7] or 0.0,
+                )
+        for (pool, region), place in by_place.items():
             seconds.add_metric(
-                [pool],
-                [
-                    (str(bound), int(n or 0))
-                    for bound, n in zip(RENDER_SECONDS_BUCKETS, buckets, strict=True)
-                ]
-                + [("+Inf", count)],
-                sum_value=total_seconds or 0.0,
+                [pool, region],
+                _histogram(RENDER_SECONDS_BUCKETS, place.seconds_buckets, place.count),
+                sum_value=place.render_seconds,
             )
-        yield from (rendered, seconds, cpu)
+            cpu.add_metric([pool, region], place.cpu_seconds)
+            it.add_metric([pool, region], place.it_joules)
+            facility.add_metric([pool, region], place.facility_joules)
+            cost.add_metric([pool, region, self.currency], place.cost)
+            co2.add_metric([pool, region], place.co2_grams)
+        yield from (rendered, seconds, cpu, energy, it, facility, cost, co2)
+
+    def _failures(self, session: Session) -> Iterator[Metric]:
+        failed = CounterMetricFamily(
+            "renderfarm_attempts_failed",
+            "Chunk attempts that failed (a renderer error, a time limit, a lost node).",
+            labels=["pool"],
+        )
+        ended = CounterMetricFamily(
+            "renderfarm_attempts_ended", "Chunk attempts that ended, either way.", labels=["pool"]
+        )
+        for pool, n_failed, n_ended in session.execute(
+            select(
+                col(AttemptRow.pool),
+                func.sum(case((col(AttemptRow.state) == "failed", 1), else_=0)),
+                func.sum(case((col(AttemptRow.state).in_(("failed", "done")), 1), else_=0)),
+            ).group_by(col(AttemptRow.pool))
+        ):
+            failed.add_metric([pool], n_failed or 0)
+            ended.add_metric([pool], n_ended or 0)
+        yield from (failed, ended)
 
     def _chunks(self, session: Session) -> Iterator[Metric]:
         chunks = GaugeMetricFamily(
@@ -152,17 +281,66 @@ class FarmCollector(Collector):
         busy = GaugeMetricFamily(
             "renderfarm_node_slots_busy", "Render slots in use on online nodes.", labels=["pool"]
         )
-        for pool, state, n, total_slots, running in session.execute(
+        power = GaugeMetricFamily(
+            "renderfarm_node_power_watts",
+            "IT power of online nodes, as their last heartbeats reported it.",
+            labels=["pool", "region"],
+        )
+        online: dict[str, list[int]] = {}
+        for pool, region, state, n, total_slots, running, watts in session.execute(
             select(
                 col(NodeRow.pool),
+                col(NodeRow.region),
                 col(NodeRow.state),
                 func.count(),
                 func.sum(NodeRow.slots),
                 func.sum(NodeRow.running),
-            ).group_by(col(NodeRow.pool), col(NodeRow.state))
+                func.sum(NodeRow.power_watts),
+            ).group_by(col(NodeRow.pool), col(NodeRow.region), col(NodeRow.state))
         ):
-            nodes.add_metric([pool, state], n)
+            counts = online.setdefault(pool, [0, 0, 0, 0])  # lost, online, slots, busy
+            counts[state == "online"] += n
             if state == "online":
-                slots.add_metric([pool], total_slots or 0)
-                busy.add_metric([pool], running or 0)
-        yield from (nodes, slots, busy)
+                counts[2] += total_slots or 0
+                counts[3] += running or 0
+                power.add_metric([pool, region], watts or 0.0)
+        for pool, (lost, up, total_slots, running) in online.items():
+            nodes.add_metric([pool, "lost"], lost)
+            nodes.add_metric([pool, "online"], up)
+            slots.add_metric([pool], total_slots)
+            busy.add_metric([pool], running)
+        yield from (nodes, slots, busy, power)
+
+
+def _buckets(column: Any, bounds: tuple[float, ...]) -> list[Any]:
+    """SQL sums counting the rows whose ``column`` is at most each bound."""
+    return [func.sum(case((column <= bound, 1), else_=0)) for bound in bounds]
+
+
+def _histogram(
+    bounds: tuple[float, ...], counts: Sequence[Any], total: int
+) -> Sequence[tuple[str, float]]:
+    return [(str(b), int(n or 0)) for b, n in zip(bounds, counts, strict=True)] + [("+Inf", total)]
+
+
+class _Sums:
+    """Frame figures of one (pool, region), summed over energy methods."""
+
+    def __init__(self, buckets: int) -> None:
+        self.count = 0
+        self.render_seconds = self.cpu_seconds = self.it_joules = 0.0
+        self.facility_joules = self.cost = self.co2_grams = 0.0
+        self.seconds_buckets = [0] * buckets
+
+    def add(self, sums: Sequence[Any], seconds_buckets: Sequence[Any], count: int) -> None:
+        render, cpu, it, facility, cost, co2 = (float(v or 0.0) for v in sums)
+        self.count += count
+        self.render_seconds += render
+        self.cpu_seconds += cpu
+        self.it_joules += it
+        self.facility_joules += facility
+        self.cost += cost
+        self.co2_grams += co2
+        self.seconds_buckets = [
+            a + int(b or 0) for a, b in zip(self.seconds_buckets, seconds_buckets, strict=True)
+        ]

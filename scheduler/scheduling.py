@@ -13,10 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from scheduler.billing import FrameBiller
 from scheduler.broker import Broker
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
 from scheduler.dispatching import CompletionRate, load_dispatch_snapshot, save_dispatch
@@ -85,7 +87,8 @@ class Scheduler:
         with Session(self.engine) as session:
             if chunk_events:
                 retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
-                apply_chunk_events(session, chunk_events, now, outcome, retry)
+                biller = FrameBiller(ZoneInfo(self.settings.billing_timezone))
+                apply_chunk_events(session, chunk_events, now, outcome, retry, biller)
             save_heartbeats(session, beats, now)
             session.commit()
         self.rates.record(now, outcome.finished)

@@ -12,6 +12,7 @@ scheduler revokes their running attempts on its next tick.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 import time
@@ -23,6 +24,7 @@ from sqlalchemy import func, insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from scheduler.billing import EnergyTotals, job_energy, usage_by_day
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
@@ -80,6 +82,8 @@ class JobDetail:
     job: JobRow
     progress: JobProgress
     depends_on: list[int] = field(default_factory=list)
+    energy: EnergyTotals = field(default_factory=EnergyTotals)
+    currency: str = "CNY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,11 @@ class FrameStatus:
     cpu_seconds: float | None
     output: str | None
     log: str | None
+    energy_joules: float | None = None
+    energy_method: str | None = None
+    facility_joules: float | None = None
+    cost: float | None = None
+    co2_grams: float | None = None
 
 
 class StudioService:
@@ -321,11 +330,18 @@ class StudioService:
             jobs = list(
                 session.exec(query.order_by(col(JobRow.id).desc()).offset(offset).limit(limit))
             )
+            ids = [job.id for job in jobs if job.id]
             progress = load_progress(session, jobs)
-            deps = _dependencies_of(session, [job.id for job in jobs if job.id])
+            deps = _dependencies_of(session, ids)
+            energy = job_energy(session, ids)
             details = [
-                JobDetail(job, progress[job.id], deps.get(job.id, [])) for job in jobs if job.id
-            ]
+                JobDetail(
+                    job, progress[job.id], deps.get(job.id, []),
+                    energy.get(job.id, EnergyTotals()), self.settings.currency,
+                )
+                for job in jobs
+                if job.id
+            ]  # fmt: skip
             return details, total
 
     def list_frames(
@@ -475,7 +491,18 @@ class StudioService:
     def _detail(self, session: Session, job: JobRow) -> JobDetail:
         assert job.id is not None
         deps = _dependencies_of(session, [job.id]).get(job.id, [])
-        return JobDetail(job, load_progress(session, [job])[job.id], deps)
+        energy = job_energy(session, [job.id]).get(job.id, EnergyTotals())
+        progress = load_progress(session, [job])[job.id]
+        return JobDetail(job, progress, deps, energy, self.settings.currency)
+
+    def usage_by_day(
+        self, studio_id: int, since: dt.date | None, until: dt.date | None
+    ) -> list[tuple[dt.date, EnergyTotals]]:
+        """The studio's frames, energy, cost and carbon per billing day."""
+        if since is not None and until is not None and since > until:
+            raise InvalidRequest("since", f"{since} is after until ({until})")
+        with Session(self.engine) as session:
+            return usage_by_day(session, studio_id, since, until)
 
 
 def _frame_status(
@@ -493,6 +520,11 @@ def _frame_status(
             cpu_seconds=result.cpu_seconds,
             output=result.output,
             log=attempt_log_path(job_id, chunk.id, result.attempt),
+            energy_joules=result.it_joules,
+            energy_method=result.energy_method,
+            facility_joules=result.facility_joules,
+            cost=result.cost,
+            co2_grams=result.co2_grams,
         )
     return FrameStatus(
         frame=frame,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -58,8 +59,25 @@ class Settings(BaseSettings):
         10.0, gt=0, description="seconds a dead scheduler keeps the leader lock; standby waits"
     )
 
+    # Billing.
+    billing_timezone: str = Field(
+        "Asia/Shanghai", description="time zone of the studios' billing days"
+    )
+    currency: str = Field("CNY", max_length=8, description="of region prices and bills")
+
     # Workers.
     heartbeat_seconds: float = Field(5.0, gt=0)
+    region: str = Field("guizhou", max_length=64, description="where this node stands")
+    energy_meter: str = Field(
+        "auto", pattern="^(auto|rapl|model|off)$", description="auto, rapl, model or off"
+    )
+    energy_sample_seconds: float = Field(1.0, gt=0, description="node meter sampling interval")
+    idle_watts: float | None = Field(
+        None, ge=0, description="node IT power at idle; default per logical CPU"
+    )
+    max_watts: float | None = Field(
+        None, ge=0, description="node IT power at full load; default per logical CPU"
+    )
     visibility_timeout: int = Field(
         43_200, ge=60, description="Redis redelivery of unacked messages; above the longest render"
     )
@@ -73,6 +91,15 @@ class Settings(BaseSettings):
     def _split_pools(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("billing_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
     @property

@@ -26,6 +26,9 @@ def list_nodes(_studio: StudioDep, service: ServiceDep) -> list[NodePublic]:
             memory_bytes=node.memory_bytes,
             gpus=node.gpus,
             tags=list(node.tags),
+            region=node.region,
+            energy_method=node.energy_method,
+            power_watts=node.power_watts,
             last_heartbeat=datetime.fromtimestamp(node.last_heartbeat, UTC),
         )
         for node in service.list_nodes()

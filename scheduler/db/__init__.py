@@ -10,6 +10,7 @@ from scheduler.db.tables import (
     JobRow,
     Limit,
     NodeRow,
+    Region,
     Studio,
     Subscription,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "JobRow",
     "Limit",
     "NodeRow",
+    "Region",
     "Studio",
     "Subscription",
     "create_tables",

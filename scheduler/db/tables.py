@@ -6,9 +6,10 @@ takes as ``now``. Tables whose name matches a core concept carry a ``Row`` suffi
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Date, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -146,16 +147,26 @@ class AttemptRow(SQLModel, table=True):
     finished_at: float | None = None
     exit_code: int | None = None
     error: str | None = None
+    energy_joules: float | None = None  # IT energy the attempt used, failed or not
 
 
 class FrameResultRow(SQLModel, table=True):
-    """One row per rendered frame, written once: (job, frame) is unique."""
+    """One row per rendered frame, written once: (job, frame) is unique.
+
+    The bill of a frame is computed once, when it is ingested, with its region's
+    figures of that moment: a later change of price or PUE does not rewrite old bills.
+    Energy columns are None where the node could not meter the frame.
+    """
 
     __tablename__ = "frame_results"
-    __table_args__ = (UniqueConstraint("job_id", "frame"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "frame"),
+        Index("ix_frame_results_studio_day", "studio_id", "day"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="jobs.id")
+    studio_id: int = Field(foreign_key="studios.id")
     chunk_id: int = Field(foreign_key="chunks.id", index=True)
     frame: int
     attempt: int
@@ -165,6 +176,26 @@ class FrameResultRow(SQLModel, table=True):
     render_seconds: float
     cpu_seconds: float
     finished_at: float
+    day: date = Field(sa_column=Column(Date, nullable=False))  # in the billing time zone
+    region: str = Field(max_length=64)
+    energy_method: str | None = Field(default=None, max_length=32)  # rapl, nvml, model, ...
+    it_joules: float | None = None  # what the node's meter says the frame used
+    facility_joules: float | None = None  # x the region's PUE
+    cost: float | None = None  # in the farm's currency
+    co2_grams: float | None = None
+
+
+class Region(SQLModel, table=True):
+    """Where nodes stand, as the operator sets it: PUE, price and grid carbon."""
+
+    __tablename__ = "regions"
+
+    name: str = Field(primary_key=True, max_length=64)
+    pue: float
+    price_per_kwh: float
+    carbon_g_per_kwh: float
+    source: str = ""  # where the figures come from
+    updated_at: float
 
 
 class NodeRow(SQLModel, table=True):
@@ -179,6 +210,9 @@ class NodeRow(SQLModel, table=True):
     memory_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
     gpus: int = 0
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    region: str = Field(default="", max_length=64)
+    energy_method: str | None = Field(default=None, max_length=32)
+    power_watts: float = 0.0  # IT power over the last sampling interval
     state: str = Field(max_length=16)  # online | lost
     last_heartbeat: float
     registered_at: float

@@ -1,0 +1,129 @@
+"""Bills of energy, cost and carbon: made per frame at ingestion, summed per job and day.
+
+A frame's bill is computed once, from the IT joules its node metered and its region's
+figures at that moment (``scheduler.core.energy.bill_for``), and stored with the frame;
+totals are sums of stored bills, so they never change after the fact. The billing day
+is the frame's finish date in the farm's billing time zone (``billing_timezone``,
+Asia/Shanghai by default: the studios' day, not UTC's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from scheduler.core.energy import RegionFigures, bill_for
+from scheduler.db import FrameResultRow
+from scheduler.regions import add_unknown_region, load_regions
+
+
+class FrameBiller:
+    """Bills the frames of one ingest batch; loads the regions once per batch."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self._regions: dict[str, RegionFigures] | None = None
+
+    def bill(
+        self, session: Session, region: str, it_joules: float | None, finished_at: float, now: float
+    ) -> dict[str, Any]:
+        """The billing columns of a frame row."""
+        columns: dict[str, Any] = {
+            "day": dt.datetime.fromtimestamp(finished_at, self.zone).date(),
+            "region": region,
+            "it_joules": it_joules,
+            "facility_joules": None,
+            "cost": None,
+            "co2_grams": None,
+        }
+        if it_joules is None:
+            return columns
+        if self._regions is None:
+            self._regions = load_regions(session)
+        figures = self._regions.get(region)
+        if figures is None:
+            figures = self._regions[region] = add_unknown_region(session, region, now)
+        bill = bill_for(it_joules, figures)
+        columns.update(
+            facility_joules=bill.facility_joules, cost=bill.cost, co2_grams=bill.co2_grams
+        )
+        return columns
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyTotals:
+    frames: int = 0  # frames rendered
+    metered_frames: int = 0  # of which the energy is known
+    render_seconds: float = 0.0
+    it_joules: float = 0.0
+    facility_joules: float = 0.0
+    cost: float = 0.0
+    co2_grams: float = 0.0
+
+    def __add__(self, other: EnergyTotals) -> EnergyTotals:
+        return EnergyTotals(
+            *(
+                a + b
+                for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+            )
+        )
+
+
+def _totals_columns() -> tuple[Any, ...]:
+    return (
+        func.count(),
+        func.count(col(FrameResultRow.it_joules)),
+        func.coalesce(func.sum(FrameResultRow.render_seconds), 0.0),
+        func.coalesce(func.sum(FrameResultRow.it_joules), 0.0),
+        func.coalesce(func.sum(FrameResultRow.facility_joules), 0.0),
+        func.coalesce(func.sum(FrameResultRow.cost), 0.0),
+        func.coalesce(func.sum(FrameResultRow.co2_grams), 0.0),
+    )
+
+
+def _totals(row: Sequence[Any]) -> EnergyTotals:
+    frames, metered, seconds, it, facility, cost, co2 = row
+    return EnergyTotals(
+        int(frames), int(metered), float(seconds), float(it), float(facility), float(cost),
+        float(co2),
+    )  # fmt: skip
+
+
+def job_energy(session: Session, job_ids: Sequence[int]) -> dict[int, EnergyTotals]:
+    """Totals so far of each job (jobs with no frame yet are absent)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(col(FrameResultRow.job_id), *_totals_columns())
+        .where(col(FrameResultRow.job_id).in_(list(job_ids)))
+        .group_by(col(FrameResultRow.job_id))
+    )
+    return {row[0]: _totals(row[1:]) for row in rows}
+
+
+def usage_by_day(
+    session: Session, studio_id: int, since: dt.date | None, until: dt.date | None
+) -> list[tuple[dt.date, EnergyTotals]]:
+    """A studio's totals per billing day, oldest first, days with frames only."""
+    query = select(col(FrameResultRow.day), *_totals_columns()).where(
+        col(FrameResultRow.studio_id) == studio_id
+    )
+    if since is not None:
+        query = query.where(col(FrameResultRow.day) >= since)
+    if until is not None:
+        query = query.where(col(FrameResultRow.day) <= until)
+    rows = session.execute(
+        query.group_by(col(FrameResultRow.day)).order_by(col(FrameResultRow.day))
+    )
+    return [(_as_date(row[0]), _totals(row[1:])) for row in rows]
+
+
+def _as_date(value: Any) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))

@@ -1,0 +1,113 @@
+"""Regions: the PUE, electricity price and grid carbon of the halls where nodes stand.
+
+They are configuration, kept in the database (table ``regions``) so that every
+component sees the same figures; operators set them with ``renderfarm region set``.
+A node names its region (``renderfarm worker --region``); a region the farm does not
+know yet is added with ``UNKNOWN_REGION`` figures and a warning, so that its frames
+are billed conservatively rather than not at all, and the operator sees it listed.
+
+Where the installed figures come from (set your own contract's figures):
+
+- grid carbon, ``guizhou``: China's national average CO2 emission factor of
+  electricity, 0.5366 kg/kWh (Ministry of Ecology and Environment and National Bureau
+  of Statistics, the national average factor published for 2022). Guizhou's own grid
+  mixes coal and hydropower; without a green-power contract the average is the honest
+  figure;
+- grid carbon, ``guizhou-hydro``: 24 g/kWh, the IPCC AR5 (WG III, Annex III) median
+  life-cycle emissions of hydropower, for nodes under a hydropower purchase agreement
+  or green certificates;
+- PUE 1.2: the ceiling that the "East Data, West Computing" plan (NDRC and others,
+  2021-2022) sets for new large data centres in the western hub nodes, Guizhou among
+  them; China's average data centre is nearer 1.5;
+- price 0.35 CNY/kWh: an example of the large-industry tariffs that Guizhou offers
+  data centres; contracts differ, so set yours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from sqlmodel import Session, select
+
+from scheduler.core.energy import RegionFigures
+from scheduler.db import Region
+from scheduler.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+# For a region nobody configured: national grid carbon, an average hall's PUE, a
+# typical large-industry price. Conservative: a bill errs on the high side.
+UNKNOWN_REGION = RegionFigures(pue=1.5, price_per_kwh=0.6, carbon_g_per_kwh=536.6)
+
+
+def load_regions(session: Session) -> dict[str, RegionFigures]:
+    return {
+        row.name: RegionFigures(row.pue, row.price_per_kwh, row.carbon_g_per_kwh)
+        for row in session.exec(select(Region))
+    }
+
+
+def add_unknown_region(session: Session, name: str, now: float) -> RegionFigures:
+    """Record a region a node named but nobody configured, with conservative figures."""
+    log.warning(
+        "region %r is not configured: billing its frames with PUE %.2f, %.2f per kWh, "
+        "%.0f gCO2/kWh until an operator sets it (renderfarm region set)",
+        name,
+        UNKNOWN_REGION.pue,
+        UNKNOWN_REGION.price_per_kwh,
+        UNKNOWN_REGION.carbon_g_per_kwh,
+    )
+    session.add(
+        Region(
+            name=name,
+            pue=UNKNOWN_REGION.pue,
+            price_per_kwh=UNKNOWN_REGION.price_per_kwh,
+            carbon_g_per_kwh=UNKNOWN_REGION.carbon_g_per_kwh,
+            source="not configured: conservative defaults (scheduler/regions.py)",
+            updated_at=now,
+        )
+    )
+    return UNKNOWN_REGION
+
+
+def set_region(
+    session: Session,
+    name: str,
+    now: float,
+    pue: float | None = None,
+    price_per_kwh: float | None = None,
+    carbon_g_per_kwh: float | None = None,
+    source: str | None = None,
+) -> Region:
+    """Create or change a region; figures not given keep their value (new: UNKNOWN_REGION's).
+
+    Frames already rendered keep the bills they were given.
+    """
+    if pue is not None and not 1 <= pue < math.inf:
+        raise InvalidRequest("pue", f"at least 1 (facility energy includes IT energy), got {pue}")
+    for field, value in (("price_per_kwh", price_per_kwh), ("carbon_g_per_kwh", carbon_g_per_kwh)):
+        if value is not None and not 0 <= value < math.inf:
+            raise InvalidRequest(field, f"cannot be negative, got {value}")
+    region = session.get(Region, name) or Region(
+        name=name,
+        pue=UNKNOWN_REGION.pue,
+        price_per_kwh=UNKNOWN_REGION.price_per_kwh,
+        carbon_g_per_kwh=UNKNOWN_REGION.carbon_g_per_kwh,
+        updated_at=now,
+    )
+    if pue is not None:
+        region.pue = pue
+    if price_per_kwh is not None:
+        region.price_per_kwh = price_per_kwh
+    if carbon_g_per_kwh is not None:
+        region.carbon_g_per_kwh = carbon_g_per_kwh
+    if source is not None:
+        region.source = source
+    region.updated_at = now
+    session.add(region)
+    return region
+
+
+def list_regions(session: Session) -> list[Region]:
+    return list(session.exec(select(Region).order_by(Region.name)))
