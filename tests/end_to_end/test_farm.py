@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 
 from scheduler.settings import Settings
@@ -66,9 +67,13 @@ def job_state(client: httpx.Client, job_id: int) -> dict[str, Any]:
 
 
 def metric(text: str, name: str, labels: str) -> float:
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name}{{{labels}}} not in /metrics"
-    return float(match.group(1))
+    """The value of sample ``name{labels}`` in a /metrics text; labels in any order."""
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == wanted:
+                return float(sample.value)
+    raise AssertionError(f"{name}{{{labels}}} not in /metrics")
 
 
 def test_render_a_job_and_cancel_another(farm: httpx.Client, settings: Settings) -> None:
@@ -100,10 +105,39 @@ def test_render_a_job_and_cancel_another(farm: httpx.Client, settings: Settings)
     assert served.status_code == 200 and served.content == files[0].read_bytes()
     assert "renderfarm-frame: 1" in farm.get(frames[0]["log_url"]).text
 
+    # Every frame metered by the nodes' power model and billed in their region.
+    energy = finished["energy"]
+    assert energy["frames_metered"] == 24 and energy["currency"] == "CNY"
+    assert all(f["energy_method"] == "model" and f["energy_joules"] > 0 for f in frames)
+    assert sum(f["energy_joules"] for f in frames) == pytest.approx(energy["it_joules"])
+    assert energy["facility_joules"] == pytest.approx(energy["it_joules"] * 1.2)  # guizhou PUE
+    assert energy["cost"] == pytest.approx(energy["facility_kwh"] * 0.35)
+    assert energy["co2_grams"] == pytest.approx(energy["facility_kwh"] * 536.6)
+    assert energy["per_frame"]["it_joules"] == pytest.approx(energy["it_joules"] / 24)
+    usage = farm.get("/v1/studios/me/usage").json()
+    assert usage["studio"] == "studio-e2e" and usage["timezone"] == "Asia/Shanghai"
+    assert sum(day["frames"] for day in usage["days"]) == 24
+    assert usage["total"]["co2_grams"] == pytest.approx(energy["co2_grams"])
+
     metrics = httpx.get(f"{farm.base_url}/metrics").text
-    assert metric(metrics, "renderfarm_frames_rendered_total", 'pool="cpu"') == 24
-    assert metric(metrics, "renderfarm_frame_render_seconds_count", 'pool="cpu"') == 24
+    where = 'pool="cpu",region="guizhou"'
+    assert metric(metrics, "renderfarm_frames_rendered_total", f'{where},method="model"') == 24
+    assert metric(metrics, "renderfarm_frame_render_seconds_count", where) == 24
+    assert metric(metrics, "renderfarm_frame_energy_joules_count", f'{where},method="model"') == 24
+    assert metric(metrics, "renderfarm_it_energy_joules_total", where) == pytest.approx(
+        energy["it_joules"]
+    )
     assert metric(metrics, "renderfarm_jobs", 'state="done"') == 1
+    nodes = farm.get("/v1/nodes").json()
+    assert {(n["region"], n["energy_method"]) for n in nodes} == {("guizhou", "model")}
+    wait_for(
+        lambda: (
+            metric(httpx.get(f"{farm.base_url}/metrics").text, "renderfarm_node_power_watts", where)
+            > 0
+        ),
+        30,
+        "the nodes to report their power",
+    )
 
     # A second job, cancelled while it renders.
     slow = submit(

@@ -63,6 +63,16 @@ def test_two_nodes_render_a_job(
         results = session.exec(select(FrameResultRow)).all()
         attempts = session.exec(select(AttemptRow)).all()
     assert len(results) == 8 and all(r.render_seconds > 0 and r.cpu_seconds > 0 for r in results)
+    # Metered by the power model (no RAPL on these machines) and billed in guizhou.
+    for r in results:
+        assert r.energy_method == "model" and r.region == "guizhou" and r.studio_id == studio_id
+        assert r.it_joules and r.it_joules > 0
+        assert r.facility_joules == pytest.approx(r.it_joules * 1.2)
+        assert r.co2_grams == pytest.approx(r.facility_joules / 3.6e6 * 536.6)
+    assert all(a.energy_joules and a.energy_joules > 0 for a in attempts)
+    assert sum(a.energy_joules or 0 for a in attempts) == pytest.approx(
+        sum(r.it_joules or 0 for r in results)
+    )
     assert {a.state for a in attempts} == {"done"} and len(attempts) == 4
     assert {n.state for n in service.list_nodes()} == {"online"}
 

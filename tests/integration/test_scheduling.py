@@ -1,143 +1,34 @@
 """The scheduler's use cases against a real database; the broker is a recording fake
 where only the scheduler's decisions matter, and real Redis where the broker's own
-behaviour (losing its queues) is the point."""
+behaviour (losing its queues) is the point. Fakes and fixtures: tests/integration/conftest.py."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from scheduler.broker import CeleryBroker
 from scheduler.celery_app import make_celery
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
 from scheduler.events import EventConsumer, EventPublisher
-from scheduler.messages import ChunkMessage, NodeReport
 from scheduler.scheduling import Scheduler
-from scheduler.service import JobRequest, StudioService
+from scheduler.service import StudioService
 from scheduler.settings import Settings
+from tests.integration.conftest import (
+    Clock,
+    RecordingBroker,
+    count,
+    event,
+    finished,
+    heartbeat,
+    rows,
+    submit,
+)
 
 pytestmark = pytest.mark.integration
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class RecordingBroker:
-    """Keeps what the scheduler sent and revoked; pretends the queue holds what was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[ChunkMessage] = []
-        self.revoked: list[str] = []
-        self.depth = 0
-
-    def send(self, messages: Sequence[ChunkMessage]) -> None:
-        self.sent.extend(messages)
-
-    def revoke(self, task_ids: Sequence[str]) -> None:
-        self.revoked.extend(task_ids)
-
-    def queue_depth(self, queue: str) -> int:
-        return self.depth
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def studios(engine: Engine, settings: Settings, clock: Clock) -> StudioService:
-    return StudioService(engine, settings, clock)
-
-
-@pytest.fixture
-def studio_id(studios: StudioService) -> int:
-    studio, _key = studios.create_studio("pixar-east")
-    assert studio.id is not None
-    return studio.id
-
-
-def submit(studios: StudioService, studio_id: int, frames: str = "1-20", **extra: Any) -> int:
-    request = JobRequest(
-        name="shot",
-        frames=frames,
-        chunk_size=extra.pop("chunk_size", 1),
-        priority=extra.pop("priority", 50),
-        pool="cpu",
-        renderer="noop",
-        renderer_settings={},
-        **extra,
-    )
-    job = studios.submit_job(studio_id, request)
-    assert job.id is not None
-    return job.id
-
-
-def heartbeat(
-    name: str = "node-a", slots: int = 2, running: int = 0, **hardware: Any
-) -> dict[str, Any]:
-    info = NodeReport(
-        name, "cpu", "host", slots, running, **{"cores": 8, "memory_bytes": 2**34, **hardware}
-    )
-    return {"kind": "heartbeat", "node": name, "info": info.to_dict()}
-
-
-def event(kind: str, message: ChunkMessage, node: str = "node-a", **fields: Any) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "chunk_id": message.chunk_id,
-        "attempt": message.attempt,
-        "node": node,
-        **fields,
-    }
-
-
-def finished(message: ChunkMessage, node: str = "node-a") -> dict[str, Any]:
-    results = [
-        {"frame": f, "output": None, "render_seconds": 1.5, "cpu_seconds": 1.2}
-        for f in message.frames
-    ]
-    return event("finished", message, node, results=results)
-
-
-def rows(engine: Engine, model: Any, **where: Any) -> list[Any]:
-    with Session(engine) as session:
-        query = select(model)
-        for key, value in where.items():
-            query = query.where(getattr(model, key) == value)
-        return list(session.exec(query))
-
-
-def count(engine: Engine, model: Any) -> int:
-    with Session(engine) as session:
-        return session.exec(select(func.count()).select_from(model)).one()
-
-
-@pytest.fixture
-def fake_broker() -> RecordingBroker:
-    return RecordingBroker()
-
-
-@pytest.fixture
-def scheduler(
-    engine: Engine, settings: Settings, fake_broker: RecordingBroker, clock: Clock
-) -> Scheduler:
-    tuned = settings.model_copy(
-        update={"dispatch_buffer": 1, "retry_base_seconds": 5.0, "retry_max_seconds": 60.0}
-    )
-    return Scheduler(engine, tuned, fake_broker, clock)
 
 
 def test_nothing_is_dispatched_without_live_nodes(

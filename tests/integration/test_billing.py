@@ -1,0 +1,219 @@
+"""Frames billed at ingestion with their region's figures; job totals and daily usage
+over the API. A real database; node events are written by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from api.app import create_app
+from scheduler.db import FrameResultRow, Region
+from scheduler.errors import InvalidRequest
+from scheduler.messages import ChunkMessage
+from scheduler.regions import UNKNOWN_REGION, set_region
+from scheduler.scheduling import Scheduler
+from scheduler.service import StudioService
+from scheduler.settings import Settings
+from tests.integration.conftest import Clock, RecordingBroker, event, heartbeat, rows, submit
+
+pytestmark = pytest.mark.integration
+
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+
+
+def report(frame: int, joules: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "frame": frame, "output": None, "render_seconds": 2.0, "cpu_seconds": 1.8,
+        "energy_joules": joules, "energy_method": "rapl", **extra,
+    }  # fmt: skip
+
+
+def sent(scheduler: Scheduler, broker: RecordingBroker, slots: int = 4) -> list[ChunkMessage]:
+    scheduler.ingest([heartbeat(slots=slots)])
+    scheduler.dispatch_tick()
+    return broker.sent
+
+
+def test_frames_are_billed_with_their_regions_figures(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine, clock: Clock,
+) -> None:  # fmt: skip
+    job_id = submit(studios, studio_id, "1-3")
+    one, two, three = sent(scheduler, fake_broker)
+    with Session(engine) as session:
+        set_region(session, "guizhou", clock(), pue=1.25, price_per_kwh=0.4)
+        session.commit()
+    scheduler.ingest(
+        [
+            event("finished", one, region="guizhou", results=[report(1, 3.6e6)]),  # 1 kWh IT
+            event("finished", two, region="mars", results=[report(2, 7.2e6)]),  # unconfigured
+            event("finished", three, region="guizhou", results=[report(3, None)]),  # unmetered
+        ]
+    )
+    frames = {r.frame: r for r in rows(engine, FrameResultRow, job_id=job_id)}
+    assert frames[1].facility_joules == pytest.approx(4.5e6)
+    assert frames[1].cost == pytest.approx(1.25 * 0.4)
+    assert frames[1].co2_grams == pytest.approx(1.25 * 536.6)
+    assert frames[1].energy_method == "rapl" and frames[1].studio_id == studio_id
+    # A region nobody configured is billed conservatively and appears for the operator.
+    assert frames[2].facility_joules == pytest.approx(7.2e6 * UNKNOWN_REGION.pue)
+    (mars,) = rows(engine, Region, name="mars")
+    assert mars.pue == UNKNOWN_REGION.pue and "not configured" in mars.source
+    assert frames[3].it_joules is None and frames[3].cost is None
+    assert frames[3].energy_method is None
+    # The billing day is the studios' (Asia/Shanghai), not UTC's.
+    assert frames[1].day == dt.datetime.fromtimestamp(clock(), SHANGHAI).date()
+
+    detail = studios.get_job(studio_id, job_id)
+    assert detail.energy.frames == 3 and detail.energy.metered_frames == 2
+    assert detail.energy.it_joules == pytest.approx(3.6e6 + 7.2e6)
+
+
+def test_a_regions_new_figures_bill_new_frames_only(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine, clock: Clock,
+) -> None:  # fmt: skip
+    job_id = submit(studios, studio_id, "1-2")
+    one, two = sent(scheduler, fake_broker)
+    scheduler.ingest([event("finished", one, region="guizhou", results=[report(1, 3.6e6)])])
+    with Session(engine) as session:
+        set_region(session, "guizhou", clock(), price_per_kwh=1.0)
+        session.commit()
+    scheduler.ingest([event("finished", two, region="guizhou", results=[report(2, 3.6e6)])])
+    frames = {r.frame: r for r in rows(engine, FrameResultRow, job_id=job_id)}
+    assert frames[1].cost == pytest.approx(1.2 * 0.35)  # as installed
+    assert frames[2].cost == pytest.approx(1.2 * 1.0)
+
+
+def test_the_last_frames_energy_is_completed_by_finished(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine,
+) -> None:  # fmt: skip
+    job_id = submit(studios, studio_id, "1-4", chunk_size=2)
+    first, second = sent(scheduler, fake_broker)
+    # Apart: the frame event in one batch, "finished" in the next.
+    scheduler.ingest([event("frame", first, region="guizhou", result=report(1, 100.0))])
+    scheduler.ingest(
+        [
+            event("frame", first, region="guizhou", result=report(2, 50.0)),
+            event("finished", first, region="guizhou",
+                  results=[report(1, 100.0), report(2, 55.0)]),
+        ]
+    )  # fmt: skip
+    # Together: both in one batch.
+    scheduler.ingest(
+        [
+            event("frame", second, region="guizhou", result=report(3, 10.0)),
+            event("frame", second, region="guizhou", result=report(4, 20.0)),
+            event("finished", second, region="guizhou",
+                  results=[report(3, 10.0), report(4, 21.0)]),
+        ]
+    )  # fmt: skip
+    frames = {r.frame: r.it_joules for r in rows(engine, FrameResultRow, job_id=job_id)}
+    assert frames == {1: 100.0, 2: 55.0, 3: 10.0, 4: 21.0}
+    assert rows(engine, FrameResultRow, frame=4)[0].cost == pytest.approx(21 * 1.2 / 3.6e6 * 0.35)
+
+
+@pytest.mark.parametrize("bad", [-5.0, "lots", float("inf"), [1]])
+def test_impossible_energy_is_dropped_and_the_frame_kept(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine, bad: Any,
+) -> None:  # fmt: skip
+    job_id = submit(studios, studio_id, "1")
+    (one,) = sent(scheduler, fake_broker)
+    scheduler.ingest([event("finished", one, region="guizhou", results=[report(1, bad)])])
+    (frame,) = rows(engine, FrameResultRow, job_id=job_id)
+    assert frame.it_joules is None and frame.cost is None
+
+
+def test_a_failed_attempts_energy_is_kept(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine,
+) -> None:  # fmt: skip
+    from scheduler.db import AttemptRow
+
+    submit(studios, studio_id, "1")
+    (one,) = sent(scheduler, fake_broker)
+    scheduler.ingest([event("failed", one, error="segfault", exit_code=139, energy_joules=42.5)])
+    (attempt,) = rows(engine, AttemptRow)
+    assert attempt.state == "failed" and attempt.energy_joules == 42.5
+
+
+def test_regions_refuse_impossible_figures(engine: Engine) -> None:
+    with Session(engine) as session:
+        with pytest.raises(InvalidRequest, match="pue"):
+            set_region(session, "x", 0.0, pue=0.9)
+        with pytest.raises(InvalidRequest, match="carbon_g_per_kwh"):
+            set_region(session, "x", 0.0, carbon_g_per_kwh=-1)
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, engine)) as test_client:
+        yield test_client
+
+
+def test_usage_by_day_over_the_api(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    clock: Clock, client: TestClient,
+) -> None:  # fmt: skip
+    key = studios.create_key("pixar-east")
+    auth = {"Authorization": f"Bearer {key}"}
+    job_id = submit(studios, studio_id, "1-3")
+    one, two, three = sent(scheduler, fake_broker)
+    # 23:30 and 00:30 in Shanghai: two billing days, though one UTC day.
+    evening = dt.datetime(2026, 11, 27, 23, 30, tzinfo=SHANGHAI).timestamp()
+    scheduler.ingest(
+        [
+            event("finished", one, region="guizhou", at=evening, results=[report(1, 3.6e6)]),
+            event("finished", two, region="guizhou", at=evening + 3600,
+                  results=[report(2, 1.8e6)]),
+            event("finished", three, region="guizhou", at=evening + 3600,
+                  results=[report(3, 1.8e6)]),
+        ]
+    )  # fmt: skip
+    usage = client.get("/v1/studios/me/usage", headers=auth)
+    assert usage.status_code == 200, usage.text
+    body = usage.json()
+    assert body["currency"] == "CNY" and body["timezone"] == "Asia/Shanghai"
+    assert [(d["day"], d["frames"]) for d in body["days"]] == [
+        ("2026-11-27", 1),
+        ("2026-11-28", 2),
+    ]
+    assert body["days"][0]["facility_kwh"] == pytest.approx(1.2)
+    assert body["total"]["facility_kwh"] == pytest.approx(2.4)
+    assert body["total"]["cost"] == pytest.approx(2.4 * 0.35)
+    only = client.get("/v1/studios/me/usage?since=2026-11-28&until=2026-11-28", headers=auth)
+    assert [d["day"] for d in only.json()["days"]] == ["2026-11-28"]
+
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    assert job["energy"]["it_joules"] == pytest.approx(7.2e6)
+    assert job["energy"]["per_frame"]["it_joules"] == pytest.approx(2.4e6)
+    frames = client.get(f"/v1/jobs/{job_id}/frames", headers=auth).json()
+    assert [f["energy_joules"] for f in frames] == [3.6e6, 1.8e6, 1.8e6]
+    assert {f["energy_method"] for f in frames} == {"rapl"}
+
+    other = studios.create_studio("aardman-east")[1]
+    nothing = client.get("/v1/studios/me/usage", headers={"Authorization": f"Bearer {other}"})
+    assert nothing.json()["days"] == [] and nothing.json()["total"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [("since=2026-12-01&until=2026-11-01", "since"), ("since=yesterday", "since")],
+)
+def test_bad_usage_queries_are_422_naming_the_field(
+    studios: StudioService, client: TestClient, query: str, named: str
+) -> None:
+    key = studios.create_studio("weta-east")[1]
+    response = client.get(
+        f"/v1/studios/me/usage?{query}", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 422
+    assert named in response.text
