@@ -1,0 +1,242 @@
+"""deploy/ against the real thing: promtool checks the configuration and the alert rules,
+and a real Prometheus server scrapes a real farm while it renders, then answers every
+query of the Grafana dashboard and every alert rule.
+
+Prometheus comes from Debian's ``prometheus`` package (``apt-get install prometheus``,
+which .ci/run does). Without it these tests skip, unless RENDERFARM_REQUIRE_PROMETHEUS
+is set (CI sets it), where a missing server is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+from sqlalchemy.engine import Engine
+
+from scheduler.processes import stop_process
+from scheduler.settings import Settings
+from tests.conftest import Processes, farm_env, free_port, wait_for
+
+pytestmark = pytest.mark.end_to_end
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "renderfarm.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed (Debian: apt-get install prometheus)"
+        if os.environ.get("RENDERFARM_REQUIRE_PROMETHEUS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def alert_rules() -> list[tuple[str, str]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [(rule["alert"], rule["expr"]) for group in groups for rule in group["rules"]]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        ["check", "rules", str(ALERTS)],
+    ],
+    ids=["config", "rules"],
+)
+def test_promtool_accepts_the_deploy_files(args: list[str]) -> None:
+    checked = subprocess.run([tool("promtool"), *args], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_grafana_provisioning_points_the_dashboard_at_its_datasource() -> None:
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "renderfarm.yml").read_text())[
+        "providers"
+    ]
+    compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "renderfarm" and dashboard["title"] == "Render farm"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+class PrometheusServer:
+    def __init__(self, folder: Path, targets: dict[str, list[str]]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": addresses}]}
+                for job, addresses in targets.items()
+            ],
+        }
+        (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log = open(folder / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = answer.json()
+        assert answer.status_code == 200 and body["status"] == "success", (expr, body)
+        return body["data"]["result"]  # type: ignore[no-any-return]
+
+    def total(self, expr: str) -> float:
+        return sum(float(r["value"][1]) for r in self.query(expr))
+
+    def stop(self) -> None:
+        stop_process(self.process, grace=5.0)
+        self.log.close()
+
+
+@pytest.fixture
+def farm_with_metrics(
+    processes: Processes, settings: Settings, engine: Engine, broker: redis.Redis
+) -> Iterator[tuple[httpx.Client, dict[str, list[str]]]]:
+    api, scheduler, node1, node2 = (free_port() for _ in range(4))
+    processes.start("api", "api", "--host", "127.0.0.1", "--port", str(api))
+    processes.start("scheduler", "scheduler", "--metrics-port", str(scheduler))
+    for name, port in (("node-1", node1), ("node-2", node2)):
+        processes.start(
+            name, "worker", "--pool", "cpu", "--name", name, "--metrics-port", str(port)
+        )
+    key = subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", "studio", "create", "studio-obs"],
+        env=farm_env(settings), capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{api}", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    wait_for(lambda: _answers(client), 60, "the API to answer")
+    wait_for(lambda: len(client.get("/v1/nodes").json()) == 2, 60, "two nodes online")
+    yield (
+        client,
+        {
+            "renderfarm-api": [f"127.0.0.1:{api}"],
+            "renderfarm-scheduler": [f"127.0.0.1:{scheduler}"],
+            "renderfarm-worker": [f"127.0.0.1:{node1}", f"127.0.0.1:{node2}"],
+        },
+    )
+    client.close()
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_prometheus_scrapes_the_farm_and_every_panel_and_alert_answers(
+    farm_with_metrics: tuple[httpx.Client, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    client, targets = farm_with_metrics
+    prometheus = PrometheusServer(tmp_path, targets)
+    try:
+        wait_for(prometheus.ready, 60, "Prometheus to start")
+        wait_for(lambda: prometheus.total('up{job=~"renderfarm-.*"}') == 4, 60, "all 4 targets up")
+        job = client.post(
+            "/v1/jobs",
+            json={
+                "name": "observed", "frames": "1-12",
+                "renderer": {"kind": "builtin", "width": 64, "height": 36},
+            },
+        ).json()  # fmt: skip
+        wait_for(
+            lambda: client.get(f"/v1/jobs/{job['id']}").json()["state"] == "done",
+            180,
+            "the job to render",
+        )
+        wait_for(
+            lambda: prometheus.total("sum(renderfarm_frames_rendered_total)") == 12,
+            30,
+            "Prometheus to scrape the 12 frames",
+        )
+        wait_for(
+            lambda: prometheus.total("sum(renderfarm_worker_frames_rendered_total)") == 12,
+            30,
+            "Prometheus to scrape both nodes' frames",
+        )
+
+        answers = {(title, expr): prometheus.query(expr) for title, expr in dashboard_queries()}
+        by_title = {title: result for (title, _), result in answers.items()}
+        assert _positive(by_title["Frames per minute"])
+        assert _positive(by_title["Energy per frame by pool and region"])
+        assert _positive(by_title["Facility energy per hour"])
+        assert _positive(by_title["Total CO2"])
+        assert _positive(by_title["Node power"])
+        assert prometheus.total("sum(renderfarm_worker_energy_joules_total)") > 0
+
+        for _alert, expr in alert_rules():
+            prometheus.query(expr)  # every rule's expression evaluates
+        wait_for(lambda: _rules_evaluated(prometheus), 30, "every alert rule to be evaluated")
+        firing = {
+            a["labels"]["alertname"]
+            for a in httpx.get(f"{prometheus.url}/api/v1/alerts").json()["data"]["alerts"]
+        }
+        assert not firing & {"RenderfarmNoLiveNodes", "RenderfarmComponentDown"}
+    finally:
+        prometheus.stop()
+
+
+def _positive(result: list[dict[str, Any]]) -> bool:
+    values = [float(r["value"][1]) for r in result]
+    return bool(values) and all(math.isfinite(v) for v in values) and any(v > 0 for v in values)
+
+
+def _rules_evaluated(prometheus: PrometheusServer) -> bool:
+    groups = httpx.get(f"{prometheus.url}/api/v1/rules").json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert all(rule["health"] != "err" for rule in rules), rules
+    return len(rules) == len(alert_rules()) and all(rule["health"] == "ok" for rule in rules)
