@@ -43,21 +43,47 @@ CpuReader = Callable[[int], float | None]
 REPLY_TIMEOUT_SECONDS = 5.0
 
 
-def process_tree_cpu(pid: int) -> float | None:
-    """CPU seconds of a process and its descendants, living and reaped; None if gone."""
-    try:
-        root = psutil.Process(pid)
-        times = root.cpu_times()
+class ProcessTreeCpu:
+    """CPU seconds of a process and its descendants, living and reaped; None once it is gone.
+
+    Finding a process's descendants reads every process of the host (about a
+    millisecond per hundred processes), so the list is found again only every
+    ``refresh_seconds``; in between, each sample reads the known processes alone. A
+    descendant started since is counted from the next refresh, or through its parent's
+    reaped-children time once it exits: the shares of an interval shift, none is lost.
+    """
+
+    def __init__(
+        self, refresh_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self._trees: dict[int, tuple[psutil.Process, list[psutil.Process], float]] = {}
+
+    def __call__(self, pid: int) -> float | None:
+        now = self.clock()
+        tree = self._trees.get(pid)
+        try:
+            if tree is None:  # a render just starting: no descendants yet
+                tree = (psutil.Process(pid), [], now)
+            elif now - tree[2] > self.refresh_seconds:
+                tree = (tree[0], tree[0].children(recursive=True), now)
+            self._trees[pid] = tree
+            times = tree[0].cpu_times()
+        except psutil.Error:
+            self._trees.pop(pid, None)
+            return None
         total = times.user + times.system + times.children_user + times.children_system
-        for child in root.children(recursive=True):
+        for child in tree[1]:
             try:
                 child_times = child.cpu_times()
             except psutil.Error:
-                continue
+                continue  # exited: its time is in its parent's reaped-children time
             total += child_times.user + child_times.system
         return total
-    except psutil.Error:
-        return None
+
+    def forget(self, pid: int) -> None:
+        self._trees.pop(pid, None)
 
 
 # An attempt whose process vanished without its end being told (its render slot was
@@ -82,14 +108,14 @@ class EnergyLedger:
         idle_watts: float,
         slots: int,
         labels: dict[str, str] | None = None,
-        cpu_of: CpuReader = process_tree_cpu,
+        cpu_of: CpuReader | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.meter = meter
         self.method = meter.method
         self.idle_watts = idle_watts
         self.slots = slots
-        self.cpu_of = cpu_of
+        self.cpu_of: CpuReader = cpu_of or ProcessTreeCpu()
         self.clock = clock
         self.labels = labels or {"pool": "", "region": ""}
         self._lock = threading.Lock()
@@ -126,9 +152,12 @@ class EnergyLedger:
             if key not in self._running:
                 return None
             self._sample({key: cpu_total} if cpu_total is not None else {})
-            joules = self._running.pop(key).joules
+            ended = self._running.pop(key)
+            forget = getattr(self.cpu_of, "forget", None)
+            if forget is not None:
+                forget(ended.pid)
             self._set_busy()
-            return joules
+            return ended.joules
 
     def sample(self) -> None:
         with self._lock:
