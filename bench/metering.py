@@ -108,9 +108,7 @@ def main() -> None:
                     )
     direct = ledger_cost_per_frame(client, ledger)
     server.stop()
-    per_frame = {
-        mode: statistics.mean(cpu for cpu, _ in rows) for mode, rows in figures.items()
-    }
+    per_frame = {mode: statistics.mean(cpu for cpu, _ in rows) for mode, rows in figures.items()}
     seconds = statistics.mean(render for rows in figures.values() for _, render in rows)
     extra = per_frame["on"] - per_frame["off"]
     result = {

@@ -99,7 +99,10 @@ def worker(
     tag: Annotated[
         list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")
     ] = None,
-    gpus: Annotated[int, typer.Option(min=0, help="GPUs this node offers to jobs")] = 0,
+    gpus: Annotated[
+        int | None,
+        typer.Option(min=0, help="GPUs this node offers to jobs; default: what NVML finds"),
+    ] = None,
     region: Annotated[
         str | None, typer.Option(help="where the node stands (default: RENDERFARM_REGION)")
     ] = None,
@@ -121,6 +124,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from scheduler.metrics import WORKER_REGISTRY
+    from workers.meters import count_gpus
     from workers.node import NodeConfig, start_worker
 
     _logging(loglevel)
@@ -144,7 +148,7 @@ def worker(
         pool=pool,
         slots=slots,
         tags=tag or [],
-        gpus=gpus,
+        gpus=gpus if gpus is not None else count_gpus(),
         region=settings.region,
     )
     if metrics_port:

@@ -97,6 +97,15 @@ def run_demo(
             f"[green]rendered {done} frames[/green] in {elapsed:.1f} s: "
             f"{done / elapsed:.2f} frames/s on {workers} node(s)"
         )
+        energy = job["energy"]
+        if energy["frames_metered"]:
+            method = client.get(f"/v1/jobs/{job['id']}/frames?limit=1").json()[0]
+            console.print(
+                f"energy ({method['energy_method']}): {energy['it_joules']:.0f} J IT "
+                f"({energy['per_frame']['it_joules']:.1f} J per frame), "
+                f"{energy['facility_kwh'] * 1000:.3f} Wh facility, "
+                f"{energy['co2_grams']:.3f} g CO2, {energy['cost']:.6f} {energy['currency']}"
+            )
         console.print(f"frames: {frames_dir}")
         return True
     finally:

@@ -26,6 +26,7 @@ import redis
 from scheduler.db import create_tables, make_engine
 from scheduler.processes import die_with_parent, kill_groups, stop_process, wait_until
 from scheduler.settings import Settings
+from workers.meters import node_power_figures
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +143,30 @@ class LocalFarm:
         self._spawn("scheduler", ["scheduler"], env)
         for index in range(1, self.workers + 1):
             name = f"{host}-local-{index}"
-            self._spawn(
-                name, ["worker", "--pool", "cpu", "--slots", str(self.slots), "--name", name], env
-            )
+            node = ["worker", "--pool", "cpu", "--slots", str(self.slots), "--name", name]
+            self._spawn(name, [*node, *self._energy_args()], env)
         self._spawn(
             "api",
             ["api", "--host", self.settings.api_host, "--port", str(self.api_port)],
             env,
         )
         wait_until(self._api_ready, 30.0, f"the API did not answer on {self.api_url}")
+
+    def _energy_args(self) -> list[str]:
+        """The local nodes share one host: each meters its share of it by the power model.
+
+        A meter reads the whole host, so N nodes on one machine would each count all
+        of it; with 1/N of the host's power model each, their sum is the host's.
+        On a real farm a host runs one worker (with as many ``--slots`` as it needs).
+        """
+        if self.settings.energy_meter == "off":
+            return ["--energy-meter", "off"]
+        idle, peak = node_power_figures(self.settings.idle_watts, self.settings.max_watts)
+        return [
+            "--energy-meter", "model",
+            "--idle-watts", f"{idle / self.workers:.3f}",
+            "--max-watts", f"{peak / self.workers:.3f}",
+        ]  # fmt: skip
 
     def _spawn(self, label: str, args: list[str], env: dict[str, str]) -> None:
         log_file = open(self.logs / f"{label}.log", "ab")  # noqa: SIM115 (closed with the child)

@@ -43,6 +43,16 @@ IDLE_WATTS_PER_CPU = 2.3
 MAX_WATTS_PER_CPU = 7.8
 
 
+def node_power_figures(
+    idle_watts: float | None, max_watts: float | None, cpus: int | None = None
+) -> tuple[float, float]:
+    """(idle, full-load) watts of this host: the figures given, else the defaults per CPU."""
+    cpus = cpus or psutil.cpu_count() or 1
+    idle = idle_watts if idle_watts is not None else IDLE_WATTS_PER_CPU * cpus
+    peak = max_watts if max_watts is not None else MAX_WATTS_PER_CPU * cpus
+    return idle, max(idle, peak)
+
+
 class MeterUnavailable(Exception):
     """This node has no such meter, or it cannot be read."""
 
@@ -178,6 +188,14 @@ def _busy_and_total(times: Any) -> tuple[float, float]:
     total = sum(fields.values()) - fields.get("guest", 0.0) - fields.get("guest_nice", 0.0)
     idle = fields.get("idle", 0.0) + fields.get("iowait", 0.0)
     return total - idle, total
+
+
+def count_gpus(nvml: Any | None = None) -> int:
+    """NVIDIA GPUs this host has, by NVML; 0 without a driver or nvidia-ml-py."""
+    try:
+        return NvmlMeter(nvml).gpus
+    except MeterUnavailable:
+        return 0
 
 
 class SumMeter:

@@ -27,7 +27,7 @@ from scheduler.events import EventPublisher
 from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport, node_queue, pool_queue
 from scheduler.settings import Settings
 from workers.energy import EnergyLedger, LedgerServer
-from workers.meters import IDLE_WATTS_PER_CPU, MAX_WATTS_PER_CPU, choose_meter
+from workers.meters import choose_meter, node_power_figures
 from workers.runner import install_termination_handler, run_chunk
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,8 @@ def make_ledger_server(settings: Settings, node: NodeConfig) -> LedgerServer | N
     """The node's energy ledger, with the meter this node has; None if metering is off."""
     if settings.energy_meter == "off":
         return None
-    cpus = psutil.cpu_count() or 1
-    idle = settings.idle_watts if settings.idle_watts is not None else IDLE_WATTS_PER_CPU * cpus
-    peak = settings.max_watts if settings.max_watts is not None else MAX_WATTS_PER_CPU * cpus
-    meter = choose_meter(idle, max(idle, peak), settings.energy_meter)
+    idle, peak = node_power_figures(settings.idle_watts, settings.max_watts)
+    meter = choose_meter(idle, peak, settings.energy_meter)
     ledger = EnergyLedger(meter, idle, node.slots, {"pool": node.pool, "region": node.region})
     log.info("energy: metering by %s, idle %.0f W over %d slots", meter.method, idle, node.slots)
     return LedgerServer(ledger, settings.energy_sample_seconds)

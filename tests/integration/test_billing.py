@@ -4,6 +4,8 @@ over the API. A real database; node events are written by hand."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from scheduler.regions import UNKNOWN_REGION, set_region
 from scheduler.scheduling import Scheduler
 from scheduler.service import StudioService
 from scheduler.settings import Settings
+from tests.conftest import farm_env
 from tests.integration.conftest import Clock, RecordingBroker, event, heartbeat, rows, submit
 
 pytestmark = pytest.mark.integration
@@ -217,3 +220,25 @@ def test_bad_usage_queries_are_422_naming_the_field(
     )
     assert response.status_code == 422
     assert named in response.text
+
+
+def test_operators_set_and_list_regions_from_the_command_line(
+    settings: Settings, engine: Engine
+) -> None:
+    def renderfarm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "scheduler.cli", "region", *args],
+            env=farm_env(settings), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    made = renderfarm(
+        "set", "guizhou-gui-an", "--pue", "1.15", "--price", "0.3", "--carbon", "120",
+        "--source", "2026 power purchase agreement",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "guizhou-gui-an: PUE 1.15, 0.3 CNY/kWh, 120 gCO2/kWh" in made.stdout
+    refused = renderfarm("set", "guizhou-gui-an", "--pue", "0.8")
+    assert refused.returncode == 1 and "pue" in refused.stdout
+    listed = renderfarm("list").stdout.splitlines()
+    assert [line.split(":")[0] for line in listed] == ["guizhou", "guizhou-gui-an", "guizhou-hydro"]
+    assert "2026 power purchase agreement" in listed[1] and "PUE 1.15" in listed[1]

@@ -15,6 +15,7 @@ from workers.meters import (
     RaplMeter,
     SumMeter,
     choose_meter,
+    count_gpus,
 )
 
 
@@ -152,3 +153,8 @@ def test_choose_meter_falls_back_on_the_model_and_adds_gpus(tmp_path: Path) -> N
         choose_meter(50, 200, "rapl", powercap=tmp_path / "none", nvml=no_gpu)
     with pytest.raises(ValueError, match="unknown energy meter"):
         choose_meter(50, 200, "guess")
+
+
+def test_gpus_are_counted_by_nvml() -> None:
+    assert count_gpus(FakeNvml()) == 2
+    assert count_gpus(type("NoGpu", (FakeNvml,), {"nvmlDeviceGetCount": lambda self: 0})()) == 0
