@@ -35,7 +35,7 @@ from scheduler.progress import end_queued_chunks, refresh_job_states
 log = logging.getLogger(__name__)
 
 VANISHED_GRACE_SECONDS = 2.0
-_BILL_COLUMNS = ("region", "it_joules", "facility_joules", "cost", "co2_grams")
+_BILL_COLUMNS = ("region", "energy_method", "it_joules", "facility_joules", "cost", "co2_grams")
 RetryTiming = tuple[float, float]  # (first wait, longest wait), seconds
 CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
 
@@ -137,7 +137,7 @@ def apply_chunk_events(
         at = float(event.get("at") or now)
         attempt = attempt_changes[(chunk.id, attempt_no)]
         reports: list[FrameReport] = []
-        region = str(event.get("region") or "")
+        region = str(event.get("region") or "")[:64]
         if kind == "started":
             if chunk.state != state:
                 chunk.changes["started_at"] = at
@@ -184,6 +184,7 @@ def apply_chunk_events(
                 if by_attempt == attempt_no and report.energy_joules != joules:
                     bill = biller.bill(session, region, report.energy_joules, at, now)
                     bill.pop("day")
+                    bill["energy_method"] = _method_of(report)
                     if row_id is None:  # recorded earlier in this very batch
                         pending[key].update(bill)
                     else:
@@ -202,10 +203,9 @@ def apply_chunk_events(
                 "render_seconds": report.render_seconds,
                 "cpu_seconds": report.cpu_seconds,
                 "finished_at": at,
-                "energy_method": report.energy_method if report.energy_joules is not None
-                else None,
+                "energy_method": _method_of(report),
                 **biller.bill(session, region, report.energy_joules, at, now),
-            }  # fmt: skip
+            }
         outcome.applied += 1
     _save_changes(session, chunks.values(), attempt_changes)
     if pending:
@@ -241,6 +241,10 @@ def _energy_of(reports: Sequence[FrameReport]) -> float | None:
     if not reports or any(r.energy_joules is None for r in reports):
         return None
     return sum(r.energy_joules or 0.0 for r in reports)
+
+
+def _method_of(report: FrameReport) -> str | None:
+    return str(report.energy_method)[:32] if report.energy_joules is not None else None
 
 
 def _number_or_none(value: Any) -> float | None:
@@ -313,9 +317,9 @@ def save_heartbeats(session: Session, events: Sequence[dict[str, Any]], now: flo
         node.memory_bytes = report.memory_bytes
         node.gpus = report.gpus
         node.tags = list(report.tags)
-        node.region = report.region
-        node.energy_method = report.energy_method
-        node.power_watts = report.power_watts
+        node.region = str(report.region)[:64]
+        node.energy_method = str(report.energy_method)[:32] if report.energy_method else None
+        node.power_watts = _number_or_none(report.power_watts) or 0.0
         node.state = "online"
         node.last_heartbeat = now
         session.add(node)

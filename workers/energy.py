@@ -266,10 +266,14 @@ class LedgerServer:
                 except (EOFError, OSError):
                     return
                 try:
-                    connection.send(self._answer(request))
+                    answer = self._answer(request)
                 except Exception as error:
                     log.exception("energy: bad ledger request %r", request)
-                    connection.send(error)
+                    answer = error
+                try:
+                    connection.send(answer)
+                except OSError:  # the render slot went away
+                    return
 
     def _answer(self, request: tuple[Any, ...]) -> Any:
         verb, key, *args = request
