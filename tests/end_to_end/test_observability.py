@@ -1,6 +1,7 @@
-"""deploy/ against the real thing: promtool checks the configuration and the alert rules,
-and a real Prometheus server scrapes a real farm while it renders, then answers every
-query of the Grafana dashboard and every alert rule.
+"""deploy/ against the real thing: promtool checks the configuration and the alert rules
+and runs the rules' unit tests (deploy/prometheus/alerts_test.yml: each alert fires on
+the series it is for, and not before), and a real Prometheus server scrapes a real farm
+while it renders, then answers every query of the Grafana dashboard and every rule.
 
 Prometheus comes from Debian's ``prometheus`` package (``apt-get install prometheus``,
 which .ci/run does). Without it these tests skip, unless RENDERFARM_REQUIRE_PROMETHEUS
@@ -66,8 +67,9 @@ def alert_rules() -> list[tuple[str, str]]:
     [
         ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
         ["check", "rules", str(ALERTS)],
+        ["test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")],
     ],
-    ids=["config", "rules"],
+    ids=["config", "rules", "alerts fire when they should"],
 )
 def test_promtool_accepts_the_deploy_files(args: list[str]) -> None:
     checked = subprocess.run([tool("promtool"), *args], capture_output=True, text=True)
