@@ -124,7 +124,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from scheduler.metrics import WORKER_REGISTRY
-    from workers.meters import count_gpus
+    from workers.meters import MeterUnavailable, count_gpus
     from workers.node import NodeConfig, start_worker
 
     _logging(loglevel)
@@ -153,7 +153,11 @@ def worker(
     )
     if metrics_port:
         start_http_server(metrics_port, registry=WORKER_REGISTRY)
-    start_worker(settings, node, loglevel)
+    try:
+        start_worker(settings, node, loglevel)
+    except MeterUnavailable as error:  # --energy-meter rapl on a node without it
+        console.print(f"[red]energy meter {settings.energy_meter}: {error}[/red]")
+        raise typer.Exit(2) from None
 
 
 @contextlib.contextmanager
