@@ -221,16 +221,26 @@ class FarmCollector(Collector):
         ended = CounterMetricFamily(
             "renderfarm_attempts_ended", "Chunk attempts that ended, either way.", labels=["pool"]
         )
-        for pool, n_failed, n_ended in session.execute(
+        energy = CounterMetricFamily(
+            "renderfarm_attempt_energy_joules",
+            "IT energy of ended attempts by outcome: what failed attempts used is energy wasted.",
+            labels=["pool", "state"],
+        )
+        state = col(AttemptRow.state)
+        for pool, n_failed, n_ended, wasted, used in session.execute(
             select(
                 col(AttemptRow.pool),
-                func.sum(case((col(AttemptRow.state) == "failed", 1), else_=0)),
-                func.sum(case((col(AttemptRow.state).in_(("failed", "done")), 1), else_=0)),
+                func.sum(case((state == "failed", 1), else_=0)),
+                func.sum(case((state.in_(("failed", "done")), 1), else_=0)),
+                func.sum(case((state == "failed", AttemptRow.energy_joules), else_=0.0)),
+                func.sum(case((state == "done", AttemptRow.energy_joules), else_=0.0)),
             ).group_by(col(AttemptRow.pool))
         ):
             failed.add_metric([pool], n_failed or 0)
             ended.add_metric([pool], n_ended or 0)
-        yield from (failed, ended)
+            energy.add_metric([pool, "failed"], wasted or 0.0)
+            energy.add_metric([pool, "done"], used or 0.0)
+        yield from (failed, ended, energy)
 
     def _chunks(self, session: Session) -> Iterator[Metric]:
         chunks = GaugeMetricFamily(

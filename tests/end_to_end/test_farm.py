@@ -128,6 +128,10 @@ def test_render_a_job_and_cancel_another(farm: httpx.Client, settings: Settings)
         energy["it_joules"]
     )
     assert metric(metrics, "renderfarm_jobs", 'state="done"') == 1
+    done_energy = metric(
+        metrics, "renderfarm_attempt_energy_joules_total", 'pool="cpu",state="done"'
+    )
+    assert done_energy == pytest.approx(energy["it_joules"])  # every attempt succeeded
     nodes = farm.get("/v1/nodes").json()
     assert {(n["region"], n["energy_method"]) for n in nodes} == {("guizhou", "model")}
     wait_for(
