@@ -52,7 +52,8 @@ def attribute_interval(
     cpu = {key: max(0.0, used) for key, used in cpu_seconds.items()}
     total_cpu = sum(cpu.values())
     shares = {
-        key: idle_each + (dynamic * used / total_cpu if total_cpu > 0 else dynamic / running)
+        # The ratio first: dynamic * used can underflow to 0 for a tiny CPU time.
+        key: idle_each + (dynamic * (used / total_cpu) if total_cpu > 0 else dynamic / running)
         for key, used in cpu.items()
     }
     return Attribution(shares, idle_each * (slots - running))
