@@ -8,12 +8,12 @@ from sqlalchemy.engine import Engine
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.metrics import FarmCollector
 from api.routes import jobs, nodes, studios, system
 from scheduler import __version__
 from scheduler.db import create_tables, make_engine
-from scheduler.metrics import FarmCollector
-from scheduler.service import StudioService
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:

@@ -9,8 +9,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scheduler.db import Studio
 from scheduler.errors import Unauthorized
-from scheduler.service import StudioService
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
 
 _bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
 

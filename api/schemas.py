@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.billing import EnergyTotals
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState
-from scheduler.service import FrameStatus, JobDetail
+from scheduler.usecases.billing import EnergyTotals
+from scheduler.usecases.jobs import FrameStatus, JobDetail
 
 
 class _Request(BaseModel):

@@ -11,8 +11,8 @@ import os
 import redis
 from celery import Celery
 
-from scheduler.celery_app import make_celery
 from scheduler.settings import Settings
+from scheduler.wire.celery_app import make_celery
 
 COUNTER = "bench:celery-noop:done"
 

@@ -29,8 +29,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scheduler.demo import studio_key
-from scheduler.embedded import EmbeddedRedis, LocalFarm, stop_process, wait_until
+from scheduler.launch.demo import studio_key
+from scheduler.launch.embedded import EmbeddedRedis, LocalFarm, stop_process, wait_until
 from scheduler.settings import Settings
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from scheduler.messages import ChunkMessage, FrameReport
+from scheduler.wire.messages import ChunkMessage, FrameReport
 from workers.energy import EnergyLedger, LedgerClient, LedgerServer
 from workers.meters import IDLE_WATTS_PER_CPU, MAX_WATTS_PER_CPU, ModelMeter
 from workers.runner import run_chunk

@@ -1,3 +1,4 @@
-"""renderfarm's brain: the pure core, the store, the service layer and the dispatch loop."""
+"""renderfarm's scheduler side: the pure core, the store, the wire to the nodes, the
+scheduler process, the use cases and the launchers (see each subpackage)."""
 
 __version__ = "0.1.0"

@@ -25,10 +25,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from scheduler.db import create_tables, make_engine
-from scheduler.embedded import EmbeddedRedis
-from scheduler.processes import stop_process
-from scheduler.service import StudioService
+from scheduler.launch.embedded import EmbeddedRedis
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
+from workers.processes import stop_process
 
 T = TypeVar("T")
 
@@ -169,7 +169,9 @@ class Processes:
     def start(self, label: str, *args: str) -> subprocess.Popen[bytes]:
         renderfarm = Path(sys.executable).with_name("renderfarm")
         command = (
-            [str(renderfarm)] if renderfarm.exists() else [sys.executable, "-m", "scheduler.cli"]
+            [str(renderfarm)]
+            if renderfarm.exists()
+            else [sys.executable, "-m", "scheduler.launch.cli"]
         )
         with open(self.logs / f"{label}.log", "ab") as log:
             child = subprocess.Popen(

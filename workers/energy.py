@@ -33,8 +33,8 @@ from typing import Any
 
 import psutil
 
-from scheduler import metrics
 from scheduler.core.energy import attribute_interval, split_evenly
+from workers import metrics
 from workers.meters import Meter
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,11 @@ import psutil
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
-from scheduler.broker import queue_entity
-from scheduler.celery_app import make_celery
-from scheduler.events import EventPublisher
-from scheduler.messages import RENDER_TASK, ChunkMessage, NodeReport, node_queue, pool_queue
 from scheduler.settings import Settings
+from scheduler.wire.broker import queue_entity
+from scheduler.wire.celery_app import make_celery
+from scheduler.wire.events import EventPublisher
+from scheduler.wire.messages import RENDER_TASK, ChunkMessage, NodeReport, node_queue, pool_queue
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import choose_meter, node_power_figures
 from workers.runner import install_termination_handler, run_chunk

@@ -7,7 +7,7 @@ chunk's time limit passes. Its output goes to the attempt's log in storage; line
 is measured from the kernel's accounting of waited-for children, so frames that a
 renderer does not time itself still get honest figures (the chunk's, shared evenly).
 
-``emit`` receives each event dict (see scheduler/messages.py); the Celery task
+``emit`` receives each event dict (see scheduler/wire/messages.py); the Celery task
 passes a function that publishes it.
 
 Energy: with a ``FrameMeter`` (the node's energy ledger, workers/energy.py) each
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from scheduler.messages import ChunkMessage, FrameReport, task_id_for
-from scheduler.processes import die_with_parent, kill_groups, stop_process
+from scheduler.wire.messages import ChunkMessage, FrameReport, task_id_for
+from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
 Emit = Callable[[dict[str, Any]], None]

@@ -14,7 +14,7 @@ from api.deps import ServiceDep, SettingsDep, StudioDep
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.states import JobState
 from scheduler.errors import NotFound
-from scheduler.service import JobRequest
+from scheduler.usecases.jobs import JobRequest
 
 router = APIRouter(
     prefix="/v1/jobs",

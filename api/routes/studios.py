@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import ServiceDep, SettingsDep, StudioDep
 from api.schemas import Problem, UsageDay, UsagePublic
-from scheduler.billing import EnergyTotals
+from scheduler.usecases.billing import EnergyTotals
 
 router = APIRouter(prefix="/v1/studios", tags=["studios"])
 

@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from scheduler.db import AttemptRow
-from scheduler.service import JobRequest, StudioService
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import JobRequest, StudioService
 from tests.conftest import Processes, wait_for
 
 pytestmark = pytest.mark.end_to_end

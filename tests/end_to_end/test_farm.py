@@ -33,7 +33,7 @@ def farm(
     processes.worker("node-1", slots=1)
     processes.worker("node-2", slots=1)
     key = subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", "studio", "create", "studio-e2e"],
+        [sys.executable, "-m", "scheduler.launch.cli", "studio", "create", "studio-e2e"],
         env=farm_env(settings),
         capture_output=True,
         text=True,

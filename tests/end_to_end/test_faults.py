@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from scheduler.db import ChunkRow, FrameResultRow, JobRow
-from scheduler.service import JobRequest, StudioService
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import JobRequest, StudioService
 from tests.conftest import Processes, free_port, renderers_running, wait_for
 
 pytestmark = pytest.mark.end_to_end

@@ -26,9 +26,9 @@ import redis
 import yaml
 from sqlalchemy.engine import Engine
 
-from scheduler.processes import stop_process
 from scheduler.settings import Settings
 from tests.conftest import Processes, farm_env, free_port, wait_for
+from workers.processes import stop_process
 
 pytestmark = pytest.mark.end_to_end
 
@@ -154,7 +154,7 @@ def farm_with_metrics(
             name, "worker", "--pool", "cpu", "--name", name, "--metrics-port", str(port)
         )
     key = subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", "studio", "create", "studio-obs"],
+        [sys.executable, "-m", "scheduler.launch.cli", "studio", "create", "studio-obs"],
         env=farm_env(settings), capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     client = httpx.Client(

@@ -11,10 +11,10 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from scheduler.messages import ChunkMessage, NodeReport
-from scheduler.scheduling import Scheduler
-from scheduler.service import JobRequest, StudioService
+from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.wire.messages import ChunkMessage, NodeReport
 
 
 class Clock:

@@ -13,8 +13,8 @@ from sqlmodel import Session, select
 
 from api.app import create_app
 from scheduler.db import ChunkRow, JobRow
-from scheduler.service import StudioService
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
 
 pytestmark = pytest.mark.integration
 

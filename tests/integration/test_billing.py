@@ -16,12 +16,12 @@ from sqlmodel import Session
 
 from api.app import create_app
 from scheduler.db import FrameResultRow, Region
+from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import InvalidRequest
-from scheduler.messages import ChunkMessage
-from scheduler.regions import UNKNOWN_REGION, set_region
-from scheduler.scheduling import Scheduler
-from scheduler.service import StudioService
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.regions import UNKNOWN_REGION, set_region
+from scheduler.wire.messages import ChunkMessage
 from tests.conftest import farm_env
 from tests.integration.conftest import Clock, RecordingBroker, event, heartbeat, rows, submit
 
@@ -227,7 +227,7 @@ def test_operators_set_and_list_regions_from_the_command_line(
 ) -> None:
     def renderfarm(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", "region", *args],
+            [sys.executable, "-m", "scheduler.launch.cli", "region", *args],
             env=farm_env(settings), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.messages import ChunkMessage, FrameReport
+from scheduler.wire.messages import ChunkMessage, FrameReport
 from tests.conftest import wait_for
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import ModelMeter

@@ -13,10 +13,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from scheduler.db import AttemptRow, FrameResultRow
-from scheduler.loop import run_scheduler
-from scheduler.messages import ChunkMessage
-from scheduler.service import JobRequest, StudioService
+from scheduler.dispatch.loop import run_scheduler
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.wire.messages import ChunkMessage
 from tests.conftest import Processes, renderers_running, wait_for
 from workers.runner import run_chunk
 

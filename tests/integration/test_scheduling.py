@@ -10,13 +10,13 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from scheduler.broker import CeleryBroker
-from scheduler.celery_app import make_celery
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
-from scheduler.events import EventConsumer, EventPublisher
-from scheduler.scheduling import Scheduler
-from scheduler.service import StudioService
+from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
+from scheduler.wire.broker import CeleryBroker
+from scheduler.wire.celery_app import make_celery
+from scheduler.wire.events import EventConsumer, EventPublisher
 from tests.integration.conftest import (
     Clock,
     RecordingBroker,

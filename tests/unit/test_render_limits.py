@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.messages import ChunkMessage
+from scheduler.wire.messages import ChunkMessage
 from workers.runner import limit_breached
 
 

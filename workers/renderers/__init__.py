@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from scheduler.messages import ChunkMessage, FrameReport
+from scheduler.wire.messages import ChunkMessage, FrameReport
 from workers.renderers.noop import NoopRenderer
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from scheduler.messages import ChunkMessage, FrameReport
+from scheduler.wire.messages import ChunkMessage, FrameReport
 
 
 class NoopRenderer:

@@ -19,7 +19,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import ChannelError
 
-from scheduler.messages import RENDER_TASK, ChunkMessage, task_id_for
+from scheduler.wire.messages import RENDER_TASK, ChunkMessage, task_id_for
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scheduler.db import make_engine
-from scheduler.embedded import LocalFarm
 from scheduler.errors import Conflict
-from scheduler.service import StudioService
+from scheduler.launch.embedded import LocalFarm
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
 
 DEMO_STUDIO = "demo"
 FINAL_STATES = {"done", "failed", "cancelled"}

@@ -30,7 +30,7 @@ from rich.console import Console
 from scheduler.settings import Settings
 
 if TYPE_CHECKING:
-    from scheduler.service import StudioService
+    from scheduler.usecases.jobs import StudioService
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 studio_app = typer.Typer(help="Manage studios and their API keys.", no_args_is_help=True)
@@ -80,7 +80,7 @@ def scheduler(
     """Run the dispatch loop: ingest node events, dispatch chunks, reconcile."""
     from prometheus_client import start_http_server
 
-    from scheduler.loop import run_scheduler
+    from scheduler.dispatch.loop import run_scheduler
 
     _logging()
     stop = threading.Event()
@@ -123,8 +123,8 @@ def worker(
     """Run a render node: a Celery worker on its own queue and its pool's."""
     from prometheus_client import start_http_server
 
-    from scheduler.metrics import WORKER_REGISTRY
     from workers.meters import MeterUnavailable, count_gpus
+    from workers.metrics import WORKER_REGISTRY
     from workers.node import NodeConfig, start_worker
 
     _logging(loglevel)
@@ -174,7 +174,7 @@ def _reported() -> Iterator[None]:
 
 def _studio_service() -> StudioService:
     from scheduler.db import create_tables, make_engine
-    from scheduler.service import StudioService
+    from scheduler.usecases.jobs import StudioService
 
     settings = Settings()
     engine = make_engine(settings.effective_database_url)
@@ -251,7 +251,7 @@ def region_set(
 
     from sqlmodel import Session
 
-    from scheduler.regions import set_region
+    from scheduler.usecases.regions import set_region
 
     service = _studio_service()
     with _reported(), Session(service.engine) as session:
@@ -265,7 +265,7 @@ def region_list() -> None:
     """Every region and its figures."""
     from sqlmodel import Session
 
-    from scheduler.regions import list_regions
+    from scheduler.usecases.regions import list_regions
 
     service = _studio_service()
     with Session(service.engine) as session:
@@ -287,7 +287,7 @@ def up(
     port: Annotated[int | None, typer.Option(help="API port")] = None,
 ) -> None:
     """Run the embedded farm (own Redis, SQLite, local workers) until Ctrl-C."""
-    from scheduler.embedded import LocalFarm
+    from scheduler.launch.embedded import LocalFarm
 
     _logging()
     settings = Settings()
@@ -313,7 +313,7 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, help="local render nodes")] = 2,
 ) -> None:
     """Start the embedded farm, render a sample job with the built-in renderer, stop."""
-    from scheduler.demo import run_demo
+    from scheduler.launch.demo import run_demo
 
     _logging("WARNING")
     ok = run_demo(Settings(), frames, width, height, samples, workers, console)

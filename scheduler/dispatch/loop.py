@@ -21,14 +21,14 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
-from scheduler import metrics
-from scheduler.broker import BackgroundSender, CeleryBroker
-from scheduler.celery_app import make_celery
 from scheduler.db import create_tables, make_engine
-from scheduler.events import EventConsumer, redis_from_url
-from scheduler.leader import LeaderLock
-from scheduler.scheduling import Scheduler
+from scheduler.dispatch import metrics
+from scheduler.dispatch.leader import LeaderLock
+from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
+from scheduler.wire.broker import BackgroundSender, CeleryBroker
+from scheduler.wire.celery_app import make_celery
+from scheduler.wire.events import EventConsumer, redis_from_url
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
-from scheduler.messages import ChunkMessage, attempt_log_path, output_pattern_for
-from scheduler.progress import end_queued_chunks, refresh_job_states
+from scheduler.usecases.progress import end_queued_chunks, refresh_job_states
+from scheduler.wire.messages import ChunkMessage, attempt_log_path, output_pattern_for
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
 # and keying a statement than SQLite spends running it (see BENCHMARKS.md).

@@ -24,9 +24,9 @@ import httpx
 import redis
 
 from scheduler.db import create_tables, make_engine
-from scheduler.processes import die_with_parent, kill_groups, stop_process, wait_until
 from scheduler.settings import Settings
 from workers.meters import node_power_figures
+from workers.processes import die_with_parent, kill_groups, stop_process, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class LocalFarm:
     def _spawn(self, label: str, args: list[str], env: dict[str, str]) -> None:
         log_file = open(self.logs / f"{label}.log", "ab")  # noqa: SIM115 (closed with the child)
         child = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", *args],
+            [sys.executable, "-m", "scheduler.launch.cli", *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

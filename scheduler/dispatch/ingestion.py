@@ -20,7 +20,6 @@ from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
-from scheduler.billing import FrameBiller
 from scheduler.core.policy import (
     chunk_state_after_event,
     exceeds_failure_limit,
@@ -29,8 +28,9 @@ from scheduler.core.policy import (
 )
 from scheduler.core.states import AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
-from scheduler.messages import FrameReport, NodeReport, task_id_for
-from scheduler.progress import end_queued_chunks, refresh_job_states
+from scheduler.usecases.billing import FrameBiller
+from scheduler.usecases.progress import end_queued_chunks, refresh_job_states
+from scheduler.wire.messages import FrameReport, NodeReport, task_id_for
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,19 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from scheduler.billing import FrameBiller
-from scheduler.broker import Broker
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
-from scheduler.dispatching import CompletionRate, load_dispatch_snapshot, save_dispatch
-from scheduler.ingestion import IngestOutcome, apply_chunk_events, save_heartbeats, split_events
-from scheduler.messages import ChunkMessage
-from scheduler.reconciling import close_stale_attempts, mark_lost_nodes, requeue_unclaimed
+from scheduler.dispatch.dispatching import CompletionRate, load_dispatch_snapshot, save_dispatch
+from scheduler.dispatch.ingestion import (
+    IngestOutcome,
+    apply_chunk_events,
+    save_heartbeats,
+    split_events,
+)
+from scheduler.dispatch.reconciling import close_stale_attempts, mark_lost_nodes, requeue_unclaimed
 from scheduler.settings import Settings
+from scheduler.usecases.billing import FrameBiller
+from scheduler.wire.broker import Broker
+from scheduler.wire.messages import ChunkMessage
 
 
 class Scheduler:

@@ -21,7 +21,7 @@ from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures, bill_for
 from scheduler.db import FrameResultRow
-from scheduler.regions import add_unknown_region, load_regions
+from scheduler.usecases.regions import add_unknown_region, load_regions
 
 
 class FrameBiller:

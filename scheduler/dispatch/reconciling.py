@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from scheduler.core.policy import is_node_lost, unclaimed_to_resend
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, NodeRow
-from scheduler.messages import node_queue, pool_queue, task_id_for
+from scheduler.wire.messages import node_queue, pool_queue, task_id_for
 
 log = logging.getLogger(__name__)
 

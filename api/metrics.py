@@ -1,17 +1,18 @@
-"""Every Prometheus metric of the farm, declared once.
+"""The API process's Prometheus metrics: farm totals read from the database at scrape time.
 
-Three kinds:
+Each process declares its own metrics in one module: this one (the API's /metrics),
+scheduler/dispatch/metrics.py (the scheduler) and workers/metrics.py (a node).
 
-- *farm totals* come from the database at scrape time (``FarmCollector``, registered
+The farm's metrics are of three kinds:
+
+- *farm totals* (here) come from the database at scrape time (``FarmCollector``, registered
   by the API's /metrics), so they are right whichever process restarted and however
   many API replicas answer: frames, render time, energy, cost and CO2, chunks, jobs,
   nodes and their power. One scrape target is enough for the dashboard's core panels;
 - *scheduler metrics* (tick duration, dispatch latency, events) live in the scheduler
   and are served by ``renderfarm scheduler --metrics-port``;
-- *worker metrics* (``renderfarm_worker_*``: the node's power and metered energy, its
-  frames and their energy) live in ``WORKER_REGISTRY``, are set only in a worker's
-  main process (its energy ledger, workers/energy.py) and are served by ``renderfarm
-  worker --metrics-port``; prefork children never touch them, so no multiprocess mode.
+- *worker metrics* (``renderfarm_worker_*``) live in each node's ``WORKER_REGISTRY``
+  and are served by ``renderfarm worker --metrics-port``.
 
 Names: ``renderfarm_`` prefix, base units (seconds, joules, grams, watts), ``_total``
 counters, labels with few values (pool, region, method, state), never a job, frame
@@ -23,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -35,83 +35,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from scheduler.core.buckets import ENERGY_JOULES_BUCKETS, RENDER_SECONDS_BUCKETS
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
-
-RENDER_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-# A frame's IT energy: a few joules (a tiny test frame) to megajoules (an hour on a
-# 300 W node).
-ENERGY_JOULES_BUCKETS = (1, 5, 10, 50, 100, 500, 1e3, 5e3, 1e4, 5e4, 1e5, 5e5, 1e6, 5e6)
-
-# Scheduler process metrics.
-TICK_SECONDS = Histogram(
-    "renderfarm_scheduler_tick_seconds",
-    "Time of one scheduler loop turn: ingest, dispatch, reconcile.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-EVENTS_INGESTED = Counter(
-    "renderfarm_scheduler_events_ingested_total", "Node events that changed the farm's state."
-)
-EVENTS_IGNORED = Counter(
-    "renderfarm_scheduler_events_ignored_total",
-    "Node events ignored as duplicates or from superseded attempts.",
-)
-CHUNKS_DISPATCHED = Counter(
-    "renderfarm_scheduler_chunks_dispatched_total", "Chunk attempts sent to node queues."
-)
-DISPATCH_LATENCY = Histogram(
-    "renderfarm_dispatch_latency_seconds",
-    "Time from the scheduler sending a chunk attempt to a node starting it.",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-)
-
-# Worker metrics: set by the node's energy ledger in the worker's main process.
-WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
-_NODE = ["pool", "region"]
-WORKER_POWER = Gauge(
-    "renderfarm_worker_power_watts",
-    "IT power of this node over its last sampling interval.",
-    [*_NODE, "method"],
-    registry=WORKER_REGISTRY,
-)
-WORKER_ENERGY = Counter(
-    "renderfarm_worker_energy_joules",
-    "IT energy this node's meter measured (or its power model estimated).",
-    [*_NODE, "method"],
-    registry=WORKER_REGISTRY,
-)
-WORKER_UNATTRIBUTED = Counter(
-    "renderfarm_worker_unattributed_energy_joules",
-    "This node's energy no frame carries: idle power of unused slots, and idle time.",
-    [*_NODE, "method"],
-    registry=WORKER_REGISTRY,
-)
-WORKER_FRAMES = Counter(
-    "renderfarm_worker_frames_rendered",
-    "Frames this node rendered (an attempt that later fails is counted too).",
-    [*_NODE, "method"],
-    registry=WORKER_REGISTRY,
-)
-WORKER_FRAME_ENERGY = Histogram(
-    "renderfarm_worker_frame_energy_joules",
-    "IT energy of each frame this node rendered.",
-    [*_NODE, "method"],
-    buckets=ENERGY_JOULES_BUCKETS,
-    registry=WORKER_REGISTRY,
-)
-WORKER_FRAME_SECONDS = Histogram(
-    "renderfarm_worker_frame_render_seconds",
-    "Render time of each frame this node rendered.",
-    _NODE,
-    buckets=RENDER_SECONDS_BUCKETS,
-    registry=WORKER_REGISTRY,
-)
-WORKER_SLOTS_BUSY = Gauge(
-    "renderfarm_worker_slots_busy",
-    "Render slots of this node rendering now.",
-    _NODE,
-    registry=WORKER_REGISTRY,
-)
 
 
 class FarmCollector(Collector):

@@ -24,7 +24,6 @@ from sqlalchemy import func, insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from scheduler.billing import EnergyTotals, job_energy, usage_by_day
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
@@ -41,9 +40,10 @@ from scheduler.db import (
     Subscription,
 )
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
-from scheduler.messages import attempt_log_path
-from scheduler.progress import JobProgress, load_progress, refresh_job_states
 from scheduler.settings import Settings
+from scheduler.usecases.billing import EnergyTotals, job_energy, usage_by_day
+from scheduler.usecases.progress import JobProgress, load_progress, refresh_job_states
+from scheduler.wire.messages import attempt_log_path
 
 KEY_PREFIX = "rf_"
 

@@ -64,7 +64,7 @@ def add_unknown_region(session: Session, name: str, now: float) -> RegionFigures
             pue=UNKNOWN_REGION.pue,
             price_per_kwh=UNKNOWN_REGION.price_per_kwh,
             carbon_g_per_kwh=UNKNOWN_REGION.carbon_g_per_kwh,
-            source="not configured: conservative defaults (scheduler/regions.py)",
+            source="not configured: conservative defaults (scheduler/usecases/regions.py)",
             updated_at=now,
         )
     )
