@@ -18,6 +18,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError as BrokerError
 from kombu.utils.url import maybe_sanitize_url
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_SECONDS = 1.0
 STOP_STALE_EVERY_SECONDS = 0.2  # how soon a cancel stops the renders of a job
+# After an outage: wait 0.5 s, then twice as long after each failure, at most 10 s.
+OUTAGE_BACKOFF = ExponentialBackoff(cap=10.0, base=0.25)
 
 
 def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -46,7 +49,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     consumer = EventConsumer(settings.effective_broker_url)
     leader = LeaderLock(redis_from_url(settings.effective_broker_url), settings.leader_ttl)
     last_reconcile = last_stale = 0.0
-    backoff = 0.5
+    failures = 0  # in a row
     log.info(
         "scheduler running: broker %s, database %s",
         _safe(settings.effective_broker_url),
@@ -70,20 +73,25 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                 sent = scheduler.dispatch_tick()
                 metrics.CHUNKS_DISPATCHED.inc(len(sent))
                 metrics.TICK_SECONDS.observe(time.perf_counter() - started)
-                backoff = 0.5
+                failures = 0
             except (BrokerError, RedisError, ConnectionError, OSError) as error:
-                log.warning("broker unavailable (%s); retrying in %.1f s", error, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                failures += 1
+                _pause("broker", error, OUTAGE_BACKOFF.compute(failures), stop)
             except DatabaseError as error:
-                log.warning("database unavailable (%s); retrying in %.1f s", error, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                failures += 1
+                _pause("database", error, OUTAGE_BACKOFF.compute(failures), stop)
     finally:
         leader.release()
         broker.close()
         consumer.close()
         engine.dispose()
+
+
+def _pause(what: str, error: Exception, seconds: float, stop: threading.Event) -> None:
+    """Wait out an outage; a stop ends the wait at once (so no redis-py ``Retry``, which
+    sleeps)."""
+    log.warning("%s unavailable (%s); retrying in %.1f s", what, error, seconds)
+    stop.wait(seconds)
 
 
 def _ingest(scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str, Any]]) -> None:

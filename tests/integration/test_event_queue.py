@@ -1,0 +1,120 @@
+"""The node event queue on a real Redis: a poison batch is set aside in one step, and
+a publisher outlasts a broker that goes away and comes back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+import redis
+
+from scheduler.launch.embedded import EmbeddedRedis
+from scheduler.settings import Settings
+from scheduler.wire.events import (
+    DEAD_KEY,
+    EVENTS_KEY,
+    PROCESSING_KEY,
+    EventConsumer,
+    EventPublisher,
+)
+from tests.conftest import redis_client, wait_for
+from workers.processes import stop_process
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_batch_set_aside_is_never_in_neither_list(
+    settings: Settings, broker: redis.Redis
+) -> None:
+    """Another client watching the queue's three lists never sees a set-aside batch
+    vanish from them: it leaves the processing list and joins the dead list at once."""
+    publisher = EventPublisher(settings.effective_broker_url)
+    consumer = EventConsumer(settings.effective_broker_url)
+    watcher = redis_client(settings.effective_broker_url)
+    done = threading.Event()
+    dips: list[tuple[int, int]] = []
+
+    def watch() -> None:
+        seen = 0
+        while not done.is_set():
+            with watcher.pipeline(transaction=True) as pipe:  # one consistent view
+                for key in (EVENTS_KEY, PROCESSING_KEY, DEAD_KEY):
+                    pipe.llen(key)
+                total = sum(pipe.execute())
+            if total < seen:  # only publishing changes the total
+                dips.append((seen, total))
+            seen = total
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        rounds, size = 200, 20
+        for n in range(rounds):
+            publisher.publish({"kind": "started", "round": n, "i": i} for i in range(size))
+            assert len(consumer.fetch(size, 0.5)) == size
+            consumer.set_aside()
+    finally:
+        done.set()
+        thread.join(5)
+    assert dips == []
+    assert broker.llen(PROCESSING_KEY) == 0
+    dead = [json.loads(item) for item in broker.lrange(DEAD_KEY, 0, -1)]
+    assert [(e["round"], e["i"]) for e in dead] == [
+        (n, i) for n in range(rounds) for i in range(size)
+    ]  # in order, none lost, none twice
+    consumer.close()
+
+
+def test_a_batch_larger_than_lua_can_unpack_is_taken_whole(
+    settings: Settings, broker: redis.Redis
+) -> None:
+    """``RENDERFARM_EVENT_BATCH`` of 10,000: one script call moves them all, in order."""
+    publisher = EventPublisher(settings.effective_broker_url)
+    consumer = EventConsumer(settings.effective_broker_url)
+    publisher.publish({"kind": "started", "i": i} for i in range(10_000))
+    assert [e["i"] for e in consumer.fetch(10_000, 0.5)] == list(range(10_000))
+    assert broker.llen(PROCESSING_KEY) == 10_000 and broker.llen(EVENTS_KEY) == 0
+    consumer.ack()
+    consumer.close()
+
+
+def test_a_publisher_waits_for_the_broker_to_come_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Events published while Redis is down arrive once it is back: none is lost."""
+    caplog.set_level(logging.WARNING, "scheduler.wire.events")
+    server = EmbeddedRedis()
+    server.start()
+    try:
+        publisher = EventPublisher(server.url, max_wait=60)
+        publisher.publish([{"kind": "heartbeat", "n": 0}])  # gone with the server
+        assert server.process is not None
+        stop_process(server.process)
+        published = threading.Event()
+
+        def publish() -> None:
+            publisher.publish([{"kind": "heartbeat", "n": 1}])
+            published.set()
+
+        threading.Thread(target=publish, daemon=True).start()
+        wait_for(
+            lambda: len([r for r in caplog.records if "cannot publish" in r.message]) >= 3,
+            15,
+            "the publisher to retry",
+        )
+        assert not published.is_set()
+        server.start()  # an empty Redis on the same socket
+        wait_for(published.is_set, 15, "the publisher to get through")
+        client = redis_client(server.url)
+        assert client.lrange(EVENTS_KEY, 0, -1) == [b'{"kind":"heartbeat","n":1}']
+    finally:
+        server.stop()
+
+
+def test_a_publisher_gives_up_after_max_wait() -> None:
+    server = EmbeddedRedis()
+    server.start()
+    publisher = EventPublisher(server.url, max_wait=0.5)
+    server.stop()
+    with pytest.raises(redis.ConnectionError):
+        publisher.publish([{"kind": "heartbeat"}])
