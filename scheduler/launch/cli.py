@@ -119,6 +119,14 @@ def worker(
         int | None, typer.Option(help="serve the node's own metrics on this port")
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            envvar="RENDERFARM_WORKER_EVENTS",
+            help="send Celery task events, for Flower (they cost throughput)",
+        ),
+    ] = False,
 ) -> None:
     """Run a render node: a Celery worker on its own queue and its pool's."""
     from prometheus_client import start_http_server
@@ -154,7 +162,7 @@ def worker(
     if metrics_port:
         start_http_server(metrics_port, registry=WORKER_REGISTRY)
     try:
-        start_worker(settings, node, loglevel)
+        start_worker(settings, node, loglevel, events)
     except MeterUnavailable as error:  # --energy-meter rapl on a node without it
         console.print(f"[red]energy meter {settings.energy_meter}: {error}[/red]")
         raise typer.Exit(2) from None

@@ -1,10 +1,13 @@
 """The broker adapter the scheduler dispatches through (Celery on Redis).
 
-Chunk messages are published to their node's queue (``node.<name>``; ``pool.<name>``
-for a chunk not placed on a node) through the default exchange, so
-they land in the queue even after Redis lost its exchange bindings (a restart or
-FLUSHALL): Celery's per-connection cache of declared queues would otherwise route
-them nowhere.
+Chunk messages are published to their node's queue (``node.<name>``: the scheduler
+places every chunk on a node) through the default exchange, so they land in the
+queue even after Redis lost its exchange bindings (a restart or FLUSHALL): Celery's
+per-connection cache of declared queues would otherwise route them nowhere.
+
+Each message carries a readable ``argsrepr`` (``job 12 chunk 345 frames 1-4 attempt
+2``), which Flower and ``celery inspect active`` show for what a node renders; it also
+spares Celery a ``saferepr`` of every message.
 """
 
 from __future__ import annotations
@@ -19,9 +22,19 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import ChannelError
 
+from scheduler.core.frames import format_frame_spec
 from scheduler.wire.messages import RENDER_TASK, ChunkMessage, task_id_for
 
 log = logging.getLogger(__name__)
+
+
+def describe_chunk(message: ChunkMessage) -> str:
+    """What a message renders, for people: ``job 12 chunk 345 frames 1-4 attempt 2``."""
+    if len(message.frames) == 1:
+        frames = f"frame {message.frames[0]}"
+    else:
+        frames = f"frames {format_frame_spec(message.frames)}"
+    return f"job {message.job_id} chunk {message.chunk_id} {frames} attempt {message.attempt}"
 
 
 def queue_entity(name: str) -> Queue:
@@ -52,8 +65,7 @@ class CeleryBroker:
                     RENDER_TASK,
                     args=[message.to_dict()],
                     task_id=task_id_for(message.chunk_id, message.attempt),
-                    # Celery would otherwise saferepr() every argument for its logs.
-                    argsrepr=f"(chunk {message.chunk_id}, attempt {message.attempt})",
+                    argsrepr=describe_chunk(message),
                     kwargsrepr="{}",
                     queue=queue_entity(message.queue),
                     producer=producer,
