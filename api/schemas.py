@@ -1,97 +1,35 @@
 """Request and response bodies of the REST API (the JobCreate / JobPublic family).
 
-Requests forbid unknown fields, so a typo ("priorty") is a 422 naming the field
-instead of a silently ignored setting. Renderer settings are a union told apart by
-``kind``: an unknown renderer is a 422 that lists the known ones.
+A job's fields are declared once, on ``scheduler.usecases.jobs.JobFields``: JobCreate
+and JobPublic derive from it. Requests forbid unknown fields, so a typo ("priorty") is
+a 422 naming the field instead of a silently ignored setting. Renderer settings are a
+union told apart by ``kind``, from the registry in scheduler/wire/renderers.py: an
+unknown renderer is a 422 that lists the known ones.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState
 from scheduler.usecases.billing import EnergyTotals
-from scheduler.usecases.jobs import FrameStatus, JobDetail
+from scheduler.usecases.jobs import FrameStatus, JobDetail, JobFields, JobRequest, Priority
 
 
-class _Request(BaseModel):
+class JobCreate(JobRequest):
+    # The fields are declared once, on scheduler.usecases.jobs.JobFields; no docstring
+    # here, which would become the schema's description.
+    pass
+
+
+class JobPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class BuiltinRenderer(_Request):
-    """The built-in ray tracer: needs nothing installed on the nodes."""
-
-    kind: Literal["builtin"]
-    width: int = Field(320, ge=16, le=7680)
-    height: int = Field(180, ge=16, le=4320)
-    samples: int = Field(1, ge=1, le=64, description="rays per pixel (anti-aliasing)")
-
-
-class NoopRenderer(_Request):
-    """Renders nothing: for benchmarks and tests of the farm itself."""
-
-    kind: Literal["noop"]
-    sleep: float = Field(0.0, ge=0.0, le=3600.0, description="seconds per frame")
-
-
-RendererSpec = Annotated[BuiltinRenderer | NoopRenderer, Field(discriminator="kind")]
-
-
-class NodeRequirements(_Request):
-    """What a render node must have to render the job."""
-
-    cores: int = Field(0, ge=0, le=4096)
-    memory_gb: float = Field(0, ge=0, le=65536)
-    gpus: int = Field(0, ge=0, le=64)
-    tags: list[str] = Field(default_factory=list, max_length=32, description="all required")
-
-
-class JobCreate(_Request):
-    name: str = Field(min_length=1, max_length=200)
-    frames: str = Field(
-        min_length=1,
-        max_length=10_000,
-        description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
-        examples=["1-240"],
-    )
-    chunk_size: int = Field(1, ge=1, description="frames per chunk (one renderer command)")
-    priority: int = Field(50, ge=0, le=100, description="0 lowest, 100 highest")
-    pool: str = Field("cpu", min_length=1, max_length=64)
-    renderer: RendererSpec
-    max_attempts: int | None = Field(None, ge=1, le=100)
-    max_failed_frames: int | None = Field(
-        None, ge=1, description="stop the job once this many frames failed every attempt"
-    )
-    timeout: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600, description="render time limit per frame, seconds"
-    )
-    stall_timeout: float | None = Field(
-        None, gt=0, le=24 * 3600, description="kill a renderer silent for this many seconds"
-    )
-    limits: list[str] = Field(
-        default_factory=list,
-        max_length=16,
-        description="named farm-wide limits (licences) each chunk takes one of",
-    )
-    requirements: NodeRequirements = Field(default_factory=NodeRequirements)
-    depends_on: list[int] = Field(
-        default_factory=list, max_length=32, description="jobs of this studio to wait for"
-    )
-    dependency: DependencyMode = Field(
-        DependencyMode.JOB, description="job: start when they are done; frame: frame by frame"
-    )
-    on_dependency_failure: OnDependencyFailure = Field(
-        OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
-    )
-
-
-class JobPatch(_Request):
-    priority: int = Field(ge=0, le=100)
+    priority: Priority
 
 
 class Progress(BaseModel):
@@ -168,26 +106,17 @@ class UsagePublic(BaseModel):
     total: UsageDay | None = Field(description="all the days listed; `day` is the last one")
 
 
-class JobPublic(BaseModel):
+class JobPublic(JobFields[dict[str, Any]]):
+    # The submitted fields as stored (with the defaults the farm filled in), beside what
+    # the farm adds. Every field is in every response, so the schema requires them all.
+    model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
+
     id: int
-    name: str
     state: JobState
     message: str | None
-    frames: str
     frame_count: int
-    chunk_size: int
-    priority: int
-    pool: str
-    renderer: dict[str, Any]
     max_attempts: int
-    max_failed_frames: int | None
     timeout: float
-    stall_timeout: float | None
-    limits: list[str]
-    requirements: NodeRequirements
-    depends_on: list[int]
-    dependency: DependencyMode
-    on_dependency_failure: OnDependencyFailure
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -196,45 +125,17 @@ class JobPublic(BaseModel):
 
     @classmethod
     def of(cls, detail: JobDetail) -> JobPublic:
-        job, p = detail.job, detail.progress
-        assert job.id is not None
-        return cls(
-            id=job.id,
-            name=job.name,
-            state=JobState(job.state),
-            message=job.message,
-            frames=job.frames,
-            frame_count=job.frame_count,
-            chunk_size=job.chunk_size,
-            priority=job.priority,
-            pool=job.pool,
-            renderer={"kind": job.renderer, **job.renderer_settings},
-            max_attempts=job.max_attempts,
-            max_failed_frames=job.max_failed_frames,
-            timeout=job.timeout,
-            stall_timeout=job.stall_timeout,
-            limits=list(job.limits or ()),
-            requirements=NodeRequirements(
-                cores=job.min_cores,
-                memory_gb=job.min_memory_bytes / 2**30,
-                gpus=job.min_gpus,
-                tags=list(job.required_tags or ()),
-            ),
-            depends_on=detail.depends_on,
-            dependency=DependencyMode(job.dependency_mode),
-            on_dependency_failure=OnDependencyFailure(job.on_dependency_failure),
-            submitted_at=_time(job.submitted_at),
-            started_at=_time(job.started_at),
-            finished_at=_time(job.finished_at),
-            progress=Progress(
-                frames_total=p.frames_total,
-                frames_done=p.frames_done,
-                frames_running=p.frames_running,
-                frames_failed=p.frames_failed,
-                frames_queued=p.frames_queued,
-                frames_cancelled=p.frames_cancelled,
-            ),
-            energy=EnergyPublic.of(detail.energy, detail.currency),
+        job = detail.job
+        return cls.model_validate(
+            {
+                **JobRequest.fields_of(job),
+                "depends_on": detail.depends_on,
+                "submitted_at": _time(job.submitted_at),
+                "started_at": _time(job.started_at),
+                "finished_at": _time(job.finished_at),
+                "progress": Progress.model_validate(detail.progress, from_attributes=True),
+                "energy": EnergyPublic.of(detail.energy, detail.currency),
+            }
         )
 
 

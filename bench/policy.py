@@ -72,7 +72,6 @@ def snapshot_for(jobs: int, nodes: int, rng: random.Random) -> DispatchSnapshot:
         )  # fmt: skip
     active = {(s, "cpu"): busy // len(studios) for s in studios}
     return DispatchSnapshot(
-        {},
         candidates,
         active=active,
         weights={s: rng.uniform(1, 5) for s in studios},

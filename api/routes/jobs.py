@@ -14,7 +14,6 @@ from api.deps import ServiceDep, SettingsDep, StudioDep
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.states import JobState
 from scheduler.errors import NotFound
-from scheduler.usecases.jobs import JobRequest
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -30,32 +29,7 @@ def _id(studio: StudioDep) -> int:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def submit_job(body: JobCreate, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    renderer = body.renderer.model_dump()
-    kind = renderer.pop("kind")
-    job = service.submit_job(
-        _id(studio),
-        JobRequest(
-            name=body.name,
-            frames=body.frames,
-            chunk_size=body.chunk_size,
-            priority=body.priority,
-            pool=body.pool,
-            renderer=kind,
-            renderer_settings=renderer,
-            max_attempts=body.max_attempts,
-            max_failed_frames=body.max_failed_frames,
-            timeout=body.timeout,
-            stall_timeout=body.stall_timeout,
-            limits=tuple(body.limits),
-            depends_on=tuple(body.depends_on),
-            min_cores=body.requirements.cores,
-            min_memory_bytes=int(body.requirements.memory_gb * 2**30),
-            min_gpus=body.requirements.gpus,
-            required_tags=tuple(body.requirements.tags),
-            dependency_mode=body.dependency,
-            on_dependency_failure=body.on_dependency_failure,
-        ),
-    )
+    job = service.submit_job(_id(studio), body)
     assert job.id is not None
     return JobPublic.of(service.get_job(_id(studio), job.id))
 

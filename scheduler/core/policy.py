@@ -33,22 +33,6 @@ from scheduler.core.states import ChunkState
 
 
 @dataclass(frozen=True, slots=True)
-class PoolCapacity:
-    """Render slots of a pool's live nodes, and chunks already holding them."""
-
-    pool: str
-    live_slots: int
-    active_chunks: int  # dispatched (in the broker or a worker's hands) + running
-    buffer: int = 0
-
-    @property
-    def free(self) -> int:
-        if self.live_slots <= 0:
-            return 0
-        return max(0, self.live_slots + self.buffer - self.active_chunks)
-
-
-@dataclass(frozen=True, slots=True)
 class QueuedChunk:
     chunk_id: int
     attempts: int  # attempts made so far
@@ -71,7 +55,6 @@ class JobCandidate:
 
 @dataclass(frozen=True, slots=True)
 class DispatchSnapshot:
-    pools: Mapping[str, PoolCapacity]
     jobs: Sequence[JobCandidate]
     # Chunks dispatched or running, by (studio id, pool).
     active: Mapping[tuple[int, str], int] = field(default_factory=dict)
@@ -83,8 +66,8 @@ class DispatchSnapshot:
     # Named farm-wide limits (licences): capacity, and chunks holding one now.
     limits: Mapping[str, int] = field(default_factory=dict)
     limits_used: Mapping[str, int] = field(default_factory=dict)
-    # Live nodes with their room; when given, every chunk is placed on one of them
-    # and a pool's room is the room of its nodes.
+    # Live nodes with their room: every chunk is placed on one of them, and a pool's
+    # room is the room of its nodes (no nodes, nothing dispatches).
     nodes: Sequence[NodeView] = ()
 
 
@@ -94,8 +77,8 @@ class Assignment:
     job_id: int
     pool: str
     attempt: int  # the number of the attempt this dispatch starts (1-based)
-    studio_id: int = 0
-    node: str | None = None  # the node whose queue it goes to; None: the pool's queue
+    studio_id: int
+    node: str  # the node whose queue it goes to
 
 
 def queue_buffer(finished: int, window: float, tick: float, minimum: int, maximum: int) -> int:
@@ -129,10 +112,9 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
     """
     assignments: list[Assignment] = []
     used = dict(snapshot.limits_used)
-    placement = Placement(snapshot.nodes) if snapshot.nodes else None
+    placement = Placement(snapshot.nodes)
     for pool, studios in _studios_by_pool(snapshot).items():
-        capacity = snapshot.pools.get(pool)
-        room = placement.room(pool) if placement else (capacity.free if capacity else 0)
+        room = placement.room(pool)
         if room <= 0:
             continue
         held = {studio: snapshot.active.get((studio, pool), 0) for studio in studios}
@@ -153,12 +135,10 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
             job, chunk = picked
             if job.job_id in unplaced or not fits_limits(job.limits, snapshot.limits, used):
                 continue  # this job waits (a node, a licence); the studio's others may go
-            node = None
-            if placement is not None:
-                node = placement.place(pool, job.needs, job.avoid)
-                if node is None:
-                    unplaced.add(job.job_id)
-                    continue
+            node = placement.place(pool, job.needs, job.avoid)
+            if node is None:
+                unplaced.add(job.job_id)
+                continue
             for name in job.limits:
                 used[name] = used.get(name, 0) + 1
             assignments.append(
@@ -291,7 +271,7 @@ def unclaimed_to_resend(
     """Chunks sent but never claimed, when the broker has lost their messages.
 
     ``dispatched`` holds (chunk id, sent at) of chunks dispatched but not started. If
-    the pool's broker queue still holds messages, workers are just slow to claim
+    the node's broker queue still holds messages, workers are just slow to claim
     them; if it is empty, anything unclaimed for longer than ``after`` seconds was
     lost (a Redis restart or flush) and must be sent again as a new attempt.
     """

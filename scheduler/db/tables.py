@@ -58,6 +58,14 @@ class ApiKey(SQLModel, table=True):
 
 
 class JobRow(SQLModel, table=True):
+    """A job: what the studio submitted, and where the farm has got with it.
+
+    The submitted fields are declared, documented and validated once, on
+    ``scheduler.usecases.jobs.JobFields``; ``JobRequest.columns`` fills these columns
+    from them (a column named like a field takes its value) and ``JobRequest.fields_of``
+    reads them back.
+    """
+
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_studio_state", "studio_id", "state"),)
 
@@ -72,16 +80,16 @@ class JobRow(SQLModel, table=True):
     renderer: str = Field(max_length=32)
     renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     max_attempts: int
-    max_failed_frames: int | None = None  # the job stops once this many frames failed
-    limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # each chunk takes one
-    min_cores: int = 0  # what a node must have to render the job
+    max_failed_frames: int | None = None
+    limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # sorted
+    min_cores: int = 0  # requirements.*: what a node must have
     min_memory_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     min_gpus: int = 0
-    required_tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    dependency_mode: str = Field("job", max_length=8)  # job | frame
+    required_tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # sorted
+    dependency_mode: str = Field("job", max_length=8)  # the field "dependency": job | frame
     on_dependency_failure: str = Field("wait", max_length=8)  # wait | fail
-    timeout: float  # render time limit per frame, seconds
-    stall_timeout: float | None = None  # longest silence allowed from the renderer, seconds
+    timeout: float  # the job's, or the farm's default
+    stall_timeout: float | None = None
     state: str = Field(index=True, max_length=16)
     message: str | None = None
     suspended: bool = False

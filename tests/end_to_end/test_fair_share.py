@@ -51,7 +51,10 @@ def test_weights_one_and_three_share_four_slots(
     jobs = {}
     for studio in (light, heavy):
         assert studio.id is not None
-        request = JobRequest("contest", "1-200", 1, 50, "cpu", "noop", {"sleep": FRAME_SECONDS})
+        renderer = {"kind": "noop", "sleep": FRAME_SECONDS}
+        request = JobRequest.model_validate(
+            {"name": "contest", "frames": "1-200", "renderer": renderer}
+        )
         job = service.submit_job(studio.id, request)
         assert job.id is not None
         jobs[studio.name] = (studio.id, job.id)

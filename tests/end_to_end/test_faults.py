@@ -31,10 +31,9 @@ def submit(
     studio: tuple[StudioService, int], frames: str, width: int = 320, samples: int = 1
 ) -> int:
     service, studio_id = studio
-    settings = {"width": width, "height": width * 9 // 16, "samples": samples}
-    job = service.submit_job(
-        studio_id, JobRequest("fault", frames, 1, 50, "cpu", "builtin", settings)
-    )
+    renderer = {"kind": "builtin", "width": width, "height": width * 9 // 16, "samples": samples}
+    request = JobRequest.model_validate({"name": "fault", "frames": frames, "renderer": renderer})
+    job = service.submit_job(studio_id, request)
     assert job.id is not None
     return job.id
 

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.core.fairshare import PoolTerms, StudioShare, TurnOrder, next_studio
+from scheduler.core.placement import NodeView
 from scheduler.core.policy import (
     DispatchSnapshot,
     JobCandidate,
-    PoolCapacity,
     QueuedChunk,
     passes_after,
     plan_dispatch,
@@ -54,15 +54,20 @@ def backlog(studio: int, first_id: int, n: int, priority: int = 50) -> JobCandid
     return JobCandidate(first_id, studio, priority, "cpu", chunks)
 
 
+def cpu(room: int) -> list[NodeView]:
+    """The "cpu" pool as one node with this much room (slots + buffer - chunks held)."""
+    return [NodeView("cpu-1", "cpu", room)]
+
+
 def test_a_studio_alone_takes_the_whole_pool() -> None:
-    snapshot = DispatchSnapshot({"cpu": PoolCapacity("cpu", 8, 0)}, [backlog(A, 100, 20)])
+    snapshot = DispatchSnapshot([backlog(A, 100, 20)], nodes=cpu(8))
     assert len(plan_dispatch(snapshot, 0.0)) == 8
 
 
 def test_free_slots_are_shared_by_weight() -> None:
     snapshot = DispatchSnapshot(
-        {"cpu": PoolCapacity("cpu", 8, 0)},
         [backlog(A, 100, 20), backlog(B, 200, 20)],
+        nodes=cpu(8),
         weights={B: 3},
     )
     studios = Counter(a.job_id for a in plan_dispatch(snapshot, 0.0))
@@ -71,8 +76,8 @@ def test_free_slots_are_shared_by_weight() -> None:
 
 def test_running_chunks_count_towards_the_share() -> None:
     snapshot = DispatchSnapshot(
-        {"cpu": PoolCapacity("cpu", 4, 3)},  # one slot free
         [backlog(A, 100, 5), backlog(B, 200, 5)],
+        nodes=cpu(4 - 3),  # one slot free
         active={(A, "cpu"): 3},
     )
     assert [a.job_id for a in plan_dispatch(snapshot, 0.0)] == [200]
@@ -80,8 +85,8 @@ def test_running_chunks_count_towards_the_share() -> None:
 
 def test_minimum_is_served_first_and_maximum_never_exceeded() -> None:
     snapshot = DispatchSnapshot(
-        {"cpu": PoolCapacity("cpu", 10, 0)},
         [backlog(A, 100, 20), backlog(B, 200, 20), backlog(C, 300, 20)],
+        nodes=cpu(10),
         weights={A: 10, C: 0.1},
         terms={(A, "cpu"): PoolTerms(maximum=2), (C, "cpu"): PoolTerms(minimum=5)},
     )
@@ -91,10 +96,7 @@ def test_minimum_is_served_first_and_maximum_never_exceeded() -> None:
 
 
 def test_within_a_studio_priority_then_submission_order() -> None:
-    snapshot = DispatchSnapshot(
-        {"cpu": PoolCapacity("cpu", 3, 0)},
-        [backlog(A, 100, 5), backlog(A, 200, 5, priority=90)],
-    )
+    snapshot = DispatchSnapshot([backlog(A, 100, 5), backlog(A, 200, 5, priority=90)], nodes=cpu(3))
     assert [a.job_id for a in plan_dispatch(snapshot, 0.0)] == [200, 200, 200]
 
 
@@ -112,8 +114,8 @@ def test_weights_one_and_three_share_four_slots_over_many_ticks() -> None:
             for s in (A, B)
         ]
         snapshot = DispatchSnapshot(
-            {"cpu": PoolCapacity("cpu", 4, len(running))},
             jobs,
+            nodes=cpu(4 - len(running)),
             active={(s, "cpu"): held[s] for s in (A, B)},
             weights={B: 3},
         )
@@ -147,8 +149,8 @@ def test_a_queue_beyond_the_slots_keeps_the_running_share_by_weight() -> None:
             for s in (A, B)
         ]
         snapshot = DispatchSnapshot(
-            {"cpu": PoolCapacity("cpu", 4, len(running) + len(queue), buffer=2)},
             jobs,
+            nodes=cpu(4 + 2 - len(running) - len(queue)),  # a buffer of 2
             active={(s, "cpu"): held[s] for s in (A, B)},
             weights={B: 3},
             passes=passes,

@@ -41,8 +41,6 @@ def test_requirements_and_blocklists() -> None:
 def test_a_job_no_node_can_take_now_does_not_hold_up_the_others() -> None:
     picky = JobCandidate(1, 1, 90, "cpu", tuple(QueuedChunk(c, 0) for c in (10, 11)), needs=GPU)
     plain = JobCandidate(2, 1, 10, "cpu", tuple(QueuedChunk(c, 0) for c in (20, 21, 22)))
-    snapshot = DispatchSnapshot(
-        {}, [picky, plain], nodes=[node("cpu-1", 2), node("gpu-1", 1, gpus=1)]
-    )
+    snapshot = DispatchSnapshot([picky, plain], nodes=[node("cpu-1", 2), node("gpu-1", 1, gpus=1)])
     plan = plan_dispatch(snapshot, 0.0)
     assert [(a.chunk_id, a.node) for a in plan] == [(10, "gpu-1"), (20, "cpu-1"), (21, "cpu-1")]

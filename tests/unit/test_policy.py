@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
+from scheduler.core.placement import NodeView
 from scheduler.core.policy import (
     Assignment,
     DispatchSnapshot,
     JobCandidate,
-    PoolCapacity,
     QueuedChunk,
     accepts_event,
     chunk_state_after_failure,
@@ -30,10 +30,9 @@ def job(job_id: int, priority: int, chunks: list[int], pool: str = "cpu") -> Job
     return JobCandidate(job_id, 1, priority, pool, tuple(QueuedChunk(c, 0) for c in chunks))
 
 
-def snapshot(jobs: list[JobCandidate], **pools: tuple[int, int]) -> DispatchSnapshot:
-    return DispatchSnapshot(
-        {name: PoolCapacity(name, slots, active) for name, (slots, active) in pools.items()}, jobs
-    )
+def snapshot(jobs: list[JobCandidate], **pools: int) -> DispatchSnapshot:
+    """Each pool one node, with this much room."""
+    return DispatchSnapshot(jobs, nodes=[NodeView(f"{p}-1", p, room) for p, room in pools.items()])
 
 
 def chunk_ids(assignments: list[Assignment]) -> list[int]:
@@ -42,51 +41,47 @@ def chunk_ids(assignments: list[Assignment]) -> list[int]:
 
 def test_higher_priority_first_then_older_submission() -> None:
     plan = plan_dispatch(
-        snapshot([job(1, 50, [10, 11]), job(2, 90, [20, 21]), job(3, 50, [30])], cpu=(3, 0)), 0.0
+        snapshot([job(1, 50, [10, 11]), job(2, 90, [20, 21]), job(3, 50, [30])], cpu=3), 0.0
     )
     assert chunk_ids(plan) == [20, 21, 10]
 
 
-def test_only_free_slots_are_filled() -> None:
-    plan = plan_dispatch(snapshot([job(1, 50, [1, 2, 3, 4])], cpu=(4, 3)), 0.0)
-    assert chunk_ids(plan) == [1]
+def test_only_the_room_of_the_nodes_is_filled() -> None:
+    nodes = [NodeView("cpu-1", "cpu", 1), NodeView("cpu-2", "cpu", 0), NodeView("cpu-3", "cpu", -2)]
+    plan = plan_dispatch(DispatchSnapshot([job(1, 50, [1, 2, 3, 4])], nodes=nodes), 0.0)
+    assert [(a.chunk_id, a.node) for a in plan] == [(1, "cpu-1")]
 
 
-def test_buffer_keeps_a_few_messages_beyond_free_slots() -> None:
-    pools = {"cpu": PoolCapacity("cpu", live_slots=2, active_chunks=0, buffer=2)}
-    plan = plan_dispatch(DispatchSnapshot(pools, [job(1, 50, [1, 2, 3, 4, 5, 6])]), 0.0)
-    assert chunk_ids(plan) == [1, 2, 3, 4]
-
-
-def test_a_pool_without_live_nodes_gets_nothing_even_with_a_buffer() -> None:
-    pools = {"cpu": PoolCapacity("cpu", live_slots=0, active_chunks=0, buffer=5)}
-    assert plan_dispatch(DispatchSnapshot(pools, [job(1, 50, [1])]), 0.0) == []
+def test_a_pool_without_live_nodes_gets_nothing() -> None:
+    assert plan_dispatch(DispatchSnapshot([job(1, 50, [1])]), 0.0) == []
 
 
 def test_pools_fill_independently() -> None:
     plan = plan_dispatch(
-        snapshot([job(1, 90, [1, 2, 3], "gpu"), job(2, 10, [4, 5], "cpu")], cpu=(1, 0), gpu=(2, 0)),
+        snapshot([job(1, 90, [1, 2, 3], "gpu"), job(2, 10, [4, 5], "cpu")], cpu=1, gpu=2),
         0.0,
     )
     assert {(a.pool, a.chunk_id) for a in plan} == {("gpu", 1), ("gpu", 2), ("cpu", 4)}
 
 
 def test_unknown_pool_gets_nothing() -> None:
-    assert plan_dispatch(snapshot([job(1, 50, [1], "houdini")], cpu=(4, 0)), 0.0) == []
+    assert plan_dispatch(snapshot([job(1, 50, [1], "houdini")], cpu=4), 0.0) == []
 
 
 def test_attempt_numbers_follow_attempts_made() -> None:
     candidate = JobCandidate(1, 1, 50, "cpu", (QueuedChunk(7, attempts=2),))
-    (assignment,) = plan_dispatch(snapshot([candidate], cpu=(1, 0)), 0.0)
-    assert assignment == Assignment(chunk_id=7, job_id=1, pool="cpu", attempt=3, studio_id=1)
+    (assignment,) = plan_dispatch(snapshot([candidate], cpu=1), 0.0)
+    assert assignment == Assignment(
+        chunk_id=7, job_id=1, pool="cpu", attempt=3, studio_id=1, node="cpu-1"
+    )
 
 
 def test_a_retry_waits_for_its_time() -> None:
     candidate = JobCandidate(
         1, 1, 50, "cpu", (QueuedChunk(1, 1, not_before=100.0), QueuedChunk(2, 0))
     )
-    assert chunk_ids(plan_dispatch(snapshot([candidate], cpu=(2, 0)), 50.0)) == [2]
-    assert chunk_ids(plan_dispatch(snapshot([candidate], cpu=(2, 0)), 100.5)) == [1, 2]
+    assert chunk_ids(plan_dispatch(snapshot([candidate], cpu=2), 50.0)) == [2]
+    assert chunk_ids(plan_dispatch(snapshot([candidate], cpu=2), 100.5)) == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -176,8 +171,8 @@ def test_named_limits_are_never_exceeded() -> None:
                             limits=("houdini",))  # fmt: skip
     free = JobCandidate(2, 1, 10, "cpu", tuple(QueuedChunk(c, 0) for c in range(20, 26)))
     snapshot = DispatchSnapshot(
-        {"cpu": PoolCapacity("cpu", 6, 0)},
         [licensed, free],
+        nodes=[NodeView("cpu-1", "cpu", 6)],
         limits={"houdini": 3},
         limits_used={"houdini": 1},  # one licence is held by a render already running
     )

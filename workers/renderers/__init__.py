@@ -1,4 +1,9 @@
-"""Renderers a node can run, by the name a job gives in ``renderer.kind``.
+"""This node's implementations of the renderers in scheduler/wire/renderers.py, by kind.
+
+Each implementation names the settings model it renders (``model``), so the kinds a
+node has come from the registry's models, and it reads a chunk's settings with that
+model: defaults and ranges are the ones the API checked. A kind this node lacks is
+refused with ``unknown_renderer``, the words the API uses for a kind it does not know.
 
 Two shapes:
 
@@ -16,26 +21,34 @@ from pathlib import Path
 from typing import Protocol
 
 from scheduler.wire.messages import ChunkMessage, FrameReport
-from workers.renderers.noop import NoopRenderer
+from scheduler.wire.renderers import BuiltinRenderer, RendererSettings, kind_of, unknown_renderer
+from workers.renderers.noop import NoopRender
 
 
 class ProcessRenderer(Protocol):
+    @property
+    def model(self) -> type[RendererSettings]: ...
+
     writes_frames: bool
 
     def argv(self, message: ChunkMessage, storage: Path) -> list[str]: ...
 
 
 class InProcessRenderer(Protocol):
+    @property
+    def model(self) -> type[RendererSettings]: ...
+
     def render(self, message: ChunkMessage, storage: Path) -> list[FrameReport]: ...
 
 
-class BuiltinRenderer:
-    """The numpy ray tracer in ``workers.renderers.builtin``."""
+class BuiltinCommand:
+    """The numpy ray tracer in ``workers.renderers.builtin``, as a child process."""
 
+    model = BuiltinRenderer
     writes_frames = True
 
     def argv(self, message: ChunkMessage, storage: Path) -> list[str]:
-        settings = message.settings
+        settings = self.model.model_validate({**message.settings, "kind": message.renderer})
         return [
             sys.executable,
             "-m",
@@ -45,22 +58,22 @@ class BuiltinRenderer:
             "--frames",
             ",".join(str(frame) for frame in message.frames),
             "--width",
-            str(int(settings.get("width", 320))),
+            str(settings.width),
             "--height",
-            str(int(settings.get("height", 180))),
+            str(settings.height),
             "--samples",
-            str(int(settings.get("samples", 1))),
+            str(settings.samples),
         ]
 
 
-RENDERERS: dict[str, ProcessRenderer | InProcessRenderer] = {
-    "builtin": BuiltinRenderer(),
-    "noop": NoopRenderer(),
+IMPLEMENTATIONS: dict[str, ProcessRenderer | InProcessRenderer] = {
+    kind_of(renderer.model): renderer for renderer in (BuiltinCommand(), NoopRender())
 }
 
 
 def renderer_for(kind: str) -> ProcessRenderer | InProcessRenderer:
+    """This node's renderer of ``kind``; ``LookupError`` in the API's words if it has none."""
     try:
-        return RENDERERS[kind]
+        return IMPLEMENTATIONS[kind]
     except KeyError:
-        raise LookupError(f"this node has no renderer {kind!r}") from None
+        raise LookupError(unknown_renderer(kind, IMPLEMENTATIONS)) from None

@@ -6,16 +6,19 @@ import time
 from pathlib import Path
 
 from scheduler.wire.messages import ChunkMessage, FrameReport
+from scheduler.wire.renderers import NoopRenderer
 
 
-class NoopRenderer:
+class NoopRender:
+    model = NoopRenderer
+
     def render(self, message: ChunkMessage, storage: Path) -> list[FrameReport]:
-        pause = float(message.settings.get("sleep", 0.0))
+        settings = self.model.model_validate({**message.settings, "kind": message.renderer})
         reports = []
         for frame in message.frames:
             wall, cpu = time.perf_counter(), time.process_time()
-            if pause:
-                time.sleep(pause)
+            if settings.sleep:
+                time.sleep(settings.sleep)
             reports.append(
                 FrameReport(
                     frame=frame,
