@@ -23,9 +23,15 @@ from celery.worker import state as worker_state
 
 from scheduler.settings import Settings
 from scheduler.wire.broker import queue_entity
-from scheduler.wire.celery_app import make_celery
+from scheduler.wire.celery_app import answer_active_readably, make_celery
 from scheduler.wire.events import EventPublisher
-from scheduler.wire.messages import RENDER_TASK, ChunkMessage, NodeReport, node_queue, pool_queue
+from scheduler.wire.messages import (
+    RENDER_TASK,
+    ChunkMessage,
+    HeartbeatEvent,
+    NodeReport,
+    node_queue,
+)
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import choose_meter, node_power_figures
 from workers.runner import install_termination_handler, run_chunk
@@ -61,10 +67,8 @@ class NodeConfig:
 
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
-    app.conf.task_queues = [
-        queue_entity(node_queue(node.name)),
-        queue_entity(pool_queue(node.pool)),
-    ]
+    answer_active_readably()  # `celery inspect active` shows "job 12 chunk 345 ..."
+    app.conf.task_queues = [queue_entity(node_queue(node.name))]
     storage = settings.storage_root
     events = EventPublisher(settings.effective_broker_url)
     server = make_ledger_server(settings, node)
@@ -128,17 +132,10 @@ class Heartbeat:
         holding = {r.id for r in list(worker_state.reserved_requests)}
         running = {r.id for r in list(worker_state.active_requests)}
         report = self.node.report(len(running), self.ledger)
-        self.events.publish(
-            [
-                {
-                    "kind": "heartbeat",
-                    "node": self.node.name,
-                    "at": time.time(),
-                    "info": report.to_dict(),
-                    "tasks": sorted(holding | running),
-                }
-            ]
+        beat = HeartbeatEvent(
+            node=self.node.name, info=report, tasks=sorted(holding | running), at=time.time()
         )
+        self.events.publish([beat.to_dict()])
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -149,8 +146,14 @@ class Heartbeat:
             self._stop.wait(self.every)
 
 
-def start_worker(settings: Settings, node: NodeConfig, loglevel: str = "INFO") -> None:
-    """Run the worker in this process until it is told to stop (blocks)."""
+def start_worker(
+    settings: Settings, node: NodeConfig, loglevel: str = "INFO", events: bool = False
+) -> None:
+    """Run the worker in this process until it is told to stop (blocks).
+
+    ``events``: send Celery task events (received, started, succeeded...) for Flower
+    and ``celery events``; off by default, as they cost throughput (BENCHMARKS.md).
+    """
     app = make_worker_app(settings, node)
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     app.worker_main(
@@ -162,5 +165,6 @@ def start_worker(settings: Settings, node: NodeConfig, loglevel: str = "INFO") -
             f"--loglevel={loglevel}",
             "--without-gossip",
             "--without-mingle",
+            *(["--task-events"] if events else []),
         ]
     )

@@ -7,8 +7,9 @@ chunk's time limit passes. Its output goes to the attempt's log in storage; line
 is measured from the kernel's accounting of waited-for children, so frames that a
 renderer does not time itself still get honest figures (the chunk's, shared evenly).
 
-``emit`` receives each event dict (see scheduler/wire/messages.py); the Celery task
-passes a function that publishes it.
+``emit`` receives each event encoded for the wire: a typed event of
+scheduler/wire/messages.py, as ``event.to_dict()``; the Celery task passes a function
+that publishes it.
 
 Energy: with a ``FrameMeter`` (the node's energy ledger, workers/energy.py) each
 frame report carries the joules the ledger attributed to it: at each frame line, what
@@ -31,13 +32,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
-from scheduler.wire.messages import ChunkMessage, FrameReport, task_id_for
+from scheduler.wire.messages import (
+    ChunkEvent,
+    ChunkMessage,
+    FailedEvent,
+    FinishedEvent,
+    FrameEvent,
+    FrameReport,
+    StartedEvent,
+    task_id_for,
+)
 from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
 Emit = Callable[[dict[str, Any]], None]
+E = TypeVar("E", bound=ChunkEvent)
 
 FRAME_LINE = re.compile(
     rb"^renderfarm-frame:\s*(-?\d+)(?:\s+seconds=([0-9.]+))?(?:\s+cpu=([0-9.]+))?"
@@ -126,18 +137,18 @@ class RenderFailed(Exception):
 
 
 def chunk_event(
-    kind: str, message: ChunkMessage, node: str, region: str = "", **fields: Any
-) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "chunk_id": message.chunk_id,
-        "attempt": message.attempt,
-        "job_id": message.job_id,
-        "node": node,
-        "region": region,
-        "at": time.time(),
+    kind: type[E], message: ChunkMessage, node: str, region: str = "", **fields: Any
+) -> E:
+    """An event of this attempt, stamped now, with the fields of its ``kind``."""
+    return kind(
+        chunk_id=message.chunk_id,
+        attempt=message.attempt,
+        job_id=message.job_id,
+        node=node,
+        region=region,
+        at=time.time(),
         **fields,
-    }
+    )
 
 
 def run_chunk(
@@ -154,7 +165,8 @@ def run_chunk(
     whichever comes first; a chunk done sooner sends only "finished", which carries
     ``started_at``. Short chunks thus cost the scheduler one event instead of two.
     """
-    notice = StartNotice(emit, chunk_event("started", message, node, region), STARTED_GRACE_SECONDS)
+    started = chunk_event(StartedEvent, message, node, region)
+    notice = StartNotice(emit, started.to_dict(), STARTED_GRACE_SECONDS)
     started_at = time.time()
     energy = AttemptMeter(meter, task_id_for(message.chunk_id, message.attempt))
     try:
@@ -164,9 +176,9 @@ def run_chunk(
         notice.settle()
         emit(
             chunk_event(
-                "failed", message, node, region, started_at=started_at, error=str(failure),
+                FailedEvent, message, node, region, started_at=started_at, error=str(failure),
                 exit_code=failure.exit_code, energy_joules=energy.spent,
-            )
+            ).to_dict()
         )  # fmt: skip
         return False
     finally:
@@ -174,9 +186,9 @@ def run_chunk(
     notice.settle()
     emit(
         chunk_event(
-            "finished", message, node, region, started_at=started_at,
-            results=[r.to_dict() for r in reports], exit_code=0,
-        )
+            FinishedEvent, message, node, region, started_at=started_at, results=reports,
+            exit_code=0,
+        ).to_dict()
     )  # fmt: skip
     return True
 
@@ -243,7 +255,10 @@ def _render_in_child(
     energy: AttemptMeter,
     region: str,
 ) -> list[FrameReport]:
-    argv = renderer.argv(message, storage)
+    try:
+        argv = renderer.argv(message, storage)
+    except ValueError as error:  # settings this node's renderer refuses (pydantic's error)
+        raise RenderFailed(f"{message.renderer} settings refused: {error}") from None
     log_path = storage / message.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -301,7 +316,7 @@ def _render_in_child(
                         cpu_seconds=cpu if cpu is not None else 0.0,
                     )
                     report = reported[frame] = energy.frame(report)
-                    emit(chunk_event("frame", message, node, region, result=report.to_dict()))
+                    emit(chunk_event(FrameEvent, message, node, region, result=report).to_dict())
                 last_mark = now
             exit_code = _wait(child, time.perf_counter() + message.timeout)
         finally:

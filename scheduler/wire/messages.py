@@ -5,30 +5,46 @@ Scheduler -> node: a ``ChunkMessage``, the only argument of the Celery task
 reads the database): chunk id, attempt number, frames, renderer and settings, the
 paths relative to the storage root, and the time limit.
 
-Node -> scheduler: events on the durable queue ``renderfarm.events``, keyed by
-(chunk id, attempt) so that ingesting one twice, or one from a superseded attempt,
-changes nothing. Kinds:
+Node -> scheduler: typed events, one class per kind, sent as JSON objects on the
+Redis list ``renderfarm:events`` (scheduler/wire/events.py). The node builds an event
+and sends ``event.to_dict()``; the scheduler reads what it fetched with
+``decode_event``. Every event carries the envelope ``{"v": 1, "kind": ...}``. Chunk
+events are keyed by (chunk id, attempt) so that ingesting one twice, or one from a
+superseded attempt, changes nothing; they all carry ``chunk_id``, ``attempt``,
+``job_id``, ``node``, the node's ``region`` (where its frames are billed) and ``at``.
 
-- ``started``   the attempt began on ``node``;
-- ``frame``     one frame is written: ``result`` = FrameReport;
-- ``finished``  the attempt succeeded: ``results`` = every frame's FrameReport;
-- ``failed``    the attempt failed: ``error``, ``exit_code``, ``energy_joules``;
+- ``started``   StartedEvent: the attempt began on ``node``;
+- ``frame``     FrameEvent: one frame is written: ``result`` = FrameReport;
+- ``finished``  FinishedEvent: the attempt succeeded: ``results`` = every frame's
+                FrameReport, ``started_at``, ``exit_code``;
+- ``failed``    FailedEvent: the attempt failed: ``error``, ``exit_code``,
+                ``energy_joules``, ``started_at``;
+- ``heartbeat`` HeartbeatEvent: a node is alive: ``info`` = NodeReport, ``tasks`` (the
+                Celery task ids it holds), ``at`` (no chunk, no attempt).
 
-Chunk events also carry the node's ``region``, where its frames are billed.
-- ``heartbeat`` a node is alive: ``info`` = NodeReport (no chunk, no attempt).
+Versions: ``decode_event`` reads v1 (and an event without ``"v"``, the format nodes
+sent before events were versioned, which v1 kept field for field). Anything else
+raises ``EventError``, whose message says what is wrong (an unknown kind, another
+version: "the node speaks v2, this scheduler v1", a missing or mistyped field), so a
+node and a scheduler of different versions fail loudly instead of misreading each
+other. Fields this version does not know are ignored: adding an optional field needs
+no new version; changing or removing one does. A malformed frame report inside a
+``finished`` event is left out (logged), not the whole event: the scheduler then
+fails the attempt, since frames without a result would never be rendered. An
+impossible energy figure (negative, not finite, not a number) is dropped, not the
+frame.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 RENDER_TASK = "renderfarm.render_chunk"
-EVENTS_QUEUE = "renderfarm.events"
-
-
-def pool_queue(pool: str) -> str:
-    return f"pool.{pool}"
 
 
 def node_queue(node: str) -> str:
@@ -61,11 +77,14 @@ class ChunkMessage:
     log_path: str  # relative to storage
     timeout: float  # render time limit per frame, seconds
     stall_timeout: float | None = None  # longest silence (no output) allowed, seconds
-    node: str | None = None  # the node it was placed on; None: any node of the pool
+    node: str | None = None  # the node it was placed on (None: not placed, not sent)
 
     @property
     def queue(self) -> str:
-        return node_queue(self.node) if self.node else pool_queue(self.pool)
+        """The queue of the node the chunk was placed on: chunks go to no other queue."""
+        if self.node is None:
+            raise ValueError(f"chunk {self.chunk_id} was placed on no node, so it has no queue")
+        return node_queue(self.node)
 
     def output_for(self, frame: int) -> str:
         return self.output_pattern.replace("{frame}", f"{frame:06d}")
@@ -116,3 +135,263 @@ class NodeReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeReport:
         return cls(**data)
+
+
+EVENT_VERSION = 1
+
+log = logging.getLogger(__name__)
+_REQUIRED: Any = object()  # the default of a field that must be there
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    FRAME = "frame"
+    FINISHED = "finished"
+    FAILED = "failed"
+    HEARTBEAT = "heartbeat"
+
+
+class EventError(ValueError):
+    """A node event this side cannot read; ``str(error)`` says what was wrong."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkEvent:
+    """What every chunk event carries: which attempt, on which node, billed where, when."""
+
+    kind: ClassVar[EventKind]
+    chunk_id: int
+    attempt: int
+    job_id: int
+    node: str
+    region: str = ""  # where the node stands: its frames are billed there
+    at: float | None = None  # when the node sent it, epoch seconds; None: when ingested
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": EVENT_VERSION, "kind": self.kind.value, **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartedEvent(ChunkEvent):
+    kind: ClassVar[EventKind] = EventKind.STARTED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrameEvent(ChunkEvent):
+    kind: ClassVar[EventKind] = EventKind.FRAME
+    result: FrameReport
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishedEvent(ChunkEvent):
+    kind: ClassVar[EventKind] = EventKind.FINISHED
+    results: list[FrameReport]  # every frame of the chunk
+    started_at: float | None = None  # a chunk done before "started" was due sends none
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedEvent(ChunkEvent):
+    kind: ClassVar[EventKind] = EventKind.FAILED
+    error: str
+    exit_code: int | None = None  # None: the renderer did not exit by itself
+    energy_joules: float | None = None  # IT energy the attempt used; None: unmetered
+    started_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatEvent:
+    kind: ClassVar[EventKind] = EventKind.HEARTBEAT
+    node: str
+    info: NodeReport
+    # Celery task ids of the attempts the node holds; None: it did not say, and the
+    # scheduler then requeues nothing of it.
+    tasks: list[str] | None = None
+    at: float | None = None  # when the node sent it, epoch seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": EVENT_VERSION, "kind": self.kind.value, **asdict(self)}
+
+
+NodeEvent = StartedEvent | FrameEvent | FinishedEvent | FailedEvent | HeartbeatEvent
+
+
+def decode_event(data: Any) -> NodeEvent:
+    """The typed event of a JSON object a node sent; ``EventError`` if it is not one."""
+    if not isinstance(data, dict):
+        raise EventError(f"an event is a JSON object, not {data!r:.80}")
+    version = data.get("v", EVENT_VERSION)
+    if not _is_int(version):
+        raise EventError(f"the event's version 'v' must be an integer, not {version!r:.80}")
+    if version != EVENT_VERSION:
+        raise EventError(
+            f"unsupported event version: the node speaks v{version}, "
+            f"this scheduler v{EVENT_VERSION}"
+        )
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in _READERS:
+        known = ", ".join(k.value for k in EventKind)
+        raise EventError(f"unknown event kind {kind!r:.80} (v{version} knows {known})")
+    return _READERS[EventKind(kind)](data, f"{kind} event")
+
+
+def _read_started(data: Mapping[str, Any], where: str) -> StartedEvent:
+    return StartedEvent(**_chunk_fields(data, where))
+
+
+def _read_frame(data: Mapping[str, Any], where: str) -> FrameEvent:
+    result = _read_report(_field(data, "result", where, _is_object, "an object"), where)
+    return FrameEvent(**_chunk_fields(data, where), result=result)
+
+
+def _read_finished(data: Mapping[str, Any], where: str) -> FinishedEvent:
+    fields = _chunk_fields(data, where)
+    results = []
+    for i, payload in enumerate(_field(data, "results", where, _is_list, "a list")):
+        try:
+            results.append(_read_report(payload, f"{where}: results[{i}]"))
+        except EventError as error:
+            # The event stands: the scheduler fails the attempt for the frames it lacks.
+            log.error("chunk %s attempt %s: ignoring a malformed frame report: %s",
+                      fields["chunk_id"], fields["attempt"], error)  # fmt: skip
+    return FinishedEvent(
+        **fields,
+        results=results,
+        started_at=_field(data, "started_at", where, _is_number, "a number", None, True),
+        exit_code=_field(data, "exit_code", where, _is_int, "an integer", None, True),
+    )
+
+
+def _read_failed(data: Mapping[str, Any], where: str) -> FailedEvent:
+    return FailedEvent(
+        **_chunk_fields(data, where),
+        error=_field(data, "error", where, _is_str, "a string"),
+        exit_code=_field(data, "exit_code", where, _is_int, "an integer", None, True),
+        energy_joules=_energy(data, where),
+        started_at=_field(data, "started_at", where, _is_number, "a number", None, True),
+    )
+
+
+def _read_heartbeat(data: Mapping[str, Any], where: str) -> HeartbeatEvent:
+    info = _field(data, "info", where, _is_object, "an object")
+    return HeartbeatEvent(
+        node=_field(data, "node", where, _is_str, "a string"),
+        info=_read_node_report(info, f"{where}: info"),
+        tasks=_field(data, "tasks", where, _is_str_list, "a list of strings", None, True),
+        at=_field(data, "at", where, _is_number, "a number", None, True),
+    )
+
+
+_READERS: dict[EventKind, Callable[[Mapping[str, Any], str], NodeEvent]] = {
+    EventKind.STARTED: _read_started,
+    EventKind.FRAME: _read_frame,
+    EventKind.FINISHED: _read_finished,
+    EventKind.FAILED: _read_failed,
+    EventKind.HEARTBEAT: _read_heartbeat,
+}
+
+
+def _chunk_fields(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    fields = {
+        "chunk_id": _field(data, "chunk_id", where, _is_int, "an integer"),
+        "attempt": _field(data, "attempt", where, _is_int, "an integer"),
+        "job_id": _field(data, "job_id", where, _is_int, "an integer"),
+        "node": _field(data, "node", where, _is_str, "a string"),
+        "region": _field(data, "region", where, _is_str, "a string", "", True) or "",
+        "at": _field(data, "at", where, _is_number, "a number", None, True),
+    }
+    if fields["chunk_id"] < 0 or fields["attempt"] < 1:
+        raise EventError(
+            f"{where}: no such attempt: chunk {fields['chunk_id']}, attempt {fields['attempt']}"
+        )
+    return fields
+
+
+def _read_report(data: Any, where: str) -> FrameReport:
+    if not isinstance(data, dict):
+        raise EventError(f"{where}: a frame report is a JSON object, not {data!r:.80}")
+    return FrameReport(
+        frame=_field(data, "frame", where, _is_int, "an integer"),
+        output=_field(data, "output", where, _is_str, "a string or null", nullable=True),
+        render_seconds=_field(data, "render_seconds", where, _is_number, "a number"),
+        cpu_seconds=_field(data, "cpu_seconds", where, _is_number, "a number"),
+        energy_joules=_energy(data, where),
+        energy_method=_field(data, "energy_method", where, _is_str, "a string", None, True),
+    )
+
+
+def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
+    def count(name: str, default: Any = _REQUIRED) -> Any:
+        return _field(data, name, where, _is_int, "an integer", default)
+
+    return NodeReport(
+        name=_field(data, "name", where, _is_str, "a string"),
+        pool=_field(data, "pool", where, _is_str, "a string"),
+        hostname=_field(data, "hostname", where, _is_str, "a string"),
+        slots=count("slots"),
+        running=count("running"),
+        cores=count("cores"),
+        memory_bytes=count("memory_bytes"),
+        gpus=count("gpus", 0),
+        tags=_field(data, "tags", where, _is_str_list, "a list of strings", []),
+        region=_field(data, "region", where, _is_str, "a string", ""),
+        energy_method=_field(data, "energy_method", where, _is_str, "a string", None, True),
+        power_watts=_field(data, "power_watts", where, _is_number, "a number", 0.0),
+    )
+
+
+def _field(
+    data: Mapping[str, Any],
+    name: str,
+    where: str,
+    check: Callable[[Any], bool],
+    what: str,
+    default: Any = _REQUIRED,
+    nullable: bool = False,
+) -> Any:
+    """``data[name]`` if ``check`` passes; ``default`` if absent; else ``EventError``."""
+    if name not in data:
+        if default is _REQUIRED:
+            raise EventError(f"{where}: field {name!r} is missing")
+        return default
+    value = data[name]
+    if value is None and nullable:
+        return None
+    if not check(value):
+        raise EventError(f"{where}: field {name!r} must be {what}, not {value!r:.80}")
+    return value
+
+
+def _energy(data: Mapping[str, Any], where: str) -> float | None:
+    """Joules, or None: a figure no meter can give is dropped (logged), not the event."""
+    value = data.get("energy_joules")
+    if value is None:
+        return None
+    if _is_number(value) and value >= 0:
+        return float(value)
+    log.error("%s: ignoring an impossible energy figure %r", where, value)
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)

@@ -1,5 +1,6 @@
 """Fixtures of the integration tests that drive the scheduler's use cases directly:
-a settable clock, a recording broker, and helpers that write node events."""
+a settable clock, a recording broker, and helpers that write node events: typed
+events of scheduler/wire/messages.py, encoded as a node sends them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,21 @@ from sqlmodel import Session, select
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import JobRequest, StudioService
-from scheduler.wire.messages import ChunkMessage, NodeReport
+from scheduler.wire.messages import (
+    ChunkEvent,
+    ChunkMessage,
+    FailedEvent,
+    FinishedEvent,
+    FrameEvent,
+    FrameReport,
+    HeartbeatEvent,
+    NodeReport,
+    StartedEvent,
+)
+
+CHUNK_EVENTS: dict[str, type[ChunkEvent]] = {
+    cls.kind: cls for cls in (StartedEvent, FrameEvent, FinishedEvent, FailedEvent)
+}
 
 
 class Clock:
@@ -61,15 +76,8 @@ def studio_id(studios: StudioService) -> int:
 
 
 def submit(studios: StudioService, studio_id: int, frames: str = "1-20", **extra: Any) -> int:
-    request = JobRequest(
-        name="shot",
-        frames=frames,
-        chunk_size=extra.pop("chunk_size", 1),
-        priority=extra.pop("priority", 50),
-        pool="cpu",
-        renderer="noop",
-        renderer_settings={},
-        **extra,
+    request = JobRequest.model_validate(
+        {"name": "shot", "frames": frames, "pool": "cpu", "renderer": {"kind": "noop"}, **extra}
     )
     job = studios.submit_job(studio_id, request)
     assert job.id is not None
@@ -82,24 +90,23 @@ def heartbeat(
     info = NodeReport(
         name, "cpu", "host", slots, running, **{"cores": 8, "memory_bytes": 2**34, **hardware}
     )
-    return {"kind": "heartbeat", "node": name, "info": info.to_dict()}
+    return HeartbeatEvent(node=name, info=info).to_dict()
 
 
 def event(kind: str, message: ChunkMessage, node: str = "node-a", **fields: Any) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "chunk_id": message.chunk_id,
-        "attempt": message.attempt,
-        "node": node,
+    """The ``kind`` event of the message's attempt, with ``fields`` of that kind."""
+    typed = CHUNK_EVENTS[kind](
+        chunk_id=message.chunk_id,
+        attempt=message.attempt,
+        job_id=message.job_id,
+        node=node,
         **fields,
-    }
+    )
+    return typed.to_dict()
 
 
 def finished(message: ChunkMessage, node: str = "node-a") -> dict[str, Any]:
-    results = [
-        {"frame": f, "output": None, "render_seconds": 1.5, "cpu_seconds": 1.2}
-        for f in message.frames
-    ]
+    results = [FrameReport(f, None, render_seconds=1.5, cpu_seconds=1.2) for f in message.frames]
     return event("finished", message, node, results=results)
 
 

@@ -21,7 +21,7 @@ from scheduler.errors import InvalidRequest
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.regions import UNKNOWN_REGION, set_region
-from scheduler.wire.messages import ChunkMessage
+from scheduler.wire.messages import ChunkMessage, FrameReport
 from tests.conftest import farm_env
 from tests.integration.conftest import Clock, RecordingBroker, event, heartbeat, rows, submit
 
@@ -30,11 +30,9 @@ pytestmark = pytest.mark.integration
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
-def report(frame: int, joules: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "frame": frame, "output": None, "render_seconds": 2.0, "cpu_seconds": 1.8,
-        "energy_joules": joules, "energy_method": "rapl", **extra,
-    }  # fmt: skip
+def report(frame: int, joules: Any) -> FrameReport:
+    """A frame's report; ``joules`` may be any JSON value, as a faulty node may send."""
+    return FrameReport(frame, None, 2.0, 1.8, energy_joules=joules, energy_method="rapl")
 
 
 def sent(scheduler: Scheduler, broker: RecordingBroker, slots: int = 4) -> list[ChunkMessage]:

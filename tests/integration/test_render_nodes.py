@@ -16,7 +16,7 @@ from scheduler.db import AttemptRow, FrameResultRow
 from scheduler.dispatch.loop import run_scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import JobRequest, StudioService
-from scheduler.wire.messages import ChunkMessage
+from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
 from tests.conftest import Processes, renderers_running, wait_for
 from workers.runner import run_chunk
 
@@ -46,7 +46,14 @@ def test_two_nodes_render_a_job(
     wait_for(lambda: len(service.list_nodes()) == 2, 60, "both nodes to report")
     job = service.submit_job(
         studio_id,
-        JobRequest("turntable", "1-8", 2, 50, "cpu", "builtin", {"width": 48, "height": 32}),
+        JobRequest.model_validate(
+            {
+                "name": "turntable",
+                "frames": "1-8",
+                "chunk_size": 2,
+                "renderer": {"kind": "builtin", "width": 48, "height": 32},
+            }
+        ),
     )
     assert job.id is not None
     done = wait_for(
@@ -99,12 +106,17 @@ def test_a_render_past_its_limits_is_killed_with_its_renderer(
     wait_for(lambda: service.list_nodes(), 60, "the node to report")
     job = service.submit_job(
         studio_id,
-        JobRequest(
-            "too slow", "1-4", 4, 50, "cpu", "builtin",
-            {"width": 1920, "height": 1080, "samples": 4},
-            max_attempts=1, **limits,
+        JobRequest.model_validate(
+            {
+                "name": "too slow",
+                "frames": "1-4",
+                "chunk_size": 4,
+                "renderer": {"kind": "builtin", "width": 1920, "height": 1080, "samples": 4},
+                "max_attempts": 1,
+                **limits,
+            }
         ),
-    )  # fmt: skip
+    )
     assert job.id is not None
     wait_for(lambda: renderers_running(job.id), 30, "the renderer to start")
     failed = wait_for(
@@ -134,9 +146,12 @@ def test_runner_reports_frames_and_failures(tmp_path: Path) -> None:
     )
     assert run_chunk(message, tmp_path, "node", events.append)
     assert [e["kind"] for e in events] == ["started", "frame", "frame", "finished"]
+    last = decode_event(events[-1])  # as the scheduler reads it
+    assert isinstance(last, FinishedEvent) and [r.frame for r in last.results] == [3, 4]
     assert (tmp_path / "f_000003.png").is_file() and (tmp_path / "f_000004.png").is_file()
 
     events.clear()
     unknown = ChunkMessage(**{**message.to_dict(), "renderer": "maya"})
     assert not run_chunk(unknown, tmp_path, "node", events.append)
-    assert events[-1]["kind"] == "failed" and "no renderer 'maya'" in str(events[-1]["error"])
+    failed = decode_event(events[-1])
+    assert isinstance(failed, FailedEvent) and "no renderer 'maya'" in failed.error
