@@ -1,24 +1,36 @@
-"""The job, chunk and attempt state machines and their legal transitions.
+"""The job, chunk and attempt state machines: the one truth about which moves are legal.
 
 Chunk::
 
     queued --dispatch--> dispatched --started--> running --done--> done
       ^                      |                      |
       |                      +------(failed)--------+--> failed (attempts used up)
-      +----- retry / requeue (lost message, retry, resume, operator retry) ---+
+      +-- retry after a failure, lost node, lost message -+
     queued | dispatched | running --cancel--> cancelled
+    failed | cancelled --operator retry--> queued  (only in a job the studio did not
+                                                     cancel: the farm ends the queued
+                                                     chunks of a job past its failure
+                                                     limit or whose dependency failed)
 
 Attempt: dispatched -> running -> done | failed; dispatched | running -> superseded
 (a newer attempt replaced it) or cancelled.
 
 A job's state is derived from its chunks plus two operator flags (suspended,
-cancelled); ``derive_job_state`` is the one place that decides it. Pure.
+cancelled); ``derive_job_state`` is the one place that decides it, and
+``JOB_TRANSITIONS`` says which derived changes may be stored.
+
+The state writers (``scheduler/db/transitions.py``) update only rows whose current
+state these tables let move to the target (compare-and-set), so concurrent
+transactions can never store a move the tables forbid. Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import TypeVar
+
+S = TypeVar("S", bound=StrEnum)
 
 
 class JobState(StrEnum):
@@ -79,13 +91,50 @@ CHUNK_TRANSITIONS: Mapping[ChunkState, frozenset[ChunkState]] = {
         {ChunkState.DONE, ChunkState.FAILED, ChunkState.QUEUED, ChunkState.CANCELLED}
     ),
     ChunkState.DONE: frozenset(),
-    ChunkState.FAILED: frozenset({ChunkState.QUEUED}),
-    ChunkState.CANCELLED: frozenset(),
+    ChunkState.FAILED: frozenset({ChunkState.QUEUED}),  # operator retry
+    ChunkState.CANCELLED: frozenset({ChunkState.QUEUED}),  # operator retry, job not cancelled
+}
+
+ATTEMPT_TRANSITIONS: Mapping[AttemptState, frozenset[AttemptState]] = {
+    AttemptState.DISPATCHED: frozenset(
+        {
+            AttemptState.RUNNING,
+            AttemptState.DONE,  # ended before its "started" was ingested
+            AttemptState.FAILED,
+            AttemptState.SUPERSEDED,
+            AttemptState.CANCELLED,
+        }
+    ),
+    AttemptState.RUNNING: frozenset(
+        {AttemptState.DONE, AttemptState.FAILED, AttemptState.SUPERSEDED, AttemptState.CANCELLED}
+    ),
+    AttemptState.DONE: frozenset(),
+    AttemptState.FAILED: frozenset(),
+    AttemptState.SUPERSEDED: frozenset(),
+    AttemptState.CANCELLED: frozenset(),
+}
+
+_UNFINISHED_JOB = (JobState.QUEUED, JobState.RUNNING, JobState.SUSPENDED)
+JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    # Any unfinished state to any other: a lost node takes a running job back to
+    # queued, and the last chunk may finish in the tick that dispatched it.
+    **{
+        state: frozenset(JobState) - {state}
+        for state in (JobState.QUEUED, JobState.RUNNING, JobState.SUSPENDED)
+    },
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(_UNFINISHED_JOB),  # operator retry
+    JobState.CANCELLED: frozenset(),
 }
 
 
 def can_transition(current: ChunkState, target: ChunkState) -> bool:
     return target in CHUNK_TRANSITIONS[current]
+
+
+def sources_of(table: Mapping[S, frozenset[S]], target: S) -> frozenset[S]:
+    """Every state the table lets move to ``target``."""
+    return frozenset(state for state, targets in table.items() if target in targets)
 
 
 def derive_job_state(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import Integer, bindparam, func, insert, update
+from sqlalchemy import Integer, bindparam, func
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -44,7 +45,13 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
-from scheduler.usecases.progress import end_queued_chunks, refresh_job_states
+from scheduler.db.transitions import (
+    claim_chunks,
+    end_queued_chunks,
+    lock_jobs,
+    open_attempts,
+    refresh_job_states,
+)
 from scheduler.wire.messages import ChunkMessage, attempt_log_path, output_pattern_for
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
@@ -98,30 +105,6 @@ _NEXT_QUEUED = (
     .order_by(col(ChunkRow.position))
     .limit(bindparam("wanted", type_=Integer))
 )
-_CLAIM = (
-    update(ChunkRow)
-    .where(
-        col(ChunkRow.id).in_(bindparam("ids", expanding=True)),
-        col(ChunkRow.state) == ChunkState.QUEUED,
-    )
-    .values(
-        state=ChunkState.DISPATCHED,
-        attempts=ChunkRow.attempts + 1,
-        dispatched_at=bindparam("now"),
-        started_at=None,
-        node=None,
-    )
-    .returning(
-        col(ChunkRow.id),
-        col(ChunkRow.job_id),
-        col(ChunkRow.attempts),
-        col(ChunkRow.first_frame),
-        col(ChunkRow.last_frame),
-        col(ChunkRow.step),
-    )
-)
-_INSERT_ATTEMPTS = insert(AttemptRow)
-_UPDATE_CHUNKS = update(ChunkRow)
 _DEPENDENCIES = (
     sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
     .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
@@ -187,22 +170,32 @@ class CompletionRate:
         return sum(count for _, count in recent)
 
 
+@dataclass(slots=True)
+class HeldJobs:
+    """What loading a snapshot learnt about jobs that wait: the messages that say why
+    (None: take the old reason away), and the jobs whose dependency failed, which end."""
+
+    messages: dict[int, str | None] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
 def load_dispatch_snapshot(
     session: Session,
     now: float,
     settings: DispatchSettings,
     buffer_for: Callable[[str], int],
     passes: Mapping[tuple[int, str], float],
-) -> tuple[DispatchSnapshot, dict[int, JobRow]]:
+) -> tuple[DispatchSnapshot, dict[int, JobRow], HeldJobs]:
     """Live nodes and their room, studios' shares, and the next queued chunks of the
-    jobs that may dispatch."""
+    jobs that may dispatch; and why the others wait. Reads only."""
+    held_jobs = HeldJobs()
     nodes = _live_nodes(session, now - settings.node_timeout, buffer_for)
     room: Counter[str] = Counter()
     for node in nodes:
         room[node.pool] += max(0, node.free)
     room = +room  # pools with room only
     if not room:
-        return DispatchSnapshot({}, (), nodes=nodes), {}
+        return DispatchSnapshot((), nodes=nodes), {}, held_jobs
     held: dict[tuple[int, str], int] = {
         (studio, pool): n for studio, pool, n in session.execute(_ACTIVE_BY_STUDIO)
     }
@@ -218,10 +211,10 @@ def load_dispatch_snapshot(
         if wanted <= 0:
             continue
         assert job.id is not None
-        if not _placeable(session, job, nodes):
+        if not _placeable(job, nodes, held_jobs):
             continue
         waits_for = dependencies.get(job.id)
-        if waits_for and not _gate_open(session, job, waits_for, now):
+        if waits_for and not _gate_open(job, waits_for, held_jobs):
             continue
         if waits_for and job.dependency_mode == DependencyMode.FRAME:
             queued = _frames_ready_chunks(session, job.id, waits_for, wanted, now)
@@ -244,7 +237,6 @@ def load_dispatch_snapshot(
         }
     limits, limits_used = _load_limits(session, candidates)
     snapshot = DispatchSnapshot(
-        {},
         candidates,
         active=held,
         weights=weights,
@@ -254,7 +246,7 @@ def load_dispatch_snapshot(
         limits_used=limits_used,
         nodes=nodes,
     )
-    return snapshot, {j.id: j for j in jobs if j.id is not None}
+    return snapshot, {j.id: j for j in jobs if j.id is not None}, held_jobs
 
 
 class DispatchSettings(Protocol):
@@ -291,25 +283,43 @@ def _needs(job: JobRow) -> Requirements:
     )
 
 
-def _placeable(session: Session, job: JobRow, nodes: Sequence[NodeView]) -> bool:
-    """Whether a live node of its pool can ever render the job; if not, it says so."""
+def _placeable(job: JobRow, nodes: Sequence[NodeView], held: HeldJobs) -> bool:
+    """Whether a live node of its pool can ever render the job; if not, ``held`` says why."""
     needs = _needs(job)
     if needs == NO_REQUIREMENTS or can_ever_run(nodes, job.pool, needs):
-        _say_held(session, job, NO_NODE, None)
+        _note_held(job, NO_NODE, None, held)
         return True
-    held = f"{NO_NODE} of pool {job.pool} has {needs.describe()}; it waits for one"
-    _say_held(session, job, NO_NODE, held)
+    message = f"{NO_NODE} of pool {job.pool} has {needs.describe()}; it waits for one"
+    _note_held(job, NO_NODE, message, held)
     return False
 
 
-def _say_held(session: Session, job: JobRow, reason: str, message: str | None) -> None:
-    """Show why a job is held (a message starting with ``reason``), or, once it is no
-    longer held for that reason, take that message away; other messages stay."""
+def _note_held(job: JobRow, reason: str, message: str | None, held: HeldJobs) -> None:
+    """Note why a job is held (a message starting with ``reason``), or, once it is no
+    longer held for that reason, that the message goes; other messages stay."""
     if message is None and not (job.message or "").startswith(reason):
         return
     if job.message != message:
-        job.message = message
+        assert job.id is not None
+        held.messages[job.id] = message
+
+
+def save_held_jobs(session: Session, held: HeldJobs, now: float) -> None:
+    """Write what a snapshot noted: why jobs wait; jobs whose dependency failed end
+    their queued chunks (and so fail) with the reason."""
+    if not held.messages and not held.failed:
+        return
+    jobs = lock_jobs(session, [*held.messages, *held.failed])
+    for job in jobs:
+        assert job.id is not None
+        if job.id in held.failed:
+            job.message = held.failed[job.id]
+            end_queued_chunks(session, job.id)
+        else:
+            job.message = held.messages[job.id]
         session.add(job)
+    session.flush()
+    refresh_job_states(session, [job for job in jobs if job.id in held.failed], now)
 
 
 def _blocklists(
@@ -334,11 +344,11 @@ def _dependencies(session: Session, jobs: Sequence[JobRow]) -> dict[int, dict[in
     return found
 
 
-def _gate_open(session: Session, job: JobRow, waits_for: dict[int, JobState], now: float) -> bool:
-    """Apply the dependency gate to the job: True if it may dispatch (some of) its chunks.
+def _gate_open(job: JobRow, waits_for: dict[int, JobState], held: HeldJobs) -> bool:
+    """The dependency gate: True if the job may dispatch (some of) its chunks.
 
-    A waiting job says why in its message; a job whose dependency failed, and which
-    was told to fail then, ends its queued chunks (and so fails) with the reason.
+    A waiting job's reason, and a job that must fail because its dependency failed,
+    are noted in ``held``.
     """
     decision = dependency_gate(
         waits_for,
@@ -347,12 +357,9 @@ def _gate_open(session: Session, job: JobRow, waits_for: dict[int, JobState], no
     )
     if decision.gate == Gate.FAIL:
         assert job.id is not None
-        job.message = decision.message
-        session.add(job)
-        end_queued_chunks(session, job.id)
-        refresh_job_states(session, [job], now)
+        held.failed[job.id] = decision.message or "a dependency failed"
     else:
-        _say_held(session, job, WAITING, decision.message)
+        _note_held(job, WAITING, decision.message, held)
     return decision.gate == Gate.OPEN
 
 
@@ -408,21 +415,22 @@ def save_dispatch(
     jobs: dict[int, JobRow],
     now: float,
 ) -> list[ChunkMessage]:
-    """Claim the assigned chunks, open their attempts; the messages to send."""
-    by_chunk = {a.chunk_id: a for a in assignments}
-    # Compare-and-set: a chunk cancelled since the snapshot stays cancelled.
-    claimed = session.execute(_CLAIM, {"ids": list(by_chunk), "now": now}).all()
+    """Claim the assigned chunks, open their attempts; the messages to send.
+
+    The jobs are locked first: one suspended or cancelled since the snapshot sends
+    nothing, and a chunk cancelled meanwhile is not claimed (compare-and-set).
+    """
+    locked = {job.id: job for job in lock_jobs(session, {a.job_id for a in assignments})}
+    by_chunk = {
+        a.chunk_id: a
+        for a in assignments
+        if (job := locked.get(a.job_id)) is not None and not (job.suspended or job.cancelled)
+    }
+    claimed = claim_chunks(session, {c: a.node for c, a in by_chunk.items()}, now)
     if not claimed:
         return []
-    placed = [
-        {"id": chunk_id, "node": by_chunk[chunk_id].node}
-        for chunk_id, *_ in claimed
-        if by_chunk[chunk_id].node is not None
-    ]
-    if placed:
-        session.execute(_UPDATE_CHUNKS, placed)
-    session.execute(
-        _INSERT_ATTEMPTS,
+    open_attempts(
+        session,
         [
             {
                 "chunk_id": chunk_id,
@@ -430,7 +438,6 @@ def save_dispatch(
                 "number": attempt,
                 "pool": by_chunk[chunk_id].pool,
                 "node": by_chunk[chunk_id].node,
-                "state": AttemptState.DISPATCHED,
                 "dispatched_at": now,
             }
             for chunk_id, job_id, attempt, *_ in claimed

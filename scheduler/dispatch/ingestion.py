@@ -3,23 +3,30 @@
 Whether an event counts, and what it does to its chunk, is the pure core's decision
 (``chunk_state_after_event``); this module loads the chunks, applies the decisions,
 and writes the changes in bulk: one statement per shape of change, not per row.
+
+Events arrive as the JSON objects nodes sent; ``split_events`` decodes them into the
+typed events of scheduler/wire/messages.py. One that cannot be decoded (an unknown
+kind, another version of the schema, a missing or mistyped field) is logged once
+with the reason, counted as ignored, and the rest of the batch goes on.
+
+A "finished" event must bring a valid frame report for every frame of its chunk:
+frames without one would never be rendered, so such an attempt fails instead (and
+is retried like any failure); the frames it did report validly are recorded.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import bindparam, func, insert
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from scheduler.core.frames import format_frame_spec
 from scheduler.core.policy import (
     chunk_state_after_event,
     exceeds_failure_limit,
@@ -27,22 +34,44 @@ from scheduler.core.policy import (
     vanished_attempts,
 )
 from scheduler.core.states import AttemptState, ChunkState
-from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db.transitions import (
+    ChunkChange,
+    end_queued_chunks,
+    lock_jobs,
+    lock_jobs_of_chunks,
+    refresh_job_states,
+    save_attempt_changes,
+    save_chunk_changes,
+)
+from scheduler.dispatch.reconciling import requeue
 from scheduler.usecases.billing import FrameBiller
-from scheduler.usecases.progress import end_queued_chunks, refresh_job_states
-from scheduler.wire.messages import FrameReport, NodeReport, task_id_for
+from scheduler.wire.messages import (
+    ChunkEvent,
+    EventError,
+    EventKind,
+    FailedEvent,
+    FinishedEvent,
+    FrameEvent,
+    FrameReport,
+    HeartbeatEvent,
+    StartedEvent,
+    decode_event,
+    task_id_for,
+)
 
 log = logging.getLogger(__name__)
 
 VANISHED_GRACE_SECONDS = 2.0
 _BILL_COLUMNS = ("region", "energy_method", "it_joules", "facility_joules", "cost", "co2_grams")
 RetryTiming = tuple[float, float]  # (first wait, longest wait), seconds
-CHUNK_EVENT_KINDS = frozenset({"started", "frame", "finished", "failed"})
+NO_VALID_RESULT = "the node reported no valid frame result"
 
 _CHUNKS_OF_EVENTS = sql_select(
     col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool), col(ChunkRow.state),
     col(ChunkRow.attempts), col(ChunkRow.retry_base), col(ChunkRow.dispatched_at),
-    col(JobRow.max_attempts), col(JobRow.studio_id),
+    col(JobRow.max_attempts), col(JobRow.studio_id), col(ChunkRow.first_frame),
+    col(ChunkRow.last_frame), col(ChunkRow.step),
 ).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
     col(ChunkRow.id).in_(bindparam("ids", expanding=True))
 )  # fmt: skip
@@ -53,8 +82,6 @@ _FRAMES_DONE = sql_select(
 _FAILED_FRAMES = sql_select(func.sum(ChunkRow.frame_count)).where(
     col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.FAILED
 )
-_JOBS_BY_ID = select(JobRow).where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
-_UPDATE_CHUNKS = update(ChunkRow)
 _INSERT_RESULTS = insert(FrameResultRow)
 _FRAME_TABLE = FrameResultRow.__table__  # type: ignore[attr-defined]
 _RESTATE_ENERGY = (
@@ -79,30 +106,49 @@ class IngestOutcome:
 
 def split_events(
     events: Sequence[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(chunk events, heartbeats); anything malformed is in neither."""
-    beats = [e for e in events if e.get("kind") == "heartbeat" and "info" in e]
-    return [e for e in events if _is_chunk_event(e)], beats
+) -> tuple[list[ChunkEvent], list[HeartbeatEvent]]:
+    """(chunk events, heartbeats), decoded; one that cannot be is logged and in neither."""
+    chunk_events: list[ChunkEvent] = []
+    beats: list[HeartbeatEvent] = []
+    for data in events:
+        try:
+            event = decode_event(data)
+        except EventError as error:
+            log.error("ignoring a node event: %s: %.300r", error, data)
+            continue
+        if isinstance(event, HeartbeatEvent):
+            beats.append(event)
+        else:
+            chunk_events.append(event)
+    return chunk_events, beats
 
 
 def apply_chunk_events(
     session: Session,
-    events: Sequence[dict[str, Any]],
+    events: Sequence[ChunkEvent],
     now: float,
     outcome: IngestOutcome,
     retry: RetryTiming,
     biller: FrameBiller,
 ) -> None:
-    """Apply chunk events in order; events of non-current attempts are ignored."""
-    chunk_ids = {int(e["chunk_id"]) for e in events}
+    """Apply chunk events in order; events of non-current attempts are ignored.
+
+    The jobs of the batch are locked before their chunks are read, and each chunk's
+    change is written only if the chunk is still in the state and attempt it was read
+    in (compare-and-set); a chunk that another transaction moved first keeps that
+    move, and this batch's events of it change nothing.
+    """
+    chunk_ids = {e.chunk_id for e in events}
+    lock_jobs_of_chunks(session, chunk_ids)
     chunks: dict[int, _ChunkView] = {}
     max_attempts: dict[int, int] = {}
-    for cid, job_id, pool, state, attempts, retry_base, sent, allowed, studio in session.execute(
-        _CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)}
-    ):
+    loaded = session.execute(_CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)})
+    for cid, job_id, pool, state, attempts, retry_base, sent, allowed, studio, *span in loaded:
+        first, last, step = span
         chunks[cid] = _ChunkView(
-            cid, job_id, studio, pool, ChunkState(state), attempts, retry_base, sent
-        )
+            cid, job_id, studio, pool, ChunkState(state), attempts, retry_base, sent,
+            range(first, last + 1, step), read_state=ChunkState(state),
+        )  # fmt: skip
         max_attempts[job_id] = allowed
     # (job, frame) -> (row id, attempt, IT joules) of the frames already recorded.
     done_frames: dict[tuple[int, int], tuple[int | None, int, float | None]] = {
@@ -111,17 +157,27 @@ def apply_chunk_events(
             _FRAMES_DONE, {"ids": list(chunk_ids)}
         )
     }
+    biller.load_regions(session, _billed_regions(events), now)
     restated: list[dict[str, Any]] = []  # recorded frames whose energy "finished" completes
     attempt_changes: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
     pending: dict[tuple[int, int], dict[str, Any]] = {}  # frame rows to insert
     for event in events:
-        chunk = chunks.get(int(event["chunk_id"]))
-        attempt_no = int(event["attempt"])
-        kind = event["kind"]
+        chunk = chunks.get(event.chunk_id)
+        attempt_no = event.attempt
+        kind: str = event.kind
+        reports: list[FrameReport] = []
+        missing: list[int] = []  # frames a "finished" event brings no valid result for
+        if chunk is not None and isinstance(event, FrameEvent):
+            reports = _reports([event.result], chunk, event)
+        elif chunk is not None and isinstance(event, FinishedEvent):
+            reports = _reports(event.results, chunk, event)
+            missing = sorted(set(chunk.frames) - {r.frame for r in reports})
+            if missing:  # frames without a result would never be rendered
+                kind = EventKind.FAILED
         state = None
         if chunk is not None:
             state = chunk_state_after_event(
-                chunk.state,
+                chunk.current,
                 chunk.attempts,
                 attempt_no,
                 kind,
@@ -130,32 +186,28 @@ def apply_chunk_events(
             )
         if chunk is None or state is None:
             outcome.ignored += 1
-            if kind in ("started", "frame"):  # a render the farm no longer wants
-                outcome.unwanted.append(task_id_for(int(event["chunk_id"]), attempt_no))
+            if isinstance(event, StartedEvent | FrameEvent):  # a render the farm no longer wants
+                outcome.unwanted.append(task_id_for(event.chunk_id, attempt_no))
             continue
-        node = str(event.get("node") or "")
-        at = float(event.get("at") or now)
+        node = event.node
+        at = event.at or now
         attempt = attempt_changes[(chunk.id, attempt_no)]
-        reports: list[FrameReport] = []
-        region = str(event.get("region") or "")[:64]
-        if kind == "started":
-            if chunk.state != state:
+        region = event.region[:64]
+        if isinstance(event, StartedEvent):
+            if chunk.current != state:
                 chunk.changes["started_at"] = at
                 outcome.dispatch_latencies.append(max(0.0, at - (chunk.dispatched_at or at)))
             chunk.changes["node"] = node
             attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
-        elif kind == "frame":
-            reports = _reports([event.get("result")])
-        elif kind in ("finished", "failed"):
-            if chunk.state == ChunkState.DISPATCHED:  # ended before "started" was due
-                started = float(event.get("started_at") or at)
+        elif isinstance(event, FinishedEvent | FailedEvent):
+            if chunk.current == ChunkState.DISPATCHED:  # ended before "started" was due
+                started = event.started_at or at
                 chunk.changes["started_at"] = started
                 attempt["started_at"] = started
                 outcome.dispatch_latencies.append(max(0.0, started - (chunk.dispatched_at or at)))
-            attempt.update(node=node, finished_at=at, exit_code=event.get("exit_code"))
+            attempt.update(node=node, finished_at=at, exit_code=event.exit_code)
             chunk.changes["node"] = node
-            if kind == "finished":
-                reports = _reports(event.get("results") or ())
+            if kind == EventKind.FINISHED:
                 chunk.changes["finished_at"] = at
                 attempt["state"] = AttemptState.DONE
                 attempt["energy_joules"] = _energy_of(reports)
@@ -166,14 +218,17 @@ def apply_chunk_events(
                 else:  # retried, after a pause that doubles with each failure
                     made = chunk.attempts - chunk.retry_base
                     chunk.changes["not_before"] = now + retry_delay(made, *retry)
-                attempt.update(
-                    state=AttemptState.FAILED,
-                    error=str(event.get("error"))[:2000],
-                    energy_joules=_number_or_none(event.get("energy_joules")),
-                )
-        if kind in ("finished", "failed"):
+                if isinstance(event, FailedEvent):
+                    error, spent = event.error, event.energy_joules
+                else:
+                    error, spent = NO_VALID_RESULT, _energy_of(reports)
+                    if reports:
+                        error += f" for frame(s) {format_frame_spec(missing)}"
+                    log.error("chunk %d attempt %d: %s", chunk.id, attempt_no, error)
+                attempt.update(state=AttemptState.FAILED, error=error[:2000], energy_joules=spent)
+        if isinstance(event, FinishedEvent | FailedEvent):
             outcome.finished[chunk.pool] += 1
-        chunk.state = state
+        chunk.current = state
         chunk.changes["state"] = state
         for report in reports:
             key = (chunk.job_id, report.frame)
@@ -182,13 +237,13 @@ def apply_chunk_events(
                 # The last frame's energy grows in "finished" by the renderer's exit.
                 row_id, by_attempt, joules = known
                 if by_attempt == attempt_no and report.energy_joules != joules:
-                    bill = biller.bill(session, region, report.energy_joules, at, now)
+                    bill = biller.bill(region, report.energy_joules, at)
                     bill.pop("day")
                     bill["energy_method"] = _method_of(report)
                     if row_id is None:  # recorded earlier in this very batch
                         pending[key].update(bill)
                     else:
-                        restated.append({"b_id": row_id, **bill})
+                        restated.append({"b_id": row_id, "b_chunk": chunk.id, **bill})
                 continue
             done_frames[key] = (None, attempt_no, report.energy_joules)
             pending[key] = {
@@ -204,10 +259,30 @@ def apply_chunk_events(
                 "cpu_seconds": report.cpu_seconds,
                 "finished_at": at,
                 "energy_method": _method_of(report),
-                **biller.bill(session, region, report.energy_joules, at, now),
+                **biller.bill(region, report.energy_joules, at),
             }
         outcome.applied += 1
-    _save_changes(session, chunks.values(), attempt_changes)
+        chunk.applied += 1
+    moved_first = save_chunk_changes(
+        session,
+        [
+            ChunkChange(c.id, c.read_state, c.attempts, c.current, c.changes)
+            for c in chunks.values()
+            if c.changes
+        ],
+    )
+    if moved_first:  # another transaction moved these chunks first: their events are stale
+        log.warning("chunks %s moved while their events were ingested; ignoring those events",
+                    sorted(moved_first))  # fmt: skip
+        stale = sum(chunks[c].applied for c in moved_first)
+        outcome.applied -= stale
+        outcome.ignored += stale
+        pending = {k: row for k, row in pending.items() if row["chunk_id"] not in moved_first}
+        restated = [row for row in restated if row["b_chunk"] not in moved_first]
+        attempt_changes = {k: v for k, v in attempt_changes.items() if k[0] not in moved_first}
+        for chunk_id in moved_first:
+            chunks[chunk_id].changes.clear()
+    save_attempt_changes(session, attempt_changes)
     if pending:
         session.execute(_INSERT_RESULTS, list(pending.values()))
     if restated:
@@ -215,25 +290,41 @@ def apply_chunk_events(
     _stop_failing_jobs(session, outcome.failed_jobs)
     touched = {c.job_id for c in chunks.values() if c.changes}
     if touched:
-        jobs = session.exec(_JOBS_BY_ID, params={"ids": list(touched)}).all()
-        refresh_job_states(session, jobs, now)
+        refresh_job_states(session, lock_jobs(session, touched), now)
 
 
-def _reports(payloads: Iterable[Any]) -> list[FrameReport]:
-    """The frame reports of an event; a malformed one is logged and left out."""
-    reports = []
-    for payload in payloads:
-        try:
-            report = FrameReport.from_dict(payload)
-        except (TypeError, ValueError):
-            log.error("ignoring a malformed frame report: %r", payload)
+def _billed_regions(events: Sequence[ChunkEvent]) -> set[str]:
+    """The regions of the batch's metered frame reports (their figures are needed)."""
+    regions = set()
+    for event in events:
+        if isinstance(event, FrameEvent):
+            reports: Iterable[FrameReport] = [event.result]
+        elif isinstance(event, FinishedEvent):
+            reports = event.results
+        else:
             continue
-        joules = _number_or_none(report.energy_joules)
-        if joules is not None and not (0.0 <= joules < math.inf):
-            log.error("ignoring the energy of a frame report: %r", payload)
-            joules = None
-        reports.append(dataclasses.replace(report, energy_joules=joules))
-    return reports
+        if any(report.energy_joules is not None for report in reports):
+            regions.add(event.region[:64])
+    return regions
+
+
+def _reports(
+    reports: Iterable[FrameReport], chunk: _ChunkView, event: ChunkEvent
+) -> list[FrameReport]:
+    """The reports of the chunk's own frames; one of another frame is logged and left out.
+
+    (Malformed reports were left out when the event was decoded.)
+    """
+    mine = []
+    for report in reports:
+        if report.frame in chunk.frames:
+            mine.append(report)
+        else:
+            log.error(
+                "chunk %d attempt %d: ignoring a report of frame %d, not one of its frames %s",
+                chunk.id, event.attempt, report.frame, format_frame_spec(chunk.frames),
+            )  # fmt: skip
+    return mine
 
 
 def _energy_of(reports: Sequence[FrameReport]) -> float | None:
@@ -270,32 +361,11 @@ def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
             session.add(job)
 
 
-def _save_changes(
-    session: Session,
-    chunks: Iterable[_ChunkView],
-    attempt_changes: dict[tuple[int, int], dict[str, Any]],
-) -> None:
-    """Bulk updates, one statement per shape of change."""
-    _update_by_key(session, [{"id": c.id, **c.changes} for c in chunks if c.changes])
-    shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-    for (chunk_id, number), values in attempt_changes.items():
-        if values:
-            shapes[frozenset(values)].append({"b_chunk": chunk_id, "b_number": number, **values})
-    for columns, rows in shapes.items():
-        session.execute(_attempt_update(columns), rows)
-
-
-def save_heartbeats(session: Session, events: Sequence[dict[str, Any]], now: float) -> None:
+def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> None:
     """Register or refresh each reporting node; requeue attempts it no longer holds."""
-    latest: dict[str, tuple[dict[str, Any], NodeReport]] = {}
-    for event in events:
-        try:
-            report = NodeReport.from_dict(event["info"])
-        except (TypeError, ValueError):
-            log.error("ignoring a malformed heartbeat: %r", event)
-            continue
-        latest[report.name] = (event, report)
-    for event, report in latest.values():
+    latest = {event.info.name: event for event in events}
+    for event in latest.values():
+        report = event.info
         node = session.get(NodeRow, report.name)
         if node is None:
             node = NodeRow(
@@ -323,11 +393,13 @@ def save_heartbeats(session: Session, events: Sequence[dict[str, Any]], now: flo
         node.state = "online"
         node.last_heartbeat = now
         session.add(node)
-        if "tasks" in event and "at" in event:
-            _requeue_vanished(session, report.name, set(event["tasks"]), event["at"])
+        if event.tasks is not None and event.at is not None:
+            _requeue_vanished(session, report.name, set(event.tasks), event.at, now)
 
 
-def _requeue_vanished(session: Session, node: str, listed: set[str], reported_at: float) -> None:
+def _requeue_vanished(
+    session: Session, node: str, listed: set[str], reported_at: float, now: float
+) -> None:
     running = [
         (chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0)
         for chunk_id, attempt, started_at in session.exec(
@@ -344,22 +416,7 @@ def _requeue_vanished(session: Session, node: str, listed: set[str], reported_at
             node,
             len(vanished),
         )
-        session.execute(
-            update(ChunkRow)
-            .where(col(ChunkRow.id).in_(vanished), col(ChunkRow.state) == ChunkState.RUNNING)
-            .values(state=ChunkState.QUEUED, node=None)
-        )
-
-
-@functools.cache
-def _attempt_update(columns: frozenset[str]) -> Any:
-    """UPDATE attempts SET <columns> WHERE (chunk_id, number) = ...; one per shape."""
-    table = AttemptRow.__table__  # type: ignore[attr-defined]  # Core, so a list of parameters is a plain executemany
-    return (
-        table.update()  # type: ignore[attr-defined]
-        .where(table.c.chunk_id == bindparam("b_chunk"), table.c.number == bindparam("b_number"))
-        .values({name: bindparam(name) for name in sorted(columns)})
-    )
+        requeue(session, vanished, [ChunkState.RUNNING], now)
 
 
 @dataclass(slots=True)
@@ -370,26 +427,11 @@ class _ChunkView:
     job_id: int
     studio_id: int
     pool: str
-    state: ChunkState
+    current: ChunkState  # as this batch has moved it so far
     attempts: int
     retry_base: int
     dispatched_at: float | None
+    frames: range  # the frames it renders
+    read_state: ChunkState  # as read: the change is written only if it still is
     changes: dict[str, Any] = field(default_factory=dict)
-
-
-def _update_by_key(session: Session, rows: list[dict[str, Any]]) -> None:
-    """ORM bulk UPDATE of chunks by primary key, one executemany per shape."""
-    shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        shapes[frozenset(row)].append(row)
-    for same_shape in shapes.values():
-        session.execute(_UPDATE_CHUNKS, same_shape)
-
-
-def _is_chunk_event(event: dict[str, Any]) -> bool:
-    try:
-        return event.get("kind") in CHUNK_EVENT_KINDS and (
-            int(event["chunk_id"]) >= 0 and int(event["attempt"]) >= 1
-        )
-    except (KeyError, TypeError, ValueError):
-        return False
+    applied: int = 0  # events of this batch that changed it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -12,7 +12,14 @@ from sqlmodel import Session, col, select
 from scheduler.core.policy import is_node_lost, unclaimed_to_resend
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, NodeRow
-from scheduler.wire.messages import node_queue, pool_queue, task_id_for
+from scheduler.db.transitions import (
+    close_attempts,
+    lock_jobs,
+    lock_jobs_of_chunks,
+    move_chunks,
+    refresh_job_states,
+)
+from scheduler.wire.messages import node_queue, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +35,24 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
         update(NodeRow).where(col(NodeRow.name).in_(lost)).values(state="lost", running=0)
     )
     # Their running chunks go back to the queue; the old attempts are superseded.
-    session.execute(
-        update(ChunkRow)
-        .where(col(ChunkRow.node).in_(lost), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
-        .values(state=ChunkState.QUEUED, node=None)
-    )
+    chunks = session.exec(
+        select(ChunkRow.id).where(
+            col(ChunkRow.node).in_(lost), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES)
+        )
+    ).all()
+    requeue(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
+
+
+def requeue(
+    session: Session, chunk_ids: Sequence[int], expected: Sequence[ChunkState], now: float
+) -> None:
+    """Send chunks back to the queue (a new attempt renders them) if they are still in
+    an ``expected`` state; their jobs' states follow."""
+    if not chunk_ids:
+        return
+    lock_jobs_of_chunks(session, chunk_ids)
+    moved = move_chunks(session, ChunkState.QUEUED, expected, ids=chunk_ids, values={"node": None})
+    refresh_job_states(session, lock_jobs(session, moved.jobs), now)
 
 
 def requeue_unclaimed(
@@ -40,32 +60,27 @@ def requeue_unclaimed(
 ) -> None:
     """Chunks sent but never claimed while their queue is empty: send again."""
     unclaimed: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for chunk_id, pool, node, sent_at in session.exec(
-        select(ChunkRow.id, ChunkRow.pool, ChunkRow.node, ChunkRow.dispatched_at).where(
+    for chunk_id, node, sent_at in session.exec(
+        select(ChunkRow.id, ChunkRow.node, ChunkRow.dispatched_at).where(
             ChunkRow.state == ChunkState.DISPATCHED,
             col(ChunkRow.dispatched_at) < now - after,
         )
     ):
-        if chunk_id is not None:
-            queue = node_queue(node) if node else pool_queue(pool)
-            unclaimed[queue].append((chunk_id, sent_at or 0.0))
+        if chunk_id is not None and node is not None:  # a chunk is placed as it is claimed
+            unclaimed[node_queue(node)].append((chunk_id, sent_at or 0.0))
     for queue, chunks in unclaimed.items():
         resend = unclaimed_to_resend(chunks, queue_depth(queue), now, after)
         if resend:
             log.warning(
                 "queue %s: %d chunk(s) sent but never claimed; sending again", queue, len(resend)
             )
-            session.execute(
-                update(ChunkRow)
-                .where(col(ChunkRow.id).in_(resend), col(ChunkRow.state) == ChunkState.DISPATCHED)
-                .values(state=ChunkState.QUEUED, node=None)
-            )
+            requeue(session, resend, [ChunkState.DISPATCHED], now)
 
 
 def close_stale_attempts(session: Session, now: float) -> list[str]:
     """Attempts still open whose chunk moved on: cancelled, or superseded by a newer one."""
     stale = session.exec(
-        select(AttemptRow, ChunkRow.state, ChunkRow.attempts)
+        select(AttemptRow.id, AttemptRow.chunk_id, AttemptRow.number, ChunkRow.state)
         .join(ChunkRow, col(ChunkRow.id) == col(AttemptRow.chunk_id))
         .where(col(AttemptRow.state).in_((AttemptState.DISPATCHED, AttemptState.RUNNING)))
         .where(
@@ -73,14 +88,16 @@ def close_stale_attempts(session: Session, now: float) -> list[str]:
             | col(ChunkRow.state).not_in(ACTIVE_CHUNK_STATES)
         )
     ).all()
+    ending: dict[AttemptState, list[int]] = {
+        AttemptState.CANCELLED: [],
+        AttemptState.SUPERSEDED: [],
+    }
     task_ids = []
-    for attempt, chunk_state, _current in stale:
-        attempt.state = (
-            AttemptState.CANCELLED
-            if chunk_state == ChunkState.CANCELLED
-            else AttemptState.SUPERSEDED
-        )
-        attempt.finished_at = now
-        session.add(attempt)
-        task_ids.append(task_id_for(attempt.chunk_id, attempt.number))
+    for attempt_id, chunk_id, number, chunk_state in stale:
+        assert attempt_id is not None
+        cancelled = chunk_state == ChunkState.CANCELLED
+        ending[AttemptState.CANCELLED if cancelled else AttemptState.SUPERSEDED].append(attempt_id)
+        task_ids.append(task_id_for(chunk_id, number))
+    for state, ids in ending.items():
+        close_attempts(session, ids, state, now)
     return task_ids

@@ -19,7 +19,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
-from scheduler.dispatch.dispatching import CompletionRate, load_dispatch_snapshot, save_dispatch
+from scheduler.dispatch.dispatching import (
+    CompletionRate,
+    load_dispatch_snapshot,
+    save_dispatch,
+    save_held_jobs,
+)
 from scheduler.dispatch.ingestion import (
     IngestOutcome,
     apply_chunk_events,
@@ -54,16 +59,17 @@ class Scheduler:
         now = self.clock()
         self.rates.note_tick(now)
         with Session(self.engine) as session:
-            snapshot, jobs = load_dispatch_snapshot(
+            snapshot, jobs, held = load_dispatch_snapshot(
                 session,
                 now,
                 self.settings,
                 lambda pool: self._buffer(pool, now),
                 self.passes,
             )
+            save_held_jobs(session, held, now)
             assignments = plan_dispatch(snapshot, now)
             if not assignments:
-                session.commit()  # a dependency gate may have changed a job's message
+                session.commit()
                 return []
             self.passes = passes_after(snapshot, assignments)
             messages = save_dispatch(session, assignments, jobs, now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,20 +21,29 @@ from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures, bill_for
 from scheduler.db import FrameResultRow
-from scheduler.usecases.regions import add_unknown_region, load_regions
+from scheduler.usecases.regions import UNKNOWN_REGION, add_unknown_region, load_regions
 
 
 class FrameBiller:
-    """Bills the frames of one ingest batch; loads the regions once per batch."""
+    """Bills the frames of one ingest batch from the regions' figures, loaded once.
+
+    ``load_regions`` reads the figures and registers (writes) any region a node named
+    that no operator configured; ``bill`` only computes.
+    """
 
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
-        self._regions: dict[str, RegionFigures] | None = None
+        self._regions: dict[str, RegionFigures] = {}
 
-    def bill(
-        self, session: Session, region: str, it_joules: float | None, finished_at: float, now: float
-    ) -> dict[str, Any]:
-        """The billing columns of a frame row."""
+    def load_regions(self, session: Session, names: Iterable[str], now: float) -> None:
+        """Load the figures of every region; record the unknown among ``names``."""
+        if not self._regions:
+            self._regions = load_regions(session)
+        for name in sorted(set(names) - set(self._regions)):
+            self._regions[name] = add_unknown_region(session, name, now)
+
+    def bill(self, region: str, it_joules: float | None, finished_at: float) -> dict[str, Any]:
+        """The billing columns of a frame row (its region's figures were loaded)."""
         columns: dict[str, Any] = {
             "day": dt.datetime.fromtimestamp(finished_at, self.zone).date(),
             "region": region,
@@ -45,12 +54,7 @@ class FrameBiller:
         }
         if it_joules is None:
             return columns
-        if self._regions is None:
-            self._regions = load_regions(session)
-        figures = self._regions.get(region)
-        if figures is None:
-            figures = self._regions[region] = add_unknown_region(session, region, now)
-        bill = bill_for(it_joules, figures)
+        bill = bill_for(it_joules, self._regions.get(region, UNKNOWN_REGION))
         columns.update(
             facility_joules=bill.facility_joules, cost=bill.cost, co2_grams=bill.co2_grams
         )

@@ -18,9 +18,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar
 
-from sqlalchemy import func, insert, update
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -39,11 +40,13 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
+from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.billing import EnergyTotals, job_energy, usage_by_day
-from scheduler.usecases.progress import JobProgress, load_progress, refresh_job_states
+from scheduler.usecases.progress import JobProgress, load_progress
 from scheduler.wire.messages import attempt_log_path
+from scheduler.wire.renderers import RendererSpec
 
 KEY_PREFIX = "rf_"
 
@@ -52,29 +55,123 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """A validated submission (the API's schema already checked types and ranges)."""
+GIB = 2**30  # requests give memory in GiB; the table keeps bytes
 
-    name: str
-    frames: str
-    chunk_size: int
-    priority: int
-    pool: str
-    renderer: str
-    renderer_settings: dict[str, Any]
-    max_attempts: int | None = None
-    timeout: float | None = None
-    max_failed_frames: int | None = None
-    stall_timeout: float | None = None
-    limits: tuple[str, ...] = ()
-    depends_on: tuple[int, ...] = ()
-    min_cores: int = 0
-    min_memory_bytes: int = 0
-    min_gpus: int = 0
-    required_tags: tuple[str, ...] = ()
-    dependency_mode: DependencyMode = DependencyMode.JOB
-    on_dependency_failure: OnDependencyFailure = OnDependencyFailure.WAIT
+Priority = Annotated[int, Field(ge=0, le=100, description="0 lowest, 100 highest")]
+RendererT = TypeVar("RendererT")
+
+
+class NodeRequirements(BaseModel):
+    """What a render node must have to render the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cores: int = Field(0, ge=0, le=4096)
+    memory_gb: float = Field(0, ge=0, le=65536)
+    gpus: int = Field(0, ge=0, le=64)
+    tags: list[str] = Field(default_factory=list, max_length=32, description="all required")
+
+    def columns(self) -> dict[str, Any]:
+        """The job's columns for these requirements."""
+        return {
+            "min_cores": self.cores,
+            "min_memory_bytes": int(self.memory_gb * GIB),
+            "min_gpus": self.gpus,
+            "required_tags": sorted(set(self.tags)),
+        }
+
+    @classmethod
+    def of(cls, job: JobRow) -> NodeRequirements:
+        """The inverse of ``columns``: a job's requirements as submitted."""
+        return cls(
+            cores=job.min_cores,
+            memory_gb=job.min_memory_bytes / GIB,
+            gpus=job.min_gpus,
+            tags=list(job.required_tags or ()),
+        )
+
+
+class JobFields(BaseModel, Generic[RendererT]):
+    """A job's fields as a studio submits them: each declared once, with its type, range
+    and meaning. ``JobRequest`` (the API's JobCreate) accepts them; the API's JobPublic
+    shows them as stored, beside what the farm adds. Requests forbid unknown fields, so
+    a typo ("priorty") is an error naming the field instead of an ignored setting.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    frames: str = Field(
+        min_length=1,
+        max_length=10_000,
+        description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
+        examples=["1-240"],
+    )
+    chunk_size: int = Field(1, ge=1, description="frames per chunk (one renderer command)")
+    priority: Priority = 50
+    pool: str = Field("cpu", min_length=1, max_length=64)
+    renderer: RendererT
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    max_failed_frames: int | None = Field(
+        None, ge=1, description="stop the job once this many frames failed every attempt"
+    )
+    timeout: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="render time limit per frame, seconds"
+    )
+    stall_timeout: float | None = Field(
+        None, gt=0, le=24 * 3600, description="kill a renderer silent for this many seconds"
+    )
+    limits: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="named farm-wide limits (licences) each chunk takes one of",
+    )
+    requirements: NodeRequirements = Field(default_factory=NodeRequirements)
+    depends_on: list[int] = Field(
+        default_factory=list, max_length=32, description="jobs of this studio to wait for"
+    )
+    dependency: DependencyMode = Field(
+        DependencyMode.JOB, description="job: start when they are done; frame: frame by frame"
+    )
+    on_dependency_failure: OnDependencyFailure = Field(
+        OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
+    )
+
+
+# The fields whose columns are named or shaped otherwise (see JobRequest.columns).
+_RENAMED = {"renderer", "requirements", "depends_on", "dependency"}
+
+
+class JobRequest(JobFields[RendererSpec]):
+    """A submission: the renderer is one of the registry's (scheduler/wire/renderers.py)."""
+
+    def columns(self) -> dict[str, Any]:
+        """The job's columns for what was submitted: a column named like a field takes
+        its value; the renderer is split into its kind and settings; sets are sorted.
+        ``depends_on`` has a table of its own, and the columns the farm resolves
+        (the normalised frames, defaults from the settings) are the caller's."""
+        settings = self.renderer.model_dump(mode="json")
+        return {
+            **self.model_dump(mode="json", exclude=_RENAMED),
+            "renderer": settings.pop("kind"),
+            "renderer_settings": settings,
+            "limits": sorted(set(self.limits)),
+            "dependency_mode": self.dependency.value,
+            **self.requirements.columns(),
+        }
+
+    @staticmethod
+    def fields_of(job: JobRow) -> dict[str, Any]:
+        """The inverse of ``columns``: the job's columns, with the submitted fields under
+        their own names (as the farm resolved them), for a ``JobFields`` model that
+        ignores the other columns. ``depends_on`` is not a column: the caller adds it."""
+        return {
+            **job.model_dump(),
+            "renderer": {"kind": job.renderer, **job.renderer_settings},
+            "limits": list(job.limits or ()),
+            "dependency": job.dependency_mode,
+            "requirements": NodeRequirements.of(job),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,29 +350,17 @@ class StudioService:
                     raise InvalidRequest(
                         "limits", f"unknown limit(s) {unknown}; known limits: {sorted(known)}"
                     )
-            job = JobRow(
-                studio_id=studio_id,
-                name=request.name,
-                frames=format_frame_spec(frames),
-                frame_count=len(frames),
-                chunk_size=request.chunk_size,
-                priority=request.priority,
-                pool=request.pool,
-                renderer=request.renderer,
-                renderer_settings=request.renderer_settings,
-                max_attempts=request.max_attempts or self.settings.default_max_attempts,
-                max_failed_frames=request.max_failed_frames,
-                timeout=request.timeout or self.settings.frame_timeout,
-                stall_timeout=request.stall_timeout,
-                limits=sorted(set(request.limits)),
-                min_cores=request.min_cores,
-                min_memory_bytes=request.min_memory_bytes,
-                min_gpus=request.min_gpus,
-                required_tags=sorted(set(request.required_tags)),
-                dependency_mode=request.dependency_mode,
-                on_dependency_failure=request.on_dependency_failure,
-                state=JobState.QUEUED,
-                submitted_at=now,
+            job = JobRow.model_validate(
+                request.columns(),
+                update={
+                    "studio_id": studio_id,
+                    "frames": format_frame_spec(frames),
+                    "frame_count": len(frames),
+                    "max_attempts": request.max_attempts or self.settings.default_max_attempts,
+                    "timeout": request.timeout or self.settings.frame_timeout,
+                    "state": JobState.QUEUED,
+                    "submitted_at": now,
+                },
             )
             session.add(job)
             session.flush()
@@ -306,8 +391,11 @@ class StudioService:
 
     # Reading ---------------------------------------------------------------------------
 
-    def _own_job(self, session: Session, studio_id: int, job_id: int) -> JobRow:
-        job = session.get(JobRow, job_id)
+    def _own_job(self, session: Session, studio_id: int, job_id: int, lock: bool = False) -> JobRow:
+        """The studio's job (locked for this transaction if it is to change it)."""
+        job = (
+            next(iter(lock_jobs(session, [job_id])), None) if lock else session.get(JobRow, job_id)
+        )
         if job is None or job.studio_id != studio_id:
             raise NotFound(f"no job {job_id}")
         return job
@@ -406,15 +494,15 @@ class StudioService:
     def cancel_job(self, studio_id: int, job_id: int) -> JobDetail:
         """Stop the job: unfinished chunks are cancelled; the scheduler revokes renders."""
         with Session(self.engine) as session:
-            job = self._own_job(session, studio_id, job_id)
+            job = self._own_job(session, studio_id, job_id, lock=True)
             if JobState(job.state).is_final:
                 raise Conflict(f"job {job_id} is {job.state} already")
-            self._set_chunks(
+            move_chunks(
                 session,
-                job_id,
+                ChunkState.CANCELLED,
                 (ChunkState.QUEUED, ChunkState.DISPATCHED, ChunkState.RUNNING),
-                state=ChunkState.CANCELLED,
-                finished_at=self.clock(),
+                job=job_id,
+                values={"finished_at": self.clock()},
             )
             job.cancelled = True
             return self._finish_change(session, job)
@@ -422,7 +510,7 @@ class StudioService:
     def suspend_job(self, studio_id: int, job_id: int) -> JobDetail:
         """No new chunk is dispatched; chunks already rendering finish."""
         with Session(self.engine) as session:
-            job = self._own_job(session, studio_id, job_id)
+            job = self._own_job(session, studio_id, job_id, lock=True)
             if JobState(job.state).is_final:
                 raise Conflict(f"job {job_id} is {job.state}; only an unfinished job suspends")
             job.suspended = True
@@ -430,7 +518,7 @@ class StudioService:
 
     def resume_job(self, studio_id: int, job_id: int) -> JobDetail:
         with Session(self.engine) as session:
-            job = self._own_job(session, studio_id, job_id)
+            job = self._own_job(session, studio_id, job_id, lock=True)
             if not job.suspended or JobState(job.state).is_final:
                 raise Conflict(f"job {job_id} is {job.state}, not suspended")
             job.suspended = False
@@ -439,46 +527,37 @@ class StudioService:
     def retry_job(self, studio_id: int, job_id: int) -> JobDetail:
         """Queue the failed chunks again, each with a fresh allowance of attempts.
 
-        Chunks that a job past its limit of failed frames never started are queued
-        again too (a job the studio cancelled cannot be retried).
+        Chunks that the farm ended without rendering (a job past its limit of failed
+        frames, or whose dependency failed) are queued again too; a job the studio
+        cancelled cannot be retried. The job is locked, so a cancel committed meanwhile
+        is seen here and wins.
         """
         with Session(self.engine) as session:
-            job = self._own_job(session, studio_id, job_id)
+            job = self._own_job(session, studio_id, job_id, lock=True)
             if job.cancelled:
                 raise Conflict(f"job {job_id} is cancelled")
-            retried = session.execute(
-                update(ChunkRow)
-                .where(
-                    col(ChunkRow.job_id) == job_id,
-                    col(ChunkRow.state).in_((ChunkState.FAILED, ChunkState.CANCELLED)),
-                )
-                .values(
-                    state=ChunkState.QUEUED,
-                    retry_base=ChunkRow.attempts,
-                    not_before=None,
-                    finished_at=None,
-                )
+            retried = move_chunks(
+                session,
+                ChunkState.QUEUED,
+                (ChunkState.FAILED, ChunkState.CANCELLED),
+                job=job_id,
+                values={
+                    "retry_base": ChunkRow.attempts,
+                    "not_before": None,
+                    "finished_at": None,
+                    "node": None,
+                },
             )
-            if not retried.rowcount:  # type: ignore[attr-defined]
+            if not retried.ids:
                 raise Conflict(f"job {job_id} has no failed frames to retry")
             job.message = None
-            job.finished_at = None
             return self._finish_change(session, job)
 
     def set_priority(self, studio_id: int, job_id: int, priority: int) -> JobDetail:
         with Session(self.engine) as session:
-            job = self._own_job(session, studio_id, job_id)
+            job = self._own_job(session, studio_id, job_id, lock=True)
             job.priority = priority
             return self._finish_change(session, job)
-
-    def _set_chunks(
-        self, session: Session, job_id: int, states: Sequence[ChunkState], **values: Any
-    ) -> None:
-        session.execute(
-            update(ChunkRow)
-            .where(col(ChunkRow.job_id) == job_id, col(ChunkRow.state).in_(states))
-            .values(**values)
-        )
 
     def _finish_change(self, session: Session, job: JobRow) -> JobDetail:
         session.add(job)

@@ -4,6 +4,7 @@ behaviour (losing its queues) is the point. Fakes and fixtures: tests/integratio
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import pytest
@@ -17,6 +18,7 @@ from scheduler.usecases.jobs import StudioService
 from scheduler.wire.broker import CeleryBroker
 from scheduler.wire.celery_app import make_celery
 from scheduler.wire.events import EventConsumer, EventPublisher
+from scheduler.wire.messages import FrameReport
 from tests.integration.conftest import (
     Clock,
     RecordingBroker,
@@ -293,8 +295,7 @@ def test_frame_by_frame_dependencies_release_each_frame(
     scheduler: Scheduler, studios: StudioService, studio_id: int
 ) -> None:
     sim = submit(studios, studio_id, "1-4", max_attempts=1)
-    render = submit(studios, studio_id, "1-6", priority=90, depends_on=(sim,),
-                    dependency_mode="frame")  # fmt: skip
+    render = submit(studios, studio_id, "1-6", priority=90, depends_on=[sim], dependency="frame")
     scheduler.ingest([heartbeat(slots=2)])
     sent = scheduler.dispatch_tick()  # 2 slots + a buffer of 1, in priority order
     # The render's frames 5 and 6 wait for nothing: the sim has no such frames.
@@ -331,7 +332,7 @@ def test_a_failed_dependency_fails_or_holds_the_job(
 def test_a_job_goes_only_to_nodes_that_match_it_and_says_when_none_can(
     scheduler: Scheduler, studios: StudioService, studio_id: int
 ) -> None:
-    job_id = submit(studios, studio_id, "1-3", required_tags=("blender-4.5",), min_gpus=1)
+    job_id = submit(studios, studio_id, "1-3", requirements={"tags": ["blender-4.5"], "gpus": 1})
     scheduler.ingest([heartbeat("cpu-node", slots=4)])
     assert scheduler.dispatch_tick() == []
     message = studios.get_job(studio_id, job_id).job.message or ""
@@ -360,7 +361,7 @@ def test_a_node_a_job_keeps_failing_on_stops_getting_it(
 
 
 def test_malformed_events_are_ignored_without_blocking_the_rest(
-    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
 ) -> None:
     submit(studios, studio_id, "1")
     scheduler.ingest([heartbeat(slots=1)])
@@ -373,10 +374,68 @@ def test_malformed_events_are_ignored_without_blocking_the_rest(
             {**finished(sent), "results": [{"frame": 1, "bogus": True}, None]},
         ]
     )
-    assert outcome.applied == 1 and outcome.ignored == 2
+    assert outcome.applied == 1 and outcome.ignored == 3
+    # "Finished" without a valid frame result: the attempt failed, and is retried.
     (chunk,) = rows(engine, ChunkRow)
-    assert chunk.state == "done"
-    assert count(engine, FrameResultRow) == 0  # its only report was malformed
+    assert chunk.state == "queued"
+    (attempt,) = rows(engine, AttemptRow)
+    assert attempt.state == "failed"
+    assert attempt.error == "the node reported no valid frame result"
+    assert count(engine, FrameResultRow) == 0
+    clock.now += 5.0  # past the retry's pause
+    scheduler.ingest([heartbeat(slots=1)])
+    (retry,) = scheduler.dispatch_tick()
+    assert retry.attempt == 2
+    scheduler.ingest([finished(retry)])
+    assert rows(engine, ChunkRow)[0].state == "done"
+
+
+def test_a_finished_attempt_missing_frames_fails_and_keeps_the_frames_it_rendered(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    job_id = submit(studios, studio_id, "1-3", chunk_size=3)
+    scheduler.ingest([heartbeat(slots=1)])
+    (sent,) = scheduler.dispatch_tick()
+    valid = FrameReport(1, None, render_seconds=1.0, cpu_seconds=1.0)
+    stray = FrameReport(7, None, render_seconds=1.0, cpu_seconds=1.0)  # not the chunk's
+    broken = {"frame": 2, "output": None, "render_seconds": "soon", "cpu_seconds": 1.0}
+    finished_event = event("finished", sent, results=[valid, stray])
+    finished_event["results"].append(broken)
+    scheduler.ingest([finished_event])
+    (attempt,) = rows(engine, AttemptRow)
+    assert attempt.state == "failed"
+    assert attempt.error == "the node reported no valid frame result for frame(s) 2-3"
+    assert [(r.frame, r.attempt) for r in rows(engine, FrameResultRow)] == [(1, 1)]
+    assert rows(engine, ChunkRow)[0].state == "queued"
+
+    clock.now += 5.0
+    scheduler.ingest([heartbeat(slots=1)])
+    (retry,) = scheduler.dispatch_tick()
+    scheduler.ingest([finished(retry)])
+    frames = {r.frame: r.attempt for r in rows(engine, FrameResultRow, job_id=job_id)}
+    assert frames == {1: 1, 2: 2, 3: 2}  # frame 1 counted once, by the attempt that made it
+    assert studios.get_job(studio_id, job_id).job.state == "done"
+
+
+def test_an_event_of_another_schema_version_is_ignored_with_a_clear_message(
+    scheduler: Scheduler,
+    studios: StudioService,
+    studio_id: int,
+    engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    submit(studios, studio_id, "1-2")
+    scheduler.ingest([heartbeat(slots=2)])
+    first, second = scheduler.dispatch_tick()[:2]
+    from_the_future = {**finished(first), "v": 2}
+    with caplog.at_level(logging.ERROR, logger="scheduler.dispatch.ingestion"):
+        outcome = scheduler.ingest([from_the_future, event("started", second), finished(second)])
+    assert (outcome.applied, outcome.ignored) == (2, 1)
+    complaints = [m for r in caplog.records if "ignoring a node event" in (m := r.getMessage())]
+    assert len(complaints) == 1
+    assert "the node speaks v2, this scheduler v1" in complaints[0]
+    states = {c.id: c.state for c in rows(engine, ChunkRow)}
+    assert states[first.chunk_id] == "dispatched" and states[second.chunk_id] == "done"
 
 
 def test_a_batch_that_cannot_be_ingested_is_set_aside(

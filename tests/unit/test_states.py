@@ -47,7 +47,8 @@ def test_derive_job_state(
         (R, Q, True),  # retry or lost node
         (F, Q, True),  # operator retry
         (OK, Q, False),  # a done chunk never renders again
-        (C, Q, False),
+        (C, Q, True),  # operator retry of chunks the farm ended (the job was not cancelled)
+        (C, R, False),
         (Q, OK, False),
     ],
 )
