@@ -9,16 +9,20 @@ so the code cannot drift from the tables. A row whose state moved meanwhile (ano
 transaction committed first) is not touched, and the writer says which rows did not
 move, so the caller decides: usually, that its decision is stale and is dropped.
 
-Lock order: a transaction that changes chunks locks their jobs first (``lock_jobs``,
-ascending ids: ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE``
-already serialises writers), so the API's use cases and the scheduler take turns per
-job, never deadlock, and a job's derived state is computed from rows no other
-transaction is changing (``refresh_job_states``).
+Locks: a transaction that changes chunks locks their jobs first (``lock_jobs``, in
+ascending ids; ``SELECT ... FOR NO KEY UPDATE`` on PostgreSQL, which foreign-key
+checks of new rows pointing at a job do not wait for; SQLite's ``BEGIN IMMEDIATE``
+already serialises writers). So the API's use cases and the scheduler take turns per
+job, and a job's derived state is computed from chunk rows no other transaction is
+changing (``refresh_job_states``). A studio's use case locks one job; only the
+scheduler (one active at a time) locks several in a transaction, sometimes in more
+than one batch, so no two transactions can wait for each other in a cycle.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,8 @@ from scheduler.core.states import (
     sources_of,
 )
 from scheduler.db.tables import AttemptRow, ChunkRow, FrameResultRow, JobRow
+
+log = logging.getLogger(__name__)
 
 _CHUNKS = ChunkRow.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = AttemptRow.__table__  # type: ignore[attr-defined]
@@ -83,7 +89,7 @@ _LOCK_JOBS = (
     select(JobRow)
     .where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
     .order_by(col(JobRow.id))
-    .with_for_update()
+    .with_for_update(key_share=True)
     .execution_options(populate_existing=True)  # what was read before the lock may be stale
 )
 _LOCK_JOBS_OF_CHUNKS = (
@@ -96,7 +102,7 @@ _LOCK_JOBS_OF_CHUNKS = (
         )
     )
     .order_by(col(JobRow.id))
-    .with_for_update()
+    .with_for_update(key_share=True)
 )
 
 
@@ -106,12 +112,16 @@ def lock_jobs_of_chunks(session: Session, chunk_ids: Collection[int]) -> None:
         session.execute(_LOCK_JOBS_OF_CHUNKS, {"ids": list(chunk_ids)}).all()
 
 
-def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> None:
-    """Store each job's derived state (compare-and-set), with when it started and ended.
+def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> list[int]:
+    """Store each job's derived state (compare-and-set), with when it started and ended;
+    returns the jobs whose state did not move.
 
     Call it after the transaction's chunk changes, with the jobs locked (``lock_jobs``):
-    the derivation then reads every chunk state as it will be committed.
+    the derivation then reads every chunk state as it will be committed, and a job
+    that does not move is a bug, logged. So is a derived state the table forbids: that
+    job is left as it is rather than failing the whole transaction (an ingest batch).
     """
+    missed = []
     for job in jobs:
         assert job.id is not None
         current = JobState(job.state)
@@ -120,25 +130,34 @@ def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> 
         )
         if state == current:
             continue
+        if state not in JOB_TRANSITIONS[current]:
+            log.error("job %d: its chunks say %s but %s -> %s is not in the table; left %s",
+                      job.id, state, current, state, current)  # fmt: skip
+            missed.append(job.id)
+            continue
         values: dict[str, Any] = {"state": state}
         if state == JobState.RUNNING and job.started_at is None:
             values["started_at"] = now
         values["finished_at"] = now if state.is_final else None
         if state == JobState.FAILED and not job.message:
-            values["message"] = f"{_failed_frames(session, job.id)} frame(s) failed every attempt"
-        expected = _checked(JOB_TRANSITIONS, state, [current])
+            values["message"] = f"{failed_frames(session, job.id)} frame(s) failed every attempt"
         moved = session.execute(
             update(JobRow)
-            .where(col(JobRow.id) == job.id, col(JobRow.state).in_(expected))
+            .where(col(JobRow.id) == job.id, col(JobRow.state) == current)
             .values(values)
             .execution_options(synchronize_session=False)
         )
         if moved.rowcount:  # type: ignore[attr-defined]
             for name, value in values.items():
                 set_committed_value(job, name, value)
+        else:
+            log.error("job %d moved from %s under a lock; its state is left", job.id, current)
+            missed.append(job.id)
+    return missed
 
 
-def _failed_frames(session: Session, job_id: int) -> int:
+def failed_frames(session: Session, job_id: int) -> int:
+    """Frames of the job's failed chunks that no attempt rendered."""
     failed = session.execute(_FAILED_FRAMES, {"job": job_id}).scalar_one()
     done = session.execute(_DONE_IN_FAILED, {"job": job_id}).scalar_one()
     return int(failed or 0) - int(done or 0)
@@ -216,20 +235,17 @@ def move_chunks(
     return moved
 
 
-def claim_chunks(session: Session, nodes: Mapping[int, str | None], now: float) -> list[Any]:
+def claim_chunks(session: Session, nodes: Mapping[int, str], now: float) -> list[Any]:
     """Queued chunks become dispatched to their node (by chunk id) under a new attempt
     number; rows claimed: (id, job id, attempt, first frame, last frame, step). A chunk
     cancelled since the snapshot stays cancelled (it is simply not returned)."""
     if not nodes:
         return []
     claimed = list(session.execute(_CLAIM, {"ids": list(nodes), "now": now}).all())
-    placed = [
-        {"b_id": chunk_id, "node": nodes[chunk_id]}
-        for chunk_id, *_ in claimed
-        if nodes[chunk_id] is not None
-    ]
-    if placed:
-        session.execute(_PLACE, placed)
+    if claimed:  # each to its own node: a second statement (RETURNING takes no executemany)
+        session.execute(
+            _PLACE, [{"b_id": chunk_id, "node": nodes[chunk_id]} for chunk_id, *_ in claimed]
+        )
     return claimed
 
 
@@ -333,17 +349,21 @@ def open_attempts(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def save_attempt_changes(
     session: Session, changes: Mapping[tuple[int, int], Mapping[str, Any]]
-) -> None:
+) -> int:
     """Per (chunk id, attempt number), the columns to set; a change of ``state`` is made
-    only from a state the table lets move there (a finished attempt stays finished)."""
+    only from a state the table lets move there (a finished attempt stays finished).
+    Returns how many of the changes did not apply (a duplicate "started", say)."""
     shapes: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for (chunk_id, number), values in changes.items():
         if values:
             target = values.get("state")
             key = (AttemptState(target) if target else None, tuple(sorted(values)))
             shapes[key].append({"b_chunk": chunk_id, "b_number": number, **values})
+    missed = 0
     for (target, columns), rows in shapes.items():
-        session.execute(_attempt_change(target, columns), rows)
+        result = session.execute(_attempt_change(target, columns), rows)
+        missed += len(rows) - result.rowcount  # type: ignore[attr-defined]
+    return missed
 
 
 @functools.cache

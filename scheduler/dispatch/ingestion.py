@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -38,6 +38,7 @@ from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
 from scheduler.db.transitions import (
     ChunkChange,
     end_queued_chunks,
+    failed_frames,
     lock_jobs,
     lock_jobs_of_chunks,
     refresh_job_states,
@@ -79,9 +80,6 @@ _FRAMES_DONE = sql_select(
     col(FrameResultRow.job_id), col(FrameResultRow.frame), col(FrameResultRow.id),
     col(FrameResultRow.attempt), col(FrameResultRow.it_joules),
 ).where(col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True)))  # fmt: skip
-_FAILED_FRAMES = sql_select(func.sum(ChunkRow.frame_count)).where(
-    col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.FAILED
-)
 _INSERT_RESULTS = insert(FrameResultRow)
 _FRAME_TABLE = FrameResultRow.__table__  # type: ignore[attr-defined]
 _RESTATE_ENERGY = (
@@ -196,7 +194,7 @@ def apply_chunk_events(
         if isinstance(event, StartedEvent):
             if chunk.current != state:
                 chunk.changes["started_at"] = at
-                outcome.dispatch_latencies.append(max(0.0, at - (chunk.dispatched_at or at)))
+                chunk.latencies.append(max(0.0, at - (chunk.dispatched_at or at)))
             chunk.changes["node"] = node
             attempt.update(state=AttemptState.RUNNING, node=node, started_at=at)
         elif isinstance(event, FinishedEvent | FailedEvent):
@@ -204,7 +202,7 @@ def apply_chunk_events(
                 started = event.started_at or at
                 chunk.changes["started_at"] = started
                 attempt["started_at"] = started
-                outcome.dispatch_latencies.append(max(0.0, started - (chunk.dispatched_at or at)))
+                chunk.latencies.append(max(0.0, started - (chunk.dispatched_at or at)))
             attempt.update(node=node, finished_at=at, exit_code=event.exit_code)
             chunk.changes["node"] = node
             if kind == EventKind.FINISHED:
@@ -214,7 +212,7 @@ def apply_chunk_events(
             else:
                 if state == ChunkState.FAILED:
                     chunk.changes["finished_at"] = at
-                    outcome.failed_jobs.add(chunk.job_id)
+                    chunk.failed_for_good = True
                 else:  # retried, after a pause that doubles with each failure
                     made = chunk.attempts - chunk.retry_base
                     chunk.changes["not_before"] = now + retry_delay(made, *retry)
@@ -227,7 +225,7 @@ def apply_chunk_events(
                     log.error("chunk %d attempt %d: %s", chunk.id, attempt_no, error)
                 attempt.update(state=AttemptState.FAILED, error=error[:2000], energy_joules=spent)
         if isinstance(event, FinishedEvent | FailedEvent):
-            outcome.finished[chunk.pool] += 1
+            chunk.ended += 1
         chunk.current = state
         chunk.changes["state"] = state
         for report in reports:
@@ -261,7 +259,6 @@ def apply_chunk_events(
                 "energy_method": _method_of(report),
                 **biller.bill(region, report.energy_joules, at),
             }
-        outcome.applied += 1
         chunk.applied += 1
     moved_first = save_chunk_changes(
         session,
@@ -274,21 +271,27 @@ def apply_chunk_events(
     if moved_first:  # another transaction moved these chunks first: their events are stale
         log.warning("chunks %s moved while their events were ingested; ignoring those events",
                     sorted(moved_first))  # fmt: skip
-        stale = sum(chunks[c].applied for c in moved_first)
-        outcome.applied -= stale
-        outcome.ignored += stale
         pending = {k: row for k, row in pending.items() if row["chunk_id"] not in moved_first}
         restated = [row for row in restated if row["b_chunk"] not in moved_first]
         attempt_changes = {k: v for k, v in attempt_changes.items() if k[0] not in moved_first}
-        for chunk_id in moved_first:
-            chunks[chunk_id].changes.clear()
+    for chunk in chunks.values():  # what the batch did, counted from the chunks that moved
+        if chunk.id in moved_first:
+            outcome.ignored += chunk.applied
+            chunk.changes.clear()
+            continue
+        outcome.applied += chunk.applied
+        if chunk.ended:
+            outcome.finished[chunk.pool] += chunk.ended
+        outcome.dispatch_latencies += chunk.latencies
+        if chunk.failed_for_good:
+            outcome.failed_jobs.add(chunk.job_id)
     save_attempt_changes(session, attempt_changes)
     if pending:
         session.execute(_INSERT_RESULTS, list(pending.values()))
     if restated:
         session.execute(_RESTATE_ENERGY, restated)
-    _stop_failing_jobs(session, outcome.failed_jobs)
-    touched = {c.job_id for c in chunks.values() if c.changes}
+    stopped = _stop_failing_jobs(session, outcome.failed_jobs)
+    touched = {c.job_id for c in chunks.values() if c.changes} | stopped
     if touched:
         refresh_job_states(session, lock_jobs(session, touched), now)
 
@@ -345,13 +348,15 @@ def _number_or_none(value: Any) -> float | None:
         return None
 
 
-def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
-    """Jobs past their limit of failed frames dispatch nothing more; queued chunks end."""
+def _stop_failing_jobs(session: Session, job_ids: set[int]) -> set[int]:
+    """Jobs past their limit of failed frames dispatch nothing more: their queued chunks
+    end. Returns the jobs stopped."""
+    stopped = set()
     for job_id in job_ids:
         job = session.get(JobRow, job_id)
         if job is None or job.max_failed_frames is None:
             continue
-        failed = session.execute(_FAILED_FRAMES, {"job": job_id}).scalar_one() or 0
+        failed = failed_frames(session, job_id)
         if exceeds_failure_limit(failed, job.max_failed_frames):
             end_queued_chunks(session, job_id)
             job.message = (
@@ -359,6 +364,8 @@ def _stop_failing_jobs(session: Session, job_ids: set[int]) -> None:
                 f"the job's limit is {job.max_failed_frames}"
             )
             session.add(job)
+            stopped.add(job_id)
+    return stopped
 
 
 def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> None:
@@ -435,3 +442,6 @@ class _ChunkView:
     read_state: ChunkState  # as read: the change is written only if it still is
     changes: dict[str, Any] = field(default_factory=dict)
     applied: int = 0  # events of this batch that changed it
+    ended: int = 0  # attempts of it that ended in this batch
+    failed_for_good: bool = False
+    latencies: list[float] = field(default_factory=list)  # sent -> started, seconds

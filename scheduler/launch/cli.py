@@ -4,7 +4,7 @@
     renderfarm up                        the embedded farm, until Ctrl-C
     renderfarm api [--host H --port P]   the REST API
     renderfarm scheduler                 the dispatch loop
-    renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R]
+    renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R] [--events]
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name

@@ -126,6 +126,14 @@ class FarmMachine(RuleBasedStateMachine):
     def time_passes(self) -> None:
         self.clock.now += 5  # retries' pauses end
         self.scheduler.stop_stale_attempts()
+        # once stale attempts are closed, an attempt is open only as its chunk's current
+        # one, while the chunk is dispatched or running
+        with Session(self.engine) as session:
+            for attempt in session.exec(select(AttemptRow)).all():
+                if attempt.state in (AttemptState.DISPATCHED, AttemptState.RUNNING):
+                    chunk = session.get(ChunkRow, attempt.chunk_id)
+                    assert chunk is not None and ChunkState(chunk.state) in ACTIVE_CHUNK_STATES
+                    assert attempt.number == chunk.attempts
 
     # What must always hold ------------------------------------------------------------
 
@@ -179,7 +187,7 @@ def test_any_order_of_use_cases_keeps_states_legal_and_counters_true(
 
 def settings_for_machine() -> Any:
     return hypothesis_settings(
-        max_examples=25,
+        max_examples=50,
         stateful_step_count=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
