@@ -1,6 +1,6 @@
 """Request and response bodies of the REST API (the JobCreate / JobPublic family).
 
-A job's fields are declared once, on ``scheduler.usecases.jobs.JobFields``: JobCreate
+A job's fields are declared once, on ``scheduler.usecases.submissions.JobFields``: JobCreate
 and JobPublic derive from it. Requests forbid unknown fields, so a typo ("priorty") is
 a 422 naming the field instead of a silently ignored setting. Renderer settings are a
 union told apart by ``kind``, from the registry in scheduler/wire/renderers.py: an
@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState
 from scheduler.usecases.billing import EnergyTotals
-from scheduler.usecases.jobs import FrameStatus, JobDetail, JobFields, JobRequest, Priority
+from scheduler.usecases.jobs import FrameStatus, JobDetail
+from scheduler.usecases.submissions import JobFields, JobRequest, Priority
 
 
 class JobCreate(JobRequest):
-    # The fields are declared once, on scheduler.usecases.jobs.JobFields; no docstring
+    # The fields are declared once, on scheduler.usecases.submissions.JobFields; no docstring
     # here, which would become the schema's description.
     pass
 

@@ -27,14 +27,13 @@ from scheduler.wire.celery_app import answer_active_readably, make_celery
 from scheduler.wire.events import EventPublisher
 from scheduler.wire.messages import (
     RENDER_TASK,
-    ChunkMessage,
     HeartbeatEvent,
     NodeReport,
     node_queue,
 )
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import choose_meter, node_power_figures
-from workers.runner import install_termination_handler, run_chunk
+from workers.runner import install_termination_handler, run_message
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +75,8 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
 
     @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunk(message: dict[str, Any]) -> bool:
-        chunk = ChunkMessage.from_dict(message)
         publish = lambda event: events.publish([event])  # noqa: E731
-        return run_chunk(chunk, storage, node.name, publish, meter, node.region)
+        return run_message(message, storage, node.name, publish, meter, node.region)
 
     heartbeat = Heartbeat(
         events, node, settings.heartbeat_seconds, server.ledger if server else None

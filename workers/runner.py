@@ -22,6 +22,7 @@ its figure in "finished" is a little larger than in its "frame" event, and the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import re
@@ -41,11 +42,14 @@ from scheduler.wire.messages import (
     FinishedEvent,
     FrameEvent,
     FrameReport,
+    MessageError,
     StartedEvent,
     task_id_for,
 )
 from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 E = TypeVar("E", bound=ChunkEvent)
@@ -149,6 +153,29 @@ def chunk_event(
         at=time.time(),
         **fields,
     )
+
+
+def run_message(
+    data: dict[str, Any],
+    storage: Path,
+    node: str,
+    emit: Emit,
+    meter: FrameMeter | None = None,
+    region: str = "",
+) -> bool:
+    """Read a chunk message and render it (``run_chunk``). A message this node cannot
+    read fails its attempt with the reason, when it names one; else it is logged."""
+    try:
+        message = ChunkMessage.from_dict(data)
+    except MessageError as error:
+        ids: dict[str, Any] = {key: data.get(key) for key in ("chunk_id", "attempt", "job_id")}
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in ids.values()):
+            failed = FailedEvent(**ids, node=node, region=region, at=time.time(), error=str(error))
+            emit(failed.to_dict())
+        else:
+            log.error("ignoring a chunk message that names no attempt: %s: %.300r", error, data)
+        return False
+    return run_chunk(message, storage, node, emit, meter, region)
 
 
 def run_chunk(

@@ -61,7 +61,7 @@ class JobRow(SQLModel, table=True):
     """A job: what the studio submitted, and where the farm has got with it.
 
     The submitted fields are declared, documented and validated once, on
-    ``scheduler.usecases.jobs.JobFields``; ``JobRequest.columns`` fills these columns
+    ``scheduler.usecases.submissions.JobFields``; ``JobRequest.columns`` fills these columns
     from them (a column named like a field takes its value) and ``JobRequest.fields_of``
     reads them back.
     """

@@ -2,9 +2,10 @@
 keys, fair-share weights and terms, and named limits.
 
 Each public method is one transaction. A studio only ever sees its own jobs: another
-studio's job is ``NotFound``, exactly like a job that does not exist. Changes to
-chunks are compare-and-set updates (``WHERE state = ...``), so the API and the
-scheduler never overwrite each other's decisions, on SQLite or PostgreSQL.
+studio's job is ``NotFound``, exactly like a job that does not exist. A use case that
+changes a job locks it and moves its chunks through the state writers
+(``scheduler/db/transitions.py``), so the API and the scheduler take turns per job and
+never overwrite each other's decisions, on SQLite or PostgreSQL.
 
 The API never talks to the broker: a cancel marks chunks cancelled here, and the
 scheduler revokes their running attempts on its next tick.
@@ -18,15 +19,12 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from scheduler.core.chunks import plan_chunks
-from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import (
@@ -45,133 +43,14 @@ from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.billing import EnergyTotals, job_energy, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_progress
+from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import attempt_log_path
-from scheduler.wire.renderers import RendererSpec
 
 KEY_PREFIX = "rf_"
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-GIB = 2**30  # requests give memory in GiB; the table keeps bytes
-
-Priority = Annotated[int, Field(ge=0, le=100, description="0 lowest, 100 highest")]
-RendererT = TypeVar("RendererT")
-
-
-class NodeRequirements(BaseModel):
-    """What a render node must have to render the job."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cores: int = Field(0, ge=0, le=4096)
-    memory_gb: float = Field(0, ge=0, le=65536)
-    gpus: int = Field(0, ge=0, le=64)
-    tags: list[str] = Field(default_factory=list, max_length=32, description="all required")
-
-    def columns(self) -> dict[str, Any]:
-        """The job's columns for these requirements."""
-        return {
-            "min_cores": self.cores,
-            "min_memory_bytes": int(self.memory_gb * GIB),
-            "min_gpus": self.gpus,
-            "required_tags": sorted(set(self.tags)),
-        }
-
-    @classmethod
-    def of(cls, job: JobRow) -> NodeRequirements:
-        """The inverse of ``columns``: a job's requirements as submitted."""
-        return cls(
-            cores=job.min_cores,
-            memory_gb=job.min_memory_bytes / GIB,
-            gpus=job.min_gpus,
-            tags=list(job.required_tags or ()),
-        )
-
-
-class JobFields(BaseModel, Generic[RendererT]):
-    """A job's fields as a studio submits them: each declared once, with its type, range
-    and meaning. ``JobRequest`` (the API's JobCreate) accepts them; the API's JobPublic
-    shows them as stored, beside what the farm adds. Requests forbid unknown fields, so
-    a typo ("priorty") is an error naming the field instead of an ignored setting.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    frames: str = Field(
-        min_length=1,
-        max_length=10_000,
-        description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
-        examples=["1-240"],
-    )
-    chunk_size: int = Field(1, ge=1, description="frames per chunk (one renderer command)")
-    priority: Priority = 50
-    pool: str = Field("cpu", min_length=1, max_length=64)
-    renderer: RendererT
-    max_attempts: int | None = Field(None, ge=1, le=100)
-    max_failed_frames: int | None = Field(
-        None, ge=1, description="stop the job once this many frames failed every attempt"
-    )
-    timeout: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600, description="render time limit per frame, seconds"
-    )
-    stall_timeout: float | None = Field(
-        None, gt=0, le=24 * 3600, description="kill a renderer silent for this many seconds"
-    )
-    limits: list[str] = Field(
-        default_factory=list,
-        max_length=16,
-        description="named farm-wide limits (licences) each chunk takes one of",
-    )
-    requirements: NodeRequirements = Field(default_factory=NodeRequirements)
-    depends_on: list[int] = Field(
-        default_factory=list, max_length=32, description="jobs of this studio to wait for"
-    )
-    dependency: DependencyMode = Field(
-        DependencyMode.JOB, description="job: start when they are done; frame: frame by frame"
-    )
-    on_dependency_failure: OnDependencyFailure = Field(
-        OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
-    )
-
-
-# The fields whose columns are named or shaped otherwise (see JobRequest.columns).
-_RENAMED = {"renderer", "requirements", "depends_on", "dependency"}
-
-
-class JobRequest(JobFields[RendererSpec]):
-    """A submission: the renderer is one of the registry's (scheduler/wire/renderers.py)."""
-
-    def columns(self) -> dict[str, Any]:
-        """The job's columns for what was submitted: a column named like a field takes
-        its value; the renderer is split into its kind and settings; sets are sorted.
-        ``depends_on`` has a table of its own, and the columns the farm resolves
-        (the normalised frames, defaults from the settings) are the caller's."""
-        settings = self.renderer.model_dump(mode="json")
-        return {
-            **self.model_dump(mode="json", exclude=_RENAMED),
-            "renderer": settings.pop("kind"),
-            "renderer_settings": settings,
-            "limits": sorted(set(self.limits)),
-            "dependency_mode": self.dependency.value,
-            **self.requirements.columns(),
-        }
-
-    @staticmethod
-    def fields_of(job: JobRow) -> dict[str, Any]:
-        """The inverse of ``columns``: the job's columns, with the submitted fields under
-        their own names (as the farm resolved them), for a ``JobFields`` model that
-        ignores the other columns. ``depends_on`` is not a column: the caller adds it."""
-        return {
-            **job.model_dump(),
-            "renderer": {"kind": job.renderer, **job.renderer_settings},
-            "limits": list(job.limits or ()),
-            "dependency": job.dependency_mode,
-            "requirements": NodeRequirements.of(job),
-        }
 
 
 @dataclass(frozen=True, slots=True)

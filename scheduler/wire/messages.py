@@ -3,7 +3,10 @@
 Scheduler -> node: a ``ChunkMessage``, the only argument of the Celery task
 ``renderfarm.render_chunk``. It carries everything needed to render (the node never
 reads the database): chunk id, attempt number, frames, renderer and settings, the
-paths relative to the storage root, and the time limit.
+paths relative to the storage root, and the time limit; and the envelope version
+``"v": 1``. A node that cannot read a message (another version, a missing or
+mistyped field) fails that attempt with ``MessageError``'s words, so the scheduler
+shows why instead of sending it again and again.
 
 Node -> scheduler: typed events, one class per kind, sent as JSON objects on the
 Redis list ``renderfarm:events`` (scheduler/wire/events.py). The node builds an event
@@ -41,10 +44,16 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
 RENDER_TASK = "renderfarm.render_chunk"
+MESSAGE_VERSION = 1
+
+
+class MessageError(ValueError):
+    """A chunk message this node cannot read; ``str(error)`` says what was wrong."""
 
 
 def node_queue(node: str) -> str:
@@ -90,11 +99,30 @@ class ChunkMessage:
         return self.output_pattern.replace("{frame}", f"{frame:06d}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"v": MESSAGE_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChunkMessage:
-        return cls(**data)
+        """Read a message of this version (fields it does not know are ignored: adding
+        an optional field needs no new version); anything else is a ``MessageError``."""
+        version = data.get("v", MESSAGE_VERSION)
+        if version != MESSAGE_VERSION:
+            raise MessageError(
+                f"unsupported chunk message version: the scheduler speaks v{version}, "
+                f"this node v{MESSAGE_VERSION}"
+            )
+        known = {f.name for f in dataclass_fields(cls)}
+        try:
+            message = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as error:  # a missing field
+            raise MessageError(f"chunk message: {error}") from None
+        if not isinstance(message.frames, list) or not all(
+            isinstance(f, int) and not isinstance(f, bool) for f in message.frames
+        ):
+            raise MessageError(
+                f"chunk message: frames must be a list of integers, not {message.frames!r}"
+            )
+        return message
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ from sqlmodel import Session, col, select
 
 from scheduler.db import AttemptRow
 from scheduler.settings import Settings
-from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
 from tests.conftest import Processes, wait_for
 
 pytestmark = pytest.mark.end_to_end

@@ -21,7 +21,8 @@ from sqlmodel import Session, col, select
 
 from scheduler.db import ChunkRow, FrameResultRow, JobRow
 from scheduler.settings import Settings
-from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
 from tests.conftest import Processes, free_port, renderers_running, wait_for
 
 pytestmark = pytest.mark.end_to_end

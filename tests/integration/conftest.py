@@ -14,7 +14,8 @@ from sqlmodel import Session, select
 
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
-from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import (
     ChunkEvent,
     ChunkMessage,

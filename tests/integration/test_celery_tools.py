@@ -22,7 +22,8 @@ from sqlmodel import Session, select
 from scheduler.db import ChunkRow
 from scheduler.dispatch.loop import run_scheduler
 from scheduler.settings import Settings
-from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
 from tests.conftest import Processes, farm_env, wait_for
 
 pytestmark = pytest.mark.integration

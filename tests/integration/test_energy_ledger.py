@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -94,7 +95,7 @@ def test_a_failed_render_reports_the_energy_it_used(tmp_path: Path) -> None:
     server.start()
     events: list[dict[str, Any]] = []
     too_slow = {"width": 1920, "height": 1080, "samples": 4}  # seconds; the limit is 0.5 s
-    failing = ChunkMessage(**{**chunk([1]).to_dict(), "settings": too_slow, "timeout": 0.5})
+    failing = dataclasses.replace(chunk([1]), settings=too_slow, timeout=0.5)
     try:
         assert not run_chunk(failing, tmp_path, "node-1", events.append, server.client())
     finally:

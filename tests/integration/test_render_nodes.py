@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from sqlmodel import Session, select
 from scheduler.db import AttemptRow, FrameResultRow
 from scheduler.dispatch.loop import run_scheduler
 from scheduler.settings import Settings
-from scheduler.usecases.jobs import JobRequest, StudioService
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
 from tests.conftest import Processes, renderers_running, wait_for
 from workers.runner import run_chunk
@@ -151,7 +153,7 @@ def test_runner_reports_frames_and_failures(tmp_path: Path) -> None:
     assert (tmp_path / "f_000003.png").is_file() and (tmp_path / "f_000004.png").is_file()
 
     events.clear()
-    unknown = ChunkMessage(**{**message.to_dict(), "renderer": "maya"})
+    unknown = dataclasses.replace(message, renderer="maya")
     assert not run_chunk(unknown, tmp_path, "node", events.append)
     failed = decode_event(events[-1])
     assert isinstance(failed, FailedEvent) and "no renderer 'maya'" in failed.error

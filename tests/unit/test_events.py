@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scheduler.wire.messages import (
     EVENT_VERSION,
+    MESSAGE_VERSION,
+    ChunkMessage,
     EventError,
     FailedEvent,
     FinishedEvent,
     FrameEvent,
     FrameReport,
     HeartbeatEvent,
+    MessageError,
     NodeEvent,
     NodeReport,
     StartedEvent,
     decode_event,
 )
+from workers.runner import run_message
 
 ATTEMPT: dict[str, Any] = {
     "chunk_id": 7, "attempt": 2, "job_id": 3, "node": "gz-01", "region": "guizhou",
@@ -135,3 +140,51 @@ def test_an_impossible_energy_figure_is_dropped_not_the_frame(joules: Any) -> No
     report = {**UNMETERED.to_dict(), "energy_joules": joules}
     event = decode_event({"kind": "frame", **ATTEMPT, "result": report})
     assert event == FrameEvent(**ATTEMPT, result=UNMETERED)
+
+
+# Scheduler -> node: the chunk message -------------------------------------------------
+
+MESSAGE = ChunkMessage(
+    chunk_id=7, attempt=2, job_id=3, pool="cpu", frames=[1, 2], renderer="noop",
+    settings={"seconds": 0.0}, output_pattern="jobs/3/frames/frame_{frame}.png",
+    log_path="jobs/3/logs/chunk-7-attempt-2.log", timeout=60.0, node="gz-01",
+)  # fmt: skip
+
+
+def test_a_chunk_message_round_trips_with_its_version() -> None:
+    data = json.loads(json.dumps(MESSAGE.to_dict()))
+    assert data["v"] == MESSAGE_VERSION
+    assert ChunkMessage.from_dict(data) == MESSAGE
+    assert ChunkMessage.from_dict({**data, "priority_hint": 3}) == MESSAGE  # a later field
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"v": MESSAGE_VERSION + 1}, "the scheduler speaks v2, this node v1"),
+        ({"frames": ["1"]}, "frames must be a list of integers"),
+    ],
+)
+def test_an_unreadable_chunk_message_says_what_is_wrong(
+    change: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(MessageError, match=complaint):
+        ChunkMessage.from_dict({**MESSAGE.to_dict(), **change})
+    missing = MESSAGE.to_dict()
+    del missing["renderer"]
+    with pytest.raises(MessageError, match="renderer"):
+        ChunkMessage.from_dict(missing)
+
+
+def test_a_node_fails_the_attempt_of_a_message_it_cannot_read(tmp_path: Path) -> None:
+    """Instead of Celery dropping the task (and the scheduler sending it again and again),
+    the attempt fails with the reason, for the studio to see."""
+    sent: list[dict[str, Any]] = []
+    future = {**MESSAGE.to_dict(), "v": MESSAGE_VERSION + 1}
+    assert run_message(future, tmp_path, "gz-01", sent.append, region="guizhou") is False
+    (event,) = [decode_event(data) for data in sent]
+    assert isinstance(event, FailedEvent)
+    assert (event.chunk_id, event.attempt, event.job_id) == (7, 2, 3)
+    assert "the scheduler speaks v2, this node v1" in event.error
+    assert run_message({"v": 1}, tmp_path, "gz-01", sent.append) is False  # names no attempt
+    assert len(sent) == 1
