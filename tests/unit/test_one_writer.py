@@ -1,11 +1,12 @@
 """Every state change of a chunk, an attempt or a job goes through the state writers
 (scheduler/db/transitions.py), which check the transition tables of the core: no other
-module builds an UPDATE of those tables, sets their ``state`` column, or assigns
+module builds an UPDATE of those tables (with SQLAlchemy or as SQL text), or assigns
 ``.state`` on a row (a node's own state is not a state machine of the core)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def _state_writes(path: Path) -> list[str]:
                     and inner.value.id in ENTITIES
                 ):
                     found.append(f"line {node.lineno}: {inner.value.id}.__table__.update()")
+        # raw SQL: text("UPDATE chunks SET state = ...")
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.search(r"\bupdate\s+(chunks|attempts|jobs)\b", node.value, re.IGNORECASE)
+        ):
+            found.append(f"line {node.lineno}: SQL {node.value[:40]!r}")
         # job.state = ..., attempt.state = ... (a node's state is its own)
         if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
