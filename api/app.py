@@ -9,10 +9,12 @@ from sqlalchemy.engine import Engine
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import FarmCollector
-from api.routes import jobs, nodes, studios, system
+from api.routes import assets, jobs, nodes, studios, system
 from scheduler import __version__
 from scheduler.db import create_tables, make_engine
 from scheduler.settings import Settings
+from scheduler.usecases.assets import AssetService
+from scheduler.usecases.blobstore import LocalBlobStore
 from scheduler.usecases.jobs import StudioService
 
 
@@ -31,10 +33,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.registry = registry
     app.state.service = StudioService(engine, settings)
+    app.state.assets = AssetService(engine, settings, LocalBlobStore(settings.storage_root))
     install_error_handlers(app)
+    app.include_router(assets.router)
     app.include_router(jobs.router)
     app.include_router(nodes.router)
     app.include_router(studios.router)
     app.include_router(system.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    manifests = max(settings.max_body_bytes, settings.max_manifest_files * 512)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        # contents stream to disk under limits of their own (the asset service)
+        by_path={"/v1/blobs": None, "/v1/assets": manifests, "/v1/manifests": manifests},
+    )
     return app

@@ -1,4 +1,4 @@
-"""Dependencies of the routes: the service, and the studio behind the bearer key."""
+"""Dependencies of the routes: the services, and the studio behind the bearer key."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from scheduler.db import Studio
 from scheduler.errors import Unauthorized
 from scheduler.settings import Settings
+from scheduler.usecases.assets import AssetService
 from scheduler.usecases.jobs import StudioService
 
 _bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
@@ -23,7 +24,12 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def get_assets(request: Request) -> AssetService:
+    return request.app.state.assets  # type: ignore[no-any-return]
+
+
 ServiceDep = Annotated[StudioService, Depends(get_service)]
+AssetsDep = Annotated[AssetService, Depends(get_assets)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

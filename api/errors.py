@@ -5,9 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from scheduler.errors import Conflict, InvalidRequest, NotFound, RenderfarmError, Unauthorized
+from scheduler.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RenderfarmError,
+    TooLarge,
+    Unauthorized,
+)
 
-STATUS = {NotFound: 404, InvalidRequest: 422, Conflict: 409, Unauthorized: 401}
+STATUS = {NotFound: 404, InvalidRequest: 422, Conflict: 409, TooLarge: 413, Unauthorized: 401}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.core.assets import ManifestEntry
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState
 from scheduler.usecases.billing import EnergyTotals
@@ -207,3 +208,66 @@ class Problem(BaseModel):
 
 def _time(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+# Scenes and their files ---------------------------------------------------------------
+
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class ManifestFileIn(BaseModel):
+    """A file a job needs: where it goes in the job's folder, and its content."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=1024, examples=["shots/sq010/sh020.blend"])
+    size: int = Field(ge=0, le=2**62)
+    hash: str = Field(pattern=SHA256, description="SHA-256 of the content, lowercase hex")
+    mtime: float = Field(0.0, ge=0, le=2**40, allow_inf_nan=False)
+
+    def entry(self) -> ManifestEntry:
+        return ManifestEntry(self.path, self.size, self.hash, self.mtime)
+
+
+class ManifestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[ManifestFileIn] = Field(min_length=1)  # at most max_manifest_files
+
+    def entries(self) -> list[ManifestEntry]:
+        return [f.entry() for f in self.files]
+
+
+class MissingPublic(BaseModel):
+    missing: list[str] = Field(description="contents to send (PUT /v1/blobs/<sha256>)")
+    bytes: int
+
+
+class BlobPublic(BaseModel):
+    hash: str
+    size: int
+
+
+class BatchPublic(BaseModel):
+    stored: list[BlobPublic]
+    refused: list[dict[str, str]] = Field(description="name and reason of each refused member")
+
+
+class ManifestPublic(BaseModel):
+    id: int
+    files: int
+    size: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> ManifestPublic:
+        return cls(
+            id=row.id,
+            files=row.files,
+            size=row.size,
+            created_at=datetime.fromtimestamp(row.created_at, UTC),
+        )
+
+
+class ManifestDetail(ManifestPublic):
+    entries: list[ManifestFileIn]

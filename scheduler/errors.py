@@ -4,6 +4,7 @@
     ├── NotFound          the thing does not exist, or belongs to another studio
     ├── InvalidRequest    the input is wrong; the message names the field
     ├── Conflict          the request is valid but not in the current state
+    ├── TooLarge          a file, or a studio's stored bytes, past its limit
     └── Unauthorized      no key, or an unknown one
 
 The API maps each class to one HTTP status in one place (api/errors.py); the CLI
@@ -29,6 +30,10 @@ class InvalidRequest(RenderfarmError):
 
 
 class Conflict(RenderfarmError):
+    pass
+
+
+class TooLarge(RenderfarmError):
     pass
 
 

@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     max_frames_per_job: int = Field(100_000, ge=1)
     max_chunk_size: int = Field(1_000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1_024)
+    # Scenes and their files (content-addressed blobs; see scheduler/core/assets.py).
+    max_blob_bytes: int = Field(64 * 2**30, ge=1_024, description="largest file a studio uploads")
+    max_batch_bytes: int = Field(256 * 2**20, ge=1_024, description="a batch of small files")
+    max_manifest_files: int = Field(100_000, ge=1)
+    studio_quota_bytes: int = Field(
+        1024 * 2**30, ge=0, description="bytes of content a studio may keep stored"
+    )
+    blob_retention_seconds: float = Field(
+        7 * 24 * 3600, ge=0, description="how long content no manifest names is kept"
+    )
     default_max_attempts: int = Field(3, ge=1, le=100)
     frame_timeout: float = Field(3_600.0, gt=0, description="default render time limit per frame")
     node_blocklist_after: int = Field(

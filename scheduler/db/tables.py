@@ -224,3 +224,51 @@ class NodeRow(SQLModel, table=True):
     state: str = Field(max_length=16)  # online | lost
     last_heartbeat: float
     registered_at: float
+
+
+class BlobRow(SQLModel, table=True):
+    """A content the farm stores, once, by its SHA-256 (scheduler/core/assets.py)."""
+
+    __tablename__ = "blobs"
+
+    hash: str = Field(primary_key=True, max_length=64)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    stored_at: float
+
+
+class StudioBlob(SQLModel, table=True):
+    """A content a studio sent: what it may name in its manifests and is charged for.
+
+    Two studios that send the same content each have a row and each pay for it; the
+    farm keeps it once. A studio never learns what other studios sent.
+    """
+
+    __tablename__ = "studio_blobs"
+
+    studio_id: int = Field(foreign_key="studios.id", primary_key=True)
+    hash: str = Field(foreign_key="blobs.hash", primary_key=True, max_length=64, index=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    added_at: float
+
+
+class ManifestRow(SQLModel, table=True):
+    """The files a job needs, as a studio described them: a tree of paths to contents."""
+
+    __tablename__ = "manifests"
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id", index=True)
+    files: int
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: float
+
+
+class ManifestFile(SQLModel, table=True):
+    __tablename__ = "manifest_files"
+    __table_args__ = (Index("ix_manifest_files_hash", "hash"),)
+
+    manifest_id: int = Field(foreign_key="manifests.id", primary_key=True)
+    path: str = Field(primary_key=True, max_length=1024)
+    hash: str = Field(max_length=64)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    mtime: float = 0.0

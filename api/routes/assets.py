@@ -1,0 +1,130 @@
+"""Studio routes for scenes and their files: which contents the farm lacks, uploading
+them (one by one, streamed, or many small ones in one tar), and manifests.
+
+    POST /v1/assets/missing   a manifest -> the contents this studio has to send
+    PUT  /v1/blobs/{sha256}   one content, streamed to disk and checked against its name
+    POST /v1/blobs            a tar of contents, each named by its SHA-256
+    POST /v1/manifests        the files a job needs -> a manifest id for the job
+    GET  /v1/manifests/{id}   its files
+
+Routes translate and delegate: the asset service decides and raises domain errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path as FilePath
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import AssetsDep, StudioDep
+from api.schemas import (
+    BatchPublic,
+    BlobPublic,
+    ManifestDetail,
+    ManifestFileIn,
+    ManifestIn,
+    ManifestPublic,
+    MissingPublic,
+    Problem,
+)
+from scheduler.errors import TooLarge
+
+router = APIRouter(
+    tags=["assets"],
+    responses={
+        401: {"model": Problem},
+        404: {"model": Problem},
+        409: {"model": Problem},
+        413: {"model": Problem},
+        422: {"model": Problem},
+    },
+)
+
+
+def _id(studio: StudioDep) -> int:
+    assert studio.id is not None
+    return studio.id
+
+
+@router.post("/v1/assets/missing", response_model=MissingPublic)
+def missing(body: ManifestIn, studio: StudioDep, assets: AssetsDep) -> MissingPublic:
+    found = assets.missing(_id(studio), body.entries())
+    return MissingPublic(missing=found.hashes, bytes=found.bytes)
+
+
+@router.put(
+    "/v1/blobs/{blob_hash}",
+    response_model=BlobPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": BlobPublic, "description": "the studio sent it already"}},
+)
+async def put_blob(
+    blob_hash: str, request: Request, response: Response, studio: StudioDep, assets: AssetsDep
+) -> BlobPublic:
+    """Send one content, its SHA-256 in the path; the body is the bytes, streamed."""
+    studio_id = _id(studio)
+    writer = assets.begin_upload(studio_id, blob_hash)  # checks the name first
+    owned = await run_in_threadpool(assets.owned_size, studio_id, blob_hash)
+    if owned is not None:
+        writer.abort()
+        response.status_code = status.HTTP_200_OK  # a repeat: nothing to read or keep
+        return BlobPublic(hash=blob_hash, size=owned)
+    room = min(await run_in_threadpool(assets.room_left, studio_id), assets.max_blob_bytes)
+    try:
+        async for chunk in request.stream():
+            writer.write(chunk)  # page-cache writes of the server's small chunks
+            if writer.size > room:
+                raise TooLarge(
+                    f"the content is larger than the {room} bytes this studio may still store"
+                )
+    except BaseException:
+        writer.abort()
+        raise
+    size = await run_in_threadpool(assets.finish_upload, studio_id, blob_hash, writer)
+    return BlobPublic(hash=blob_hash, size=size)
+
+
+@router.post("/v1/blobs", response_model=BatchPublic)
+async def post_blobs(request: Request, studio: StudioDep, assets: AssetsDep) -> BatchPublic:
+    """Many small contents in one request: a tar (``Content-Type: application/x-tar``)
+    whose members are named by their SHA-256. Spooled to disk, never held in memory."""
+    limit = assets.max_batch_bytes
+    fd, name = tempfile.mkstemp(dir=assets.store.incoming, prefix="batch-")
+    path = FilePath(name)
+    try:
+        with os.fdopen(fd, "wb") as spool:
+            seen = 0
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > limit:
+                    raise TooLarge(f"a batch is at most {limit} bytes; send large files alone")
+                spool.write(chunk)
+        stored, refused = await run_in_threadpool(assets.receive_batch, _id(studio), path)
+    finally:
+        path.unlink(missing_ok=True)
+    return BatchPublic(
+        stored=[BlobPublic(hash=h, size=n) for h, n in stored],
+        refused=[{"name": n, "reason": why} for n, why in refused],
+    )
+
+
+@router.post("/v1/manifests", response_model=ManifestPublic, status_code=status.HTTP_201_CREATED)
+def create_manifest(body: ManifestIn, studio: StudioDep, assets: AssetsDep) -> ManifestPublic:
+    return ManifestPublic.of(assets.create_manifest(_id(studio), body.entries()))
+
+
+@router.get("/v1/manifests/{manifest_id}", response_model=ManifestDetail)
+def get_manifest(
+    manifest_id: Annotated[int, Path(ge=1, le=2**31 - 1)], studio: StudioDep, assets: AssetsDep
+) -> ManifestDetail:
+    manifest, files = assets.manifest(_id(studio), manifest_id)
+    return ManifestDetail(
+        **ManifestPublic.of(manifest).model_dump(),
+        entries=[
+            ManifestFileIn(path=f.path, size=f.size, hash=f.hash, mtime=f.mtime) for f in files
+        ],
+    )

@@ -1,0 +1,228 @@
+"""Scenes travel by content: the studio learns what the farm lacks, sends only that,
+checked against its hash, and names it in a manifest; nothing about other studios'
+contents leaks. Real database, the real API in process, the local blob store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from api.app import create_app
+from scheduler.core.assets import blob_key
+from scheduler.db import BlobRow, StudioBlob
+from scheduler.settings import Settings
+from scheduler.usecases.assets import AssetService
+from scheduler.usecases.blobstore import LocalBlobStore
+from scheduler.usecases.jobs import StudioService
+from tests.integration.conftest import Clock
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, engine)) as test_client:
+        yield test_client
+
+
+def key_header(engine: Engine, settings: Settings, name: str) -> dict[str, str]:
+    _studio, key = StudioService(engine, settings).create_studio(name)
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def east(engine: Engine, settings: Settings) -> dict[str, str]:
+    return key_header(engine, settings, "east")
+
+
+@pytest.fixture
+def west(engine: Engine, settings: Settings) -> dict[str, str]:
+    return key_header(engine, settings, "west")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest(files: dict[str, bytes]) -> dict[str, Any]:
+    return {
+        "files": [
+            {"path": path, "size": len(data), "hash": sha(data), "mtime": 1.0e9}
+            for path, data in files.items()
+        ]
+    }
+
+
+SCENE = {
+    "shots/sq010/sh020.blend": b"BLENDER-v405" + bytes(range(256)) * 40,
+    "shots/sq010/textures/wood.png": b"\x89PNG wood" * 100,
+    "shots/sq010/textures/copy-of-wood.png": b"\x89PNG wood" * 100,  # same content
+}
+
+
+def upload_scene(client: TestClient, headers: dict[str, str], files: dict[str, bytes]) -> int:
+    """What the CLI does; returns the bytes it sent."""
+    wanted = client.post("/v1/assets/missing", json=manifest(files), headers=headers)
+    assert wanted.status_code == 200, wanted.text
+    by_hash = {sha(data): data for data in files.values()}
+    sent = 0
+    for blob_hash in wanted.json()["missing"]:
+        put = client.put(f"/v1/blobs/{blob_hash}", content=by_hash[blob_hash], headers=headers)
+        assert put.status_code == 201, put.text
+        sent += len(by_hash[blob_hash])
+    created = client.post("/v1/manifests", json=manifest(files), headers=headers)
+    assert created.status_code == 201, created.text
+    return sent
+
+
+def test_a_scene_is_sent_once_and_a_second_submission_sends_nothing(
+    client: TestClient, east: dict[str, str], settings: Settings
+) -> None:
+    first = upload_scene(client, east, SCENE)
+    assert first == len(SCENE["shots/sq010/sh020.blend"]) + len(
+        SCENE["shots/sq010/textures/wood.png"]
+    )  # the two textures share one content
+    assert upload_scene(client, east, SCENE) == 0
+    again = client.put(f"/v1/blobs/{sha(SCENE['shots/sq010/sh020.blend'])}", content=b"x",
+                       headers=east)  # fmt: skip
+    assert again.status_code == 200  # the studio's own content: a no-op
+    for data in SCENE.values():
+        assert (settings.storage_root / blob_key(sha(data))).read_bytes() == data
+
+
+def test_a_content_that_does_not_match_its_hash_is_refused_and_nothing_is_kept(
+    client: TestClient, east: dict[str, str], settings: Settings, engine: Engine
+) -> None:
+    claimed = sha(b"the real texture")
+    response = client.put(f"/v1/blobs/{claimed}", content=b"something else", headers=east)
+    assert response.status_code == 422
+    assert "SHA-256" in response.text
+    assert not (settings.storage_root / blob_key(claimed)).exists()
+    assert not list((settings.storage_root / "blobs" / "incoming").iterdir())
+    with Session(engine) as session:
+        assert session.exec(select(BlobRow)).all() == []
+    bad_name = client.put("/v1/blobs/../../etc/passwd", content=b"x", headers=east)
+    assert bad_name.status_code in (404, 422)
+
+
+def test_many_small_files_go_in_one_request(
+    client: TestClient, east: dict[str, str], engine: Engine
+) -> None:
+    files = {f"cache/particles/{n:05d}.bphys": f"frame {n}".encode() for n in range(2000)}
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for data in files.values():
+            info = tarfile.TarInfo(sha(data))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        evil = tarfile.TarInfo("../../escape")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"!"))
+    response = client.post(
+        "/v1/blobs",
+        content=archive.getvalue(),
+        headers={**east, "Content-Type": "application/x-tar"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["stored"]) == 2000
+    assert [r["name"] for r in body["refused"]] == ["../../escape"]
+    wanted = client.post("/v1/assets/missing", json=manifest(files), headers=east)
+    assert wanted.json() == {"missing": [], "bytes": 0}
+    assert client.post("/v1/manifests", json=manifest(files), headers=east).status_code == 201
+
+
+def test_no_studio_learns_what_another_stored(
+    client: TestClient,
+    east: dict[str, str],
+    west: dict[str, str],
+    settings: Settings,
+    engine: Engine,
+) -> None:
+    upload_scene(client, east, SCENE)
+    blend = sha(SCENE["shots/sq010/sh020.blend"])
+    # west is told to send what east sent, exactly as if the farm had never seen it
+    wanted = client.post("/v1/assets/missing", json=manifest(SCENE), headers=west).json()
+    assert blend in wanted["missing"]
+    # and cannot name it without sending the bytes
+    named = client.post("/v1/manifests", json=manifest(SCENE), headers=west)
+    assert named.status_code == 409 and blend in named.text
+    assert upload_scene(client, west, SCENE) > 0
+    # the farm keeps one copy, each studio is charged for its own
+    with Session(engine) as session:
+        assert len(session.exec(select(BlobRow)).all()) == 2
+        assert len(session.exec(select(StudioBlob)).all()) == 4
+    # a studio reads only its own manifests
+    east_manifest = client.post("/v1/manifests", json=manifest(SCENE), headers=east).json()
+    assert client.get(f"/v1/manifests/{east_manifest['id']}", headers=west).status_code == 404
+    own = client.get(f"/v1/manifests/{east_manifest['id']}", headers=east).json()
+    assert [e["path"] for e in own["entries"]] == sorted(SCENE)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../outside.blend", "/etc/passwd", "shots\\sq010.blend", "a/./b", "a//b", "nul\x00.blend",
+     "C:/scene.blend", ""],
+)  # fmt: skip
+def test_a_manifest_names_only_paths_inside_the_jobs_folder(
+    client: TestClient, east: dict[str, str], path: str
+) -> None:
+    body = {"files": [{"path": path, "size": 1, "hash": sha(b"x")}]}
+    response = client.post("/v1/assets/missing", json=body, headers=east)
+    assert response.status_code == 422, response.text
+    assert "files" in response.text or "path" in response.text
+
+
+def test_a_file_and_a_folder_of_the_same_name_are_refused(
+    client: TestClient, east: dict[str, str]
+) -> None:
+    files = {"scene": b"a", "scene/texture.png": b"b"}
+    response = client.post("/v1/assets/missing", json=manifest(files), headers=east)
+    assert response.status_code == 422 and "both a file and a folder" in response.text
+
+
+def test_a_studio_stores_no_more_than_its_quota(
+    engine: Engine, settings: Settings, east: dict[str, str]
+) -> None:
+    small = settings.model_copy(update={"studio_quota_bytes": 5000})
+    with TestClient(create_app(small, engine)) as client:
+        fits = b"a" * 4000
+        assert client.put(f"/v1/blobs/{sha(fits)}", content=fits, headers=east).status_code == 201
+        over = b"b" * 2000
+        response = client.put(f"/v1/blobs/{sha(over)}", content=over, headers=east)
+        assert (
+            response.status_code == 413
+            and "1000 bytes this studio may still store" in response.text
+        )
+        assert not (small.storage_root / blob_key(sha(over))).exists()
+        big_stream = b"c" * 2_000_000  # past the API's 1 MiB body limit: contents stream
+        roomy = small.model_copy(update={"studio_quota_bytes": 10_000_000})
+    with TestClient(create_app(roomy, engine)) as client:
+        response = client.put(f"/v1/blobs/{sha(big_stream)}", content=big_stream, headers=east)
+        assert response.status_code == 201, response.text
+
+
+def test_contents_nothing_names_are_collected_after_the_retention(
+    engine: Engine, settings: Settings, east: dict[str, str], client: TestClient
+) -> None:
+    named = {"scene.blend": b"kept: a manifest names it"}
+    upload_scene(client, east, named)
+    stray = b"sent, never named"
+    assert client.put(f"/v1/blobs/{sha(stray)}", content=stray, headers=east).status_code == 201
+    clock = Clock(now=10**10)  # long after both were sent
+    store = LocalBlobStore(settings.storage_root)
+    assets = AssetService(engine, settings, store, clock)
+    collected = assets.collect_garbage()
+    assert (collected.studio_contents, collected.blobs, collected.bytes) == (1, 1, len(stray))
+    assert not store.has(sha(stray))
+    assert store.has(sha(named["scene.blend"]))
+    recent = AssetService(engine, settings, store, Clock(now=0.0)).collect_garbage()
+    assert recent.blobs == 0
