@@ -79,6 +79,7 @@ class JobRow(SQLModel, table=True):
     pool: str = Field(max_length=64)
     renderer: str = Field(max_length=32)
     renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    manifest_id: int | None = Field(default=None, foreign_key="manifests.id")
     max_attempts: int
     max_failed_frames: int | None = None
     limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # sorted

@@ -462,6 +462,7 @@ def save_dispatch(
                 timeout=job.timeout,
                 stall_timeout=job.stall_timeout,
                 node=by_chunk[chunk_id].node,
+                manifest_id=job.manifest_id,
             )
         )
     refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)

@@ -34,6 +34,7 @@ from scheduler.db import (
     JobDependency,
     JobRow,
     Limit,
+    ManifestRow,
     NodeRow,
     Studio,
     Subscription,
@@ -222,6 +223,12 @@ class StudioService:
                 other = session.get(JobRow, dependency)
                 if other is None or other.studio_id != studio_id:
                     raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
+            if request.manifest is not None:
+                manifest = session.get(ManifestRow, request.manifest)
+                if manifest is None or manifest.studio_id != studio_id:
+                    raise InvalidRequest(
+                        "manifest", f"no manifest {request.manifest} of this studio"
+                    )
             if request.limits:
                 known = set(session.exec(select(Limit.name)).all())
                 unknown = sorted(set(request.limits) - known)

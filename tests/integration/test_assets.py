@@ -226,3 +226,16 @@ def test_contents_nothing_names_are_collected_after_the_retention(
     assert store.has(sha(named["scene.blend"]))
     recent = AssetService(engine, settings, store, Clock(now=0.0)).collect_garbage()
     assert recent.blobs == 0
+
+
+def test_a_job_names_its_studios_manifest_and_no_other(
+    client: TestClient, east: dict[str, str], west: dict[str, str]
+) -> None:
+    upload_scene(client, east, SCENE)
+    created = client.post("/v1/manifests", json=manifest(SCENE), headers=east).json()
+    job = {"name": "sh020", "frames": "1-2", "renderer": {"kind": "noop"}}
+    own = client.post("/v1/jobs", json={**job, "manifest": created["id"]}, headers=east)
+    assert own.status_code == 201, own.text
+    assert own.json()["manifest"] == created["id"]
+    theirs = client.post("/v1/jobs", json={**job, "manifest": created["id"]}, headers=west)
+    assert theirs.status_code == 422 and "manifest" in theirs.text
