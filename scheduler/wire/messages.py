@@ -87,6 +87,9 @@ class ChunkMessage:
     timeout: float  # render time limit per frame, seconds
     stall_timeout: float | None = None  # longest silence (no output) allowed, seconds
     node: str | None = None  # the node it was placed on (None: not placed, not sent)
+    # The files the job needs (a manifest, fetched by id): the node lays them out in the
+    # attempt's folder; the renderer's relative paths start there. None: no files.
+    manifest_id: int | None = None
 
     @property
     def queue(self) -> str:
