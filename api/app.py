@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import FarmCollector
-from api.routes import assets, jobs, nodes, studios, system
+from api.routes import assets, internal, jobs, nodes, studios, system
 from scheduler import __version__
 from scheduler.db import create_tables, make_engine
 from scheduler.settings import Settings
@@ -36,6 +36,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.assets = AssetService(engine, settings, LocalBlobStore(settings.storage_root))
     install_error_handlers(app)
     app.include_router(assets.router)
+    app.include_router(internal.router)
     app.include_router(jobs.router)
     app.include_router(nodes.router)
     app.include_router(studios.router)

@@ -194,7 +194,11 @@ class AssetService:
             )
             session.commit()
             session.refresh(manifest)
-            return manifest
+        self.store.publish_manifest(
+            manifest.id,
+            [{"path": e.path, "hash": e.hash, "size": e.size, "mtime": e.mtime} for e in files],
+        )
+        return manifest
 
     def manifest(self, studio_id: int, manifest_id: int) -> tuple[ManifestRow, list[ManifestFile]]:
         """The studio's manifest and its files; another studio's is ``NotFound``."""
@@ -208,6 +212,19 @@ class AssetService:
                 .order_by(col(ManifestFile.path))
             ).all()
             return manifest, list(files)
+
+    def files_for_node(self, manifest_id: int) -> list[ManifestFile]:
+        """A manifest's files, for a render node (authenticated by the node token)."""
+        with Session(self.engine) as session:
+            if session.get(ManifestRow, manifest_id) is None:
+                raise NotFound(f"no manifest {manifest_id}")
+            return list(
+                session.exec(
+                    select(ManifestFile)
+                    .where(ManifestFile.manifest_id == manifest_id)
+                    .order_by(col(ManifestFile.path))
+                )
+            )
 
     def collect_garbage(self) -> Collected:
         """Drop a studio's claim on contents that none of its manifests names and that it

@@ -8,6 +8,7 @@ a content already stored is not written twice. Nothing is held in memory whole.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -72,3 +73,13 @@ class LocalBlobStore:
 
     def delete(self, blob_hash: str) -> None:
         self.path(blob_hash).unlink(missing_ok=True)
+
+    def publish_manifest(self, manifest_id: int, entries: list[dict[str, object]]) -> None:
+        """A manifest's files as JSON beside the contents, for nodes that mount the
+        storage (the database stays the truth; this is a copy nodes can read)."""
+        folder = self.root / "manifests"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{manifest_id}-")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"id": manifest_id, "entries": entries}, out)
+        os.replace(name, folder / f"{manifest_id}.json")

@@ -1,0 +1,63 @@
+"""Routes for render nodes, not studios: the files of a job, for nodes without a shared
+filesystem. Authenticated by the farm's node token (``RENDERFARM_NODE_TOKEN``, the same
+on the API and every node); without one configured they answer 404.
+
+    GET /v1/internal/manifests/{id}   a manifest's files (path, hash, size, mtime)
+    GET /v1/internal/blobs/{sha256}   a content, streamed
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.deps import AssetsDep, SettingsDep
+from api.schemas import ManifestFileIn, Problem
+from scheduler.core.assets import is_blob_hash
+from scheduler.errors import NotFound, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="the farm's node token")
+
+router = APIRouter(
+    prefix="/v1/internal",
+    tags=["internal (render nodes)"],
+    responses={401: {"model": Problem}, 404: {"model": Problem}},
+)
+
+
+def node(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if settings.node_token is None:
+        raise NotFound("this farm serves no files to nodes: RENDERFARM_NODE_TOKEN is not set")
+    expected = settings.node_token.get_secret_value().encode()
+    given = (credentials.credentials if credentials else "").encode()
+    if not secrets.compare_digest(given, expected):
+        raise Unauthorized("send `Authorization: Bearer <the farm's node token>`")
+
+
+NodeDep = Annotated[None, Depends(node)]
+
+
+@router.get("/manifests/{manifest_id}")
+def manifest_for_node(
+    manifest_id: Annotated[int, Path(ge=1, le=2**31 - 1)], _node: NodeDep, assets: AssetsDep
+) -> dict[str, list[ManifestFileIn]]:
+    files = assets.files_for_node(manifest_id)
+    return {
+        "entries": [
+            ManifestFileIn(path=f.path, hash=f.hash, size=f.size, mtime=f.mtime) for f in files
+        ]
+    }
+
+
+@router.get("/blobs/{blob_hash}", response_class=FileResponse)
+def blob_for_node(blob_hash: str, _node: NodeDep, assets: AssetsDep) -> FileResponse:
+    if not is_blob_hash(blob_hash) or not assets.store.has(blob_hash):
+        raise NotFound(f"no content {blob_hash[:64]}")
+    return FileResponse(assets.store.path(blob_hash), media_type="application/octet-stream")

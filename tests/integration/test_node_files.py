@@ -1,0 +1,129 @@
+"""A render node lays out a job's files from the farm, with or without a shared
+filesystem: over HTTP with the node token, or from the mounted storage; every content
+checked; a cache that fetches nothing twice and keeps to its size."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+
+from api.app import create_app
+from scheduler.settings import Settings
+from tests.integration.test_assets import SCENE, key_header, manifest, upload_scene
+from workers.assets import BlobCache, FetchError, FileEntry, HttpFiles, SharedFiles, lay_out
+
+pytestmark = pytest.mark.integration
+TOKEN = "node-secret-for-tests"
+
+
+@pytest.fixture
+def farm(engine: Engine, settings: Settings) -> Iterator[tuple[TestClient, int]]:
+    """The API with a node token, a studio's scene uploaded and its manifest's id."""
+    with_token = settings.model_copy(update={"node_token": SecretStr(TOKEN)})
+    with TestClient(create_app(with_token, engine)) as client:
+        studio = key_header(engine, with_token, "east")
+        upload_scene(client, studio, SCENE)
+        created = client.post("/v1/manifests", json=manifest(SCENE), headers=studio)
+        yield client, created.json()["id"]
+
+
+def test_a_node_without_shared_storage_lays_out_the_scene_and_fetches_it_once(
+    farm: tuple[TestClient, int], tmp_path: Path
+) -> None:
+    client, manifest_id = farm
+    cache = BlobCache(tmp_path / "cache", max_bytes=10**9)
+    files = HttpFiles(client, TOKEN)
+    first = tmp_path / "attempt-1"
+    lay_out(manifest_id, first, cache, files)
+    for path, data in SCENE.items():
+        assert (first / path).read_bytes() == data  # relative paths resolve in the tree
+    assert cache.fetched == 2  # two contents: the textures share one
+    lay_out(manifest_id, tmp_path / "attempt-2", cache, files)  # the next chunk
+    assert cache.fetched == 2 and cache.hits >= 3
+
+
+def test_the_internal_routes_want_the_node_token(farm: tuple[TestClient, int]) -> None:
+    client, manifest_id = farm
+    blob = hashlib.sha256(SCENE["shots/sq010/sh020.blend"]).hexdigest()
+    for url in (f"/v1/internal/manifests/{manifest_id}", f"/v1/internal/blobs/{blob}"):
+        assert client.get(url).status_code == 401
+        wrong = client.get(url, headers={"Authorization": "Bearer guess"})
+        assert wrong.status_code == 401
+    with pytest.raises(FetchError, match="401"):
+        HttpFiles(client, "guess").manifest(manifest_id)
+
+
+def test_a_node_of_a_farm_with_shared_storage_reads_it(
+    farm: tuple[TestClient, int], settings: Settings, tmp_path: Path
+) -> None:
+    _client, manifest_id = farm
+    cache = BlobCache(tmp_path / "cache", max_bytes=10**9)
+    lay_out(manifest_id, tmp_path / "tree", cache, SharedFiles(settings.storage_root))
+    assert (tmp_path / "tree" / "shots/sq010/sh020.blend").read_bytes() == SCENE[
+        "shots/sq010/sh020.blend"
+    ]
+
+
+class Tampered:
+    """A farm whose contents are not what their names say (a broken disk, a proxy)."""
+
+    def manifest(self, manifest_id: int) -> list[FileEntry]:
+        return [FileEntry("scene.blend", hashlib.sha256(b"real").hexdigest(), 4)]
+
+    def fetch(self, blob_hash: str, out: object) -> None:
+        out.write(b"fake")  # type: ignore[attr-defined]
+
+
+class Traversing(Tampered):
+    def manifest(self, manifest_id: int) -> list[FileEntry]:
+        return [FileEntry("../../outside", hashlib.sha256(b"fake").hexdigest(), 4)]
+
+
+def test_a_content_that_is_not_what_it_claims_never_enters_the_cache(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", max_bytes=10**9)
+    with pytest.raises(FetchError, match="whose hash is not"):
+        lay_out(1, tmp_path / "tree", cache, Tampered())
+    assert not list((tmp_path / "cache").rglob("*.blend"))
+    assert list((tmp_path / "cache" / "incoming").iterdir()) == []
+    with pytest.raises(FetchError, match="parts are not allowed"):
+        lay_out(1, tmp_path / "tree", cache, Traversing())
+    assert not (tmp_path / "outside").exists()
+
+
+class Counting:
+    """Contents made up on the fly: 1 KiB each, counted."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def manifest(self, manifest_id: int) -> list[FileEntry]:
+        return []
+
+    def fetch(self, blob_hash: str, out: object) -> None:
+        self.sent += 1
+        out.write(CONTENTS[blob_hash])  # type: ignore[attr-defined]
+
+
+CONTENTS = {hashlib.sha256(bytes([n]) * 1024).hexdigest(): bytes([n]) * 1024 for n in range(8)}
+
+
+def test_the_cache_keeps_to_its_size_least_recently_used_out_first(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", max_bytes=4 * 1024)
+    source = Counting()
+    entries = [FileEntry(f"f{n}", h, 1024) for n, h in enumerate(CONTENTS)]
+    for entry in entries[:4]:
+        cache.get(entry, source)
+    cache.get(entries[0], source)  # used again: the most recent now
+    cache.get(entries[4], source)  # one too many: the least recently used (1) goes
+    kept = {p.name for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()}
+    assert entries[1].hash not in kept
+    assert {entries[0].hash, entries[4].hash} <= kept and len(kept) == 4
+    sent = source.sent
+    cache.get(entries[0], source)
+    assert source.sent == sent  # a hit
