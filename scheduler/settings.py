@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     max_watts: float | None = Field(
         None, ge=0, description="node IT power at full load; default per logical CPU"
     )
+    blender: str | None = Field(
+        None,
+        description="the blender executable nodes render with; default: blender on "
+        "PATH, else the bpy module (renderfarm[blender])",
+    )
     visibility_timeout: int = Field(
         43_200, ge=60, description="Redis redelivery of unacked messages; above the longest render"
     )
@@ -95,6 +100,16 @@ class Settings(BaseSettings):
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+
+    # Render nodes and the farm's files.
+    api_url: str | None = Field(
+        None, description="nodes fetch scenes from this API; None: from the shared storage"
+    )
+    node_token: SecretStr | None = Field(
+        None, description="the secret nodes show the API's /v1/internal routes"
+    )
+    node_cache: Path | None = Field(None, description="a node's file cache; default data_dir")
+    node_cache_bytes: int = Field(50 * 2**30, ge=0, description="a node's file cache size")
 
     @field_validator("pools", mode="before")
     @classmethod
