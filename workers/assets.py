@@ -184,3 +184,41 @@ class _Hashing:
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         return self.out.write(data)
+
+
+class JobFiles:
+    """The job's folder for each attempt on this node: ``prepare`` lays the manifest out
+    under ``work`` (nothing for a job without one), ``release`` removes it after."""
+
+    def __init__(self, cache: BlobCache, source: FarmFiles, work: Path) -> None:
+        self.cache = cache
+        self.source = source
+        self.work = work
+
+    def folder(self, manifest_id: int, task_id: str) -> Path:
+        return self.work / task_id
+
+    def prepare(self, manifest_id: int | None, task_id: str) -> Path | None:
+        if manifest_id is None:
+            return None
+        dest = self.folder(manifest_id, task_id)
+        shutil.rmtree(dest, ignore_errors=True)  # what a crashed earlier run left
+        lay_out(manifest_id, dest, self.cache, self.source)
+        return dest
+
+    def release(self, manifest_id: int | None, task_id: str) -> None:
+        if manifest_id is not None:
+            shutil.rmtree(self.folder(manifest_id, task_id), ignore_errors=True)
+
+
+def job_files(
+    storage: Path, cache_root: Path, cache_bytes: int, api_url: str | None, token: str | None
+) -> JobFiles:
+    """This node's files: from the API with the node token when it has both, else from
+    the shared storage."""
+    source: FarmFiles
+    if api_url and token:
+        source = HttpFiles(httpx.Client(base_url=api_url, timeout=60.0), token)
+    else:
+        source = SharedFiles(storage)
+    return JobFiles(BlobCache(cache_root / "cache", cache_bytes), source, cache_root / "attempts")

@@ -5,11 +5,14 @@ publish its events. The heartbeat runs in the worker's main process, where Celer
 knows which requests are active, and tells the scheduler every few seconds that the
 node lives, its pool, region, slots and hardware, its power, and which attempts it is
 running. The energy ledger (workers/energy.py) runs in the main process too, and the
-render slots reach it over a Unix socket.
+render slots reach it over a Unix socket. Blender is looked for once, as the node
+starts (``equip_blender``): the render slots, forked from the main process, render with
+the one it found, and the node advertises its ``blender-<major>.<minor>`` tag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -31,8 +34,11 @@ from scheduler.wire.messages import (
     NodeReport,
     node_queue,
 )
+from workers.assets import job_files
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import choose_meter, node_power_figures
+from workers.renderers import BLENDER
+from workers.renderers.blender import find_blender
 from workers.runner import install_termination_handler, run_message
 
 log = logging.getLogger(__name__)
@@ -64,7 +70,22 @@ class NodeConfig:
         )
 
 
+def equip_blender(settings: Settings, node: NodeConfig) -> NodeConfig:
+    """Find this node's Blender (``BlenderUnavailable`` if the one configured does not
+    run), render with it, and return the node with its ``blender-X.Y`` tag added."""
+    blender = find_blender(settings.blender)
+    BLENDER.use(blender)
+    if blender is None:
+        log.info("blender: none on this node; it refuses blender chunks")
+        return node
+    log.info("blender: %s", blender.describe())
+    if blender.tag in node.tags:
+        return node
+    return dataclasses.replace(node, tags=[*node.tags, blender.tag])
+
+
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
+    node = equip_blender(settings, node)
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
     answer_active_readably()  # `celery inspect active` shows "job 12 chunk 345 ..."
     app.conf.task_queues = [queue_entity(node_queue(node.name))]
@@ -72,11 +93,19 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     events = EventPublisher(settings.effective_broker_url)
     server = make_ledger_server(settings, node)
     meter = server.client() if server else None
+    token = settings.node_token.get_secret_value() if settings.node_token else None
+    files = job_files(
+        storage,
+        settings.node_cache or settings.data_dir.resolve() / "node-cache" / node.name,
+        settings.node_cache_bytes,
+        settings.api_url,
+        token,
+    )  # the API's files with the node token, else the shared storage
 
     @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunk(message: dict[str, Any]) -> bool:
         publish = lambda event: events.publish([event])  # noqa: E731
-        return run_message(message, storage, node.name, publish, meter, node.region)
+        return run_message(message, storage, node.name, publish, meter, node.region, files)
 
     heartbeat = Heartbeat(
         events, node, settings.heartbeat_seconds, server.ledger if server else None

@@ -3,7 +3,10 @@
 A process renderer runs as a child in its own process group (so the whole tree can
 be killed), dies with its parent (``PR_SET_PDEATHSIG``), and is killed when the
 chunk's time limit passes. Its output goes to the attempt's log in storage; lines
-``renderfarm-frame: N [seconds=S] [cpu=C]`` report frames as they finish. CPU time
+``renderfarm-frame: N [seconds=S] [cpu=C] [ext=.exr]`` report frames as they finish
+(``ext``: the frame's file has this extension instead of the output pattern's). A
+renderer that fails is quoted: its last lines of output that are not progress (the
+renderer's ``progress`` pattern) end the failure's message. CPU time
 is measured from the kernel's accounting of waited-for children, so frames that a
 renderer does not time itself still get honest figures (the chunk's, shared evenly).
 
@@ -21,6 +24,7 @@ its figure in "finished" is a little larger than in its "frame" event, and the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -32,7 +36,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, TypeVar
 
 from scheduler.wire.messages import (
@@ -46,6 +50,7 @@ from scheduler.wire.messages import (
     StartedEvent,
     task_id_for,
 )
+from workers.assets import FetchError, JobFiles
 from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
@@ -56,7 +61,10 @@ E = TypeVar("E", bound=ChunkEvent)
 
 FRAME_LINE = re.compile(
     rb"^renderfarm-frame:\s*(-?\d+)(?:\s+seconds=([0-9.]+))?(?:\s+cpu=([0-9.]+))?"
+    rb"(?:\s+ext=(\.[A-Za-z0-9]{1,8})\b)?"
 )
+QUOTED_LINES = 6  # of a failed renderer's output, in the failure's message
+Marker = tuple[int, float | None, float | None, str | None]  # frame, seconds, cpu, ext
 KILL_GRACE_SECONDS = 3.0
 STARTED_GRACE_SECONDS = 0.5
 
@@ -162,6 +170,7 @@ def run_message(
     emit: Emit,
     meter: FrameMeter | None = None,
     region: str = "",
+    files: JobFiles | None = None,
 ) -> bool:
     """Read a chunk message and render it (``run_chunk``). A message this node cannot
     read fails its attempt with the reason, when it names one; else it is logged."""
@@ -175,7 +184,7 @@ def run_message(
         else:
             log.error("ignoring a chunk message that names no attempt: %s: %.300r", error, data)
         return False
-    return run_chunk(message, storage, node, emit, meter, region)
+    return run_chunk(message, storage, node, emit, meter, region, files)
 
 
 def run_chunk(
@@ -185,6 +194,7 @@ def run_chunk(
     emit: Emit,
     meter: FrameMeter | None = None,
     region: str = "",
+    files: JobFiles | None = None,
 ) -> bool:
     """Render the chunk; emit started, frame... and finished or failed. True if it rendered.
 
@@ -195,9 +205,11 @@ def run_chunk(
     started = chunk_event(StartedEvent, message, node, region)
     notice = StartNotice(emit, started.to_dict(), STARTED_GRACE_SECONDS)
     started_at = time.time()
-    energy = AttemptMeter(meter, task_id_for(message.chunk_id, message.attempt))
+    task_id = task_id_for(message.chunk_id, message.attempt)
+    energy = AttemptMeter(meter, task_id)
     try:
-        reports = render(message, storage, node, notice.emit, energy, region)
+        folder = _prepare_files(files, message, task_id)
+        reports = render(message, storage, node, notice.emit, energy, region, folder)
     except RenderFailed as failure:
         energy.end()
         notice.settle()
@@ -210,6 +222,8 @@ def run_chunk(
         return False
     finally:
         energy.end()  # whatever happened, the ledger stops counting this attempt
+        if files is not None:
+            files.release(message.manifest_id, task_id)
     notice.settle()
     emit(
         chunk_event(
@@ -250,6 +264,18 @@ class StartNotice:
             self._settled = True
 
 
+def _prepare_files(files: JobFiles | None, message: ChunkMessage, task_id: str) -> Path | None:
+    """The job's folder for this attempt (its manifest laid out), or None without one."""
+    if message.manifest_id is None:
+        return None
+    if files is None:
+        raise RenderFailed("this node was started without access to the farm's files")
+    try:
+        return files.prepare(message.manifest_id, task_id)
+    except (FetchError, OSError) as error:
+        raise RenderFailed(f"the job's files could not be laid out: {error}") from None
+
+
 def render(
     message: ChunkMessage,
     storage: Path,
@@ -257,13 +283,14 @@ def render(
     emit: Emit,
     energy: AttemptMeter,
     region: str = "",
+    files: Path | None = None,
 ) -> list[FrameReport]:
     try:
         renderer = renderer_for(message.renderer)
     except LookupError as error:
         raise RenderFailed(str(error)) from None
     if hasattr(renderer, "argv"):
-        return _render_in_child(message, storage, node, renderer, emit, energy, region)  # type: ignore[arg-type]
+        return _render_in_child(message, storage, node, renderer, emit, energy, region, files)  # type: ignore[arg-type]
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
     try:
@@ -281,11 +308,14 @@ def _render_in_child(
     emit: Emit,
     energy: AttemptMeter,
     region: str,
+    files: Path | None = None,
 ) -> list[FrameReport]:
     try:
-        argv = renderer.argv(message, storage)
+        argv = renderer.argv(message, storage, files)
     except ValueError as error:  # settings this node's renderer refuses (pydantic's error)
         raise RenderFailed(f"{message.renderer} settings refused: {error}") from None
+    except LookupError as error:  # what the renderer needs is not on this node
+        raise RenderFailed(str(error)) from None
     log_path = storage / message.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -311,11 +341,14 @@ def _render_in_child(
         _running_groups.add(child.pid)
         energy.begin(child.pid)
         try:
-            markers: queue.Queue[tuple[int, float | None, float | None] | None] = queue.Queue()
+            markers: queue.Queue[Marker | None] = queue.Queue()
             assert child.stdout is not None
             last_output = [started]  # the reader stamps every line it copies
+            tail: collections.deque[bytes] = collections.deque(maxlen=QUOTED_LINES)
             reader = threading.Thread(
-                target=_copy_output, args=(child.stdout, log, markers, last_output), daemon=True
+                target=_copy_output,
+                args=(child.stdout, log, markers, last_output, tail, renderer.progress),
+                daemon=True,
             )
             reader.start()
             last_mark = started
@@ -333,12 +366,15 @@ def _render_in_child(
                     continue
                 if marker is None:  # the renderer closed its output: it is exiting
                     break
-                frame, seconds, cpu = marker
+                frame, seconds, cpu, ext = marker
                 now = time.perf_counter()
                 if frame in message.frames and frame not in reported:
+                    output = message.output_for(frame) if renderer.writes_frames else None
+                    if output is not None and ext is not None:
+                        output = str(PurePosixPath(output).with_suffix(ext))
                     report = FrameReport(
                         frame=frame,
-                        output=message.output_for(frame) if renderer.writes_frames else None,
+                        output=output,
                         render_seconds=seconds if seconds is not None else now - last_mark,
                         cpu_seconds=cpu if cpu is not None else 0.0,
                     )
@@ -355,7 +391,7 @@ def _render_in_child(
     )
     if exit_code != 0:
         energy.end(cpu_total)
-        raise RenderFailed(f"renderer exited with code {exit_code}; see the log", exit_code)
+        raise RenderFailed(_failure(exit_code, tail), exit_code)
     reports = _complete_reports(message, renderer, reported, elapsed, cpu_total)
     unmarked = [r for r in reports if r.frame not in reported]
     metered = {r.frame: r for r in energy.end(cpu_total, unmarked, last=reports[-1])}
@@ -422,11 +458,28 @@ def limit_breached(
     return None
 
 
+def _failure(exit_code: int, tail: collections.deque[bytes]) -> str:
+    """Why the renderer failed: how it ended and its last lines that say something."""
+    if exit_code < 0:
+        try:
+            how = f"renderer killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            how = f"renderer killed by signal {-exit_code}"
+    else:
+        how = f"renderer exited with code {exit_code}"
+    if not tail:
+        return f"{how}; see the log"
+    quoted = " | ".join(line.decode(errors="replace").strip()[:300] for line in tail)
+    return f"{how}: {quoted}"
+
+
 def _copy_output(
     stream: IO[bytes],
     log: IO[bytes],
-    markers: queue.Queue[tuple[int, float | None, float | None] | None],
+    markers: queue.Queue[Marker | None],
     last_output: list[float],
+    tail: collections.deque[bytes] | None = None,
+    progress: re.Pattern[bytes] | None = None,
 ) -> None:
     try:
         for line in iter(stream.readline, b""):
@@ -434,14 +487,17 @@ def _copy_output(
             log.write(line)
             match = FRAME_LINE.match(line)
             if match:
-                seconds, cpu = match.group(2), match.group(3)
+                seconds, cpu, ext = match.group(2), match.group(3), match.group(4)
                 markers.put(
                     (
                         int(match.group(1)),
                         float(seconds) if seconds else None,
                         float(cpu) if cpu else None,
+                        ext.decode() if ext else None,
                     )
                 )
+            elif tail is not None and line.strip() and not (progress and progress.match(line)):
+                tail.append(line)
     finally:
         markers.put(None)
 

@@ -5,6 +5,7 @@
     renderfarm api [--host H --port P]   the REST API
     renderfarm scheduler                 the dispatch loop
     renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R] [--events]
+                      [--blender PATH]   Blender: PATH, else on PATH, else the bpy module
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
@@ -118,6 +119,10 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve the node's own metrics on this port")
     ] = None,
+    blender: Annotated[
+        str | None,
+        typer.Option(help="the blender executable (default: on PATH, else the bpy module)"),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
     events: Annotated[
         bool,
@@ -134,6 +139,7 @@ def worker(
     from workers.meters import MeterUnavailable, count_gpus
     from workers.metrics import WORKER_REGISTRY
     from workers.node import NodeConfig, start_worker
+    from workers.renderers.blender import BlenderUnavailable
 
     _logging(loglevel)
     overrides = {
@@ -143,6 +149,7 @@ def worker(
             ("energy_meter", energy_meter),
             ("idle_watts", idle_watts),
             ("max_watts", max_watts),
+            ("blender", blender),
         )
         if value is not None
     }
@@ -165,6 +172,9 @@ def worker(
         start_worker(settings, node, loglevel, events)
     except MeterUnavailable as error:  # --energy-meter rapl on a node without it
         console.print(f"[red]energy meter {settings.energy_meter}: {error}[/red]")
+        raise typer.Exit(2) from None
+    except BlenderUnavailable as error:  # --blender PATH that does not run
+        console.print(f"[red]blender: {error}[/red]")
         raise typer.Exit(2) from None
 
 

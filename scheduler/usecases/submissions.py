@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.db import JobRow
-from scheduler.wire.renderers import RendererSpec
+from scheduler.wire.renderers import GPU_DEVICES, BlenderRenderer, RendererSpec, field_error
 
 GIB = 2**30  # requests give memory in GiB; the table keeps bytes
 
@@ -97,14 +97,36 @@ class JobFields(BaseModel, Generic[RendererT]):
     on_dependency_failure: OnDependencyFailure = Field(
         OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
     )
+    manifest: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="the files the job needs, laid out in its folder on every node "
+        "(POST /v1/manifests); the renderer's paths are relative to that folder",
+    )
 
 
 # The fields whose columns are named or shaped otherwise (see JobRequest.columns).
-_RENAMED = {"renderer", "requirements", "depends_on", "dependency"}
+_RENAMED = {"renderer", "requirements", "depends_on", "dependency", "manifest"}
 
 
 class JobRequest(JobFields[RendererSpec]):
     """A submission: the renderer is one of the registry's (scheduler/wire/renderers.py)."""
+
+    @model_validator(mode="after")
+    def _gpu_device_needs_gpus(self) -> JobRequest:
+        """A renderer setting that depends on the requirements, which its model cannot see."""
+        renderer = self.renderer
+        if (
+            isinstance(renderer, BlenderRenderer)
+            and renderer.cycles_device in GPU_DEVICES
+            and self.requirements.gpus < 1
+        ):
+            raise field_error(
+                self, ("renderer", "cycles_device"),
+                f"{renderer.cycles_device} renders on a GPU: require one (requirements.gpus)",
+            )  # fmt: skip
+        return self
 
     def columns(self) -> dict[str, Any]:
         """The job's columns for what was submitted: a column named like a field takes
@@ -118,6 +140,7 @@ class JobRequest(JobFields[RendererSpec]):
             "renderer_settings": settings,
             "limits": sorted(set(self.limits)),
             "dependency_mode": self.dependency.value,
+            "manifest_id": self.manifest,
             **self.requirements.columns(),
         }
 
@@ -132,4 +155,5 @@ class JobRequest(JobFields[RendererSpec]):
             "limits": list(job.limits or ()),
             "dependency": job.dependency_mode,
             "requirements": NodeRequirements.of(job),
+            "manifest": job.manifest_id,
         }

@@ -85,4 +85,4 @@ def test_a_node_without_a_kind_refuses_it_listing_its_own(
     events: list[dict[str, Any]] = []
     assert not run_chunk(message("noop"), tmp_path, "node", events.append)
     assert events[-1]["kind"] == "failed"
-    assert events[-1]["error"] == "no renderer 'noop'; known renderers: 'builtin'"
+    assert events[-1]["error"] == "no renderer 'noop'; known renderers: 'builtin', 'blender'"

@@ -9,19 +9,26 @@ Two shapes:
 
 - a *process* renderer builds a command line; the runner starts it in its own process
   group with a time limit, logs its output, and reads ``renderfarm-frame: N`` lines to
-  report frames as they finish (``builtin``; Blender and OpenJD come later);
+  report frames as they finish (``builtin``, ``blender``; OpenJD comes later). Its
+  ``progress`` pattern tells the runner which lines are progress, not news worth
+  quoting when the renderer fails; ``files`` is the job's folder (its manifest laid
+  out for this attempt by workers/assets.py), the storage root for jobs without one;
+  ``argv`` raises ``LookupError`` when this node lacks what the renderer needs (no
+  Blender), ``ValueError`` for settings it refuses;
 - an *in-process* renderer renders inside the worker (``noop``, for benchmarks: there
   is nothing to isolate and a process start would dominate the measurement).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Protocol
 
 from scheduler.wire.messages import ChunkMessage, FrameReport
 from scheduler.wire.renderers import BuiltinRenderer, RendererSettings, kind_of, unknown_renderer
+from workers.renderers.blender import BlenderCommand
 from workers.renderers.noop import NoopRender
 
 
@@ -30,8 +37,11 @@ class ProcessRenderer(Protocol):
     def model(self) -> type[RendererSettings]: ...
 
     writes_frames: bool
+    progress: re.Pattern[bytes] | None
 
-    def argv(self, message: ChunkMessage, storage: Path) -> list[str]: ...
+    def argv(
+        self, message: ChunkMessage, storage: Path, files: Path | None = None
+    ) -> list[str]: ...
 
 
 class InProcessRenderer(Protocol):
@@ -46,8 +56,9 @@ class BuiltinCommand:
 
     model = BuiltinRenderer
     writes_frames = True
+    progress: re.Pattern[bytes] | None = None
 
-    def argv(self, message: ChunkMessage, storage: Path) -> list[str]:
+    def argv(self, message: ChunkMessage, storage: Path, files: Path | None = None) -> list[str]:
         settings = self.model.model_validate({**message.settings, "kind": message.renderer})
         return [
             sys.executable,
@@ -66,8 +77,9 @@ class BuiltinCommand:
         ]
 
 
+BLENDER = BlenderCommand()  # the node tells it which Blender it found (workers/node.py)
 IMPLEMENTATIONS: dict[str, ProcessRenderer | InProcessRenderer] = {
-    kind_of(renderer.model): renderer for renderer in (BuiltinCommand(), NoopRender())
+    kind_of(renderer.model): renderer for renderer in (BuiltinCommand(), NoopRender(), BLENDER)
 }
 
 
