@@ -10,6 +10,7 @@
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
     renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
+    renderfarm assets collect            delete stored contents nothing names any more
 
 Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
 """
@@ -43,6 +44,8 @@ region_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(region_app, name="region")
+assets_app = typer.Typer(help="Studios' stored scenes and files.", no_args_is_help=True)
+app.add_typer(assets_app, name="assets")
 console = Console()
 
 
@@ -289,6 +292,24 @@ def region_list() -> None:
     with Session(service.engine) as session:
         for region in list_regions(session):
             typer.echo(_region_line(region, service.settings.currency))
+
+
+@assets_app.command("collect")
+def assets_collect() -> None:
+    """Forget contents no manifest of their studio names, sent longer than
+    RENDERFARM_BLOB_RETENTION_SECONDS ago, and delete those no studio keeps (run it
+    from cron, or a Kubernetes CronJob, daily)."""
+    from scheduler.usecases.assets import AssetService
+    from scheduler.usecases.blobstore import LocalBlobStore
+
+    service = _studio_service()
+    settings = service.settings
+    assets = AssetService(service.engine, settings, LocalBlobStore(settings.storage_root))
+    collected = assets.collect_garbage()
+    typer.echo(
+        f"{collected.studio_contents} studio content(s) released; "
+        f"{collected.blobs} content(s), {collected.bytes} bytes, deleted"
+    )
 
 
 def _region_line(region: Any, currency: str) -> str:

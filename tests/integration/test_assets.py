@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -239,3 +242,23 @@ def test_a_job_names_its_studios_manifest_and_no_other(
     assert own.json()["manifest"] == created["id"]
     theirs = client.post("/v1/jobs", json={**job, "manifest": created["id"]}, headers=west)
     assert theirs.status_code == 422 and "manifest" in theirs.text
+
+
+def test_an_operator_collects_from_the_command_line(
+    client: TestClient, east: dict[str, str], settings: Settings
+) -> None:
+    stray = b"sent, never named, past a retention of 0 s"
+    assert client.put(f"/v1/blobs/{sha(stray)}", content=stray, headers=east).status_code == 201
+    env = {
+        **os.environ,
+        "RENDERFARM_DATABASE_URL": settings.effective_database_url,
+        "RENDERFARM_STORAGE": str(settings.storage_root),
+        "RENDERFARM_BLOB_RETENTION_SECONDS": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "scheduler.launch.cli", "assets", "collect"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"1 content(s), {len(stray)} bytes, deleted" in done.stdout
+    assert not (settings.storage_root / blob_key(sha(stray))).exists()
