@@ -46,6 +46,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         # contents stream to disk under limits of their own (the asset service)
-        by_path={"/v1/blobs": None, "/v1/assets": manifests, "/v1/manifests": manifests},
+        by_path={
+            "/v1/blobs": None,
+            "/v1/internal/outputs": None,  # frames from nodes, streamed to storage
+            "/v1/assets": manifests,
+            "/v1/manifests": manifests,
+        },
     )
     return app

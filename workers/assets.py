@@ -186,14 +186,35 @@ class _Hashing:
         return self.out.write(data)
 
 
+class HttpOutputs:
+    """Frames and logs back to the farm's API as each is written (no shared storage)."""
+
+    def __init__(self, client: httpx.Client, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def send(self, relative: str, storage: Path) -> None:
+        """Send ``storage/relative`` to the farm, to the same relative path there."""
+        with open(storage / relative, "rb") as body:
+            response = self.client.put(
+                f"/v1/internal/outputs/{relative}", content=body, headers=self.headers
+            )
+        if response.status_code != 204:
+            raise FetchError(f"{relative}: the farm answered HTTP {response.status_code}")
+
+
 class JobFiles:
     """The job's folder for each attempt on this node: ``prepare`` lays the manifest out
-    under ``work`` (nothing for a job without one), ``release`` removes it after."""
+    under ``work`` (nothing for a job without one), ``release`` removes it after; and,
+    on a node without the shared storage, where frames and logs go back (``outputs``)."""
 
-    def __init__(self, cache: BlobCache, source: FarmFiles, work: Path) -> None:
+    def __init__(
+        self, cache: BlobCache, source: FarmFiles, work: Path, outputs: HttpOutputs | None = None
+    ) -> None:
         self.cache = cache
         self.source = source
         self.work = work
+        self.outputs = outputs
 
     def folder(self, manifest_id: int, task_id: str) -> Path:
         return self.work / task_id
@@ -214,11 +235,12 @@ class JobFiles:
 def job_files(
     storage: Path, cache_root: Path, cache_bytes: int, api_url: str | None, token: str | None
 ) -> JobFiles:
-    """This node's files: from the API with the node token when it has both, else from
-    the shared storage."""
-    source: FarmFiles
+    """This node's files: from the API with the node token when it has both (and its
+    frames back there), else from the shared storage."""
+    cache = BlobCache(cache_root / "cache", cache_bytes)
     if api_url and token:
-        source = HttpFiles(httpx.Client(base_url=api_url, timeout=60.0), token)
-    else:
-        source = SharedFiles(storage)
-    return JobFiles(BlobCache(cache_root / "cache", cache_bytes), source, cache_root / "attempts")
+        client = httpx.Client(base_url=api_url, timeout=60.0)
+        return JobFiles(
+            cache, HttpFiles(client, token), cache_root / "attempts", HttpOutputs(client, token)
+        )
+    return JobFiles(cache, SharedFiles(storage), cache_root / "attempts")

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, TypeVar
 
+import httpx
+
 from scheduler.wire.messages import (
     ChunkEvent,
     ChunkMessage,
@@ -50,7 +52,7 @@ from scheduler.wire.messages import (
     StartedEvent,
     task_id_for,
 )
-from workers.assets import FetchError, JobFiles
+from workers.assets import FetchError, HttpOutputs, JobFiles
 from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 
@@ -209,7 +211,8 @@ def run_chunk(
     energy = AttemptMeter(meter, task_id)
     try:
         folder = _prepare_files(files, message, task_id)
-        reports = render(message, storage, node, notice.emit, energy, region, folder)
+        outputs = files.outputs if files is not None else None
+        reports = render(message, storage, node, notice.emit, energy, region, folder, outputs)
     except RenderFailed as failure:
         energy.end()
         notice.settle()
@@ -224,6 +227,7 @@ def run_chunk(
         energy.end()  # whatever happened, the ledger stops counting this attempt
         if files is not None:
             files.release(message.manifest_id, task_id)
+            _send_log(files, message, storage)
     notice.settle()
     emit(
         chunk_event(
@@ -276,6 +280,16 @@ def _prepare_files(files: JobFiles | None, message: ChunkMessage, task_id: str) 
         raise RenderFailed(f"the job's files could not be laid out: {error}") from None
 
 
+def _send_log(files: JobFiles, message: ChunkMessage, storage: Path) -> None:
+    """The attempt's log back to the farm (a node without the shared storage)."""
+    if files.outputs is None or not (storage / message.log_path).is_file():
+        return
+    try:
+        files.outputs.send(message.log_path, storage)
+    except (FetchError, OSError, httpx.HTTPError) as error:
+        log.warning("could not send %s back: %s", message.log_path, error)
+
+
 def render(
     message: ChunkMessage,
     storage: Path,
@@ -284,13 +298,17 @@ def render(
     energy: AttemptMeter,
     region: str = "",
     files: Path | None = None,
+    outputs: HttpOutputs | None = None,
 ) -> list[FrameReport]:
     try:
         renderer = renderer_for(message.renderer)
     except LookupError as error:
         raise RenderFailed(str(error)) from None
     if hasattr(renderer, "argv"):
-        return _render_in_child(message, storage, node, renderer, emit, energy, region, files)  # type: ignore[arg-type]
+        process: ProcessRenderer = renderer  # type: ignore[assignment]
+        return _render_in_child(
+            message, storage, node, process, emit, energy, region, files, outputs
+        )
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
     try:
@@ -309,6 +327,7 @@ def _render_in_child(
     energy: AttemptMeter,
     region: str,
     files: Path | None = None,
+    outputs: HttpOutputs | None = None,
 ) -> list[FrameReport]:
     try:
         argv = renderer.argv(message, storage, files)
@@ -379,6 +398,11 @@ def _render_in_child(
                         cpu_seconds=cpu if cpu is not None else 0.0,
                     )
                     report = reported[frame] = energy.frame(report)
+                    try:  # the farm has the frame before it hears of it
+                        _send_output(outputs, report, storage)
+                    except RenderFailed:
+                        stop_process(child, KILL_GRACE_SECONDS)
+                        raise
                     emit(chunk_event(FrameEvent, message, node, region, result=report).to_dict())
                 last_mark = now
             exit_code = _wait(child, time.perf_counter() + message.timeout)
@@ -400,7 +424,20 @@ def _render_in_child(
         missing = [r.frame for r in reports if r.output and not (storage / r.output).is_file()]
         if missing:
             raise RenderFailed(f"renderer exited 0 but wrote no file for frames {missing}", 0)
+        for report in reports:
+            if report.frame not in reported:
+                _send_output(outputs, report, storage)
     return reports
+
+
+def _send_output(outputs: HttpOutputs | None, report: FrameReport, storage: Path) -> None:
+    """A frame's file back to the farm, on a node without the shared storage."""
+    if outputs is None or report.output is None:
+        return
+    try:
+        outputs.send(report.output, storage)
+    except (FetchError, OSError, httpx.HTTPError) as error:
+        raise RenderFailed(f"frame {report.frame} could not be sent back: {error}") from None
 
 
 def _complete_reports(

@@ -4,21 +4,28 @@ on the API and every node); without one configured they answer 404.
 
     GET /v1/internal/manifests/{id}   a manifest's files (path, hash, size, mtime)
     GET /v1/internal/blobs/{sha256}   a content, streamed
+    PUT /v1/internal/outputs/{path}   a frame or an attempt's log, streamed into storage
+                                      (``jobs/<id>/frames/<file>``, ``jobs/<id>/logs/<file>``)
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import AssetsDep, SettingsDep
 from api.schemas import ManifestFileIn, Problem
 from scheduler.core.assets import is_blob_hash
-from scheduler.errors import NotFound, Unauthorized
+from scheduler.errors import InvalidRequest, NotFound, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="the farm's node token")
 
@@ -46,7 +53,7 @@ NodeDep = Annotated[None, Depends(node)]
 
 @router.get("/manifests/{manifest_id}")
 def manifest_for_node(
-    manifest_id: Annotated[int, Path(ge=1, le=2**31 - 1)], _node: NodeDep, assets: AssetsDep
+    manifest_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], _node: NodeDep, assets: AssetsDep
 ) -> dict[str, list[ManifestFileIn]]:
     files = assets.files_for_node(manifest_id)
     return {
@@ -54,6 +61,33 @@ def manifest_for_node(
             ManifestFileIn(path=f.path, hash=f.hash, size=f.size, mtime=f.mtime) for f in files
         ]
     }
+
+
+OUTPUT_PATH = re.compile(r"jobs/[0-9]{1,10}/(frames|logs)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+
+
+@router.put("/outputs/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def output_from_node(
+    path: str, request: Request, _node: NodeDep, settings: SettingsDep
+) -> Response:
+    """A node without the shared storage sends each frame as it is saved, and its logs;
+    they land where a node with the storage would have written them."""
+    if not OUTPUT_PATH.fullmatch(path):
+        raise InvalidRequest(
+            "path", "a node sends jobs/<id>/frames/<file> or jobs/<id>/logs/<file>"
+        )
+    target = settings.storage_root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                out.write(chunk)
+        os.replace(name, target)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/blobs/{blob_hash}", response_class=FileResponse)

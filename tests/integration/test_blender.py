@@ -495,16 +495,17 @@ def test_a_blender_that_does_not_run_stops_the_node_from_starting(tmp_path: Path
 def test_a_scene_uploaded_by_content_renders_on_a_node_without_shared_files(
     node_blender: Blender, engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    """The studio's folder is not the farm's: its scene and texture go up by content,
-    the node fetches them over HTTP with the node token, lays the job's folder out for
-    the attempt (so //textures/green.png resolves) and renders; a second chunk fetches
-    nothing, and the attempt's folder is gone afterwards."""
+    """The studio's folder is not the farm's, and the node shares no storage with the
+    farm: the scene and its texture go up by content, the node fetches them over HTTP
+    with the node token, lays the job's folder out for the attempt (so
+    //textures/green.png resolves), renders into its own folder and sends each frame
+    and its log back; a second chunk fetches nothing; the attempt's folder is gone."""
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
 
     from api.app import create_app
     from tests.integration.test_assets import key_header, manifest, upload_scene
-    from workers.assets import BlobCache, HttpFiles, JobFiles
+    from workers.assets import BlobCache, HttpFiles, HttpOutputs, JobFiles
 
     studio_folder = tmp_path / "east" / "projects" / "film"
     build_scene(node_blender, studio_folder / "shots/sq010/sh020.blend")
@@ -515,26 +516,31 @@ def test_a_scene_uploaded_by_content_renders_on_a_node_without_shared_files(
     }
     assert "shots/sq010/textures/green.png" in scene
     farm = settings.model_copy(update={"node_token": SecretStr("node-token")})
+    node_storage = tmp_path / "node" / "storage"  # the node's own disk
     with TestClient(create_app(farm, engine)) as client:
         studio = key_header(engine, farm, "east")
         upload_scene(client, studio, scene)
-        manifest_id = client.post("/v1/manifests", json=manifest(scene), headers=studio).json()[
-            "id"
-        ]
+        created = client.post("/v1/manifests", json=manifest(scene), headers=studio)
         node_files = JobFiles(
             BlobCache(tmp_path / "node" / "cache", 10**9),
             HttpFiles(client, "node-token"),
             tmp_path / "node" / "attempts",
+            HttpOutputs(client, "node-token"),
         )
-        storage = farm.storage_root
         for frames in ([1, 2], [3, 4]):
             events: list[dict[str, Any]] = []
-            message = dataclasses.replace(chunk(frames[0], frames), manifest_id=manifest_id)
-            assert run_chunk(message, storage, "node-1", events.append, files=node_files), events
+            message = dataclasses.replace(
+                chunk(frames[0], frames), manifest_id=created.json()["id"]
+            )
+            rendered = run_chunk(message, node_storage, "node-1", events.append, files=node_files)
+            assert rendered, events
             finished = decode_event(events[-1])
             assert isinstance(finished, FinishedEvent)
             for report in finished.results:
                 assert report.output is not None
-                assert green_share(pixels(storage / report.output)) > 0.2  # texture found
+                at_farm = farm.storage_root / report.output  # sent back
+                assert at_farm.read_bytes() == (node_storage / report.output).read_bytes()
+                assert green_share(pixels(at_farm)) > 0.2  # the texture was found
+            assert (farm.storage_root / message.log_path).is_file()
         assert node_files.cache.fetched == 2  # the scene and its texture, once
         assert list((tmp_path / "node" / "attempts").iterdir()) == []

@@ -127,3 +127,21 @@ def test_the_cache_keeps_to_its_size_least_recently_used_out_first(tmp_path: Pat
     sent = source.sent
     cache.get(entries[0], source)
     assert source.sent == sent  # a hit
+
+
+def test_nodes_send_outputs_only_into_a_jobs_frames_and_logs(
+    farm: tuple[TestClient, int], settings: Settings
+) -> None:
+    client, _manifest_id = farm
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    sent = client.put("/v1/internal/outputs/jobs/7/frames/frame_000001.png", content=b"png",
+                      headers=token)  # fmt: skip
+    assert sent.status_code == 204
+    assert (settings.storage_root / "jobs/7/frames/frame_000001.png").read_bytes() == b"png"
+    for path in ("jobs/7/../../../etc/x", "blobs/ab/cd/x", "jobs/7/frames/.hidden",
+                 "jobs/7/frames/a/b.png", "jobs/x/frames/f.png"):  # fmt: skip
+        response = client.put(f"/v1/internal/outputs/{path}", content=b"x", headers=token)
+        assert response.status_code in (404, 422), path
+    assert not (settings.storage_root.parent / "etc").exists()
+    unsigned = client.put("/v1/internal/outputs/jobs/7/frames/f.png", content=b"x")
+    assert unsigned.status_code == 401
