@@ -42,6 +42,7 @@ from typing import IO, Any, Protocol, TypeVar
 import httpx
 
 from scheduler.wire.messages import (
+    MAX_WARNINGS,
     ChunkEvent,
     ChunkMessage,
     FailedEvent,
@@ -65,6 +66,7 @@ FRAME_LINE = re.compile(
     rb"^renderfarm-frame:\s*(-?\d+)(?:\s+seconds=([0-9.]+))?(?:\s+cpu=([0-9.]+))?"
     rb"(?:\s+ext=(\.[A-Za-z0-9]{1,8})\b)?"
 )
+WARNING_LINE = re.compile(rb"^renderfarm-warning:\s*(.+)")  # e.g. a missing texture
 QUOTED_LINES = 6  # of a failed renderer's output, in the failure's message
 Marker = tuple[int, float | None, float | None, str | None]  # frame, seconds, cpu, ext
 KILL_GRACE_SECONDS = 3.0
@@ -209,17 +211,20 @@ def run_chunk(
     started_at = time.time()
     task_id = task_id_for(message.chunk_id, message.attempt)
     energy = AttemptMeter(meter, task_id)
+    warnings: list[str] = []  # the renderer's "renderfarm-warning:" lines, for the studio
     try:
         folder = _prepare_files(files, message, task_id)
         outputs = files.outputs if files is not None else None
-        reports = render(message, storage, node, notice.emit, energy, region, folder, outputs)
+        reports = render(
+            message, storage, node, notice.emit, energy, region, folder, outputs, warnings
+        )
     except RenderFailed as failure:
         energy.end()
         notice.settle()
         emit(
             chunk_event(
                 FailedEvent, message, node, region, started_at=started_at, error=str(failure),
-                exit_code=failure.exit_code, energy_joules=energy.spent,
+                exit_code=failure.exit_code, energy_joules=energy.spent, warnings=warnings,
             ).to_dict()
         )  # fmt: skip
         return False
@@ -232,7 +237,7 @@ def run_chunk(
     emit(
         chunk_event(
             FinishedEvent, message, node, region, started_at=started_at, results=reports,
-            exit_code=0,
+            exit_code=0, warnings=warnings,
         ).to_dict()
     )  # fmt: skip
     return True
@@ -299,6 +304,7 @@ def render(
     region: str = "",
     files: Path | None = None,
     outputs: HttpOutputs | None = None,
+    warnings: list[str] | None = None,
 ) -> list[FrameReport]:
     try:
         renderer = renderer_for(message.renderer)
@@ -307,7 +313,7 @@ def render(
     if hasattr(renderer, "argv"):
         process: ProcessRenderer = renderer  # type: ignore[assignment]
         return _render_in_child(
-            message, storage, node, process, emit, energy, region, files, outputs
+            message, storage, node, process, emit, energy, region, files, outputs, warnings
         )
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
@@ -328,6 +334,7 @@ def _render_in_child(
     region: str,
     files: Path | None = None,
     outputs: HttpOutputs | None = None,
+    warnings: list[str] | None = None,
 ) -> list[FrameReport]:
     try:
         argv = renderer.argv(message, storage, files)
@@ -366,7 +373,7 @@ def _render_in_child(
             tail: collections.deque[bytes] = collections.deque(maxlen=QUOTED_LINES)
             reader = threading.Thread(
                 target=_copy_output,
-                args=(child.stdout, log, markers, last_output, tail, renderer.progress),
+                args=(child.stdout, log, markers, last_output, tail, renderer.progress, warnings),
                 daemon=True,
             )
             reader.start()
@@ -517,11 +524,15 @@ def _copy_output(
     last_output: list[float],
     tail: collections.deque[bytes] | None = None,
     progress: re.Pattern[bytes] | None = None,
+    warnings: list[str] | None = None,
 ) -> None:
     try:
         for line in iter(stream.readline, b""):
             last_output[0] = time.perf_counter()
             log.write(line)
+            warned = WARNING_LINE.match(line)
+            if warned and warnings is not None and len(warnings) < MAX_WARNINGS:
+                warnings.append(warned.group(1).decode(errors="replace").strip()[:500])
             match = FRAME_LINE.match(line)
             if match:
                 seconds, cpu, ext = match.group(2), match.group(3), match.group(4)

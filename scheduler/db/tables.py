@@ -80,6 +80,8 @@ class JobRow(SQLModel, table=True):
     renderer: str = Field(max_length=32)
     renderer_settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     manifest_id: int | None = Field(default=None, foreign_key="manifests.id")
+    # What the renderer warned of (a missing texture), for the studio; at most 50.
+    warnings: list[str] | None = Field(default=None, sa_column=Column(JSON))
     max_attempts: int
     max_failed_frames: int | None = None
     limits: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # sorted

@@ -204,6 +204,7 @@ def apply_chunk_events(
                 attempt["started_at"] = started
                 chunk.latencies.append(max(0.0, started - (chunk.dispatched_at or at)))
             attempt.update(node=node, finished_at=at, exit_code=event.exit_code)
+            chunk.warnings += event.warnings
             chunk.changes["node"] = node
             if kind == EventKind.FINISHED:
                 chunk.changes["finished_at"] = at
@@ -274,12 +275,15 @@ def apply_chunk_events(
         pending = {k: row for k, row in pending.items() if row["chunk_id"] not in moved_first}
         restated = [row for row in restated if row["b_chunk"] not in moved_first]
         attempt_changes = {k: v for k, v in attempt_changes.items() if k[0] not in moved_first}
+    warned: dict[int, list[str]] = {}  # job -> what its renderers warned of
     for chunk in chunks.values():  # what the batch did, counted from the chunks that moved
         if chunk.id in moved_first:
             outcome.ignored += chunk.applied
             chunk.changes.clear()
             continue
         outcome.applied += chunk.applied
+        if chunk.warnings:
+            warned.setdefault(chunk.job_id, []).extend(chunk.warnings)
         if chunk.ended:
             outcome.finished[chunk.pool] += chunk.ended
         outcome.dispatch_latencies += chunk.latencies
@@ -290,6 +294,7 @@ def apply_chunk_events(
         session.execute(_INSERT_RESULTS, list(pending.values()))
     if restated:
         session.execute(_RESTATE_ENERGY, restated)
+    _save_warnings(session, warned)
     stopped = _stop_failing_jobs(session, outcome.failed_jobs)
     touched = {c.job_id for c in chunks.values() if c.changes} | stopped
     if touched:
@@ -346,6 +351,22 @@ def _number_or_none(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+MAX_JOB_WARNINGS = 50
+
+
+def _save_warnings(session: Session, warned: dict[int, list[str]]) -> None:
+    """Keep what renderers warned of on their jobs, each warning once (50 at most)."""
+    for job_id, warnings in warned.items():
+        job = session.get(JobRow, job_id)
+        if job is None:
+            continue
+        known = list(job.warnings or [])
+        new = [w for w in dict.fromkeys(warnings) if w not in known]
+        if new:
+            job.warnings = (known + new)[:MAX_JOB_WARNINGS]
+            session.add(job)
 
 
 def _stop_failing_jobs(session: Session, job_ids: set[int]) -> set[int]:
@@ -445,3 +466,4 @@ class _ChunkView:
     ended: int = 0  # attempts of it that ended in this batch
     failed_for_good: bool = False
     latencies: list[float] = field(default_factory=list)  # sent -> started, seconds
+    warnings: list[str] = field(default_factory=list)  # its renderer's, for the studio

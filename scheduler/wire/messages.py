@@ -19,9 +19,9 @@ superseded attempt, changes nothing; they all carry ``chunk_id``, ``attempt``,
 - ``started``   StartedEvent: the attempt began on ``node``;
 - ``frame``     FrameEvent: one frame is written: ``result`` = FrameReport;
 - ``finished``  FinishedEvent: the attempt succeeded: ``results`` = every frame's
-                FrameReport, ``started_at``, ``exit_code``;
+                FrameReport, ``started_at``, ``exit_code``, ``warnings``;
 - ``failed``    FailedEvent: the attempt failed: ``error``, ``exit_code``,
-                ``energy_joules``, ``started_at``;
+                ``energy_joules``, ``started_at``, ``warnings``;
 - ``heartbeat`` HeartbeatEvent: a node is alive: ``info`` = NodeReport, ``tasks`` (the
                 Celery task ids it holds), ``at`` (no chunk, no attempt).
 
@@ -169,6 +169,7 @@ class NodeReport:
 
 
 EVENT_VERSION = 1
+MAX_WARNINGS = 20  # a renderer's warnings an attempt reports, at most
 
 log = logging.getLogger(__name__)
 _REQUIRED: Any = object()  # the default of a field that must be there
@@ -219,6 +220,7 @@ class FinishedEvent(ChunkEvent):
     results: list[FrameReport]  # every frame of the chunk
     started_at: float | None = None  # a chunk done before "started" was due sends none
     exit_code: int | None = None
+    warnings: list[str] = field(default_factory=list)  # the renderer's, for the studio
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,6 +230,7 @@ class FailedEvent(ChunkEvent):
     exit_code: int | None = None  # None: the renderer did not exit by itself
     energy_joules: float | None = None  # IT energy the attempt used; None: unmetered
     started_at: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -290,7 +293,13 @@ def _read_finished(data: Mapping[str, Any], where: str) -> FinishedEvent:
         results=results,
         started_at=_field(data, "started_at", where, _is_number, "a number", None, True),
         exit_code=_field(data, "exit_code", where, _is_int, "an integer", None, True),
+        warnings=_warnings(data, where),
     )
+
+
+def _warnings(data: Mapping[str, Any], where: str) -> list[str]:
+    found = _field(data, "warnings", where, _is_str_list, "a list of strings", None, True)
+    return [w[:500] for w in (found or [])[:MAX_WARNINGS]]
 
 
 def _read_failed(data: Mapping[str, Any], where: str) -> FailedEvent:
@@ -300,6 +309,7 @@ def _read_failed(data: Mapping[str, Any], where: str) -> FailedEvent:
         exit_code=_field(data, "exit_code", where, _is_int, "an integer", None, True),
         energy_joules=_energy(data, where),
         started_at=_field(data, "started_at", where, _is_number, "a number", None, True),
+        warnings=_warnings(data, where),
     )
 
 

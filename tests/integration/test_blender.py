@@ -278,6 +278,9 @@ def test_a_missing_texture_renders_with_a_warning(node_blender: Blender, storage
     assert green_share(frame) < 0.01  # Blender's magenta stands in for the texture
     log = (storage / "jobs/4/logs/chunk-4-attempt-1.log").read_text()
     assert "renderfarm-warning: missing texture //textures/green.png" in log
+    finished = decode_event(events[-1])  # and the studio hears of it with the job
+    assert isinstance(finished, FinishedEvent)
+    assert finished.warnings == ["missing texture //textures/green.png (image 'green.png')"]
 
 
 @pytest.mark.parametrize(

@@ -450,3 +450,18 @@ def test_a_batch_that_cannot_be_ingested_is_set_aside(
     assert consumer.fetch(10, 0.1) == []
     assert broker.llen("renderfarm:events:dead") == 2
     consumer.close()
+
+
+def test_what_a_renderer_warns_of_reaches_the_studio_once(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    job_id = submit(studios, studio_id, "1-2")
+    scheduler.ingest([heartbeat(slots=2)])
+    sent = scheduler.dispatch_tick()
+    missing = "missing texture //textures/wood.png"
+    for message in sent:  # both chunks warn of the same texture
+        results = [FrameReport(f, None, 1.0, 1.0) for f in message.frames]
+        scheduler.ingest([event("finished", message, results=results, warnings=[missing])])
+    detail = studios.get_job(studio_id, job_id)
+    assert detail.job.state == "done"
+    assert detail.job.warnings == [missing]
