@@ -116,6 +116,7 @@ class JobPublic(JobFields[dict[str, Any]]):
     id: int
     state: JobState
     message: str | None
+    warnings: list[str] = Field(description="what the renderer warned of: a missing texture")
     frame_count: int
     max_attempts: int
     timeout: float
@@ -132,6 +133,7 @@ class JobPublic(JobFields[dict[str, Any]]):
             {
                 **JobRequest.fields_of(job),
                 "depends_on": detail.depends_on,
+                "warnings": job.warnings or [],
                 "submitted_at": _time(job.submitted_at),
                 "started_at": _time(job.started_at),
                 "finished_at": _time(job.finished_at),

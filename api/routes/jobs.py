@@ -1,19 +1,34 @@
-"""Studio routes under /v1/jobs: submit, read, steer, and fetch frames and logs.
+"""Studio routes under /v1/jobs: submit, read, steer, and fetch frames (each, their
+thumbnails, or all as one archive) and logs.
 
 Routes translate and delegate: the service decides, raises domain errors, and commits.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
+from pathlib import PurePosixPath
+from typing import Literal
 
 from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import ServiceDep, SettingsDep, StudioDep
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.states import JobState
 from scheduler.errors import NotFound
+from scheduler.usecases.frame_outputs import (
+    ArchiveMember,
+    content_type_of,
+    file_in_storage,
+    stream_tar,
+    stream_zip,
+    thumbnail_of,
+)
+
+log = logging.getLogger(__name__)
+
+ARCHIVES = {"zip": (stream_zip, "application/zip"), "tar": (stream_tar, "application/x-tar")}
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -97,7 +112,54 @@ def frame_output(
     status_ = service.frame_status(_id(studio), job_id, frame)
     if status_.output is None:
         raise NotFound(f"frame {frame} of job {job_id} has no output yet (it is {status_.state})")
-    return FileResponse(_in_storage(settings.storage_root, status_.output), media_type="image/png")
+    path = file_in_storage(settings.storage_root, status_.output)
+    return FileResponse(
+        path,
+        media_type=content_type_of(path.name),
+        filename=path.name,
+        content_disposition_type="inline",
+    )
+
+
+@router.get("/{job_id}/frames/{frame}/thumbnail", response_class=FileResponse)
+def frame_thumbnail(
+    job_id: int, frame: int, studio: StudioDep, service: ServiceDep, settings: SettingsDep
+) -> FileResponse:
+    """A JPEG about 256 px wide, made from the frame on first request and kept."""
+    status_ = service.frame_status(_id(studio), job_id, frame)
+    if status_.output is None:
+        raise NotFound(
+            f"frame {frame} of job {job_id} is {status_.state}: it has a thumbnail once it is done"
+        )
+    thumbnail = thumbnail_of(settings.storage_root, status_.output)
+    return FileResponse(thumbnail, media_type="image/jpeg")
+
+
+@router.get("/{job_id}/output", response_class=StreamingResponse)
+def job_output(
+    job_id: int,
+    studio: StudioDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    format: Literal["zip", "tar"] = Query("zip", description="the archive's format"),
+) -> StreamingResponse:
+    """Every finished frame of the job in one archive, written as it is sent."""
+    members = []
+    for frame, output in service.finished_outputs(_id(studio), job_id):
+        try:
+            path = file_in_storage(settings.storage_root, output)
+        except NotFound:
+            log.warning("job %d frame %d: %s is missing from storage", job_id, frame, output)
+            continue
+        members.append(ArchiveMember(PurePosixPath(output).name, path))
+    if not members:
+        raise NotFound(f"job {job_id} has no finished frames yet")
+    stream, media_type = ARCHIVES[format]
+    return StreamingResponse(
+        stream(members),  # a plain generator: Starlette runs each step in a thread
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}.{format}"'},
+    )
 
 
 @router.get("/{job_id}/frames/{frame}/log", response_class=FileResponse)
@@ -108,12 +170,6 @@ def frame_log(
     if status_.log is None:
         raise NotFound(f"frame {frame} of job {job_id} has not started, so it has no log")
     return FileResponse(
-        _in_storage(settings.storage_root, status_.log), media_type="text/plain; charset=utf-8"
+        file_in_storage(settings.storage_root, status_.log),
+        media_type="text/plain; charset=utf-8",
     )
-
-
-def _in_storage(root: Path, relative: str) -> Path:
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise NotFound(f"{relative} is not in storage (yet)")
-    return path

@@ -371,6 +371,18 @@ class StudioService:
             ).first()
             return _frame_status(job_id, chunk, frame, result)
 
+    def finished_outputs(self, studio_id: int, job_id: int) -> list[tuple[int, str]]:
+        """(frame, output file relative to storage) of the job's finished frames that
+        wrote a file, in ascending frame order."""
+        with Session(self.engine) as session:
+            self._own_job(session, studio_id, job_id)
+            found = session.exec(
+                select(FrameResultRow.frame, FrameResultRow.output)
+                .where(FrameResultRow.job_id == job_id, col(FrameResultRow.output).is_not(None))
+                .order_by(col(FrameResultRow.frame))
+            ).all()
+            return [(frame, output) for frame, output in found if output is not None]
+
     def list_nodes(self) -> Sequence[NodeRow]:
         with Session(self.engine) as session:
             return session.exec(select(NodeRow).order_by(col(NodeRow.name))).all()

@@ -1,0 +1,208 @@
+"""What a studio gets back of its frames: their content type, a thumbnail, an archive.
+
+- ``content_type_of(name)``: the media type of a frame file by its extension (the
+  renderers name frames with their format's extension: ``.png``, ``.jpg``, ``.tif``,
+  ``.exr``).
+- ``thumbnail_of(root, output)``: the path of the frame's JPEG thumbnail, about
+  ``THUMBNAIL_WIDTH`` px wide (never wider than the frame), made on first use and kept
+  beside the frame under ``thumbnails/``. OpenEXR frames are read as float data and
+  tone-mapped (Reinhard, then the sRGB curve); the others go through Pillow.
+- ``stream_zip(files)``, ``stream_tar(files)``: an archive of the files, yielded piece
+  by piece as it is written: never whole in memory, never on disk. Members are stored,
+  not deflated (frames are compressed already), and named by the file's name.
+
+Thumbnails are made lazily and cached, not by the scheduler: the dispatch loop and its
+ingestion transaction never decode an image, a frame nobody looks at costs nothing, and
+any number of API processes sharing the storage may make the same thumbnail at once
+(each writes a temporary file and renames it into place; the last one wins, and they
+are equal). A thumbnail older than its frame is made again.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scheduler.errors import Conflict, NotFound
+
+THUMBNAIL_WIDTH = 256
+THUMBNAIL_DIR = "thumbnails"
+PIECE_BYTES = 1 << 20  # read frames this much at a time while streaming an archive
+
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".exr": "image/x-exr",
+}
+FALLBACK_TYPE = "application/octet-stream"
+
+
+def content_type_of(name: str) -> str:
+    return CONTENT_TYPES.get(Path(name).suffix.lower(), FALLBACK_TYPE)
+
+
+def file_in_storage(root: Path, relative: str) -> Path:
+    """The stored file ``relative`` to the storage root; NotFound outside it or missing."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise NotFound(f"{relative} is not in storage (yet)")
+    return path
+
+
+# Thumbnails ----------------------------------------------------------------------------
+
+
+def thumbnail_of(root: Path, output: str) -> Path:
+    """The frame's thumbnail (``<frame folder>/thumbnails/<frame name>.jpg``), made if
+    missing or older than the frame."""
+    frame = file_in_storage(root, output)
+    thumbnail = frame.parent / THUMBNAIL_DIR / f"{frame.stem}.jpg"
+    try:
+        if thumbnail.stat().st_mtime_ns >= frame.stat().st_mtime_ns:
+            return thumbnail
+    except FileNotFoundError:
+        pass
+    try:
+        image = _load_exr(frame) if frame.suffix.lower() == ".exr" else _load_pillow(frame)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise Conflict(f"{frame.name} is not an image the farm can read: {error}") from None
+    image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 64), Image.Resampling.LANCZOS)
+    thumbnail.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=thumbnail.parent, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, "JPEG", quality=85)
+        os.replace(temporary, thumbnail)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return thumbnail
+
+
+def _load_pillow(path: Path) -> Image.Image:
+    image: Image.Image = Image.open(path)
+    image.draft("RGB", (THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))  # JPEG decodes at a fraction
+    if image.mode.startswith("I"):  # 16-bit or 32-bit integer grey: scale, don't clip
+        grey = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(grey.max()), 1.0)
+        image = Image.fromarray(np.clip(grey / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        return _from_linear(np.asarray(image, dtype=np.float32)[..., None])
+    return image.convert("RGB")
+
+
+def _load_exr(path: Path) -> Image.Image:
+    import OpenEXR
+
+    with OpenEXR.File(str(path), separate_channels=True) as exr:
+        channels = {name: channel.pixels for name, channel in exr.channels().items()}
+    if not channels:
+        raise ValueError(f"{path.name} has no channels")
+    by_suffix: dict[str, str] = {}
+    for name in sorted(channels, key=len):  # "R" before "ViewLayer.Combined.R"
+        by_suffix.setdefault(name.rsplit(".", 1)[-1].upper(), name)
+    if all(c in by_suffix for c in "RGB"):
+        names = [by_suffix[c] for c in "RGB"]
+    else:  # grey (Y) or a single data channel
+        names = [by_suffix.get("Y", next(iter(sorted(channels))))]
+    width = channels[names[0]].shape[1]
+    step = max(1, width // (THUMBNAIL_WIDTH * 2))  # decimate before the float maths
+    linear = np.stack([channels[n][::step, ::step].astype(np.float32) for n in names], axis=-1)
+    return _from_linear(linear)
+
+
+def _from_linear(linear: np.ndarray) -> Image.Image:
+    """Scene-linear values to an 8-bit sRGB image: Reinhard x/(1+x), then the sRGB curve."""
+    values = np.nan_to_num(linear, nan=0.0, posinf=1e6, neginf=0.0).clip(0.0, None)
+    mapped = values / (1.0 + values)
+    srgb = np.where(mapped <= 0.0031308, mapped * 12.92, 1.055 * np.power(mapped, 1 / 2.4) - 0.055)
+    pixels = np.clip(srgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return Image.fromarray(pixels)
+
+
+# Archives ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveMember:
+    name: str  # the name inside the archive
+    path: Path
+
+
+class _Pipe:
+    """An unseekable file that keeps what is written until it is taken."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> Iterator[bytes]:
+        """What was written since the last take, if anything."""
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            yield data
+
+
+def _pieces(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        while piece := file.read(PIECE_BYTES):
+            yield piece
+
+
+def stream_zip(members: Iterable[ArchiveMember]) -> Iterator[bytes]:
+    """A zip of the members, stored, with data descriptors (it is written unseekably)."""
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for member in members:
+            info = zipfile.ZipInfo.from_file(member.path, member.name, strict_timestamps=False)
+            info.compress_type = zipfile.ZIP_STORED
+            with archive.open(info, "w") as entry:  # file_size known: zip64 when needed
+                for piece in _pieces(member.path):
+                    entry.write(piece)
+                    yield from pipe.take()
+            yield from pipe.take()
+    yield from pipe.take()
+
+
+def stream_tar(members: Iterable[ArchiveMember]) -> Iterator[bytes]:
+    """A POSIX (pax) tar of the members: a header, the data padded to 512-byte blocks,
+    and two zero blocks at the end."""
+    for member in members:
+        info = tarfile.TarInfo(member.name)
+        stat = member.path.stat()
+        info.size = stat.st_size
+        info.mtime = int(stat.st_mtime)
+        info.mode = 0o644
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        sent = 0
+        for piece in _pieces(member.path):
+            piece = piece[: info.size - sent]  # a file that grew meanwhile: keep the header true
+            sent += len(piece)
+            yield piece
+        if sent < info.size:
+            raise OSError(f"{member.name} shrank while it was being archived")
+        yield b"\0" * (-info.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
