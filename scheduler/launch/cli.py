@@ -12,6 +12,9 @@
     renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
     renderfarm assets collect            delete stored contents nothing names any more
 
+For studios, over the REST API: renderfarm login, submit SCENE.blend, jobs, watch, download
+and cancel (each with --help).
+
 Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
 """
 
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from scheduler.launch import studio as studio_commands
 from scheduler.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ region_app = typer.Typer(
 app.add_typer(region_app, name="region")
 assets_app = typer.Typer(help="Studios' stored scenes and files.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
+for command in studio_commands.COMMANDS:  # the studio's commands, over the REST API
+    app.command(rich_help_panel="Studios")(command)
 console = Console()
 
 
