@@ -142,7 +142,7 @@ def worker(
         ),
     ] = False,
 ) -> None:
-    """Run a render node: a Celery worker on its own queue and its pool's."""
+    """Run a render node: a Celery worker on its own queue (node.<name>)."""
     from prometheus_client import start_http_server
 
     from workers.meters import MeterUnavailable, count_gpus
