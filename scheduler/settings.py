@@ -106,7 +106,12 @@ class Settings(BaseSettings):
         None, description="nodes fetch scenes from this API; None: from the shared storage"
     )
     node_token: SecretStr | None = Field(
-        None, description="the secret nodes show the API's /v1/internal routes"
+        None,
+        min_length=16,
+        description="the secret nodes show the API's /v1/internal routes (16+ characters)",
+    )
+    allow_scene_scripts: bool = Field(
+        False, description="whether jobs may run the Python scripts inside their scenes"
     )
     node_cache: Path | None = Field(None, description="a node's file cache; default data_dir")
     node_cache_bytes: int = Field(50 * 2**30, ge=0, description="a node's file cache size")

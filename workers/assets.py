@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ class BlobCache:
         self._lock = threading.Lock()
         self.fetched = 0  # contents fetched from the farm since the node started
         self.hits = 0
+        self._last_use = 0
 
     def path(self, blob_hash: str) -> Path:
         return self.root / blob_key(blob_hash)
@@ -118,7 +120,7 @@ class BlobCache:
         """The content's file in the cache, fetched and checked first if need be."""
         target = self.path(entry.hash)
         if target.is_file():
-            os.utime(target)  # most recently used
+            self._touch(target)  # most recently used
             self.hits += 1
             return target
         fd, name = tempfile.mkstemp(dir=self.incoming)
@@ -135,10 +137,19 @@ class BlobCache:
                 f"{entry.path}: the farm sent a content whose hash is not {entry.hash}"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(name, 0o444)  # read-only: an attempt's hard link cannot rewrite it
         os.replace(name, target)
+        self._touch(target)
         self.fetched += 1
         self._evict(keep=target)
         return target
+
+    def _touch(self, path: Path) -> None:
+        """Its mtime is its last use, to the nanosecond (file systems' own clock for
+        "now" is coarser, and ties would make the eviction order arbitrary)."""
+        now = max(time.time_ns(), self._last_use + 1)
+        self._last_use = now
+        os.utime(path, ns=(now, now))
 
     def _evict(self, keep: Path) -> None:
         with self._lock:

@@ -273,6 +273,12 @@ class StartNotice:
             self._settled = True
 
 
+def renderer_environment() -> dict[str, str]:
+    """A renderer's environment: the node's, less the farm's settings and secrets (the
+    node token), which a scene's script has no business reading."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RENDERFARM_")}
+
+
 def _prepare_files(files: JobFiles | None, message: ChunkMessage, task_id: str) -> Path | None:
     """The job's folder for this attempt (its manifest laid out), or None without one."""
     if message.manifest_id is None:
@@ -281,7 +287,7 @@ def _prepare_files(files: JobFiles | None, message: ChunkMessage, task_id: str) 
         raise RenderFailed("this node was started without access to the farm's files")
     try:
         return files.prepare(message.manifest_id, task_id)
-    except (FetchError, OSError) as error:
+    except (FetchError, OSError, httpx.HTTPError, ValueError, TypeError, KeyError) as error:
         raise RenderFailed(f"the job's files could not be laid out: {error}") from None
 
 
@@ -361,6 +367,7 @@ def _render_in_child(
                 start_new_session=True,
                 preexec_fn=die_with_parent,
                 cwd=storage,
+                env=renderer_environment(),
             )
         except OSError as error:
             raise RenderFailed(f"cannot start {argv[0]}: {error}") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, func, insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from scheduler.core.assets import ManifestEntry, ManifestError, is_blob_hash, parse_manifest
@@ -100,11 +101,17 @@ class AssetService:
             writer.abort()
             raise TooLarge(f"a file is at most {self.settings.max_blob_bytes} bytes")
         size, found = writer.size, writer.hexdigest
-        if not writer.commit(blob_hash):
+        if found != blob_hash:
+            writer.abort()
             raise InvalidRequest(
                 "body", f"the content's SHA-256 is {found}, not {blob_hash}: nothing was kept"
             )
-        self._record(studio_id, blob_hash, size)
+        try:  # the rows first (the quota may refuse), then the file: no file without a row
+            self._record(studio_id, blob_hash, size)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit(blob_hash)
         return size
 
     def _record(self, studio_id: int, blob_hash: str, size: int) -> None:
@@ -118,11 +125,16 @@ class AssetService:
                     f"the studio's quota of {self.settings.studio_quota_bytes} bytes would be "
                     f"exceeded ({stored} stored, {size} more)"
                 )
-            if session.get(BlobRow, blob_hash) is None:
-                session.add(BlobRow(hash=blob_hash, size=size, stored_at=now))
-                session.flush()
-            session.add(StudioBlob(studio_id=studio_id, hash=blob_hash, size=size, added_at=now))
-            session.commit()
+            try:
+                if session.get(BlobRow, blob_hash) is None:
+                    session.add(BlobRow(hash=blob_hash, size=size, stored_at=now))
+                    session.flush()
+                session.add(
+                    StudioBlob(studio_id=studio_id, hash=blob_hash, size=size, added_at=now)
+                )
+                session.commit()
+            except IntegrityError:  # the same content, uploaded at the same moment: stored
+                session.rollback()
 
     def receive_batch(
         self, studio_id: int, archive: Path
@@ -134,20 +146,30 @@ class AssetService:
         refused: list[tuple[str, str]] = []
         try:
             with tarfile.open(archive, mode="r:") as tar:
+                unpacked = 0
                 for member in tar:
                     name = member.name.rsplit("/", 1)[-1]
-                    if not member.isfile() or not is_blob_hash(name):
+                    regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)  # not sparse
+                    if not regular or not is_blob_hash(name):
                         refused.append((member.name[:200], "not a file named by its SHA-256"))
                         continue
+                    unpacked += member.size
+                    if unpacked > self.settings.max_batch_bytes:
+                        raise TooLarge(
+                            f"a batch unpacks to at most {self.settings.max_batch_bytes} bytes"
+                        )
                     source = tar.extractfile(member)
                     assert source is not None
                     writer = self.store.begin()
-                    while chunk := source.read(1 << 20):
-                        writer.write(chunk)
                     try:
+                        while chunk := source.read(1 << 20):
+                            writer.write(chunk)
                         stored.append((name, self.finish_upload(studio_id, name, writer)))
                     except (InvalidRequest, TooLarge) as error:
                         refused.append((name, str(error)))
+                    except BaseException:
+                        writer.abort()
+                        raise
         except tarfile.TarError as error:
             raise InvalidRequest("body", f"not a tar archive: {error}") from None
         return stored, refused

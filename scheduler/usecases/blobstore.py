@@ -38,21 +38,26 @@ class BlobWriter:
         return self._hash.hexdigest()
 
     def commit(self, expected: str) -> bool:
-        """Keep the content if its hash is ``expected``; False (and nothing kept) if not."""
+        """Keep the content if its hash is ``expected``; False (and nothing kept) if not.
+
+        The file is put in place even if one is there already: the same bytes, and a
+        collection that removed it meanwhile cannot leave a row without its file."""
         self._file.close()
         if self.hexdigest != expected:
             self._path.unlink(missing_ok=True)
             return False
         target = self._store.path(expected)
-        if target.exists():  # stored already (another studio, or a retry): keep one copy
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._path, target)
+        except BaseException:
             self._path.unlink(missing_ok=True)
-            return True
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._path, target)
+            raise
         return True
 
     def abort(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self._file.close()
         self._path.unlink(missing_ok=True)
 
 

@@ -223,6 +223,14 @@ class StudioService:
                 other = session.get(JobRow, dependency)
                 if other is None or other.studio_id != studio_id:
                     raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
+            if getattr(request.renderer, "allow_scripts", False) and not (
+                self.settings.allow_scene_scripts
+            ):
+                raise InvalidRequest(
+                    "renderer.allow_scripts",
+                    "this farm does not run scripts inside scenes "
+                    "(an operator allows them with RENDERFARM_ALLOW_SCENE_SCRIPTS)",
+                )
             if request.manifest is not None:
                 manifest = session.get(ManifestRow, request.manifest)
                 if manifest is None or manifest.studio_id != studio_id:

@@ -262,3 +262,42 @@ def test_an_operator_collects_from_the_command_line(
     assert done.returncode == 0, done.stderr
     assert f"1 content(s), {len(stray)} bytes, deleted" in done.stdout
     assert not (settings.storage_root / blob_key(sha(stray))).exists()
+
+
+def test_a_batch_refuses_links_and_more_than_it_may_unpack(
+    engine: Engine, settings: Settings, east: dict[str, str]
+) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        link = tarfile.TarInfo(sha(b"x"))
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    tar_headers = {**east, "Content-Type": "application/x-tar"}
+    with TestClient(create_app(settings, engine)) as client:
+        response = client.post("/v1/blobs", content=archive.getvalue(), headers=tar_headers)
+        assert response.json()["stored"] == [] and len(response.json()["refused"]) == 1
+    big = io.BytesIO()
+    with tarfile.open(fileobj=big, mode="w") as tar:
+        for n in range(3):
+            data = bytes([n]) * 4000
+            info = tarfile.TarInfo(sha(data))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    small = settings.model_copy(update={"max_batch_bytes": 10_000})
+    with TestClient(create_app(small, engine)) as client:
+        response = client.post("/v1/blobs", content=big.getvalue(), headers=tar_headers)
+        assert response.status_code == 413 and "10000 bytes" in response.text
+
+
+def test_scene_scripts_run_only_where_the_operator_allows(
+    engine: Engine, settings: Settings, east: dict[str, str], client: TestClient
+) -> None:
+    job = {
+        "name": "sh020", "frames": "1", "requirements": {"tags": ["blender-4.5"]},
+        "renderer": {"kind": "blender", "scene": "sh020.blend", "allow_scripts": True},
+    }  # fmt: skip
+    refused = client.post("/v1/jobs", json=job, headers=east)
+    assert refused.status_code == 422 and "allow_scripts" in refused.text
+    allowing = settings.model_copy(update={"allow_scene_scripts": True})
+    with TestClient(create_app(allowing, engine)) as farm:
+        assert farm.post("/v1/jobs", json=job, headers=east).status_code == 201

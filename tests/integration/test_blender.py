@@ -425,8 +425,12 @@ def test_a_render_node_advertises_its_blender_and_renders_a_job(
         results = session.exec(select(FrameResultRow).where(FrameResultRow.job_id == good)).all()
         attempts = session.exec(select(AttemptRow).where(AttemptRow.job_id == bad)).all()
     assert len(results) == 4 and all(r.it_joules and r.it_joules > 0 for r in results)
-    assert len(attempts) == 2  # retried once
-    assert all("Blender cannot open the scene" in (a.error or "") for a in attempts)
+    # retried once; a busy machine may also resend an attempt no node claimed in time
+    # (it is then superseded, never counted)
+    failed_attempts = [a for a in attempts if a.state == "failed"]
+    assert len(failed_attempts) == 2
+    assert all(a.state in ("failed", "superseded") for a in attempts)
+    assert all("Blender cannot open the scene" in (a.error or "") for a in failed_attempts)
     assert blender_processes() == []
 
 

@@ -145,3 +145,11 @@ def test_nodes_send_outputs_only_into_a_jobs_frames_and_logs(
     assert not (settings.storage_root.parent / "etc").exists()
     unsigned = client.put("/v1/internal/outputs/jobs/7/frames/f.png", content=b"x")
     assert unsigned.status_code == 401
+
+
+def test_an_empty_or_short_node_token_is_refused_at_start() -> None:
+    from pydantic import ValidationError
+
+    for token in ("", "short"):
+        with pytest.raises(ValidationError, match="node_token"):
+            Settings(_env_file=None, node_token=token)  # type: ignore[call-arg]
