@@ -4,14 +4,17 @@ events of scheduler/wire/messages.py, encoded as a node sends them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from scheduler.dispatch.loop import run_scheduler
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
@@ -137,3 +140,14 @@ def scheduler(
         update={"dispatch_buffer": 1, "retry_base_seconds": 5.0, "retry_max_seconds": 60.0}
     )
     return Scheduler(engine, tuned, fake_broker, clock)
+
+
+@pytest.fixture
+def scheduler_loop(engine: Engine, settings: Settings, broker: redis.Redis) -> Iterator[None]:
+    """The real scheduler loop in a thread of the test, for tests with real nodes."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)

@@ -36,7 +36,6 @@ from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
 from tests.conftest import Processes, wait_for
-from tests.integration.test_render_nodes import scheduler_loop  # noqa: F401 (a fixture)
 from workers.renderers import BLENDER
 from workers.renderers.blender import NO_BLENDER, Blender, BlenderUnavailable, find_blender
 from workers.runner import run_chunk
@@ -378,7 +377,7 @@ def test_a_submission_with_contradictory_settings_names_the_field(
 
 
 def test_a_render_node_advertises_its_blender_and_renders_a_job(
-    scheduler_loop: None,  # noqa: F811
+    scheduler_loop: None,
     processes: Processes,
     studio: tuple[StudioService, int],
     settings: Settings,

@@ -9,18 +9,14 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from scheduler.db import ChunkRow
-from scheduler.dispatch.loop import run_scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.submissions import JobRequest
@@ -29,16 +25,6 @@ from tests.conftest import Processes, farm_env, wait_for
 pytestmark = pytest.mark.integration
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def scheduler_loop(engine: Engine, settings: Settings, broker: redis.Redis) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=10)
 
 
 def celery(settings: Settings, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from scheduler.db import AttemptRow, FrameResultRow
-from scheduler.dispatch.loop import run_scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.submissions import JobRequest
@@ -23,16 +19,6 @@ from tests.conftest import Processes, renderers_running, wait_for
 from workers.runner import run_chunk
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def scheduler_loop(engine: Engine, settings: Settings, broker: redis.Redis) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=run_scheduler, args=(settings, stop), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=10)
 
 
 def test_two_nodes_render_a_job(
