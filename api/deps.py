@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from scheduler.db import Studio
@@ -43,3 +43,9 @@ def get_studio(
 
 
 StudioDep = Annotated[Studio, Depends(get_studio)]
+
+
+# Ids and frame numbers in paths, within the database's integer columns: a number past
+# them is a 422 naming it, not a database error.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+FrameNumber = Annotated[int, Path(ge=-(2**31), le=2**31 - 1)]

@@ -1,8 +1,18 @@
-"""The one place where domain errors become HTTP statuses."""
+"""The one place where errors become HTTP statuses and bodies.
+
+An error body may quote what the client sent (pydantic's 422s do), and what a client
+sends may not be JSON-encodable as it stands: a lone surrogate, NaN or infinity. Every
+error body goes through ``printable`` first, so a bad input gets its 4xx, never a 500.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from scheduler.errors import (
@@ -28,4 +38,27 @@ def install_error_handlers(app: FastAPI) -> None:
             ]
         else:
             detail = str(error)
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        return JSONResponse({"detail": printable(detail)}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        detail = jsonable_encoder(error.errors(), custom_encoder={float: _float_text})
+        return JSONResponse({"detail": printable(detail)}, status_code=422)
+
+
+def printable(value: Any) -> Any:
+    """``value`` with every string made encodable (lone surrogates replaced) and every
+    non-finite number written as text, so that it can always be sent as JSON."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, float):
+        return _float_text(value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    return value
+
+
+def _float_text(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path as FilePath
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AssetsDep, StudioDep
+from api.deps import AssetsDep, RowId, StudioDep
 from api.schemas import (
     BatchPublic,
     BlobPublic,
@@ -118,9 +117,7 @@ def create_manifest(body: ManifestIn, studio: StudioDep, assets: AssetsDep) -> M
 
 
 @router.get("/v1/manifests/{manifest_id}", response_model=ManifestDetail)
-def get_manifest(
-    manifest_id: Annotated[int, Path(ge=1, le=2**31 - 1)], studio: StudioDep, assets: AssetsDep
-) -> ManifestDetail:
+def get_manifest(manifest_id: RowId, studio: StudioDep, assets: AssetsDep) -> ManifestDetail:
     manifest, files = assets.manifest(_id(studio), manifest_id)
     return ManifestDetail(
         **ManifestPublic.of(manifest).model_dump(),

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import AssetsDep, SettingsDep
+from api.deps import AssetsDep, RowId, SettingsDep
 from api.schemas import ManifestFileIn, Problem
 from scheduler.core.assets import is_blob_hash
 from scheduler.errors import InvalidRequest, NotFound, Unauthorized
@@ -53,7 +52,7 @@ NodeDep = Annotated[None, Depends(node)]
 
 @router.get("/manifests/{manifest_id}")
 def manifest_for_node(
-    manifest_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], _node: NodeDep, assets: AssetsDep
+    manifest_id: RowId, _node: NodeDep, assets: AssetsDep
 ) -> dict[str, list[ManifestFileIn]]:
     files = assets.files_for_node(manifest_id)
     return {

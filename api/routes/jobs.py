@@ -13,7 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import ServiceDep, SettingsDep, StudioDep
+from api.deps import FrameNumber, RowId, ServiceDep, SettingsDep, StudioDep
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.states import JobState
 from scheduler.errors import NotFound
@@ -64,38 +64,38 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, studio: StudioDep, service: ServiceDep) -> JobPublic:
+def get_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.get_job(_id(studio), job_id))
 
 
 @router.patch("/{job_id}", response_model=JobPublic)
-def patch_job(job_id: int, body: JobPatch, studio: StudioDep, service: ServiceDep) -> JobPublic:
+def patch_job(job_id: RowId, body: JobPatch, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.set_priority(_id(studio), job_id, body.priority))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": Problem}})
-def cancel_job(job_id: int, studio: StudioDep, service: ServiceDep) -> JobPublic:
+def cancel_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.cancel_job(_id(studio), job_id))
 
 
 @router.post("/{job_id}/suspend", response_model=JobPublic, responses={409: {"model": Problem}})
-def suspend_job(job_id: int, studio: StudioDep, service: ServiceDep) -> JobPublic:
+def suspend_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.suspend_job(_id(studio), job_id))
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, responses={409: {"model": Problem}})
-def resume_job(job_id: int, studio: StudioDep, service: ServiceDep) -> JobPublic:
+def resume_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.resume_job(_id(studio), job_id))
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": Problem}})
-def retry_job(job_id: int, studio: StudioDep, service: ServiceDep) -> JobPublic:
+def retry_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.retry_job(_id(studio), job_id))
 
 
 @router.get("/{job_id}/frames", response_model=list[FramePublic])
 def list_frames(
-    job_id: int,
+    job_id: RowId,
     studio: StudioDep,
     service: ServiceDep,
     offset: int = Query(0, ge=0, description="frames to skip, in ascending frame order"),
@@ -107,7 +107,7 @@ def list_frames(
 
 @router.get("/{job_id}/frames/{frame}/output", response_class=FileResponse)
 def frame_output(
-    job_id: int, frame: int, studio: StudioDep, service: ServiceDep, settings: SettingsDep
+    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, settings: SettingsDep
 ) -> FileResponse:
     status_ = service.frame_status(_id(studio), job_id, frame)
     if status_.output is None:
@@ -123,7 +123,7 @@ def frame_output(
 
 @router.get("/{job_id}/frames/{frame}/thumbnail", response_class=FileResponse)
 def frame_thumbnail(
-    job_id: int, frame: int, studio: StudioDep, service: ServiceDep, settings: SettingsDep
+    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, settings: SettingsDep
 ) -> FileResponse:
     """A JPEG about 256 px wide, made from the frame on first request and kept."""
     status_ = service.frame_status(_id(studio), job_id, frame)
@@ -137,7 +137,7 @@ def frame_thumbnail(
 
 @router.get("/{job_id}/output", response_class=StreamingResponse)
 def job_output(
-    job_id: int,
+    job_id: RowId,
     studio: StudioDep,
     service: ServiceDep,
     settings: SettingsDep,
@@ -164,7 +164,7 @@ def job_output(
 
 @router.get("/{job_id}/frames/{frame}/log", response_class=FileResponse)
 def frame_log(
-    job_id: int, frame: int, studio: StudioDep, service: ServiceDep, settings: SettingsDep
+    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, settings: SettingsDep
 ) -> FileResponse:
     status_ = service.frame_status(_id(studio), job_id, frame)
     if status_.log is None:

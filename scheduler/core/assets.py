@@ -46,8 +46,12 @@ def relative_path(path: str) -> str:
     """
     if not path or len(path) > MAX_PATH_CHARS:
         raise ManifestError(f"a path has 1 to {MAX_PATH_CHARS} characters: {path[:80]!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path) or "\\" in path:
-        raise ManifestError(f"control characters and backslashes are not allowed: {path!r}")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in path) or (
+        "\\" in path
+    ):
+        raise ManifestError(
+            f"control characters, lone surrogates and backslashes are not allowed: {path!r}"
+        )
     if path.startswith("/") or re.match(r"[A-Za-z]:", path):
         raise ManifestError(f"the path must be relative to the job's folder: {path!r}")
     parts = path.split("/")

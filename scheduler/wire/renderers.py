@@ -191,7 +191,9 @@ def _known_kind(value: Any) -> Any:
     kind = value["kind"]
     if isinstance(kind, str) and kind in RENDERERS:
         return value
-    context = {"discriminator": "'kind'", "tag": str(kind), "expected_tags": _listed(RENDERERS)}
+    # The tag as it can be quoted back in any JSON error (a lone surrogate cannot be).
+    tag = str(kind).encode("utf-8", "backslashreplace").decode("utf-8")
+    context = {"discriminator": "'kind'", "tag": tag, "expected_tags": _listed(RENDERERS)}
     raise PydanticCustomError("union_tag_invalid", UNKNOWN_RENDERER, context)
 
 

@@ -301,3 +301,34 @@ def test_scene_scripts_run_only_where_the_operator_allows(
     allowing = settings.model_copy(update={"allow_scene_scripts": True})
     with TestClient(create_app(allowing, engine)) as farm:
         assert farm.post("/v1/jobs", json=job, headers=east).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "route"),
+    [
+        ('{"files":[{"path":"a\\udfffb","size":1,"hash":"%s"}]}' % ("a" * 64), "/v1/manifests"),
+        ('{"files":[{"path":"a","size":1,"hash":"%s","mtime":NaN}]}' % ("a" * 64),
+         "/v1/assets/missing"),
+        ('{"files":[{"path":"a","size":1,"hash":"%s","mtime":1e400}]}' % ("a" * 64),
+         "/v1/manifests"),
+        (r'{"name":"x","frames":"1","renderer":{"kind":"\udfff"}}', "/v1/jobs"),
+    ],
+)  # fmt: skip
+def test_input_json_cannot_encode_back_is_a_422(
+    client: TestClient, east: dict[str, str], body: str, route: str
+) -> None:
+    response = client.post(
+        route, content=body, headers={**east, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/v1/jobs/99999999999999/frames/1/thumbnail", "/v1/jobs/1/frames/99999999999/output",
+     "/v1/jobs/99999999999999/output", "/v1/manifests/99999999999999", "/v1/jobs/0"],
+)  # fmt: skip
+def test_ids_past_the_databases_range_are_a_422(
+    client: TestClient, east: dict[str, str], url: str
+) -> None:
+    assert client.get(url, headers=east).status_code == 422
