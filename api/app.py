@@ -14,7 +14,8 @@ from scheduler import __version__
 from scheduler.db import create_tables, make_engine
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
-from scheduler.usecases.blobstore import LocalBlobStore
+from scheduler.usecases.blobstore import BlobStore, open_storage
+from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService
 
 
@@ -33,7 +34,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.registry = registry
     app.state.service = StudioService(engine, settings)
-    app.state.assets = AssetService(engine, settings, LocalBlobStore(settings.storage_root))
+    storage = open_storage(settings)  # a folder, or object storage
+    app.state.assets = AssetService(engine, settings, BlobStore(storage))
+    app.state.stored_files = StoredFiles(storage)
     install_error_handlers(app)
     app.include_router(assets.router)
     app.include_router(internal.router)

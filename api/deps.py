@@ -11,6 +11,7 @@ from scheduler.db import Studio
 from scheduler.errors import Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
+from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService
 
 _bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
@@ -28,7 +29,12 @@ def get_assets(request: Request) -> AssetService:
     return request.app.state.assets  # type: ignore[no-any-return]
 
 
+def get_stored_files(request: Request) -> StoredFiles:
+    return request.app.state.stored_files  # type: ignore[no-any-return]
+
+
 ServiceDep = Annotated[StudioService, Depends(get_service)]
+StoredFilesDep = Annotated[StoredFiles, Depends(get_stored_files)]
 AssetsDep = Annotated[AssetService, Depends(get_assets)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

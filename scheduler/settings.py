@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
@@ -29,7 +30,11 @@ class Settings(BaseSettings):
         None, description="Celery broker (Redis). Unset: localhost, or embedded for `up`/`demo`"
     )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
-    storage: Path | None = Field(None, description="frames and logs root; default data_dir/storage")
+    storage: str | None = Field(
+        None,
+        description="contents, frames and logs: a folder (default data_dir/storage) or "
+        "s3://bucket/prefix (S3-compatible object storage, configured by the AWS variables)",
+    )
 
     # What studios may ask for.
     pools: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["cpu", "gpu"])
@@ -142,6 +147,24 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'renderfarm.db').resolve()}"
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_location(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("s3:"):
+            parts = urlsplit(value)
+            if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+                raise ValueError(f"object storage is s3://bucket or s3://bucket/prefix: {value!r}")
+        return value or None
+
+    @property
+    def storage_url(self) -> str | None:
+        """The object storage's ``s3://`` URL, or None where the storage is a folder."""
+        return self.storage if self.storage and self.storage.startswith("s3:") else None
+
     @property
     def storage_root(self) -> Path:
-        return (self.storage or self.data_dir / "storage").resolve()
+        """The storage's folder; with object storage, a local scratch folder (uploads
+        on their way in, a node's frames on their way out)."""
+        if self.storage and self.storage_url is None:
+            return Path(self.storage).resolve()
+        return (self.data_dir / "storage").resolve()

@@ -4,6 +4,10 @@
   else a SQLite file per test. Tables are dropped and created for every test.
 - Redis: ``RENDERFARM_TEST_REDIS_URL``, else the server on 127.0.0.1:6379 if one
   answers, else an embedded one started for the session. Flushed for every test.
+- Storage: a folder per test (``storage_location``); a test marked ``@both_storages``
+  runs twice, on the folder and on S3-compatible object storage (moto's standalone
+  server, started once per session, a bucket per test; boto3 finds it through the usual
+  AWS variables, which farm processes inherit).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -96,14 +101,73 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on a free port, and the AWS variables pointing at it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    aws = {
+        "AWS_ACCESS_KEY_ID": "renderfarm-test",
+        "AWS_SECRET_ACCESS_KEY": "renderfarm-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": url,
+    }
+    saved = {name: os.environ.get(name) for name in aws}
+    os.environ.update(aws)
+    try:
+        wait_for(lambda: _answers(port), 30, "moto's S3 server to listen")
+        yield url
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        stop_process(server, grace=5.0)
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new bucket on the test's S3 server; its ``s3://`` URL with a prefix."""
+    import boto3
+
+    name = f"farm-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}/renderfarm"
+
+
+@pytest.fixture
+def storage_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if getattr(request, "param", "folder") == "s3":
+        return str(request.getfixturevalue("s3_bucket"))
+    return str(tmp_path / "storage")
+
+
+both_storages = pytest.mark.parametrize("storage_location", ["folder", "s3"], indirect=True)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, redis_url: str, storage_location: str) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         data_dir=tmp_path,
         database_url=database_url,
         broker_url=redis_url,
-        storage=tmp_path / "storage",
+        storage=storage_location,
         tick_seconds=0.2,
         heartbeat_seconds=0.5,
         node_timeout=5.0,
@@ -128,7 +192,7 @@ def farm_env(settings: Settings) -> dict[str, str]:
     env.update(
         RENDERFARM_BROKER_URL=settings.effective_broker_url,
         RENDERFARM_DATABASE_URL=settings.effective_database_url,
-        RENDERFARM_STORAGE=str(settings.storage_root),
+        RENDERFARM_STORAGE=settings.storage_url or str(settings.storage_root),
         RENDERFARM_DATA_DIR=str(settings.data_dir),
         RENDERFARM_TICK_SECONDS=str(settings.tick_seconds),
         RENDERFARM_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),

@@ -95,8 +95,8 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     meter = server.client() if server else None
     token = settings.node_token.get_secret_value() if settings.node_token else None
     files = job_files(
-        storage,
-        settings.node_cache or settings.data_dir.resolve() / "node-cache" / node.name,
+        open_storage(settings),
+        cache_root(settings, node),
         settings.node_cache_bytes,
         settings.api_url,
         token,

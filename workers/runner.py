@@ -435,7 +435,12 @@ def _render_in_child(
     metered = {r.frame: r for r in energy.end(cpu_total, unmarked, last=reports[-1])}
     reports = [metered.get(r.frame, r) for r in reports]
     if renderer.writes_frames:
-        missing = [r.frame for r in reports if r.output and not (storage / r.output).is_file()]
+        sent = set(reported) if outputs is not None else set()  # gone from the node's disk
+        missing = [
+            r.frame
+            for r in reports
+            if r.output and r.frame not in sent and not (storage / r.output).is_file()
+        ]
         if missing:
             raise RenderFailed(f"renderer exited 0 but wrote no file for frames {missing}", 0)
         for report in reports:
@@ -444,7 +449,7 @@ def _render_in_child(
     return reports
 
 
-def _send_output(outputs: HttpOutputs | None, report: FrameReport, storage: Path) -> None:
+def _send_output(outputs: Outputs | None, report: FrameReport, storage: Path) -> None:
     """A frame's file back to the farm, on a node without the shared storage."""
     if outputs is None or report.output is None:
         return

@@ -12,14 +12,11 @@ Routes translate and delegate: the asset service decides and raises domain error
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path as FilePath
-
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import AssetsDep, RowId, StudioDep
+from api.files import receive_body
 from api.schemas import (
     BatchPublic,
     BlobPublic,
@@ -73,13 +70,16 @@ async def put_blob(
         response.status_code = status.HTTP_200_OK  # a repeat: nothing to read or keep
         return BlobPublic(hash=blob_hash, size=owned)
     room = min(await run_in_threadpool(assets.room_left, studio_id), assets.max_blob_bytes)
+
+    def write(piece: bytes) -> None:
+        writer.write(piece)  # hashed and written in a worker thread
+        if writer.size > room:
+            raise TooLarge(
+                f"the content is larger than the {room} bytes this studio may still store"
+            )
+
     try:
-        async for chunk in request.stream():
-            writer.write(chunk)  # page-cache writes of the server's small chunks
-            if writer.size > room:
-                raise TooLarge(
-                    f"the content is larger than the {room} bytes this studio may still store"
-                )
+        await receive_body(request, write)
     except BaseException:
         writer.abort()
         raise
@@ -92,16 +92,16 @@ async def post_blobs(request: Request, studio: StudioDep, assets: AssetsDep) -> 
     """Many small contents in one request: a tar (``Content-Type: application/x-tar``)
     whose members are named by their SHA-256. Spooled to disk, never held in memory."""
     limit = assets.max_batch_bytes
-    fd, name = tempfile.mkstemp(dir=assets.store.incoming, prefix="batch-")
-    path = FilePath(name)
+    spool, path = assets.store.storage.spool_file("batch")
     try:
-        with os.fdopen(fd, "wb") as spool:
-            seen = 0
-            async for chunk in request.stream():
-                seen += len(chunk)
-                if seen > limit:
+        with spool:
+
+            def write(piece: bytes) -> None:
+                if spool.tell() + len(piece) > limit:
                     raise TooLarge(f"a batch is at most {limit} bytes; send large files alone")
-                spool.write(chunk)
+                spool.write(piece)
+
+            await receive_body(request, write)
         stored, refused = await run_in_threadpool(assets.receive_batch, _id(studio), path)
     finally:
         path.unlink(missing_ok=True)

@@ -6,24 +6,26 @@ on the API and every node); without one configured they answer 404.
     GET /v1/internal/blobs/{sha256}   a content, streamed
     PUT /v1/internal/outputs/{path}   a frame or an attempt's log, streamed into storage
                                       (``jobs/<id>/frames/<file>``, ``jobs/<id>/logs/<file>``)
+
+The storage behind them is the farm's (a folder or object storage): nodes need neither
+a shared mount nor storage credentials of their own.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import AssetsDep, RowId, SettingsDep
+from api.deps import AssetsDep, RowId, SettingsDep, StoredFilesDep
+from api.files import file_response, receive_body
 from api.schemas import ManifestFileIn, Problem
-from scheduler.core.assets import is_blob_hash
+from scheduler.core.assets import blob_key, is_blob_hash
 from scheduler.errors import InvalidRequest, NotFound, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="the farm's node token")
@@ -67,30 +69,27 @@ OUTPUT_PATH = re.compile(r"jobs/[0-9]{1,10}/(frames|logs)/[A-Za-z0-9][A-Za-z0-9.
 
 @router.put("/outputs/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
 async def output_from_node(
-    path: str, request: Request, _node: NodeDep, settings: SettingsDep
+    path: str, request: Request, _node: NodeDep, files: StoredFilesDep
 ) -> Response:
     """A node without the shared storage sends each frame as it is saved, and its logs;
-    they land where a node with the storage would have written them."""
+    they land where a node with the storage would have written them, whole or not at
+    all (spooled, then adopted)."""
     if not OUTPUT_PATH.fullmatch(path):
         raise InvalidRequest(
             "path", "a node sends jobs/<id>/frames/<file> or jobs/<id>/logs/<file>"
         )
-    target = settings.storage_root / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+    spool, spooled = files.storage.spool_file("output")
     try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                out.write(chunk)
-        os.replace(name, target)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+        with spool:
+            await receive_body(request, spool.write)
+        await run_in_threadpool(files.storage.adopt, path, spooled)
+    finally:
+        spooled.unlink(missing_ok=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/blobs/{blob_hash}", response_class=FileResponse)
-def blob_for_node(blob_hash: str, _node: NodeDep, assets: AssetsDep) -> FileResponse:
-    if not is_blob_hash(blob_hash) or not assets.store.has(blob_hash):
+def blob_for_node(blob_hash: str, _node: NodeDep, files: StoredFilesDep) -> Response:
+    if not is_blob_hash(blob_hash):
         raise NotFound(f"no content {blob_hash[:64]}")
-    return FileResponse(assets.store.path(blob_hash), media_type="application/octet-stream")
+    return file_response(files.stored(blob_key(blob_hash)), "application/octet-stream")

@@ -7,24 +7,17 @@ Routes translate and delegate: the service decides, raises domain errors, and co
 from __future__ import annotations
 
 import logging
-from pathlib import PurePosixPath
 from typing import Literal
 
 from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from api.deps import FrameNumber, RowId, ServiceDep, SettingsDep, StudioDep
+from api.deps import FrameNumber, RowId, ServiceDep, StoredFilesDep, StudioDep
+from api.files import file_response
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
-from scheduler.core.states import JobState
+from scheduler.core.states import ChunkState, JobState
 from scheduler.errors import NotFound
-from scheduler.usecases.frame_outputs import (
-    ArchiveMember,
-    content_type_of,
-    file_in_storage,
-    stream_tar,
-    stream_zip,
-    thumbnail_of,
-)
+from scheduler.usecases.frame_outputs import content_type_of, stream_tar, stream_zip
 
 log = logging.getLogger(__name__)
 
@@ -107,32 +100,26 @@ def list_frames(
 
 @router.get("/{job_id}/frames/{frame}/output", response_class=FileResponse)
 def frame_output(
-    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, settings: SettingsDep
-) -> FileResponse:
+    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, files: StoredFilesDep
+) -> Response:
     status_ = service.frame_status(_id(studio), job_id, frame)
     if status_.output is None:
         raise NotFound(f"frame {frame} of job {job_id} has no output yet (it is {status_.state})")
-    path = file_in_storage(settings.storage_root, status_.output)
-    return FileResponse(
-        path,
-        media_type=content_type_of(path.name),
-        filename=path.name,
-        content_disposition_type="inline",
-    )
+    stored = files.stored(status_.output)
+    return file_response(stored, content_type_of(stored.name), filename=stored.name)
 
 
 @router.get("/{job_id}/frames/{frame}/thumbnail", response_class=FileResponse)
 def frame_thumbnail(
-    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, settings: SettingsDep
-) -> FileResponse:
+    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, files: StoredFilesDep
+) -> Response:
     """A JPEG about 256 px wide, made from the frame on first request and kept."""
     status_ = service.frame_status(_id(studio), job_id, frame)
     if status_.output is None:
         raise NotFound(
             f"frame {frame} of job {job_id} is {status_.state}: it has a thumbnail once it is done"
         )
-    thumbnail = thumbnail_of(settings.storage_root, status_.output)
-    return FileResponse(thumbnail, media_type="image/jpeg")
+    return file_response(files.thumbnail(status_.output), "image/jpeg")
 
 
 @router.get("/{job_id}/output", response_class=StreamingResponse)
@@ -140,18 +127,16 @@ def job_output(
     job_id: RowId,
     studio: StudioDep,
     service: ServiceDep,
-    settings: SettingsDep,
+    files: StoredFilesDep,
     format: Literal["zip", "tar"] = Query("zip", description="the archive's format"),
 ) -> StreamingResponse:
     """Every finished frame of the job in one archive, written as it is sent."""
     members = []
     for frame, output in service.finished_outputs(_id(studio), job_id):
         try:
-            path = file_in_storage(settings.storage_root, output)
+            members.append(files.stored(output))
         except NotFound:
             log.warning("job %d frame %d: %s is missing from storage", job_id, frame, output)
-            continue
-        members.append(ArchiveMember(PurePosixPath(output).name, path))
     if not members:
         raise NotFound(f"job {job_id} has no finished frames yet")
     stream, media_type = ARCHIVES[format]
@@ -164,12 +149,9 @@ def job_output(
 
 @router.get("/{job_id}/frames/{frame}/log", response_class=FileResponse)
 def frame_log(
-    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, settings: SettingsDep
-) -> FileResponse:
+    job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, files: StoredFilesDep
+) -> Response:
     status_ = service.frame_status(_id(studio), job_id, frame)
     if status_.log is None:
         raise NotFound(f"frame {frame} of job {job_id} has not started, so it has no log")
-    return FileResponse(
-        file_in_storage(settings.storage_root, status_.log),
-        media_type="text/plain; charset=utf-8",
-    )
+    return file_response(files.stored(status_.log), "text/plain; charset=utf-8")

@@ -306,15 +306,16 @@ def assets_collect() -> None:
     RENDERFARM_BLOB_RETENTION_SECONDS ago, and delete those no studio keeps (run it
     from cron, or a Kubernetes CronJob, daily)."""
     from scheduler.usecases.assets import AssetService
-    from scheduler.usecases.blobstore import LocalBlobStore
+    from scheduler.usecases.blobstore import BlobStore, open_storage
 
     service = _studio_service()
     settings = service.settings
-    assets = AssetService(service.engine, settings, LocalBlobStore(settings.storage_root))
+    assets = AssetService(service.engine, settings, BlobStore(open_storage(settings)))
     collected = assets.collect_garbage()
     typer.echo(
         f"{collected.studio_contents} studio content(s) released; "
-        f"{collected.blobs} content(s), {collected.bytes} bytes, deleted"
+        f"{collected.blobs} content(s), {collected.bytes} bytes, deleted; "
+        f"{collected.spooled} abandoned upload(s) removed"
     )
 
 

@@ -131,7 +131,7 @@ class LocalFarm:
         env.update(
             RENDERFARM_BROKER_URL=broker,
             RENDERFARM_DATABASE_URL=self.settings.effective_database_url,
-            RENDERFARM_STORAGE=str(self.settings.storage_root),
+            RENDERFARM_STORAGE=self.settings.storage_url or str(self.settings.storage_root),
             RENDERFARM_DATA_DIR=str(self.settings.data_dir.resolve()),
         )
         self.settings.storage_root.mkdir(parents=True, exist_ok=True)

@@ -236,7 +236,13 @@ def find_scene_files(scene: Path, project: Path | None = None) -> SceneFiles:
     the project folder: ``project`` if given, else the scene's folder's nearest ancestor
     holding every dependency the scene names by a relative path. Absolute paths outside
     it are refused: the nodes could not find them."""
-    from blender_asset_tracer import blendfile, trace
+    try:
+        from blender_asset_tracer import blendfile, trace
+    except ImportError:  # GPL-licensed, so an extra: the farm itself does not need it
+        raise StudioError(
+            "finding a scene's files needs blender-asset-tracer: pip install 'renderfarm[studio]'",
+            2,
+        ) from None
 
     scene = _absolute(scene)
     relative: set[Path] = set()

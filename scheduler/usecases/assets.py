@@ -1,6 +1,15 @@
 """A studio's contents and manifests: what it must upload, what it stored, what a job
 may name; quotas and collecting what nothing names any more.
 
+Concurrency (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` runs one writer at a time):
+- An upload locks its studio's row while it checks and charges the quota, so two
+  uploads at once cannot both fit into the room one of them leaves.
+- Collection deletes by age (``added_at``, ``stored_at``). Uploading a content and
+  naming it in a manifest both refresh those times on the rows they rely on, taking
+  their locks: a collection that reached a row first has deleted it (the upload then
+  stores the content anew; the manifest asks for it again), and one that comes after
+  waits, re-reads the refreshed time and keeps it.
+
 No existence oracle: whether the farm already stores a content is never told to a
 studio that did not send it itself. ``missing`` answers from the studio's own contents
 only, so a studio sends a content another studio sent too, once, and its bytes are
@@ -15,16 +24,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert
+from sqlalchemy import delete, func, insert, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, col, select
 
 from scheduler.core.assets import ManifestEntry, ManifestError, is_blob_hash, parse_manifest
-from scheduler.db import BlobRow, ManifestFile, ManifestRow, StudioBlob
+from scheduler.db import BlobRow, ManifestFile, ManifestRow, Studio, StudioBlob
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from scheduler.settings import Settings
-from scheduler.usecases.blobstore import BlobWriter, LocalBlobStore
+from scheduler.usecases.blobstore import BlobStore, BlobWriter
 
 MISSING_LISTED = 20  # how many missing contents an error names
 
@@ -40,6 +51,7 @@ class Collected:
     studio_contents: int  # a studio's claims on contents that nothing names any more
     blobs: int  # contents no studio claims, deleted from the store
     bytes: int
+    spooled: int  # uploads a crash left half-spooled, removed
 
 
 class AssetService:
@@ -47,7 +59,7 @@ class AssetService:
         self,
         engine: Engine,
         settings: Settings,
-        store: LocalBlobStore,
+        store: BlobStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -97,53 +109,25 @@ class AssetService:
 
     def finish_upload(self, studio_id: int, blob_hash: str, writer: BlobWriter) -> int:
         """Keep an uploaded content if it is what its hash says, and charge the studio."""
-        if writer.size > self.settings.max_blob_bytes:
-            writer.abort()
-            raise TooLarge(f"a file is at most {self.settings.max_blob_bytes} bytes")
-        size, found = writer.size, writer.hexdigest
-        if found != blob_hash:
-            writer.abort()
-            raise InvalidRequest(
-                "body", f"the content's SHA-256 is {found}, not {blob_hash}: nothing was kept"
-            )
-        try:  # the rows first (the quota may refuse), then the file: no file without a row
-            self._record(studio_id, blob_hash, size)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit(blob_hash)
-        return size
-
-    def _record(self, studio_id: int, blob_hash: str, size: int) -> None:
-        now = self.clock()
-        with Session(self.engine) as session:
-            if _owned(session, studio_id, [blob_hash]):
-                return  # a repeated upload of the studio's own content: nothing to do
-            stored = _stored(session, studio_id)
-            if stored + size > self.settings.studio_quota_bytes:
-                raise TooLarge(
-                    f"the studio's quota of {self.settings.studio_quota_bytes} bytes would be "
-                    f"exceeded ({stored} stored, {size} more)"
-                )
-            try:
-                if session.get(BlobRow, blob_hash) is None:
-                    session.add(BlobRow(hash=blob_hash, size=size, stored_at=now))
-                    session.flush()
-                session.add(
-                    StudioBlob(studio_id=studio_id, hash=blob_hash, size=size, added_at=now)
-                )
-                session.commit()
-            except IntegrityError:  # the same content, uploaded at the same moment: stored
-                session.rollback()
+        try:
+            writer.close()
+            problem = self._problem(blob_hash, writer)
+            if problem is not None:
+                raise problem
+            self._keep(studio_id, [(blob_hash, writer)])
+            return writer.size
+        finally:
+            writer.abort()  # what was not kept (a no-op for what was)
 
     def receive_batch(
         self, studio_id: int, archive: Path
     ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
         """Many small contents in one request: a tar whose members are named by their
-        SHA-256. Each is checked and kept like a single upload; a member that is not
-        is refused with the reason, the others are kept. (stored, refused)."""
-        stored: list[tuple[str, int]] = []
+        SHA-256. Each is checked like a single upload; a member that is not what its
+        name says, or past the quota, is refused with the reason, the others are kept,
+        all charged in one transaction. (stored, refused)."""
         refused: list[tuple[str, str]] = []
+        checked: list[tuple[str, BlobWriter]] = []
         try:
             with tarfile.open(archive, mode="r:") as tar:
                 unpacked = 0
@@ -161,18 +145,68 @@ class AssetService:
                     source = tar.extractfile(member)
                     assert source is not None
                     writer = self.store.begin()
-                    try:
-                        while chunk := source.read(1 << 20):
-                            writer.write(chunk)
-                        stored.append((name, self.finish_upload(studio_id, name, writer)))
-                    except (InvalidRequest, TooLarge) as error:
-                        refused.append((name, str(error)))
-                    except BaseException:
+                    checked.append((name, writer))
+                    while chunk := source.read(1 << 20):
+                        writer.write(chunk)
+                    writer.close()  # (thousands of them wait for one transaction)
+                    problem = self._problem(name, writer)
+                    if problem is not None:
+                        checked.pop()
                         writer.abort()
-                        raise
+                        refused.append((name, str(problem)))
+            over = self._keep(studio_id, checked)
         except tarfile.TarError as error:
             raise InvalidRequest("body", f"not a tar archive: {error}") from None
-        return stored, refused
+        finally:
+            for _name, writer in checked:
+                writer.abort()  # what was not kept (a no-op for what was)
+        stored = [(name, writer.size) for name, writer in checked if name not in over]
+        return stored, refused + [(name, over[name]) for name, _writer in checked if name in over]
+
+    def _problem(self, blob_hash: str, writer: BlobWriter) -> Exception | None:
+        """Why an upload cannot be kept, or None."""
+        if writer.size > self.settings.max_blob_bytes:
+            return TooLarge(f"a file is at most {self.settings.max_blob_bytes} bytes")
+        if writer.hexdigest != blob_hash:
+            return InvalidRequest(
+                "body",
+                f"the content's SHA-256 is {writer.hexdigest}, not {blob_hash}: nothing was kept",
+            )
+        return None
+
+    def _keep(self, studio_id: int, uploads: list[tuple[str, BlobWriter]]) -> dict[str, str]:
+        """Charge the studio for checked uploads in one transaction, then put their files
+        in the storage (rows first: a quota refusal or a crash leaves no file nobody
+        owns). A content the studio has already costs nothing and is not stored again.
+        Returns the contents refused for the quota, with the reason; with a single
+        upload, the refusal is raised (``TooLarge``)."""
+        quota = self.settings.studio_quota_bytes
+        now = self.clock()
+        with Session(self.engine) as session:
+            session.exec(select(Studio.id).where(Studio.id == studio_id).with_for_update()).one()
+            owned = _owned(session, studio_id, {name for name, _writer in uploads})
+            stored = _stored(session, studio_id)
+            new: dict[str, int] = {}
+            over: dict[str, str] = {}
+            for name, writer in uploads:
+                if name in owned or name in new:
+                    continue
+                if stored + writer.size > quota:
+                    over[name] = (
+                        f"the studio's quota of {quota} bytes would be exceeded "
+                        f"({stored} stored, {writer.size} more)"
+                    )
+                    continue
+                stored += writer.size
+                new[name] = writer.size
+            if len(uploads) == 1 and over:
+                raise TooLarge(next(iter(over.values())))
+            _claim(session, studio_id, new, now)
+            session.commit()
+        for name, writer in uploads:
+            if name in new:
+                writer.commit(name)
+        return over
 
     def create_manifest(self, studio_id: int, entries: Sequence[ManifestEntry]) -> ManifestRow:
         """A manifest of the studio's own contents; naming any other content is refused."""
@@ -192,6 +226,9 @@ class AssetService:
                     raise InvalidRequest(
                         "files", f"{entry.path}: its content has {owned[entry.hash]} bytes"
                     )
+            kept = _refresh_claims(session, studio_id, list(owned), now)
+            if kept < len(owned):  # a collection took some after they were read
+                raise Conflict("some of these contents were just collected: send them again")
             manifest = ManifestRow(
                 studio_id=studio_id,
                 files=len(files),
@@ -250,7 +287,8 @@ class AssetService:
 
     def collect_garbage(self) -> Collected:
         """Drop a studio's claim on contents that none of its manifests names and that it
-        sent longer than the retention ago; then delete contents nobody claims."""
+        sent longer than the retention ago; then delete contents nobody claims, and
+        what crashed uploads left in the spool."""
         cutoff = self.clock() - self.settings.blob_retention_seconds
         with Session(self.engine) as session:
             named = (
@@ -263,18 +301,22 @@ class AssetService:
                     col(StudioBlob.added_at) < cutoff, col(StudioBlob.hash).not_in(named)
                 )
             ).rowcount  # type: ignore[attr-defined]
-            orphans = session.exec(
-                select(BlobRow).where(
+            orphans = session.execute(
+                delete(BlobRow)
+                .where(
                     col(BlobRow.hash).not_in(select(StudioBlob.hash)),
                     col(BlobRow.stored_at) < cutoff,
                 )
+                .returning(col(BlobRow.hash), col(BlobRow.size))
             ).all()
-            for blob in orphans:
-                session.delete(blob)
+            # The files go while the rows are locked: an upload of the same content waits,
+            # then stores it anew (its file after its row). A crash before the commit
+            # leaves rows without files that nobody claims: the next collection's.
+            for blob_hash, _size in orphans:
+                self.store.delete(blob_hash)
             session.commit()
-        for blob in orphans:  # after the commit: a crash leaves a file, never a dangling row
-            self.store.delete(blob.hash)
-        return Collected(dropped, len(orphans), sum(blob.size for blob in orphans))
+        spooled = self.store.sweep_spool()
+        return Collected(dropped, len(orphans), sum(size for _hash, size in orphans), spooled)
 
 
 def _owned(session: Session, studio_id: int, hashes: Iterable[str]) -> dict[str, int]:
@@ -291,6 +333,47 @@ def _owned(session: Session, studio_id: int, hashes: Iterable[str]) -> dict[str,
             ).all()
         )
     return found
+
+
+def _refresh_claims(session: Session, studio_id: int, hashes: list[str], now: float) -> int:
+    """Mark the studio's claims on these contents as used now; how many still exist."""
+    kept = 0
+    for start in range(0, len(hashes), 5000):
+        kept += session.execute(
+            update(StudioBlob)
+            .where(
+                col(StudioBlob.studio_id) == studio_id,
+                col(StudioBlob.hash).in_(hashes[start : start + 5000]),
+            )
+            .values(added_at=now)
+        ).rowcount  # type: ignore[attr-defined]
+    return kept
+
+
+def _claim(session: Session, studio_id: int, contents: dict[str, int], now: float) -> None:
+    """The studio's claims on new contents (hash -> size), and the contents' rows: an
+    existing row's time refreshed (taking its lock: a collection waits, then keeps
+    it), a missing one inserted, also where another upload inserts it at the moment."""
+    hashes = list(contents)
+    for start in range(0, len(hashes), 5000):
+        session.execute(
+            update(BlobRow)
+            .where(col(BlobRow.hash).in_(hashes[start : start + 5000]))
+            .values(stored_at=now)
+        )
+    rows = [{"hash": h, "size": n, "stored_at": now} for h, n in contents.items()]
+    insert_new: Executable
+    if session.get_bind().dialect.name == "postgresql":
+        insert_new = postgresql_insert(BlobRow).on_conflict_do_nothing()
+    else:
+        insert_new = sqlite_insert(BlobRow).on_conflict_do_nothing()
+    for start in range(0, len(rows), 5000):
+        session.execute(insert_new, rows[start : start + 5000])
+    claims = [
+        {"studio_id": studio_id, "hash": h, "size": n, "added_at": now} for h, n in contents.items()
+    ]
+    for start in range(0, len(claims), 5000):
+        session.execute(insert(StudioBlob), claims[start : start + 5000])
 
 
 def _stored(session: Session, studio_id: int) -> int:

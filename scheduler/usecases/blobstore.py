@@ -1,30 +1,31 @@
-"""Where contents are kept: a local folder (the default) under the storage root.
+"""Contents in the farm's storage (a folder or object storage: scheduler/wire/storage.py).
 
-A blob is written to a temporary file as it arrives, hashed on the way, and moved into
-place (``blobs/ab/cd/<sha256>``, an atomic rename) only if its hash is the one claimed;
-a content already stored is not written twice. Nothing is held in memory whole.
+A blob is written to a local spool file as it arrives, hashed on the way, and adopted
+into the storage (``blobs/ab/cd/<sha256>``: a rename, or an upload) only if its hash is
+the one claimed. Nothing is held in memory whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import IO
 
 from scheduler.core.assets import blob_key
+from scheduler.wire.storage import Storage, open_storage
+
+__all__ = ["BlobStore", "BlobWriter", "open_storage"]  # the API opens the storage here
+
+SPOOL_MAX_AGE_SECONDS = 6 * 3600  # a spool file untouched this long is a crashed upload's
 
 
 class BlobWriter:
-    """One content on its way in: ``write`` chunks, then ``commit`` or ``abort``."""
+    """One content on its way in: ``write`` pieces, then ``commit`` or ``abort``."""
 
-    def __init__(self, store: LocalBlobStore) -> None:
-        self._store = store
-        fd, name = tempfile.mkstemp(dir=store.incoming, prefix="blob-")
-        self._file: IO[bytes] = os.fdopen(fd, "wb")
-        self._path = Path(name)
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._file: IO[bytes]
+        self._file, self._path = storage.spool_file("blob")
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -37,6 +38,10 @@ class BlobWriter:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def close(self) -> None:
+        """Done writing: the file waits, closed, for ``commit`` or ``abort``."""
+        self._file.close()
+
     def commit(self, expected: str) -> bool:
         """Keep the content if its hash is ``expected``; False (and nothing kept) if not.
 
@@ -46,45 +51,35 @@ class BlobWriter:
         if self.hexdigest != expected:
             self._path.unlink(missing_ok=True)
             return False
-        target = self._store.path(expected)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._path, target)
-        except BaseException:
-            self._path.unlink(missing_ok=True)
-            raise
+        self._storage.adopt(blob_key(expected), self._path)
         return True
 
     def abort(self) -> None:
+        """Keep nothing (a no-op once committed)."""
         if not self._file.closed:
             self._file.close()
         self._path.unlink(missing_ok=True)
 
 
-class LocalBlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.incoming = root / "blobs" / "incoming"
-        self.incoming.mkdir(parents=True, exist_ok=True)
-
-    def path(self, blob_hash: str) -> Path:
-        return self.root / blob_key(blob_hash)
+class BlobStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     def has(self, blob_hash: str) -> bool:
-        return self.path(blob_hash).is_file()
+        return self.storage.stat(blob_key(blob_hash)) is not None
 
     def begin(self) -> BlobWriter:
-        return BlobWriter(self)
+        return BlobWriter(self.storage)
 
     def delete(self, blob_hash: str) -> None:
-        self.path(blob_hash).unlink(missing_ok=True)
+        self.storage.delete(blob_key(blob_hash))
 
     def publish_manifest(self, manifest_id: int, entries: list[dict[str, object]]) -> None:
-        """A manifest's files as JSON beside the contents, for nodes that mount the
-        storage (the database stays the truth; this is a copy nodes can read)."""
-        folder = self.root / "manifests"
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{manifest_id}-")
-        with os.fdopen(fd, "w") as out:
-            json.dump({"id": manifest_id, "entries": entries}, out)
-        os.replace(name, folder / f"{manifest_id}.json")
+        """A manifest's files as JSON beside the contents, for nodes that read the
+        storage directly (the database stays the truth; this is a copy nodes can read)."""
+        body = json.dumps({"id": manifest_id, "entries": entries}).encode()
+        self.storage.put_bytes(f"manifests/{manifest_id}.json", body)
+
+    def sweep_spool(self) -> int:
+        """Spooled uploads that a crash left behind, removed."""
+        return self.storage.sweep_spool(SPOOL_MAX_AGE_SECONDS)

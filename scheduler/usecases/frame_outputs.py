@@ -1,9 +1,12 @@
-"""What a studio gets back of its frames: their content type, a thumbnail, an archive.
+"""What a studio gets back of its frames: their content type, a thumbnail, an archive,
+from the farm's storage (a folder or object storage: scheduler/wire/storage.py).
 
 - ``content_type_of(name)``: the media type of a frame file by its extension (the
   renderers name frames with their format's extension: ``.png``, ``.jpg``, ``.tif``,
   ``.exr``).
-- ``thumbnail_of(root, output)``: the path of the frame's JPEG thumbnail, about
+- ``StoredFiles.stored(key)``: a stored frame or log (``StoredFile``: its size, its
+  mtime, the file itself where the storage is a folder, else its bytes piece by piece).
+- ``StoredFiles.thumbnail(output)``: the frame's JPEG thumbnail, about
   ``THUMBNAIL_WIDTH`` px wide (never wider than the frame), made on first use and kept
   beside the frame under ``thumbnails/``. OpenEXR frames are read as float data and
   tone-mapped (Reinhard, then the sRGB curve); the others go through Pillow.
@@ -14,28 +17,28 @@
 Thumbnails are made lazily and cached, not by the scheduler: the dispatch loop and its
 ingestion transaction never decode an image, a frame nobody looks at costs nothing, and
 any number of API processes sharing the storage may make the same thumbnail at once
-(each writes a temporary file and renames it into place; the last one wins, and they
-are equal). A thumbnail older than its frame is made again.
+(each writes a spool file and adopts it; the last one wins, and they are equal). A
+thumbnail older than its frame is made again.
 """
 
 from __future__ import annotations
 
-import os
 import tarfile
-import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
 from scheduler.errors import Conflict, NotFound
+from scheduler.wire.storage import KeyMissing, Storage, StorageError
 
 THUMBNAIL_WIDTH = 256
 THUMBNAIL_DIR = "thumbnails"
-PIECE_BYTES = 1 << 20  # read frames this much at a time while streaming an archive
 
 CONTENT_TYPES = {
     ".png": "image/png",
@@ -46,48 +49,91 @@ CONTENT_TYPES = {
     ".exr": "image/x-exr",
 }
 FALLBACK_TYPE = "application/octet-stream"
+ZIP_EPOCH = 315_532_800  # 1980-01-01, the earliest time a zip entry can carry
 
 
 def content_type_of(name: str) -> str:
     return CONTENT_TYPES.get(Path(name).suffix.lower(), FALLBACK_TYPE)
 
 
-def file_in_storage(root: Path, relative: str) -> Path:
-    """The stored file ``relative`` to the storage root; NotFound outside it or missing."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise NotFound(f"{relative} is not in storage (yet)")
-    return path
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    key: str
+    size: int
+    mtime: float
+    path: Path | None  # the file itself where the storage is a folder
+    storage: Storage
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    def pieces(self) -> Iterator[bytes]:
+        try:
+            return self.storage.read(self.key)
+        except KeyMissing:
+            raise NotFound(f"{self.key} is no longer in storage") from None
+
+
+class StoredFiles:
+    """Frames, logs and thumbnails in the farm's storage, as the API serves them."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def stored(self, key: str) -> StoredFile:
+        """What is stored under ``key``; NotFound if nothing (yet), or not a key."""
+        try:
+            found = self.storage.stat(key)
+        except StorageError as error:
+            raise NotFound(f"{key} is not in storage: {error}") from None
+        if found is None:
+            raise NotFound(f"{key} is not in storage (yet)")
+        return StoredFile(key, found.size, found.mtime, self.storage.local_path(key), self.storage)
+
+    def thumbnail(self, output: str) -> StoredFile:
+        """The frame's thumbnail (``<frame folder>/thumbnails/<frame name>.jpg``), made if
+        missing or older than the frame."""
+        frame = self.stored(output)
+        key = str(
+            PurePosixPath(output).parent / THUMBNAIL_DIR / f"{PurePosixPath(output).stem}.jpg"
+        )
+        made = self.storage.stat(key)
+        if made is not None and made.mtime >= frame.mtime:
+            return self.stored(key)
+        with self._local_copy(frame) as path:
+            try:
+                image = _load_exr(path) if output.lower().endswith(".exr") else _load_pillow(path)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                raise Conflict(f"{frame.name} is not an image the farm can read: {error}") from None
+        image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 64), Image.Resampling.LANCZOS)
+        file, spooled = self.storage.spool_file("thumbnail")
+        try:
+            with file:
+                image.save(file, "JPEG", quality=85)
+        except BaseException:
+            spooled.unlink(missing_ok=True)
+            raise
+        self.storage.adopt(key, spooled)
+        return self.stored(key)
+
+    @contextmanager
+    def _local_copy(self, stored: StoredFile) -> Iterator[Path]:
+        """The stored file on local disk: itself, or a spooled download of it."""
+        if stored.path is not None:
+            yield stored.path
+            return
+        file, spooled = self.storage.spool_file("frame")
+        try:
+            with file:
+                for piece in stored.pieces():
+                    file.write(piece)
+            yield spooled
+        finally:
+            spooled.unlink(missing_ok=True)
 
 
 # Thumbnails ----------------------------------------------------------------------------
-
-
-def thumbnail_of(root: Path, output: str) -> Path:
-    """The frame's thumbnail (``<frame folder>/thumbnails/<frame name>.jpg``), made if
-    missing or older than the frame."""
-    frame = file_in_storage(root, output)
-    thumbnail = frame.parent / THUMBNAIL_DIR / f"{frame.stem}.jpg"
-    try:
-        if thumbnail.stat().st_mtime_ns >= frame.stat().st_mtime_ns:
-            return thumbnail
-    except FileNotFoundError:
-        pass
-    try:
-        image = _load_exr(frame) if frame.suffix.lower() == ".exr" else _load_pillow(frame)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise Conflict(f"{frame.name} is not an image the farm can read: {error}") from None
-    image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 64), Image.Resampling.LANCZOS)
-    thumbnail.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=thumbnail.parent, suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, "JPEG", quality=85)
-        os.replace(temporary, thumbnail)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return thumbnail
 
 
 def _load_pillow(path: Path) -> Image.Image:
@@ -136,12 +182,6 @@ def _from_linear(linear: np.ndarray) -> Image.Image:
 # Archives ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ArchiveMember:
-    name: str  # the name inside the archive
-    path: Path
-
-
 class _Pipe:
     """An unseekable file that keeps what is written until it is taken."""
 
@@ -166,39 +206,35 @@ class _Pipe:
             yield data
 
 
-def _pieces(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as file:
-        while piece := file.read(PIECE_BYTES):
-            yield piece
-
-
-def stream_zip(members: Iterable[ArchiveMember]) -> Iterator[bytes]:
+def stream_zip(members: Iterable[StoredFile]) -> Iterator[bytes]:
     """A zip of the members, stored, with data descriptors (it is written unseekably)."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for member in members:
-            info = zipfile.ZipInfo.from_file(member.path, member.name, strict_timestamps=False)
+            stamp = time.localtime(max(member.mtime, ZIP_EPOCH))[:6]
+            info = zipfile.ZipInfo(member.name, date_time=stamp)
+            info.file_size = member.size
+            info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_STORED
             with archive.open(info, "w") as entry:  # file_size known: zip64 when needed
-                for piece in _pieces(member.path):
+                for piece in member.pieces():
                     entry.write(piece)
                     yield from pipe.take()
             yield from pipe.take()
     yield from pipe.take()
 
 
-def stream_tar(members: Iterable[ArchiveMember]) -> Iterator[bytes]:
+def stream_tar(members: Iterable[StoredFile]) -> Iterator[bytes]:
     """A POSIX (pax) tar of the members: a header, the data padded to 512-byte blocks,
     and two zero blocks at the end."""
     for member in members:
         info = tarfile.TarInfo(member.name)
-        stat = member.path.stat()
-        info.size = stat.st_size
-        info.mtime = int(stat.st_mtime)
+        info.size = member.size
+        info.mtime = int(member.mtime)
         info.mode = 0o644
         yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         sent = 0
-        for piece in _pieces(member.path):
+        for piece in member.pieces():
             piece = piece[: info.size - sent]  # a file that grew meanwhile: keep the header true
             sent += len(piece)
             yield piece

@@ -1,6 +1,7 @@
 """Scenes travel by content: the studio learns what the farm lacks, sends only that,
 checked against its hash, and names it in a manifest; nothing about other studios'
-contents leaks. Real database, the real API in process, the local blob store."""
+contents leaks. Real database, the real API in process; the tests where the storage
+matters run twice, on a folder and on S3-compatible object storage (moto's server)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,13 +24,33 @@ from sqlmodel import Session, select
 from api.app import create_app
 from scheduler.core.assets import blob_key
 from scheduler.db import BlobRow, StudioBlob
+from scheduler.errors import TooLarge
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
-from scheduler.usecases.blobstore import LocalBlobStore
+from scheduler.usecases.blobstore import BlobStore
 from scheduler.usecases.jobs import StudioService
+from scheduler.wire.storage import Storage, open_storage
+from tests.conftest import both_storages
 from tests.integration.conftest import Clock
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    return open_storage(settings)
+
+
+def stored(storage: Storage, key: str) -> bytes | None:
+    if storage.stat(key) is None:
+        return None
+    return b"".join(storage.read(key))
+
+
+def spooled(settings: Settings) -> list[str]:
+    """Files left in the local spool (uploads on their way in)."""
+    spool = settings.storage_root / "incoming"
+    return [p.name for p in spool.iterdir()] if spool.is_dir() else []
 
 
 @pytest.fixture
@@ -86,8 +109,9 @@ def upload_scene(client: TestClient, headers: dict[str, str], files: dict[str, b
     return sent
 
 
+@both_storages
 def test_a_scene_is_sent_once_and_a_second_submission_sends_nothing(
-    client: TestClient, east: dict[str, str], settings: Settings
+    client: TestClient, east: dict[str, str], storage: Storage, settings: Settings
 ) -> None:
     first = upload_scene(client, east, SCENE)
     assert first == len(SCENE["shots/sq010/sh020.blend"]) + len(
@@ -98,24 +122,27 @@ def test_a_scene_is_sent_once_and_a_second_submission_sends_nothing(
                        headers=east)  # fmt: skip
     assert again.status_code == 200  # the studio's own content: a no-op
     for data in SCENE.values():
-        assert (settings.storage_root / blob_key(sha(data))).read_bytes() == data
+        assert stored(storage, blob_key(sha(data))) == data
+    assert spooled(settings) == []
 
 
+@both_storages
 def test_a_content_that_does_not_match_its_hash_is_refused_and_nothing_is_kept(
-    client: TestClient, east: dict[str, str], settings: Settings, engine: Engine
+    client: TestClient, east: dict[str, str], settings: Settings, engine: Engine, storage: Storage
 ) -> None:
     claimed = sha(b"the real texture")
     response = client.put(f"/v1/blobs/{claimed}", content=b"something else", headers=east)
     assert response.status_code == 422
     assert "SHA-256" in response.text
-    assert not (settings.storage_root / blob_key(claimed)).exists()
-    assert not list((settings.storage_root / "blobs" / "incoming").iterdir())
+    assert stored(storage, blob_key(claimed)) is None
+    assert spooled(settings) == []
     with Session(engine) as session:
         assert session.exec(select(BlobRow)).all() == []
     bad_name = client.put("/v1/blobs/../../etc/passwd", content=b"x", headers=east)
     assert bad_name.status_code in (404, 422)
 
 
+@both_storages
 def test_many_small_files_go_in_one_request(
     client: TestClient, east: dict[str, str], engine: Engine
 ) -> None:
@@ -192,8 +219,9 @@ def test_a_file_and_a_folder_of_the_same_name_are_refused(
     assert response.status_code == 422 and "both a file and a folder" in response.text
 
 
+@both_storages
 def test_a_studio_stores_no_more_than_its_quota(
-    engine: Engine, settings: Settings, east: dict[str, str]
+    engine: Engine, settings: Settings, east: dict[str, str], storage: Storage
 ) -> None:
     small = settings.model_copy(update={"studio_quota_bytes": 5000})
     with TestClient(create_app(small, engine)) as client:
@@ -205,7 +233,7 @@ def test_a_studio_stores_no_more_than_its_quota(
             response.status_code == 413
             and "1000 bytes this studio may still store" in response.text
         )
-        assert not (small.storage_root / blob_key(sha(over))).exists()
+        assert stored(storage, blob_key(sha(over))) is None
         big_stream = b"c" * 2_000_000  # past the API's 1 MiB body limit: contents stream
         roomy = small.model_copy(update={"studio_quota_bytes": 10_000_000})
     with TestClient(create_app(roomy, engine)) as client:
@@ -213,6 +241,64 @@ def test_a_studio_stores_no_more_than_its_quota(
         assert response.status_code == 201, response.text
 
 
+def test_uploads_at_the_same_moment_never_exceed_the_quota(
+    engine: Engine, settings: Settings
+) -> None:
+    """Eight uploads that each fit, three of which fill the quota, charged at once: the
+    studio's row is locked while its quota is checked, so exactly three are kept."""
+    small = settings.model_copy(update={"studio_quota_bytes": 10_000})
+    studio, _key = StudioService(engine, small).create_studio("east")
+    assert studio.id is not None
+    assets = AssetService(engine, small, BlobStore(open_storage(small)))
+    contents = [bytes([n]) * 3000 for n in range(8)]
+    together = threading.Barrier(len(contents))
+
+    def upload(data: bytes) -> bool:
+        writer = assets.begin_upload(studio.id, sha(data))  # type: ignore[arg-type]
+        writer.write(data)
+        together.wait()
+        try:
+            assets.finish_upload(studio.id, sha(data), writer)  # type: ignore[arg-type]
+            return True
+        except TooLarge:
+            return False
+
+    with ThreadPoolExecutor(len(contents)) as pool:
+        kept = list(pool.map(upload, contents))
+    assert sum(kept) == 3
+    with Session(engine) as session:
+        assert sum(row.size for row in session.exec(select(StudioBlob)).all()) == 9000
+    assert assets.room_left(studio.id) == 1000
+
+
+def test_a_batch_keeps_what_fits_the_quota_and_says_why_it_refused_the_rest(
+    engine: Engine, settings: Settings, east: dict[str, str]
+) -> None:
+    contents = [bytes([n]) * 3000 for n in range(4)]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for data in [*contents, contents[0]]:  # the first twice: charged once
+            info = tarfile.TarInfo(sha(data))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    small = settings.model_copy(update={"studio_quota_bytes": 10_000})
+    with TestClient(create_app(small, engine)) as client:
+        response = client.post(
+            "/v1/blobs",
+            content=archive.getvalue(),
+            headers={**east, "Content-Type": "application/x-tar"},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [b["hash"] for b in body["stored"]] == [sha(c) for c in [*contents[:3], contents[0]]]
+        assert [r["name"] for r in body["refused"]] == [sha(contents[3])]
+        assert "quota of 10000 bytes" in body["refused"][0]["reason"]
+        wanted = client.post("/v1/assets/missing", json=manifest({"a": contents[3]}), headers=east)
+        assert wanted.json()["missing"] == [sha(contents[3])]
+    assert spooled(settings) == []
+
+
+@both_storages
 def test_contents_nothing_names_are_collected_after_the_retention(
     engine: Engine, settings: Settings, east: dict[str, str], client: TestClient
 ) -> None:
@@ -221,7 +307,7 @@ def test_contents_nothing_names_are_collected_after_the_retention(
     stray = b"sent, never named"
     assert client.put(f"/v1/blobs/{sha(stray)}", content=stray, headers=east).status_code == 201
     clock = Clock(now=10**10)  # long after both were sent
-    store = LocalBlobStore(settings.storage_root)
+    store = BlobStore(open_storage(settings))
     assets = AssetService(engine, settings, store, clock)
     collected = assets.collect_garbage()
     assert (collected.studio_contents, collected.blobs, collected.bytes) == (1, 1, len(stray))
@@ -244,15 +330,16 @@ def test_a_job_names_its_studios_manifest_and_no_other(
     assert theirs.status_code == 422 and "manifest" in theirs.text
 
 
+@both_storages
 def test_an_operator_collects_from_the_command_line(
-    client: TestClient, east: dict[str, str], settings: Settings
+    client: TestClient, east: dict[str, str], settings: Settings, storage: Storage
 ) -> None:
     stray = b"sent, never named, past a retention of 0 s"
     assert client.put(f"/v1/blobs/{sha(stray)}", content=stray, headers=east).status_code == 201
     env = {
         **os.environ,
         "RENDERFARM_DATABASE_URL": settings.effective_database_url,
-        "RENDERFARM_STORAGE": str(settings.storage_root),
+        "RENDERFARM_STORAGE": settings.storage_url or str(settings.storage_root),
         "RENDERFARM_BLOB_RETENTION_SECONDS": "0",
     }
     done = subprocess.run(
@@ -261,7 +348,7 @@ def test_an_operator_collects_from_the_command_line(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"1 content(s), {len(stray)} bytes, deleted" in done.stdout
-    assert not (settings.storage_root / blob_key(sha(stray))).exists()
+    assert stored(storage, blob_key(sha(stray))) is None
 
 
 def test_a_batch_refuses_links_and_more_than_it_may_unpack(

@@ -505,7 +505,8 @@ def test_a_scene_uploaded_by_content_renders_on_a_node_without_shared_files(
     farm: the scene and its texture go up by content, the node fetches them over HTTP
     with the node token, lays the job's folder out for the attempt (so
     //textures/green.png resolves), renders into its own folder and sends each frame
-    and its log back; a second chunk fetches nothing; the attempt's folder is gone."""
+    and its log back, keeping no copy; a second chunk fetches nothing; the attempt's
+    folder is gone."""
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
 
@@ -545,8 +546,9 @@ def test_a_scene_uploaded_by_content_renders_on_a_node_without_shared_files(
             for report in finished.results:
                 assert report.output is not None
                 at_farm = farm.storage_root / report.output  # sent back
-                assert at_farm.read_bytes() == (node_storage / report.output).read_bytes()
+                assert not (node_storage / report.output).exists()  # and gone from the node
                 assert green_share(pixels(at_farm)) > 0.2  # the texture was found
             assert (farm.storage_root / message.log_path).is_file()
+            assert not (node_storage / message.log_path).exists()
         assert node_files.cache.fetched == 2  # the scene and its texture, once
         assert list((tmp_path / "node" / "attempts").iterdir()) == []

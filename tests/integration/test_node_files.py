@@ -15,8 +15,9 @@ from sqlalchemy.engine import Engine
 
 from api.app import create_app
 from scheduler.settings import Settings
+from scheduler.wire.storage import LocalStorage
 from tests.integration.test_assets import SCENE, key_header, manifest, upload_scene
-from workers.assets import BlobCache, FetchError, FileEntry, HttpFiles, SharedFiles, lay_out
+from workers.assets import BlobCache, FetchError, FileEntry, HttpFiles, StorageFiles, lay_out
 
 pytestmark = pytest.mark.integration
 TOKEN = "node-secret-for-tests"
@@ -64,7 +65,8 @@ def test_a_node_of_a_farm_with_shared_storage_reads_it(
 ) -> None:
     _client, manifest_id = farm
     cache = BlobCache(tmp_path / "cache", max_bytes=10**9)
-    lay_out(manifest_id, tmp_path / "tree", cache, SharedFiles(settings.storage_root))
+    source = StorageFiles(LocalStorage(settings.storage_root))
+    lay_out(manifest_id, tmp_path / "tree", cache, source)
     assert (tmp_path / "tree" / "shots/sq010/sh020.blend").read_bytes() == SCENE[
         "shots/sq010/sh020.blend"
     ]
