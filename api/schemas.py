@@ -164,9 +164,16 @@ class FramePublic(BaseModel):
     co2_grams: float | None
     output_url: str | None
     log_url: str | None
+    progress: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="how much of a running frame is rendered, 0 to 1, from the samples its "
+        "renderer reports (Blender's); null when not running or unknown",
+    )
 
     @classmethod
-    def of(cls, job_id: int, status: FrameStatus) -> FramePublic:
+    def of(cls, job_id: int, status: FrameStatus, progress: float | None = None) -> FramePublic:
         base = f"/v1/jobs/{job_id}/frames/{status.frame}"
         return cls(
             frame=status.frame,
@@ -182,6 +189,7 @@ class FramePublic(BaseModel):
             co2_grams=status.co2_grams,
             output_url=f"{base}/output" if status.output else None,
             log_url=f"{base}/log" if status.log else None,
+            progress=progress,
         )
 
 

@@ -34,6 +34,8 @@ from scheduler.wire.messages import (
     NodeReport,
     node_queue,
 )
+from scheduler.wire.progress import ProgressBoard
+from scheduler.wire.storage import open_storage
 from workers.assets import job_files
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import choose_meter, node_power_figures
@@ -102,10 +104,14 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
         token,
     )  # the API's files with the node token, else the shared storage
 
+    progress = ProgressBoard(settings.effective_broker_url)  # frames' samples, for display
+
     @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunk(message: dict[str, Any]) -> bool:
         publish = lambda event: events.publish([event])  # noqa: E731
-        return run_message(message, storage, node.name, publish, meter, node.region, files)
+        return run_message(
+            message, storage, node.name, publish, meter, node.region, files, progress=progress
+        )
 
     heartbeat = Heartbeat(
         events, node, settings.heartbeat_seconds, server.ledger if server else None

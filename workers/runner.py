@@ -10,6 +10,12 @@ renderer's ``progress`` pattern) end the failure's message. CPU time
 is measured from the kernel's accounting of waited-for children, so frames that a
 renderer does not time itself still get honest figures (the chunk's, shared evenly).
 
+Progress: given a ``Board`` (scheduler/wire/progress.py), the sample counts that a
+renderer's ``samples`` reads from its progress lines (Blender's ``Fra:N ... Sample
+i/n``) are posted there for the API, coalesced (``ChunkProgress``: about one post a
+second per attempt), and removed as the attempt ends. Nothing of it reaches the
+scheduler or the database.
+
 ``emit`` receives each event encoded for the wire: a typed event of
 scheduler/wire/messages.py, as ``event.to_dict()``; the Celery task passes a function
 that publishes it.
@@ -53,9 +59,11 @@ from scheduler.wire.messages import (
     StartedEvent,
     task_id_for,
 )
-from workers.assets import FetchError, HttpOutputs, JobFiles
+from scheduler.wire.progress import Board, ChunkProgress
+from workers.assets import FetchError, JobFiles, Outputs
 from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
+from workers.sandbox import SANDBOX
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,7 @@ FRAME_LINE = re.compile(
 WARNING_LINE = re.compile(rb"^renderfarm-warning:\s*(.+)")  # e.g. a missing texture
 QUOTED_LINES = 6  # of a failed renderer's output, in the failure's message
 Marker = tuple[int, float | None, float | None, str | None]  # frame, seconds, cpu, ext
+Samples = Callable[[bytes], tuple[int, int, int] | None]  # a line -> frame, done, total
 KILL_GRACE_SECONDS = 3.0
 STARTED_GRACE_SECONDS = 0.5
 
@@ -175,6 +184,7 @@ def run_message(
     meter: FrameMeter | None = None,
     region: str = "",
     files: JobFiles | None = None,
+    progress: Board | None = None,
 ) -> bool:
     """Read a chunk message and render it (``run_chunk``). A message this node cannot
     read fails its attempt with the reason, when it names one; else it is logged."""
@@ -188,7 +198,7 @@ def run_message(
         else:
             log.error("ignoring a chunk message that names no attempt: %s: %.300r", error, data)
         return False
-    return run_chunk(message, storage, node, emit, meter, region, files)
+    return run_chunk(message, storage, node, emit, meter, region, files, progress)
 
 
 def run_chunk(
@@ -199,6 +209,7 @@ def run_chunk(
     meter: FrameMeter | None = None,
     region: str = "",
     files: JobFiles | None = None,
+    progress: Board | None = None,
 ) -> bool:
     """Render the chunk; emit started, frame... and finished or failed. True if it rendered.
 
@@ -216,8 +227,9 @@ def run_chunk(
         folder = _prepare_files(files, message, task_id)
         outputs = files.outputs if files is not None else None
         reports = render(
-            message, storage, node, notice.emit, energy, region, folder, outputs, warnings
-        )
+            message, storage, node, notice.emit, energy, region, folder, outputs, warnings,
+            progress,
+        )  # fmt: skip
     except RenderFailed as failure:
         energy.end()
         notice.settle()
@@ -309,8 +321,9 @@ def render(
     energy: AttemptMeter,
     region: str = "",
     files: Path | None = None,
-    outputs: HttpOutputs | None = None,
+    outputs: Outputs | None = None,
     warnings: list[str] | None = None,
+    progress: Board | None = None,
 ) -> list[FrameReport]:
     try:
         renderer = renderer_for(message.renderer)
@@ -319,8 +332,9 @@ def render(
     if hasattr(renderer, "argv"):
         process: ProcessRenderer = renderer  # type: ignore[assignment]
         return _render_in_child(
-            message, storage, node, process, emit, energy, region, files, outputs, warnings
-        )
+            message, storage, node, process, emit, energy, region, files, outputs, warnings,
+            progress,
+        )  # fmt: skip
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
     try:
@@ -339,8 +353,9 @@ def _render_in_child(
     energy: AttemptMeter,
     region: str,
     files: Path | None = None,
-    outputs: HttpOutputs | None = None,
+    outputs: Outputs | None = None,
     warnings: list[str] | None = None,
+    progress: Board | None = None,
 ) -> list[FrameReport]:
     try:
         argv = renderer.argv(message, storage, files)
@@ -373,14 +388,19 @@ def _render_in_child(
             raise RenderFailed(f"cannot start {argv[0]}: {error}") from None
         _running_groups.add(child.pid)
         energy.begin(child.pid)
+        counts: ChunkProgress | None = None  # the frames' sample counts, for the studio
         try:
             markers: queue.Queue[Marker | None] = queue.Queue()
             assert child.stdout is not None
             last_output = [started]  # the reader stamps every line it copies
             tail: collections.deque[bytes] = collections.deque(maxlen=QUOTED_LINES)
+            samples: Samples | None = getattr(renderer, "samples", None)
+            if progress is not None and samples is not None:
+                counts = ChunkProgress(progress, message.job_id, message.attempt, node)
             reader = threading.Thread(
                 target=_copy_output,
                 args=(child.stdout, log, markers, last_output, tail, renderer.progress, warnings),
+                kwargs={"samples": samples, "counts": counts, "frames": set(message.frames)},
                 daemon=True,
             )
             reader.start()
@@ -393,6 +413,8 @@ def _render_in_child(
                     stop_process(child, KILL_GRACE_SECONDS)
                     log.write(f"renderfarm: {breach}; the renderer was killed\n".encode())
                     raise RenderFailed(breach)
+                if counts is not None:
+                    counts.flush()
                 try:
                     marker = markers.get(timeout=0.2)
                 except queue.Empty:
@@ -402,6 +424,8 @@ def _render_in_child(
                 frame, seconds, cpu, ext = marker
                 now = time.perf_counter()
                 if frame in message.frames and frame not in reported:
+                    if counts is not None:
+                        counts.finish(frame)
                     output = message.output_for(frame) if renderer.writes_frames else None
                     if output is not None and ext is not None:
                         output = str(PurePosixPath(output).with_suffix(ext))
@@ -422,6 +446,8 @@ def _render_in_child(
             exit_code = _wait(child, time.perf_counter() + message.timeout)
         finally:
             _running_groups.discard(child.pid)
+            if counts is not None:
+                counts.close()
         elapsed = time.perf_counter() - started
         usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_total = (usage_after.ru_utime - usage_before.ru_utime) + (
@@ -537,7 +563,14 @@ def _copy_output(
     tail: collections.deque[bytes] | None = None,
     progress: re.Pattern[bytes] | None = None,
     warnings: list[str] | None = None,
+    samples: Samples | None = None,
+    counts: ChunkProgress | None = None,
+    frames: set[int] | None = None,
 ) -> None:
+    """Copy the renderer's output to the log, reading its lines as they pass: frame
+    lines become markers, warnings are kept, progress lines (``progress``) update the
+    frames' sample ``counts`` (read by ``samples``; of the chunk's ``frames`` only),
+    and the last other lines are kept in ``tail``."""
     try:
         for line in iter(stream.readline, b""):
             last_output[0] = time.perf_counter()
@@ -556,7 +589,11 @@ def _copy_output(
                         ext.decode() if ext else None,
                     )
                 )
-            elif tail is not None and line.strip() and not (progress and progress.match(line)):
+            elif progress is not None and progress.match(line):
+                counted = samples(line) if samples is not None and counts is not None else None
+                if counted is not None and counts is not None and counted[0] in (frames or ()):
+                    counts.update(*counted)
+            elif tail is not None and line.strip():
                 tail.append(line)
     finally:
         markers.put(None)

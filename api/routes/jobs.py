@@ -93,9 +93,15 @@ def list_frames(
     service: ServiceDep,
     offset: int = Query(0, ge=0, description="frames to skip, in ascending frame order"),
     limit: int = Query(10_000, ge=1, le=100_000),
+    state: ChunkState | None = Query(
+        None, description="only the frames in this state (offset and limit count those)"
+    ),
 ) -> list[FramePublic]:
-    frames = service.list_frames(_id(studio), job_id, offset, limit)
-    return [FramePublic.of(job_id, s) for s in frames]
+    """The job's frames; a running frame's ``progress`` is what its node last said of
+    it (volatile, from Redis: read once per listing, and null if Redis does not answer)."""
+    frames = service.list_frames(_id(studio), job_id, offset, limit, state)
+    progress = service.running_progress(job_id, frames)
+    return [FramePublic.of(job_id, f, progress.get(f.frame)) for f in frames]
 
 
 @router.get("/{job_id}/frames/{frame}/output", response_class=FileResponse)

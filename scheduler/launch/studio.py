@@ -3,7 +3,7 @@
     renderfarm login --api URL --key KEY        writes the profile the other commands read
     renderfarm submit SCENE.blend --frames 1-250 [--chunk-size 10] [--wait] ...
     renderfarm jobs                             the studio's jobs, newest first
-    renderfarm watch JOB                        live progress until the job ends
+    renderfarm watch JOB                        live progress until the job ends, per frame
     renderfarm download JOB [--to DIR]          every finished frame, streamed to files
     renderfarm cancel JOB
 
@@ -48,6 +48,8 @@ SMALL_FILE = 2**20  # smaller files travel in tars, larger ones alone
 BATCH_BYTES = 64 * 2**20  # contents per tar
 READ_BYTES = 2**20
 BLENDER_TAG = "blender-4.5"
+RUNNING_LISTED = 100  # running frames a live view asks the farm for
+RUNNING_SHOWN = 4  # of those, named with how far they are
 ENDED = ("done", "failed", "cancelled")
 EXTENSIONS = {
     "image/png": ".png",
@@ -390,7 +392,10 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 
 def watch_job(api: Api, job_id: int, every: float = 1.0) -> dict[str, Any]:
-    """Show the job's progress until it ends; its last state."""
+    """Show the job's progress until it ends; its last state.
+
+    The bar counts the done frames and the rendered parts of the running ones, which
+    are named with how far each is (``12 43%``) where their renderer says so."""
     job = api.call("GET", f"/v1/jobs/{job_id}")
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -403,11 +408,17 @@ def watch_job(api: Api, job_id: int, every: float = 1.0) -> dict[str, Any]:
         bar = progress.add_task(_title(job), total=job["progress"]["frames_total"], detail="")
         while True:
             counts = job["progress"]
+            running = (
+                running_frames(api, job_id)
+                if counts["frames_running"] and job["state"] not in ENDED
+                else []
+            )
             progress.update(
                 bar,
                 description=_title(job),
-                completed=counts["frames_done"],
-                detail=f"{counts['frames_running']} rendering, {counts['frames_failed']} failed",
+                completed=counts["frames_done"] + sum(part or 0.0 for _, part in running),
+                detail=f"{counts['frames_running']} rendering{_how_far(running)}, "
+                f"{counts['frames_failed']} failed",
             )
             if job["state"] in ENDED:
                 break
@@ -424,6 +435,24 @@ def watch_job(api: Api, job_id: int, every: float = 1.0) -> dict[str, Any]:
 
 def _title(job: dict[str, Any]) -> str:
     return f"job {job['id']} {job['state']}"
+
+
+def running_frames(api: Api, job_id: int) -> list[tuple[int, float | None]]:
+    """The job's running frames (the first ``RUNNING_LISTED``) and how far each is,
+    0 to 1, or None where its renderer does not say."""
+    frames = api.call(
+        "GET", f"/v1/jobs/{job_id}/frames", params={"state": "running", "limit": RUNNING_LISTED}
+    )
+    return [(f["frame"], f.get("progress")) for f in frames if f["state"] == "running"]
+
+
+def _how_far(running: list[tuple[int, float | None]]) -> str:
+    """`` (12 43%, 13 5%, 14)``: the first running frames, with how far they are."""
+    if not running:
+        return ""
+    named = [f"{frame} {part:.0%}" if part is not None else str(frame) for frame, part in running]
+    more = ", ..." if len(named) > RUNNING_SHOWN else ""
+    return f" ({', '.join(named[:RUNNING_SHOWN])}{more})"
 
 
 def download_frames(api: Api, job_id: int, to: Path) -> list[Path]:

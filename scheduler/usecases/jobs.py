@@ -46,6 +46,7 @@ from scheduler.usecases.billing import EnergyTotals, job_energy, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_progress
 from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import attempt_log_path
+from scheduler.wire.progress import progress_board
 
 KEY_PREFIX = "rf_"
 
@@ -327,9 +328,19 @@ class StudioService:
             return details, total
 
     def list_frames(
-        self, studio_id: int, job_id: int, offset: int = 0, limit: int | None = None
+        self,
+        studio_id: int,
+        job_id: int,
+        offset: int = 0,
+        limit: int | None = None,
+        state: str | None = None,
     ) -> list[FrameStatus]:
-        """The job's frames in ascending order, ``limit`` of them from ``offset``."""
+        """The job's frames in ascending order, ``limit`` of them from ``offset`` (of
+        those in ``state``, if given: a frame's state needs its result, so the whole
+        job is read then)."""
+        if state is not None:
+            every = [f for f in self.list_frames(studio_id, job_id) if f.state == state]
+            return every[offset : None if limit is None else offset + limit]
         with Session(self.engine) as session:
             self._own_job(session, studio_id, job_id)
             chunks = session.exec(
@@ -358,6 +369,20 @@ class StudioService:
                 )
             }
         return [_frame_status(job_id, chunk, frame, results.get(frame)) for chunk, frame in window]
+
+    def running_progress(self, job_id: int, frames: Sequence[FrameStatus]) -> dict[int, float]:
+        """How far each running frame's current attempt has rendered (0 to 1), as its
+        node last posted (volatile, in Redis: scheduler/wire/progress.py). Empty when
+        none of ``frames`` runs, or Redis does not answer."""
+        running = {f.frame: f.attempt for f in frames if f.state == ChunkState.RUNNING}
+        if not running:
+            return {}
+        posted = progress_board(self.settings.effective_broker_url).read(job_id)
+        return {
+            frame: count.fraction
+            for frame, count in posted.items()
+            if running.get(frame) == count.attempt
+        }
 
     def frame_status(self, studio_id: int, job_id: int, frame: int) -> FrameStatus:
         with Session(self.engine) as session:

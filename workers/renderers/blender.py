@@ -14,6 +14,10 @@ code or a shell word. Scripts inside the scene stay off (``--disable-autoexec``,
 
 The scene is found in the job's folder: its manifest laid out for the attempt
 (workers/assets.py), or the storage root for a job without one (a shared mount).
+
+Blender's ``Fra:`` status lines are its progress; ``samples`` reads from them how many
+samples of a frame are done (Cycles' ``Sample i/n``, EEVEE's ``Rendering i / n
+samples``), which the runner posts for the studio (scheduler/wire/progress.py).
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ log = logging.getLogger(__name__)
 
 DRIVER = Path(__file__).with_name("blender_driver.py")
 VERSION_LINE = re.compile(r"^Blender (\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
-PROGRESS_LINE = re.compile(rb"^Fra:\d+ ")
+PROGRESS_LINE = re.compile(rb"^Fra:-?\d+ ")
+# The status lines that count samples (Blender 4.5, captured in tests/unit/
+# test_blender_progress.py): Cycles ends them with "| Scene, ViewLayer | Sample 96/400",
+# or "| ... | Rendered 3/8 Tiles, Sample 96/400" for a frame rendered in tiles; EEVEE with
+# "| Rendering 25 / 64 samples".
+SAMPLES_LINE = re.compile(
+    rb"^Fra:(-?\d+) .*\| (?:Rendered (\d+)/(\d+) Tiles, )?"
+    rb"(?:Sample (\d+)/(\d+)|Rendering (\d+) / (\d+) samples)"
+)
 VERSION_TIMEOUT = 60.0
 NO_BLENDER = (
     "no Blender on this node: give the worker --blender PATH, put blender on its PATH, "
@@ -100,6 +112,29 @@ def _version_of(argv: list[str]) -> tuple[int, int, int]:
     return int(major), int(minor), int(patch or 0)
 
 
+def frame_samples(line: bytes) -> tuple[int, int, int] | None:
+    """(frame, samples done, samples in all) of a line of Blender's output, or None.
+
+    Counts are of the view layer being rendered: a scene of several layers counts
+    each layer's samples anew. A frame rendered in tiles counts the samples of all its
+    tiles. Lines that say nothing new give None: a count of 0 (Cycles prints it as a
+    layer starts and again as it ends) and a tile's last sample (Cycles prints it
+    before and after it counts the tile as rendered).
+    """
+    match = SAMPLES_LINE.match(line)
+    if match is None:
+        return None
+    frame, rendered, tiles, cycles_done, cycles_total, eevee_done, eevee_total = match.groups()
+    done, total = int(cycles_done or eevee_done), int(cycles_total or eevee_total)
+    if not 0 < done <= total:
+        return None
+    if tiles is None:
+        return int(frame), done, total
+    if done == total:
+        return None
+    return int(frame), int(rendered) * total + done, int(tiles) * total
+
+
 _UNSET: Any = object()
 
 
@@ -112,6 +147,11 @@ class BlenderCommand:
 
     def __init__(self) -> None:
         self._blender: Blender | None = _UNSET
+
+    def samples(self, line: bytes) -> tuple[int, int, int] | None:
+        """How far a frame is, from a line of output (``frame_samples``): the runner
+        posts it for the API and the studio's ``renderfarm watch``."""
+        return frame_samples(line)
 
     def use(self, blender: Blender | None) -> None:
         """Render with ``blender`` (the node's, found at start); None: this node has none."""
