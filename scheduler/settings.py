@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         43_200, ge=60, description="Redis redelivery of unacked messages; above the longest render"
     )
+    sandbox: str = Field(
+        "auto",
+        pattern="^(auto|bwrap|off)$",
+        description="renderers in a bubblewrap sandbox: auto (where bwrap runs), bwrap "
+        "(required: the node refuses to start without it) or off",
+    )
 
     # API.
     api_host: str = "127.0.0.1"

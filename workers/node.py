@@ -7,7 +7,8 @@ node lives, its pool, region, slots and hardware, its power, and which attempts 
 running. The energy ledger (workers/energy.py) runs in the main process too, and the
 render slots reach it over a Unix socket. Blender is looked for once, as the node
 starts (``equip_blender``): the render slots, forked from the main process, render with
-the one it found, and the node advertises its ``blender-<major>.<minor>`` tag.
+the one it found, and the node advertises its ``blender-<major>.<minor>`` tag. The
+renderers' sandbox is decided then too (``equip_sandbox``, workers/sandbox.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -42,6 +44,7 @@ from workers.meters import choose_meter, node_power_figures
 from workers.renderers import BLENDER
 from workers.renderers.blender import find_blender
 from workers.runner import install_termination_handler, run_message
+from workers.sandbox import SANDBOX, find_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +89,27 @@ def equip_blender(settings: Settings, node: NodeConfig) -> NodeConfig:
     return dataclasses.replace(node, tags=[*node.tags, blender.tag])
 
 
+def cache_root(settings: Settings, node: NodeConfig) -> Path:
+    """The node's own file cache (the contents of every studio's jobs it rendered)."""
+    return settings.node_cache or settings.data_dir.resolve() / "node-cache" / node.name
+
+
+def equip_sandbox(settings: Settings, node: NodeConfig) -> None:
+    """Decide the renderers' sandbox (``SandboxUnavailable`` if ``bwrap`` is required and
+    does not run). Out of their sight: the node's cache, its data folder (the embedded
+    farm's database), a ``.env`` beside it (its node token), a broker's Unix socket."""
+    hidden = [cache_root(settings, node), settings.data_dir, Path(".env")]
+    broker = settings.effective_broker_url
+    if broker.startswith("redis+socket://"):
+        hidden.append(Path(broker.removeprefix("redis+socket://")))
+    blender = BLENDER.blender
+    runtime = [blender.executable] if blender is not None and blender.executable else []
+    SANDBOX.use(find_sandbox(settings.sandbox, hidden, runtime))
+
+
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     node = equip_blender(settings, node)
+    equip_sandbox(settings, node)
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
     answer_active_readably()  # `celery inspect active` shows "job 12 chunk 345 ..."
     app.conf.task_queues = [queue_entity(node_queue(node.name))]

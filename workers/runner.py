@@ -371,11 +371,14 @@ def _render_in_child(
     with open(log_path, "ab", buffering=0) as log:
         log.write(
             f"renderfarm: node {node} attempt {message.attempt} of chunk {message.chunk_id}, "
-            f"frames {message.frames[0]}..{message.frames[-1]}\n$ {' '.join(argv)}\n".encode()
+            f"frames {message.frames[0]}..{message.frames[-1]}, in {SANDBOX.describe()}\n"
+            f"$ {' '.join(argv)}\n".encode()
         )
-        try:
+        frames = storage / PurePosixPath(message.output_pattern).parent
+        try:  # the only folder of the node's a sandboxed renderer writes to: it must exist
+            frames.mkdir(parents=True, exist_ok=True)
             child = subprocess.Popen(
-                argv,
+                SANDBOX.wrap(argv, storage, frames, files),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -20,6 +20,9 @@ class Studio(SQLModel, table=True):
     name: str = Field(unique=True, index=True, max_length=100)
     weight: float = 1.0
     created_at: float
+    # Whether its jobs may run the Python scripts inside their scenes (an operator's
+    # grant, `renderfarm studio scripts`; the farm's RENDERFARM_ALLOW_SCENE_SCRIPTS too).
+    allow_scene_scripts: bool = False
 
 
 class Subscription(SQLModel, table=True):

@@ -6,8 +6,11 @@
     renderfarm scheduler                 the dispatch loop
     renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R] [--events]
                       [--blender PATH]   Blender: PATH, else on PATH, else the bpy module
+                      [--sandbox MODE]   renderers in bubblewrap: auto, bwrap (required), off
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
+    renderfarm studio scripts NAME --allow|--forbid   scripts inside its scenes may run
+    renderfarm studio list               every studio, its weight and scene scripts
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
     renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
     renderfarm assets collect            delete stored contents nothing names any more
@@ -132,6 +135,13 @@ def worker(
         str | None,
         typer.Option(help="the blender executable (default: on PATH, else the bpy module)"),
     ] = None,
+    sandbox: Annotated[
+        str | None,
+        typer.Option(
+            help="renderers in a bubblewrap sandbox: auto (where bwrap runs), bwrap "
+            "(required) or off (default: RENDERFARM_SANDBOX, else auto)"
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
     events: Annotated[
         bool,
@@ -149,6 +159,7 @@ def worker(
     from workers.metrics import WORKER_REGISTRY
     from workers.node import NodeConfig, start_worker
     from workers.renderers.blender import BlenderUnavailable
+    from workers.sandbox import SandboxUnavailable
 
     _logging(loglevel)
     overrides = {
@@ -159,6 +170,7 @@ def worker(
             ("idle_watts", idle_watts),
             ("max_watts", max_watts),
             ("blender", blender),
+            ("sandbox", sandbox),
         )
         if value is not None
     }
@@ -184,6 +196,9 @@ def worker(
         raise typer.Exit(2) from None
     except BlenderUnavailable as error:  # --blender PATH that does not run
         console.print(f"[red]blender: {error}[/red]")
+        raise typer.Exit(2) from None
+    except SandboxUnavailable as error:  # --sandbox bwrap on a node where it does not run
+        console.print(f"[red]sandbox: {error}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -211,12 +226,70 @@ def _studio_service() -> StudioService:
 
 @studio_app.command("create")
 def studio_create(
-    name: str, weight: Annotated[float, typer.Option(min=0.001, help="fair-share weight")] = 1.0
+    name: str,
+    weight: Annotated[float, typer.Option(min=0.001, help="fair-share weight")] = 1.0,
+    scene_scripts: Annotated[
+        bool,
+        typer.Option(
+            "--allow-scene-scripts/--no-scene-scripts",
+            help="whether its jobs may run the scripts inside their scenes",
+        ),
+    ] = False,
 ) -> None:
     """Create a studio and print its API key (shown once)."""
     with _reported():
-        _studio, key = _studio_service().create_studio(name, weight)
+        service = _studio_service()
+        _studio, key = service.create_studio(name, weight, scene_scripts)
     typer.echo(key)
+    if scene_scripts:
+        _warn_if_scripts_off(service.settings)
+
+
+@studio_app.command("scripts")
+def studio_scripts(
+    name: str,
+    allow: Annotated[
+        bool,
+        typer.Option(
+            "--allow/--forbid", help="let the studio's jobs run the scripts inside their scenes"
+        ),
+    ],
+) -> None:
+    """Allow or forbid the scripts inside a studio's scenes (for jobs that ask for them:
+    renderer.allow_scripts). It applies to jobs submitted from now on: jobs accepted
+    before keep what they asked for (cancel them to stop their scripts)."""
+    with _reported():
+        service = _studio_service()
+        studio = service.set_scene_scripts(name, allow)
+    typer.echo(f"{studio.name}: scene scripts {_allowed(studio.allow_scene_scripts)}")
+    if allow:
+        _warn_if_scripts_off(service.settings)
+
+
+@studio_app.command("list")
+def studio_list() -> None:
+    """Every studio, its fair-share weight, and whether its scene scripts may run."""
+    service = _studio_service()
+    for studio in service.list_studios():
+        typer.echo(
+            f"{studio.name}: weight {studio.weight:g}, "
+            f"scene scripts {_allowed(studio.allow_scene_scripts)}"
+        )
+    _warn_if_scripts_off(service.settings)
+
+
+def _allowed(allowed: bool) -> str:
+    return "allowed" if allowed else "not allowed"
+
+
+def _warn_if_scripts_off(settings: Settings) -> None:
+    """The farm's switch overrides every studio's grant: say so where it is off."""
+    if not settings.allow_scene_scripts:
+        typer.echo(
+            "note: RENDERFARM_ALLOW_SCENE_SCRIPTS is off: this farm runs no scene scripts, "
+            "whatever a studio is allowed",
+            err=True,
+        )
 
 
 @studio_app.command("key")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,9 @@ class StudioService:
 
     # Studios and keys ------------------------------------------------------------------
 
-    def create_studio(self, name: str, weight: float = 1.0) -> tuple[Studio, str]:
+    def create_studio(
+        self, name: str, weight: float = 1.0, allow_scene_scripts: bool = False
+    ) -> tuple[Studio, str]:
         """A new studio and its first key; the key is returned once and stored hashed."""
         name = name.strip()
         if not name or len(name) > 100:
@@ -98,7 +101,12 @@ class StudioService:
         with Session(self.engine) as session:
             if session.exec(select(Studio).where(Studio.name == name)).first():
                 raise Conflict(f"a studio named {name!r} exists already")
-            studio = Studio(name=name, weight=weight, created_at=self.clock())
+            studio = Studio(
+                name=name,
+                weight=weight,
+                allow_scene_scripts=allow_scene_scripts,
+                created_at=self.clock(),
+            )
             session.add(studio)
             session.flush()
             assert studio.id is not None
@@ -139,6 +147,21 @@ class StudioService:
             session.refresh(studio)
             return studio
 
+    def set_scene_scripts(self, studio_name: str, allowed: bool) -> Studio:
+        """An operator allows (or forbids) the scripts inside a studio's scenes to run, for
+        the jobs that ask (``allow_scripts``); the farm's switch must allow them too."""
+        with Session(self.engine) as session:
+            studio = self._studio_named(session, studio_name)
+            studio.allow_scene_scripts = allowed
+            session.add(studio)
+            session.commit()
+            session.refresh(studio)
+            return studio
+
+    def list_studios(self) -> Sequence[Studio]:
+        with Session(self.engine) as session:
+            return session.exec(select(Studio).order_by(col(Studio.name))).all()
+
     def set_terms(
         self, studio_name: str, pool: str, minimum: int = 0, maximum: int | None = None
     ) -> Subscription:
@@ -178,6 +201,26 @@ class StudioService:
     def list_limits(self) -> Sequence[Limit]:
         with Session(self.engine) as session:
             return session.exec(select(Limit).order_by(col(Limit.name))).all()
+
+    def _check_scene_scripts(self, session: Session, studio_id: int) -> None:
+        """A job may run its scene's scripts only where the farm runs scene scripts at all
+        (RENDERFARM_ALLOW_SCENE_SCRIPTS, the operator's master switch) and an operator
+        allowed its studio. A 422 naming the field: the job runs once it asks for no
+        scripts, or once an operator allows them; either way the message says which."""
+        if not self.settings.allow_scene_scripts:
+            raise InvalidRequest(
+                "renderer.allow_scripts",
+                "this farm does not run scripts inside scenes "
+                "(an operator allows them with RENDERFARM_ALLOW_SCENE_SCRIPTS)",
+            )
+        studio = session.get(Studio, studio_id)
+        if studio is None or not studio.allow_scene_scripts:
+            name = studio.name if studio is not None else studio_id
+            raise InvalidRequest(
+                "renderer.allow_scripts",
+                f"studio {name!r} may not run scripts inside scenes: an operator must allow "
+                f"them first (renderfarm studio scripts {shlex.quote(str(name))} --allow)",
+            )
 
     def _studio_named(self, session: Session, name: str) -> Studio:
         studio = session.exec(select(Studio).where(Studio.name == name)).first()
@@ -224,14 +267,8 @@ class StudioService:
                 other = session.get(JobRow, dependency)
                 if other is None or other.studio_id != studio_id:
                     raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
-            if getattr(request.renderer, "allow_scripts", False) and not (
-                self.settings.allow_scene_scripts
-            ):
-                raise InvalidRequest(
-                    "renderer.allow_scripts",
-                    "this farm does not run scripts inside scenes "
-                    "(an operator allows them with RENDERFARM_ALLOW_SCENE_SCRIPTS)",
-                )
+            if getattr(request.renderer, "allow_scripts", False):
+                self._check_scene_scripts(session, studio_id)
             if request.manifest is not None:
                 manifest = session.get(ManifestRow, request.manifest)
                 if manifest is None or manifest.studio_id != studio_id:

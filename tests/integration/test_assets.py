@@ -376,20 +376,6 @@ def test_a_batch_refuses_links_and_more_than_it_may_unpack(
         assert response.status_code == 413 and "10000 bytes" in response.text
 
 
-def test_scene_scripts_run_only_where_the_operator_allows(
-    engine: Engine, settings: Settings, east: dict[str, str], client: TestClient
-) -> None:
-    job = {
-        "name": "sh020", "frames": "1", "requirements": {"tags": ["blender-4.5"]},
-        "renderer": {"kind": "blender", "scene": "sh020.blend", "allow_scripts": True},
-    }  # fmt: skip
-    refused = client.post("/v1/jobs", json=job, headers=east)
-    assert refused.status_code == 422 and "allow_scripts" in refused.text
-    allowing = settings.model_copy(update={"allow_scene_scripts": True})
-    with TestClient(create_app(allowing, engine)) as farm:
-        assert farm.post("/v1/jobs", json=job, headers=east).status_code == 201
-
-
 @pytest.mark.parametrize(
     ("body", "route"),
     [

@@ -1,0 +1,368 @@
+"""Renderers in the node's bubblewrap sandbox: real chunks render inside it, and a hostile
+renderer that reaches for the node's files, the farm's storage, /etc or the network
+gets nothing there, where the same renderer without the sandbox gets it all.
+
+The hostile renderer is a test's own: registered for a test in the node's table of
+implementations (``workers.renderers.IMPLEMENTATIONS``), never in the farm's registry.
+
+These tests skip where bwrap is missing or cannot make a sandbox (a container without
+user namespaces); ``RENDERFARM_REQUIRE_SANDBOX=1`` makes them fail there instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from scheduler.launch.cli import app as cli
+from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
+from scheduler.wire.messages import ChunkMessage, FinishedEvent, decode_event
+from scheduler.wire.renderers import BuiltinRenderer
+from tests.conftest import Processes, wait_for
+from workers import renderers
+from workers.assets import FileEntry, JobFiles
+from workers.cache import BlobCache
+from workers.node import NodeConfig, cache_root, equip_sandbox
+from workers.runner import run_chunk
+from workers.sandbox import (
+    SANDBOX,
+    Confinement,
+    Sandbox,
+    SandboxUnavailable,
+    bwrap_argv,
+    find_sandbox,
+)
+
+pytestmark = pytest.mark.integration
+
+NODE_TOKEN = "node-token-0123456789abcdef"
+HOSTILE = textwrap.dedent(
+    """
+    import json, os, socket, sys
+
+    spec = json.loads(sys.argv[1])
+
+    def attempt(name, action):
+        try:
+            action()
+            print(f"renderfarm-warning: {name} done", flush=True)
+        except OSError as error:
+            print(f"renderfarm-warning: {name} refused ({error.strerror})", flush=True)
+
+    def write(path):
+        with open(path, "w") as out:
+            out.write("pwned")
+
+    def rewrite(path):  # a read-only file of the node's cache, through its hard link
+        os.chmod(path, 0o644)
+        write(path)
+
+    def read(path):
+        with open(path) as source:
+            if not source.read():
+                raise OSError(0, "empty")
+
+    def connect():
+        socket.create_connection(("127.0.0.1", spec["port"]), timeout=5).close()
+
+    attempt("read-job-file", lambda: read(spec["job_file"]))
+    attempt("rewrite-job-file", lambda: rewrite(spec["job_file"]))
+    attempt("read-cache", lambda: read(spec["cached"]))
+    attempt("write-cache", lambda: write(spec["cache_root"] + "/planted"))
+    attempt("read-env", lambda: read(spec["dotenv"]))
+    attempt("write-etc", lambda: write(spec["etc"]))
+    attempt("write-storage", lambda: write(spec["storage"] + "/planted"))
+    attempt("write-other-job", lambda: write(spec["other_frames"] + "/planted"))
+    attempt("write-tmp", lambda: write(spec["tmp"]))
+    attempt("connect", connect)
+    for frame in spec["frames"]:
+        write(spec["output"].replace("{frame}", "%06d" % frame))
+        print(f"renderfarm-frame: {frame}", flush=True)
+    """
+)
+
+
+def require_sandbox() -> None:
+    try:
+        find_sandbox("bwrap")
+    except SandboxUnavailable as error:
+        if os.environ.get("RENDERFARM_REQUIRE_SANDBOX") == "1":
+            pytest.fail(f"RENDERFARM_REQUIRE_SANDBOX=1 but {error}")
+        pytest.skip(f"no sandbox here: {error}")
+
+
+class Hostile:
+    """A process renderer that tries what no renderer should manage; what it got is in
+    its warnings ("renderfarm-warning: write-etc refused (...)")."""
+
+    model = BuiltinRenderer
+    writes_frames = True
+    progress = None
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+
+    def argv(self, message: ChunkMessage, storage: Path, files: Path | None = None) -> list[str]:
+        spec = {**self.spec, "frames": message.frames}
+        spec["output"] = str(storage / message.output_pattern)
+        return [sys.executable, "-c", HOSTILE, json.dumps(spec)]
+
+
+class Contents:
+    """The farm's side of a job's files, in memory: one manifest, its contents by hash."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.by_hash = {hashlib.sha256(data).hexdigest(): data for data in files.values()}
+
+    def manifest(self, manifest_id: int) -> list[FileEntry]:
+        return [
+            FileEntry(path, hashlib.sha256(data).hexdigest(), len(data))
+            for path, data in self.files.items()
+        ]
+
+    def fetch(self, blob_hash: str, out: Any) -> None:
+        out.write(self.by_hash[blob_hash])
+
+
+@dataclasses.dataclass
+class Node:
+    """A node's settings, its files (cache root, data folder, .env) and its sandbox."""
+
+    settings: Settings
+    config: NodeConfig
+    cwd: Path
+
+    @property
+    def storage(self) -> Path:
+        return self.settings.storage_root
+
+    def files(self, contents: dict[str, bytes]) -> JobFiles:
+        root = cache_root(self.settings, self.config)
+        return JobFiles(BlobCache(root / "cache", 10**9), Contents(contents), root / "attempts")
+
+
+@pytest.fixture
+def node(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+    """A node started in its own folder (a .env there holds its token), with the
+    sandbox it decided on at start; renderers run unconfined again after the test."""
+    require_sandbox()
+    cwd = tmp_path / "node"
+    cwd.mkdir()
+    (cwd / ".env").write_text(f"RENDERFARM_NODE_TOKEN={NODE_TOKEN}\n")
+    monkeypatch.chdir(cwd)
+    config = NodeConfig(name="node-1", pool="cpu", slots=1)
+    yield Node(settings.model_copy(update={"sandbox": "bwrap"}), config, cwd)
+    SANDBOX.use(None)
+
+
+def chunk(job_id: int, renderer: str = "builtin", **fields: Any) -> ChunkMessage:
+    return ChunkMessage(
+        chunk_id=job_id, attempt=1, job_id=job_id, pool="cpu", frames=[1, 2], renderer=renderer,
+        settings={"width": 32, "height": 24}, timeout=120, **fields,
+        output_pattern=f"jobs/{job_id}/frames/f_{{frame}}.png",
+        log_path=f"jobs/{job_id}/logs/chunk-{job_id}-attempt-1.log",
+    )  # fmt: skip
+
+
+def rendered(events: list[dict[str, Any]]) -> FinishedEvent:
+    finished = decode_event(events[-1])
+    assert isinstance(finished, FinishedEvent), events[-1]
+    return finished
+
+
+def test_a_chunk_renders_in_the_sandbox_and_its_frames_arrive(node: Node) -> None:
+    equip_sandbox(node.settings, node.config)
+    assert isinstance(SANDBOX.sandbox, Sandbox)
+    events: list[dict[str, Any]] = []
+    assert run_chunk(chunk(1), node.storage, "node-1", events.append), events[-1]
+    assert [r.output for r in rendered(events).results] == [
+        "jobs/1/frames/f_000001.png",
+        "jobs/1/frames/f_000002.png",
+    ]
+    for name in ("f_000001.png", "f_000002.png"):
+        with Image.open(node.storage / "jobs/1/frames" / name) as image:
+            assert image.size == (32, 24)
+    log = (node.storage / "jobs/1/logs/chunk-1-attempt-1.log").read_text()
+    assert "in a sandbox (" in log
+
+
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "no-sandbox"])
+def test_a_hostile_renderer_reaches_nothing_of_the_nodes_in_the_sandbox(
+    node: Node, monkeypatch: pytest.MonkeyPatch, sandboxed: bool
+) -> None:
+    """With the sandbox off, the same renderer does it all: so the test can fail."""
+    if sandboxed:
+        equip_sandbox(node.settings, node.config)
+    contents = {"scene.txt": b"the studio's scene"}
+    files = node.files(contents)
+    (node.storage / "jobs/99/frames").mkdir(parents=True)
+    mark = uuid.uuid4().hex
+    root = cache_root(node.settings, node.config)
+    cached = root / "another-studios-texture.png"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"another studio's texture")
+    listener = socket.create_server(("127.0.0.1", 0))  # a farm service on this host
+    spec = {
+        "job_file": str(files.work / "chunk-7-attempt-1" / "scene.txt"),
+        "cached": str(cached),
+        "cache_root": str(root),
+        "dotenv": str(node.cwd / ".env"),
+        "etc": f"/etc/renderfarm-{mark}",
+        "storage": str(node.storage),
+        "other_frames": str(node.storage / "jobs/99/frames"),
+        "tmp": f"/tmp/renderfarm-{mark}",
+        "port": listener.getsockname()[1],
+    }
+    monkeypatch.setitem(renderers.IMPLEMENTATIONS, "hostile", Hostile(spec))
+    events: list[dict[str, Any]] = []
+    try:
+        message = chunk(7, "hostile", manifest_id=1)
+        assert run_chunk(message, node.storage, "node-1", events.append, files=files), events[-1]
+        outcome = dict(w.split(" ", 1) for w in rendered(events).warnings)
+        planted = {
+            "etc": Path(spec["etc"]).exists(),
+            "tmp": Path(spec["tmp"]).exists(),
+            "cache": (root / "planted").exists(),
+            "storage": (node.storage / "planted").exists(),
+            "other job": (node.storage / "jobs/99/frames/planted").exists(),
+        }
+    finally:
+        listener.close()
+        for leftover in (spec["etc"], spec["tmp"]):
+            Path(leftover).unlink(missing_ok=True)
+    blob = files.cache.path(hashlib.sha256(contents["scene.txt"]).hexdigest())
+    frames = sorted(p.name for p in (node.storage / "jobs/7/frames").iterdir())
+    assert frames == ["f_000001.png", "f_000002.png"]  # it wrote its frames, either way
+    assert outcome["read-job-file"] == "done"  # and read the job's files
+    assert outcome["write-tmp"] == "done"
+    hostile = {k: v for k, v in outcome.items() if k not in ("read-job-file", "write-tmp")}
+    if sandboxed:
+        assert all(v.startswith("refused") for v in hostile.values()), outcome
+        assert not any(planted.values()), planted
+        assert blob.read_bytes() == contents["scene.txt"]  # the cache stays what it was
+    else:
+        root_may = os.access("/etc", os.W_OK)  # a root node's renderer writes there too
+        assert all(v == "done" for k, v in hostile.items() if k != "write-etc" or root_may)
+        assert planted == {
+            "etc": root_may, "tmp": True, "cache": True, "storage": True, "other job": True,
+        }  # fmt: skip
+        assert blob.read_bytes() == b"pwned"  # every later job with that content gets this
+
+
+def test_a_blender_chunk_renders_in_the_sandbox_from_the_jobs_files(
+    node: Node, tmp_path: Path
+) -> None:
+    """A .blend and its texture laid out for the attempt, read-only, render as at home."""
+    from tests.integration.test_blender import WIDTH, build_scene, green_share, require_blender
+    from workers.renderers import BLENDER
+
+    blender = require_blender()
+    BLENDER.use(blender)
+    scene = build_scene(blender, tmp_path / "studio" / "sh020.blend")
+    contents = {
+        "sh020.blend": scene.read_bytes(),
+        "textures/green.png": (scene.parent / "textures/green.png").read_bytes(),
+    }
+    equip_sandbox(node.settings, node.config)
+    message = dataclasses.replace(
+        chunk(3, "blender", manifest_id=1), settings={"scene": "sh020.blend"}, frames=[1, 4]
+    )
+    events: list[dict[str, Any]] = []
+    assert run_chunk(message, node.storage, "node-1", events.append, files=node.files(contents)), (
+        events[-1]
+    )
+    outputs = [r.output for r in rendered(events).results]
+    assert outputs == ["jobs/3/frames/f_000001.png", "jobs/3/frames/f_000004.png"]
+    for output in outputs:
+        assert output is not None
+        with Image.open(node.storage / output) as image:
+            assert image.size[0] == WIDTH
+            assert green_share(np.asarray(image.convert("RGB"), dtype=np.int16)) > 0.2
+
+
+def test_the_sandbox_is_data_mounted_parents_first(tmp_path: Path) -> None:
+    """A hidden folder, a folder bound back inside it, the folder hidden made read-only
+    after its mount points exist; what does not exist is left out; no shell anywhere."""
+    cache, attempt, frames = tmp_path / "cache", tmp_path / "cache/attempt", tmp_path / "frames"
+    for folder in (attempt, frames):
+        folder.mkdir(parents=True)
+    confinement = Confinement(
+        hidden=(cache, tmp_path / "nowhere"), readable=(attempt,), writable=(frames,), cwd=frames
+    )
+    argv = bwrap_argv("bwrap", confinement, ["blender", "-b", "a b; rm -rf /"])
+    mounts = " ".join(argv[argv.index("ALL") + 1 :])
+    assert mounts == (
+        f"--tmpfs /tmp --tmpfs {cache} --bind {frames} {frames} --ro-bind {attempt} {attempt} "
+        f"--remount-ro {cache} --chdir {frames} -- blender -b a b; rm -rf /"
+    )
+    assert argv[-1] == "a b; rm -rf /"  # one argument, as given
+
+
+def test_auto_renders_unconfined_where_bwrap_is_missing_saying_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    with caplog.at_level("WARNING", logger="workers.sandbox"):
+        assert find_sandbox("auto") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "sandbox: none, renderers run unconfined: no bwrap on this node's PATH "
+        "(Debian and Ubuntu: apt install bubblewrap)"
+    ]
+    with pytest.raises(SandboxUnavailable, match="no bwrap"):
+        find_sandbox("bwrap")
+    assert find_sandbox("off") is None
+
+
+def test_a_node_that_requires_the_sandbox_refuses_to_start_without_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": str(tmp_path),  # no bwrap on it
+        "RENDERFARM_BROKER_URL": settings.effective_broker_url,
+        "RENDERFARM_DATA_DIR": str(tmp_path),
+        "RENDERFARM_ENERGY_METER": "off",
+    }
+    result = CliRunner().invoke(cli, ["worker", "--name", "n1", "--sandbox", "bwrap"], env=env)
+    assert result.exit_code == 2 and "sandbox: no bwrap" in result.output, result.output
+
+
+def test_a_real_node_renders_a_job_in_its_sandbox(
+    scheduler_loop: None,
+    processes: Processes,
+    studio: tuple[StudioService, int],
+    settings: Settings,
+) -> None:
+    require_sandbox()
+    service, studio_id = studio
+    processes.start("node-1", "worker", "--name", "node-1", "--sandbox", "bwrap")
+    wait_for(lambda: service.list_nodes(), 60, "the node to report")
+    request = {"name": "sb", "frames": "1-2", "renderer": {"kind": "builtin", "width": 32}}
+    job = service.submit_job(studio_id, JobRequest.model_validate(request))
+    assert job.id is not None
+    done = wait_for(
+        lambda: (d := service.get_job(studio_id, job.id)).job.state in ("done", "failed") and d,  # type: ignore[arg-type]
+        120,
+        "the job to finish",
+    )
+    assert done.job.state == "done", processes.log("node-1")
+    assert done.progress.frames_done == 2
+    logs = list((settings.storage_root / f"jobs/{job.id}/logs").glob("*.log"))
+    assert logs and all("in a sandbox (" in log.read_text() for log in logs)
+    assert "sandbox: renderers run in a sandbox" in processes.log("node-1")
