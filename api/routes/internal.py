@@ -4,6 +4,7 @@ on the API and every node); without one configured they answer 404.
 
     GET /v1/internal/manifests/{id}   a manifest's files (path, hash, size, mtime)
     GET /v1/internal/blobs/{sha256}   a content, streamed
+    POST /v1/internal/blobs           many contents ({"hashes": [...]}): a tar, streamed
     PUT /v1/internal/outputs/{path}   a frame or an attempt's log, streamed into storage
                                       (``jobs/<id>/frames/<file>``, ``jobs/<id>/logs/<file>``)
 
@@ -19,14 +20,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 from api.deps import AssetsDep, RowId, SettingsDep, StoredFilesDep
 from api.files import file_response, receive_body
 from api.schemas import ManifestFileIn, Problem
 from scheduler.core.assets import blob_key, is_blob_hash
 from scheduler.errors import InvalidRequest, NotFound, Unauthorized
+from scheduler.usecases.frame_outputs import stream_tar
 
 _bearer = HTTPBearer(auto_error=False, description="the farm's node token")
 
@@ -64,6 +67,7 @@ def manifest_for_node(
     }
 
 
+MAX_BATCH_HASHES = 5_000
 OUTPUT_PATH = re.compile(r"jobs/[0-9]{1,10}/(frames|logs)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 
 
@@ -86,6 +90,25 @@ async def output_from_node(
     finally:
         spooled.unlink(missing_ok=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class BlobsWanted(BaseModel):
+    hashes: list[str] = Field(min_length=1, max_length=MAX_BATCH_HASHES)
+
+
+@router.post("/blobs", response_class=StreamingResponse)
+def blobs_for_node(body: BlobsWanted, _node: NodeDep, files: StoredFilesDep) -> StreamingResponse:
+    """Many small contents in one answer: a tar whose members are named by their hash,
+    written as it is sent. Contents the farm does not store are left out."""
+    members = []
+    for blob_hash in dict.fromkeys(body.hashes):
+        if not is_blob_hash(blob_hash):
+            raise InvalidRequest("hashes", "a content's name is its SHA-256: 64 lowercase hex")
+        try:
+            members.append(files.stored(blob_key(blob_hash)))
+        except NotFound:
+            continue
+    return StreamingResponse(stream_tar(members), media_type="application/x-tar")
 
 
 @router.get("/blobs/{blob_hash}", response_class=FileResponse)

@@ -5,6 +5,8 @@ checked; a cache that fetches nothing twice and keeps to its size."""
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +157,40 @@ def test_an_empty_or_short_node_token_is_refused_at_start() -> None:
     for token in ("", "short"):
         with pytest.raises(ValidationError, match="node_token"):
             Settings(_env_file=None, node_token=token)  # type: ignore[call-arg]
+
+
+def test_a_scene_of_many_small_files_comes_in_a_few_requests(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """3,000 small files: the node asks for them many at a time (two requests of
+    2,000 and 1,000), checks each, and fetches none one by one."""
+    scene = {f"cache/fluid_{n:05d}.bobj": f"particles {n}".encode() for n in range(3000)}
+    with_token = settings.model_copy(update={"node_token": SecretStr(TOKEN)})
+    with TestClient(create_app(with_token, engine)) as client:
+        studio = key_header(engine, with_token, "east")
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for data in scene.values():
+                info = tarfile.TarInfo(hashlib.sha256(data).hexdigest())
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        tar_headers = {**studio, "Content-Type": "application/x-tar"}
+        sent = client.post("/v1/blobs", content=archive.getvalue(), headers=tar_headers)
+        assert len(sent.json()["stored"]) == 3000
+        created = client.post("/v1/manifests", json=manifest(scene), headers=studio)
+        manifest_id = created.json()["id"]
+        asked: list[str] = []
+        client.event_hooks["request"].append(lambda r: asked.append(f"{r.method} {r.url.path}"))
+        cache = BlobCache(tmp_path / "cache", max_bytes=10**9)
+        lay_out(manifest_id, tmp_path / "tree", cache, HttpFiles(client, TOKEN))
+        for path, data in scene.items():
+            assert (tmp_path / "tree" / path).read_bytes() == data
+        assert cache.fetched == 3000
+        assert asked.count("POST /v1/internal/blobs") == 2
+        assert not [a for a in asked if a.startswith("GET /v1/internal/blobs/")]
+        wanted = {"hashes": ["../../etc/passwd"]}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/v1/internal/blobs", json=wanted).status_code == 401
+        assert client.post("/v1/internal/blobs", json=wanted, headers=headers).status_code == 422
+        many = {"hashes": ["a" * 64] * 5001}
+        assert client.post("/v1/internal/blobs", json=many, headers=headers).status_code == 422
