@@ -35,7 +35,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.service = StudioService(engine, settings)
     storage = open_storage(settings)  # a folder, or object storage
-    app.state.assets = AssetService(engine, settings, BlobStore(storage))
+    blobs = BlobStore(storage)
+    blobs.sweep_spool()  # what a crash of this host's API left half-spooled
+    app.state.assets = AssetService(engine, settings, blobs)
     app.state.stored_files = StoredFiles(storage)
     install_error_handlers(app)
     app.include_router(assets.router)

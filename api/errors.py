@@ -22,9 +22,17 @@ from scheduler.errors import (
     RenderfarmError,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
 
-STATUS = {NotFound: 404, InvalidRequest: 422, Conflict: 409, TooLarge: 413, Unauthorized: 401}
+STATUS = {
+    NotFound: 404,
+    InvalidRequest: 422,
+    Conflict: 409,
+    TooLarge: 413,
+    Unauthorized: 401,
+    Unavailable: 503,
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

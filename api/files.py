@@ -1,6 +1,6 @@
-"""Stored files as responses: the file itself where the storage is a folder (sendfile,
-ranges), else its bytes streamed from object storage as they are read; and request
-bodies spooled to local disk off the event loop."""
+"""Stored files as responses, streamed as they are read from the storage (a folder's
+files opened without following links, object storage's in one GET each); and request
+bodies written to local disk off the event loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from scheduler.usecases.frame_outputs import StoredFile
 
@@ -17,10 +17,6 @@ WRITE_BYTES = 1 << 20  # a body is written to disk this much at a time, in a thr
 
 
 def file_response(stored: StoredFile, media_type: str, filename: str | None = None) -> Response:
-    if stored.path is not None:
-        return FileResponse(
-            stored.path, media_type=media_type, filename=filename, content_disposition_type="inline"
-        )
     headers = {"Content-Length": str(stored.size)}
     if filename is not None:
         headers["Content-Disposition"] = f"inline; filename*=utf-8''{quote(filename)}"

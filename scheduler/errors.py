@@ -5,7 +5,8 @@
     ├── InvalidRequest    the input is wrong; the message names the field
     ├── Conflict          the request is valid but not in the current state
     ├── TooLarge          a file, or a studio's stored bytes, past its limit
-    └── Unauthorized      no key, or an unknown one
+    ├── Unauthorized      no key, or an unknown one
+    └── Unavailable       a service the farm needs (its object storage) failed: retry
 
 The API maps each class to one HTTP status in one place (api/errors.py); the CLI
 prints the message. Expected outcomes ("nothing to dispatch") are not errors.
@@ -38,4 +39,8 @@ class TooLarge(RenderfarmError):
 
 
 class Unauthorized(RenderfarmError):
+    pass
+
+
+class Unavailable(RenderfarmError):
     pass

@@ -63,13 +63,13 @@ async def put_blob(
 ) -> BlobPublic:
     """Send one content, its SHA-256 in the path; the body is the bytes, streamed."""
     studio_id = _id(studio)
-    writer = assets.begin_upload(studio_id, blob_hash)  # checks the name first
+    assets.check_hash(blob_hash)
     owned = await run_in_threadpool(assets.owned_size, studio_id, blob_hash)
     if owned is not None:
-        writer.abort()
         response.status_code = status.HTTP_200_OK  # a repeat: nothing to read or keep
         return BlobPublic(hash=blob_hash, size=owned)
     room = min(await run_in_threadpool(assets.room_left, studio_id), assets.max_blob_bytes)
+    writer = assets.begin_upload(studio_id, blob_hash)
 
     def write(piece: bytes) -> None:
         writer.write(piece)  # hashed and written in a worker thread

@@ -100,14 +100,10 @@ class BlobsWanted(BaseModel):
 def blobs_for_node(body: BlobsWanted, _node: NodeDep, files: StoredFilesDep) -> StreamingResponse:
     """Many small contents in one answer: a tar whose members are named by their hash,
     written as it is sent. Contents the farm does not store are left out."""
-    members = []
-    for blob_hash in dict.fromkeys(body.hashes):
-        if not is_blob_hash(blob_hash):
-            raise InvalidRequest("hashes", "a content's name is its SHA-256: 64 lowercase hex")
-        try:
-            members.append(files.stored(blob_key(blob_hash)))
-        except NotFound:
-            continue
+    wanted = list(dict.fromkeys(body.hashes))
+    if not all(is_blob_hash(blob_hash) for blob_hash in wanted):
+        raise InvalidRequest("hashes", "a content's name is its SHA-256: 64 lowercase hex")
+    members = files.each(blob_key(blob_hash) for blob_hash in wanted)  # opened as sent
     return StreamingResponse(stream_tar(members), media_type="application/x-tar")
 
 

@@ -137,14 +137,10 @@ def job_output(
     format: Literal["zip", "tar"] = Query("zip", description="the archive's format"),
 ) -> StreamingResponse:
     """Every finished frame of the job in one archive, written as it is sent."""
-    members = []
-    for frame, output in service.finished_outputs(_id(studio), job_id):
-        try:
-            members.append(files.stored(output))
-        except NotFound:
-            log.warning("job %d frame %d: %s is missing from storage", job_id, frame, output)
-    if not members:
+    outputs = [output for _frame, output in service.finished_outputs(_id(studio), job_id)]
+    if not outputs:
         raise NotFound(f"job {job_id} has no finished frames yet")
+    members = files.each(outputs)  # each opened as the archive reaches it
     stream, media_type = ARCHIVES[format]
     return StreamingResponse(
         stream(members),  # a plain generator: Starlette runs each step in a thread

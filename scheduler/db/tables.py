@@ -247,6 +247,11 @@ class StudioBlob(SQLModel, table=True):
 
     Two studios that send the same content each have a row and each pay for it; the
     farm keeps it once. A studio never learns what other studios sent.
+
+    A claim is charged first and ``stored`` once the content is in the storage: until
+    then the studio does not have it (it is asked for it again, cannot name it), so a
+    storage that failed, or a process that died, between the two leaves no claim on
+    a content that is not there; collection removes such claims.
     """
 
     __tablename__ = "studio_blobs"
@@ -255,6 +260,7 @@ class StudioBlob(SQLModel, table=True):
     hash: str = Field(foreign_key="blobs.hash", primary_key=True, max_length=64, index=True)
     size: int = Field(sa_column=Column(BigInteger, nullable=False))
     added_at: float
+    stored: bool = True
 
 
 class ManifestRow(SQLModel, table=True):

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import and_, delete, func, insert, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, col, select
 
@@ -35,9 +37,12 @@ from scheduler.core.assets import ManifestEntry, ManifestError, is_blob_hash, pa
 from scheduler.db import BlobRow, ManifestFile, ManifestRow, Studio, StudioBlob
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from scheduler.settings import Settings
-from scheduler.usecases.blobstore import BlobStore, BlobWriter
+from scheduler.usecases.blobstore import SPOOL_MAX_AGE_SECONDS, BlobStore, BlobWriter
 
 MISSING_LISTED = 20  # how many missing contents an error names
+BOUND_VALUES = 5_000  # hashes per statement
+DEADLOCK = "40P01"  # PostgreSQL's SQLSTATE for a transaction chosen as a deadlock's victim
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +107,12 @@ class AssetService:
         with Session(self.engine) as session:
             return max(0, self.settings.studio_quota_bytes - _stored(session, studio_id))
 
-    def begin_upload(self, studio_id: int, blob_hash: str) -> BlobWriter:
+    def check_hash(self, blob_hash: str) -> None:
         if not is_blob_hash(blob_hash):
             raise InvalidRequest("hash", "a content's name is its SHA-256: 64 lowercase hex")
+
+    def begin_upload(self, studio_id: int, blob_hash: str) -> BlobWriter:
+        self.check_hash(blob_hash)
         return self.store.begin()
 
     def finish_upload(self, studio_id: int, blob_hash: str, writer: BlobWriter) -> int:
@@ -175,38 +183,59 @@ class AssetService:
         return None
 
     def _keep(self, studio_id: int, uploads: list[tuple[str, BlobWriter]]) -> dict[str, str]:
-        """Charge the studio for checked uploads in one transaction, then put their files
-        in the storage (rows first: a quota refusal or a crash leaves no file nobody
-        owns). A content the studio has already costs nothing and is not stored again.
-        Returns the contents refused for the quota, with the reason; with a single
-        upload, the refusal is raised (``TooLarge``)."""
+        """Charge the studio for checked uploads in one transaction, put their files in
+        the storage, then mark the claims stored. Until then the studio does not have
+        the contents (it is asked for them again): a storage that fails or a process
+        that dies in between leaves nothing a manifest could name. A content the studio
+        has already costs nothing and is not stored again; one it was charged for but
+        that never reached the storage is stored now, not charged twice. Returns the
+        contents refused for the quota, with the reason; with a single upload, the
+        refusal is raised (``TooLarge``)."""
+        names = sorted({name for name, _writer in uploads})
+        new, over = _retrying_deadlocks(lambda: self._charge(studio_id, uploads, names))
+        if len(uploads) == 1 and over:
+            raise TooLarge(next(iter(over.values())))
+        done: list[str] = []
+        try:
+            for name, writer in uploads:
+                if name in new and name not in done:
+                    writer.commit(name)
+                    done.append(name)
+        finally:
+            if done:
+                with Session(self.engine) as session:
+                    _mark_stored(session, studio_id, done)
+                    session.commit()
+        return over
+
+    def _charge(
+        self, studio_id: int, uploads: list[tuple[str, BlobWriter]], names: list[str]
+    ) -> tuple[set[str], dict[str, str]]:
+        """The claims, pending, within the quota: (contents to store, refused ones)."""
         quota = self.settings.studio_quota_bytes
         now = self.clock()
         with Session(self.engine) as session:
             session.exec(select(Studio.id).where(Studio.id == studio_id).with_for_update()).one()
-            owned = _owned(session, studio_id, {name for name, _writer in uploads})
-            stored = _stored(session, studio_id)
+            owned = _owned(session, studio_id, names)
+            pending = _owned(session, studio_id, names, stored=False)
+            stored = _stored(session, studio_id)  # pending claims hold their room
             new: dict[str, int] = {}
             over: dict[str, str] = {}
             for name, writer in uploads:
                 if name in owned or name in new:
                     continue
-                if stored + writer.size > quota:
+                if name not in pending and stored + writer.size > quota:
                     over[name] = (
                         f"the studio's quota of {quota} bytes would be exceeded "
                         f"({stored} stored, {writer.size} more)"
                     )
                     continue
-                stored += writer.size
+                stored += 0 if name in pending else writer.size
                 new[name] = writer.size
-            if len(uploads) == 1 and over:
-                raise TooLarge(next(iter(over.values())))
-            _claim(session, studio_id, new, now)
+            _claim(session, studio_id, {h: n for h, n in new.items() if h not in pending}, now)
+            _refresh_claims(session, studio_id, sorted(set(new) & set(pending)), now, stored=False)
             session.commit()
-        for name, writer in uploads:
-            if name in new:
-                writer.commit(name)
-        return over
+        return set(new), over
 
     def create_manifest(self, studio_id: int, entries: Sequence[ManifestEntry]) -> ManifestRow:
         """A manifest of the studio's own contents; naming any other content is refused."""
@@ -226,7 +255,7 @@ class AssetService:
                     raise InvalidRequest(
                         "files", f"{entry.path}: its content has {owned[entry.hash]} bytes"
                     )
-            kept = _refresh_claims(session, studio_id, list(owned), now)
+            kept = _refresh_claims(session, studio_id, sorted(owned), now)
             if kept < len(owned):  # a collection took some after they were read
                 raise Conflict("some of these contents were just collected: send them again")
             manifest = ManifestRow(
@@ -287,93 +316,144 @@ class AssetService:
 
     def collect_garbage(self) -> Collected:
         """Drop a studio's claim on contents that none of its manifests names and that it
-        sent longer than the retention ago; then delete contents nobody claims, and
-        what crashed uploads left in the spool."""
-        cutoff = self.clock() - self.settings.blob_retention_seconds
-        with Session(self.engine) as session:
-            named = (
+        sent longer than the retention ago, and claims whose content never reached the
+        storage; then delete contents nobody claims, and what crashed uploads left in
+        the spool."""
+        now = self.clock()
+        cutoff = now - self.settings.blob_retention_seconds
+        with Session(self.engine) as session:  # committed alone: whatever happens to the
+            named = (  # files below, no claim comes back for a content that is gone
                 select(ManifestFile.hash)
                 .join(ManifestRow, col(ManifestRow.id) == col(ManifestFile.manifest_id))
-                .where(ManifestRow.studio_id == StudioBlob.studio_id)
+                .where(
+                    col(ManifestRow.studio_id) == col(StudioBlob.studio_id),
+                    col(ManifestFile.hash) == col(StudioBlob.hash),
+                )
             )
             dropped = session.execute(
                 delete(StudioBlob).where(
-                    col(StudioBlob.added_at) < cutoff, col(StudioBlob.hash).not_in(named)
+                    or_(
+                        and_(col(StudioBlob.added_at) < cutoff, ~named.exists()),
+                        and_(
+                            col(StudioBlob.stored).is_(False),
+                            col(StudioBlob.added_at) < now - SPOOL_MAX_AGE_SECONDS,
+                        ),
+                    )
                 )
             ).rowcount  # type: ignore[attr-defined]
+            session.commit()
+        with Session(self.engine) as session:
+            claimed = select(StudioBlob.hash).where(col(StudioBlob.hash) == col(BlobRow.hash))
             orphans = session.execute(
                 delete(BlobRow)
-                .where(
-                    col(BlobRow.hash).not_in(select(StudioBlob.hash)),
-                    col(BlobRow.stored_at) < cutoff,
-                )
+                .where(~claimed.exists(), col(BlobRow.stored_at) < cutoff)
                 .returning(col(BlobRow.hash), col(BlobRow.size))
             ).all()
             # The files go while the rows are locked: an upload of the same content waits,
-            # then stores it anew (its file after its row). A crash before the commit
-            # leaves rows without files that nobody claims: the next collection's.
-            for blob_hash, _size in orphans:
+            # then stores it anew (its file after its row). A failure or a crash before
+            # the commit leaves rows nobody claims, some without files: an upload stores
+            # the file again, the next collection deletes the rest.
+            for blob_hash, _size in sorted(orphans):
                 self.store.delete(blob_hash)
             session.commit()
         spooled = self.store.sweep_spool()
         return Collected(dropped, len(orphans), sum(size for _hash, size in orphans), spooled)
 
 
-def _owned(session: Session, studio_id: int, hashes: Iterable[str]) -> dict[str, int]:
-    """Which of these contents the studio sent, with their sizes."""
-    wanted = list(hashes)
+def _owned(
+    session: Session, studio_id: int, hashes: Iterable[str], stored: bool = True
+) -> dict[str, int]:
+    """Which of these contents the studio has (or, ``stored=False``, was charged for but
+    has not stored yet), with their sizes."""
     found: dict[str, int] = {}
-    for start in range(0, len(wanted), 5000):  # keeps under every database's bind limit
+    for part in _parts(list(hashes)):
         found.update(
             session.exec(
                 select(StudioBlob.hash, StudioBlob.size).where(
                     StudioBlob.studio_id == studio_id,
-                    col(StudioBlob.hash).in_(wanted[start : start + 5000]),
+                    col(StudioBlob.stored).is_(stored),
+                    col(StudioBlob.hash).in_(part),
                 )
             ).all()
         )
     return found
 
 
-def _refresh_claims(session: Session, studio_id: int, hashes: list[str], now: float) -> int:
+def _refresh_claims(
+    session: Session, studio_id: int, hashes: list[str], now: float, stored: bool = True
+) -> int:
     """Mark the studio's claims on these contents as used now; how many still exist."""
     kept = 0
-    for start in range(0, len(hashes), 5000):
+    for part in _parts(hashes):
         kept += session.execute(
             update(StudioBlob)
             .where(
                 col(StudioBlob.studio_id) == studio_id,
-                col(StudioBlob.hash).in_(hashes[start : start + 5000]),
+                col(StudioBlob.stored).is_(stored),
+                col(StudioBlob.hash).in_(part),
             )
             .values(added_at=now)
         ).rowcount  # type: ignore[attr-defined]
     return kept
 
 
-def _claim(session: Session, studio_id: int, contents: dict[str, int], now: float) -> None:
-    """The studio's claims on new contents (hash -> size), and the contents' rows: an
-    existing row's time refreshed (taking its lock: a collection waits, then keeps
-    it), a missing one inserted, also where another upload inserts it at the moment."""
-    hashes = list(contents)
-    for start in range(0, len(hashes), 5000):
+def _mark_stored(session: Session, studio_id: int, hashes: list[str]) -> None:
+    for part in _parts(sorted(hashes)):
         session.execute(
-            update(BlobRow)
-            .where(col(BlobRow.hash).in_(hashes[start : start + 5000]))
-            .values(stored_at=now)
+            update(StudioBlob)
+            .where(col(StudioBlob.studio_id) == studio_id, col(StudioBlob.hash).in_(part))
+            .values(stored=True)
         )
-    rows = [{"hash": h, "size": n, "stored_at": now} for h, n in contents.items()]
+
+
+def _claim(session: Session, studio_id: int, contents: dict[str, int], now: float) -> None:
+    """The studio's claims on new contents (hash -> size), pending, and the contents'
+    rows: an existing row's time refreshed (taking its lock: a collection waits, then
+    keeps it), a missing one inserted, also where another upload inserts it at the
+    moment. In hash order, so that two batches lock rows in one order (no deadlock)."""
+    hashes = sorted(contents)
+    for part in _parts(hashes):
+        session.execute(update(BlobRow).where(col(BlobRow.hash).in_(part)).values(stored_at=now))
     insert_new: Executable
     if session.get_bind().dialect.name == "postgresql":
         insert_new = postgresql_insert(BlobRow).on_conflict_do_nothing()
     else:
         insert_new = sqlite_insert(BlobRow).on_conflict_do_nothing()
-    for start in range(0, len(rows), 5000):
-        session.execute(insert_new, rows[start : start + 5000])
-    claims = [
-        {"studio_id": studio_id, "hash": h, "size": n, "added_at": now} for h, n in contents.items()
-    ]
-    for start in range(0, len(claims), 5000):
-        session.execute(insert(StudioBlob), claims[start : start + 5000])
+    for part in _parts(hashes):
+        session.execute(
+            insert_new, [{"hash": h, "size": contents[h], "stored_at": now} for h in part]
+        )
+    for part in _parts(hashes):
+        session.execute(
+            insert(StudioBlob),
+            [
+                {
+                    "studio_id": studio_id,
+                    "hash": h,
+                    "size": contents[h],
+                    "added_at": now,
+                    "stored": False,
+                }
+                for h in part
+            ],
+        )
+
+
+def _parts(values: list[str]) -> Iterator[list[str]]:
+    """``values`` in parts that keep under every database's limit of bound values."""
+    for start in range(0, len(values), BOUND_VALUES):
+        yield values[start : start + BOUND_VALUES]
+
+
+def _retrying_deadlocks(transaction: Callable[[], T], attempts: int = 3) -> T:
+    """Run ``transaction`` again where PostgreSQL chose it as a deadlock's victim."""
+    for attempt in range(attempts):
+        try:
+            return transaction()
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != DEADLOCK or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _stored(session: Session, studio_id: int) -> int:

@@ -4,8 +4,8 @@ from the farm's storage (a folder or object storage: scheduler/wire/storage.py).
 - ``content_type_of(name)``: the media type of a frame file by its extension (the
   renderers name frames with their format's extension: ``.png``, ``.jpg``, ``.tif``,
   ``.exr``).
-- ``StoredFiles.stored(key)``: a stored frame or log (``StoredFile``: its size, its
-  mtime, the file itself where the storage is a folder, else its bytes piece by piece).
+- ``StoredFiles.stored(key)``: a stored frame, log or content, opened (``StoredFile``:
+  its size, its mtime, its bytes piece by piece); ``each(keys)`` opens them one by one.
 - ``StoredFiles.thumbnail(output)``: the frame's JPEG thumbnail, about
   ``THUMBNAIL_WIDTH`` px wide (never wider than the frame), made on first use and kept
   beside the frame under ``thumbnails/``. OpenEXR frames are read as float data and
@@ -23,6 +23,7 @@ thumbnail older than its frame is made again.
 
 from __future__ import annotations
 
+import logging
 import tarfile
 import time
 import zipfile
@@ -35,7 +36,9 @@ import numpy as np
 from PIL import Image
 
 from scheduler.errors import Conflict, NotFound
-from scheduler.wire.storage import KeyMissing, Storage, StorageError
+from scheduler.wire.storage import KeyMissing, Storage
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL_WIDTH = 256
 THUMBNAIL_DIR = "thumbnails"
@@ -56,77 +59,87 @@ def content_type_of(name: str) -> str:
     return CONTENT_TYPES.get(Path(name).suffix.lower(), FALLBACK_TYPE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredFile:
+    """A file in the storage, opened: its size and mtime as of the opening, and its
+    bytes, once (``pieces``). Where the storage is a folder, it was opened without
+    following links: a link or a FIFO in place of a frame is not served."""
+
     key: str
     size: int
     mtime: float
-    path: Path | None  # the file itself where the storage is a folder
-    storage: Storage
+    body: Iterator[bytes]
 
     @property
     def name(self) -> str:
         return PurePosixPath(self.key).name
 
     def pieces(self) -> Iterator[bytes]:
-        try:
-            return self.storage.read(self.key)
-        except KeyMissing:
-            raise NotFound(f"{self.key} is no longer in storage") from None
+        return self.body
 
 
 class StoredFiles:
-    """Frames, logs and thumbnails in the farm's storage, as the API serves them."""
+    """Frames, logs, thumbnails and contents in the farm's storage, as the API serves
+    them: NotFound where nothing is stored, ``Unavailable`` (503) where the storage
+    fails."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
     def stored(self, key: str) -> StoredFile:
-        """What is stored under ``key``; NotFound if nothing (yet), or not a key."""
+        """What is stored under ``key``, opened; NotFound if nothing (yet)."""
         try:
-            found = self.storage.stat(key)
-        except StorageError as error:
-            raise NotFound(f"{key} is not in storage: {error}") from None
-        if found is None:
-            raise NotFound(f"{key} is not in storage (yet)")
-        return StoredFile(key, found.size, found.mtime, self.storage.local_path(key), self.storage)
+            opened = self.storage.open(key)
+        except KeyMissing:
+            raise NotFound(f"{key} is not in storage (yet)") from None
+        return StoredFile(key, opened.size, opened.mtime, opened.pieces)
+
+    def each(self, keys: Iterable[str]) -> Iterator[StoredFile]:
+        """The files stored under ``keys``, each opened as it is reached (an archive
+        starts at once, with one request per file to object storage); a key with
+        nothing stored is logged and left out."""
+        for key in keys:
+            try:
+                yield self.stored(key)
+            except NotFound:
+                log.warning("%s is missing from storage: left out", key)
 
     def thumbnail(self, output: str) -> StoredFile:
         """The frame's thumbnail (``<frame folder>/thumbnails/<frame name>.jpg``), made if
         missing or older than the frame."""
-        frame = self.stored(output)
-        key = str(
-            PurePosixPath(output).parent / THUMBNAIL_DIR / f"{PurePosixPath(output).stem}.jpg"
-        )
+        frame_path = PurePosixPath(output)
+        key = str(frame_path.parent / THUMBNAIL_DIR / f"{frame_path.stem}.jpg")
+        frame = self.storage.stat(output)
+        if frame is None:
+            raise NotFound(f"{output} is not in storage (yet)")
         made = self.storage.stat(key)
         if made is not None and made.mtime >= frame.mtime:
             return self.stored(key)
-        with self._local_copy(frame) as path:
+        with self._local_copy(output) as path:
             try:
                 image = _load_exr(path) if output.lower().endswith(".exr") else _load_pillow(path)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
-                raise Conflict(f"{frame.name} is not an image the farm can read: {error}") from None
+                raise Conflict(
+                    f"{frame_path.name} is not an image the farm can read: {error}"
+                ) from None
         image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 64), Image.Resampling.LANCZOS)
         file, spooled = self.storage.spool_file("thumbnail")
         try:
             with file:
                 image.save(file, "JPEG", quality=85)
-        except BaseException:
+            self.storage.adopt(key, spooled)
+        finally:
             spooled.unlink(missing_ok=True)
-            raise
-        self.storage.adopt(key, spooled)
         return self.stored(key)
 
     @contextmanager
-    def _local_copy(self, stored: StoredFile) -> Iterator[Path]:
-        """The stored file on local disk: itself, or a spooled download of it."""
-        if stored.path is not None:
-            yield stored.path
-            return
+    def _local_copy(self, key: str) -> Iterator[Path]:
+        """The stored file on local disk: a copy in the spool, read without following
+        links (a decoder given the stored path would follow one)."""
         file, spooled = self.storage.spool_file("frame")
         try:
             with file:
-                for piece in stored.pieces():
+                for piece in self.stored(key).pieces():
                     file.write(piece)
             yield spooled
         finally:

@@ -17,6 +17,11 @@ backends (a rename; one PUT or a completed multipart upload), so no reader ever 
 half a file. The spool (``spool_file``) is a local folder: on the same file system as
 the storage's folder for ``LocalStorage``, so adopting is a rename.
 
+A folder's keys are read without following symbolic links and only as regular files
+(a renderer that wrote its frame as a link to a secret, or a FIFO, gets nothing
+served); a storage that fails (object storage down, refusing) raises
+``StorageError``, which the API answers with 503 (``scheduler.errors.Unavailable``).
+
 Nodes import this module (``scheduler.wire`` loads no database); boto3 is imported only
 when an S3 storage is opened (``pip install 'renderfarm[s3]'``).
 """
@@ -34,6 +39,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from scheduler.core.assets import ManifestError, relative_path
+from scheduler.errors import Unavailable
 from scheduler.settings import Settings
 
 PIECE_BYTES = 1 << 20  # what a reader yields at a time
@@ -41,12 +47,12 @@ MULTIPART_BYTES = 64 << 20  # larger files go to object storage in parts
 SPOOL_DIR = "incoming"
 
 
-class StorageError(Exception):
+class StorageError(Unavailable):
     """The storage could not do what was asked (unreachable, refused, a bad key)."""
 
 
 class KeyMissing(StorageError):
-    """Nothing is stored under this key."""
+    """Nothing is stored under this key (or nothing a reader may have: not a file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +61,24 @@ class Stat:
     mtime: float  # seconds since the epoch: the file's mtime, the object's LastModified
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A stored file opened for reading: its size and mtime as of the opening, and its
+    bytes, a piece at a time (one request to object storage for all three)."""
+
+    size: int
+    mtime: float
+    pieces: Iterator[bytes]
+
+
 class Storage(Protocol):
     url: str  # where it is, for messages (a folder, or s3://bucket/prefix)
 
     def stat(self, key: str) -> Stat | None: ...
+
+    def open(self, key: str) -> Opened:
+        """Open what is stored under ``key``; ``KeyMissing`` if nothing is."""
+        ...
 
     def read(self, key: str) -> Iterator[bytes]:
         """The stored bytes, a piece at a time; ``KeyMissing`` before the first piece."""
@@ -73,8 +93,9 @@ class Storage(Protocol):
         ...
 
     def adopt(self, key: str, path: Path) -> None:
-        """Move the local file ``path`` into the storage under ``key``: atomically, the
-        file is gone from ``path`` afterwards (also when this raises)."""
+        """Move the local file ``path`` into the storage under ``key``, atomically: it is
+        gone from ``path`` once this returns; where this raises, it is still there (the
+        caller decides: a frame stays to be sent again, a spooled upload is removed)."""
         ...
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
@@ -138,40 +159,51 @@ class LocalStorage(_Spool):
         self.spool = self.root / SPOOL_DIR
 
     def path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        """Where ``key`` lives; ``StorageError`` where a linked folder leads outside."""
+        path = self.root / check_key(key)
+        if not path.parent.resolve().is_relative_to(self.root):
+            raise StorageError(f"{key} leads outside the storage")
+        return path
 
     def stat(self, key: str) -> Stat | None:
         try:
-            found = os.stat(self.path(key))
+            found = os.lstat(self.path(key))  # a link is not a stored file
         except (FileNotFoundError, NotADirectoryError):
             return None
         return Stat(found.st_size, found.st_mtime) if stat_module.S_ISREG(found.st_mode) else None
 
-    def read(self, key: str) -> Iterator[bytes]:
-        try:
-            file = open(self.path(key), "rb")  # noqa: SIM115 (closed by _pieces)
+    def open(self, key: str) -> Opened:
+        try:  # no link followed, no FIFO waited on: a regular file or nothing
+            fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise KeyMissing(f"{key} is not in storage") from None
-        return _pieces(file)
+        except OSError as error:  # ELOOP: a link
+            raise KeyMissing(f"{key} is not a stored file: {error.strerror}") from None
+        found = os.fstat(fd)
+        if not stat_module.S_ISREG(found.st_mode):
+            os.close(fd)
+            raise KeyMissing(f"{key} is not a stored file")
+        return Opened(found.st_size, found.st_mtime, _pieces(os.fdopen(fd, "rb")))
+
+    def read(self, key: str) -> Iterator[bytes]:
+        return self.open(key).pieces
 
     def local_path(self, key: str) -> Path | None:
-        path = self.path(key)
-        return path if path.is_file() else None
+        return self.path(key) if self.stat(key) is not None else None
 
     def adopt(self, key: str, path: Path) -> None:
         target = self.path(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         file, path = self.spool_file("put")
-        with file:
-            file.write(data)
-        self.adopt(key, path)
+        try:
+            with file:
+                file.write(data)
+            self.adopt(key, path)
+        finally:
+            path.unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -222,7 +254,7 @@ class S3Storage(_Spool):
             raise StorageError(f"{self.url}/{key}: {error}") from None
         return Stat(int(head["ContentLength"]), head["LastModified"].timestamp())
 
-    def read(self, key: str) -> Iterator[bytes]:
+    def open(self, key: str) -> Opened:
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
         except self._errors as error:
@@ -230,7 +262,14 @@ class S3Storage(_Spool):
                 raise KeyMissing(f"{key} is not in storage") from None
             raise StorageError(f"{self.url}/{key}: {error}") from None
         body = answer["Body"]
-        return _closing(body.iter_chunks(PIECE_BYTES), body)
+        return Opened(
+            int(answer["ContentLength"]),
+            answer["LastModified"].timestamp(),
+            _closing(body.iter_chunks(PIECE_BYTES), body),
+        )
+
+    def read(self, key: str) -> Iterator[bytes]:
+        return self.open(key).pieces
 
     def local_path(self, key: str) -> Path | None:
         return None
@@ -248,8 +287,7 @@ class S3Storage(_Spool):
                 )
         except Exception as error:  # botocore's, and boto3's S3UploadFailedError
             raise StorageError(f"{self.url}/{key}: {error}") from None
-        finally:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:

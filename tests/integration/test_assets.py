@@ -12,8 +12,10 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +24,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from api.app import create_app
-from scheduler.core.assets import blob_key
+from scheduler.core.assets import ManifestEntry, blob_key
 from scheduler.db import BlobRow, StudioBlob
-from scheduler.errors import TooLarge
+from scheduler.errors import Conflict, TooLarge
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
 from scheduler.usecases.blobstore import BlobStore
 from scheduler.usecases.jobs import StudioService
-from scheduler.wire.storage import Storage, open_storage
+from scheduler.wire.storage import LocalStorage, Storage, StorageError, open_storage
 from tests.conftest import both_storages
 from tests.integration.conftest import Clock
 
@@ -296,6 +298,67 @@ def test_a_batch_keeps_what_fits_the_quota_and_says_why_it_refused_the_rest(
         wanted = client.post("/v1/assets/missing", json=manifest({"a": contents[3]}), headers=east)
         assert wanted.json()["missing"] == [sha(contents[3])]
     assert spooled(settings) == []
+
+
+class FailingOnce(LocalStorage):
+    """A storage whose first ``adopt`` fails, as object storage does when it is down."""
+
+    failed = False
+
+    def adopt(self, key: str, path: Path) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StorageError("the storage is down")
+        super().adopt(key, path)
+
+
+def test_a_content_charged_but_not_stored_is_asked_for_again_and_charged_once(
+    engine: Engine, settings: Settings
+) -> None:
+    studio, _key = StudioService(engine, settings).create_studio("east")
+    assert studio.id is not None
+    store = BlobStore(FailingOnce(settings.storage_root))
+    assets = AssetService(engine, settings, store)
+    data = b"a texture the storage failed to take"
+    entry = ManifestEntry("textures/wood.png", len(data), sha(data))
+    quota = settings.studio_quota_bytes
+
+    def upload() -> int:
+        writer = assets.begin_upload(studio.id, sha(data))  # type: ignore[arg-type]
+        writer.write(data)
+        return assets.finish_upload(studio.id, sha(data), writer)  # type: ignore[arg-type]
+
+    with pytest.raises(StorageError):
+        upload()
+    assert not store.has(sha(data))
+    assert assets.missing(studio.id, [entry]).hashes == [sha(data)]  # asked for again
+    with pytest.raises(Conflict):
+        assets.create_manifest(studio.id, [entry])  # and not nameable
+    assert assets.room_left(studio.id) == quota - len(data)  # its room is held
+    assert upload() == len(data)
+    assert store.has(sha(data))
+    assert assets.missing(studio.id, [entry]).hashes == []
+    assert assets.room_left(studio.id) == quota - len(data)  # charged once
+    assets.create_manifest(studio.id, [entry])
+    assert spooled(settings) == []
+
+
+def test_a_claim_whose_content_never_arrived_is_collected(
+    engine: Engine, settings: Settings
+) -> None:
+    studio, _key = StudioService(engine, settings).create_studio("east")
+    assert studio.id is not None
+    store = BlobStore(FailingOnce(settings.storage_root))
+    data = b"lost on its way"
+    writer = AssetService(engine, settings, store).begin_upload(studio.id, sha(data))
+    writer.write(data)
+    with pytest.raises(StorageError):
+        AssetService(engine, settings, store, Clock(now=time.time())).finish_upload(
+            studio.id, sha(data), writer
+        )
+    later = AssetService(engine, settings, store, Clock(now=time.time() + 7 * 3600))
+    assert later.collect_garbage().studio_contents == 1
+    assert later.room_left(studio.id) == settings.studio_quota_bytes
 
 
 @both_storages
