@@ -17,13 +17,15 @@ rendered frame 1 of a scene fetches nothing for frame 2.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -215,6 +217,33 @@ class Outputs(Protocol):
     def send(self, relative: str, local: Path) -> None: ...
 
 
+def open_written(local: Path, relative: str) -> IO[bytes]:
+    """``local/relative`` opened for reading, if it is a regular file at that very name.
+
+    The renderer (studios' code) chose what is there: a link to a node's secret
+    (``/root/.aws/credentials``, its ``.env``) would send the secret back as a frame,
+    a FIFO would block the node's reader forever. So the name is opened without
+    following a link (``O_NOFOLLOW``) nor waiting for a writer (``O_NONBLOCK``), and
+    what was opened is checked (``fstat``): anything but a regular file is removed
+    (the link, not its target) and refused with ``FetchError``. Only the name is the
+    renderer's: the folders above it are the node's (the frames folder is where the
+    sandbox binds it). ``FileNotFoundError`` where nothing is there.
+    """
+    path = local / relative
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENXIO):  # a link; ENXIO: a socket
+            raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.fdopen(fd, "rb")
+        os.close(fd)  # a FIFO, a folder, a device
+    with suppress(OSError):  # (a folder stays)
+        path.unlink(missing_ok=True)
+    raise FetchError(f"{relative} is not a regular file the renderer wrote: refused")
+
+
 class HttpOutputs:
     """Through the farm's API, with the node token."""
 
@@ -223,7 +252,7 @@ class HttpOutputs:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     def send(self, relative: str, local: Path) -> None:
-        with open(local / relative, "rb") as body:
+        with open_written(local, relative) as body:  # what was checked is what is sent
             response = self.client.put(
                 f"/v1/internal/outputs/{relative}", content=body, headers=self.headers
             )
@@ -239,13 +268,31 @@ class StorageOutputs:
         self.storage = storage
 
     def send(self, relative: str, local: Path) -> None:
-        source = local / relative
-        if not source.is_file():
-            raise FetchError(f"{relative}: no such file on the node")
+        """The checked file's bytes go to a spool file of the node's, out of the
+        renderer's reach, and that is uploaded: ``adopt`` takes a path, and the renderer
+        could put a link at the frame's name between a check and the upload."""
         try:
-            self.storage.adopt(relative, source)  # uploaded, then gone from here
-        except StorageError as error:
+            with open_written(local, relative) as body:
+                spooled = self._spooled(body)
+        except FileNotFoundError:
+            raise FetchError(f"{relative}: no such file on the node") from None
+        try:
+            self.storage.adopt(relative, spooled)
+        except StorageError as error:  # the frame stays on the node, to be sent again
             raise FetchError(f"{relative}: {error}") from None
+        finally:
+            spooled.unlink(missing_ok=True)
+        (local / relative).unlink(missing_ok=True)  # the farm has it: gone from here
+
+    def _spooled(self, body: IO[bytes]) -> Path:
+        spool, path = self.storage.spool_file("frame")
+        try:
+            with spool:
+                shutil.copyfileobj(body, spool, CHUNK)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
 
 
 class JobFiles:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import threading
 import time
@@ -44,7 +45,7 @@ from workers.meters import choose_meter, node_power_figures
 from workers.renderers import BLENDER
 from workers.renderers.blender import find_blender
 from workers.runner import install_termination_handler, run_message
-from workers.sandbox import SANDBOX, find_sandbox
+from workers.sandbox import SANDBOX, credential_paths, find_sandbox, runtime_paths
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,17 @@ def cache_root(settings: Settings, node: NodeConfig) -> Path:
 def equip_sandbox(settings: Settings, node: NodeConfig) -> None:
     """Decide the renderers' sandbox (``SandboxUnavailable`` if ``bwrap`` is required and
     does not run). Out of their sight: the node's cache, its data folder (the embedded
-    farm's database), a ``.env`` beside it (its node token), a broker's Unix socket."""
+    farm's database), a ``.env`` beside it (its node token), a broker's Unix socket,
+    and the node user's credentials: their home folder, or where renderers run from
+    inside it, the credentials in it; and the files ``AWS_SHARED_CREDENTIALS_FILE``...
+    name."""
     hidden = [cache_root(settings, node), settings.data_dir, Path(".env")]
     broker = settings.effective_broker_url
     if broker.startswith("redis+socket://"):
         hidden.append(Path(broker.removeprefix("redis+socket://")))
     blender = BLENDER.blender
     runtime = [blender.executable] if blender is not None and blender.executable else []
+    hidden += credential_paths(Path.home(), runtime_paths(runtime), os.environ)
     SANDBOX.use(find_sandbox(settings.sandbox, hidden, runtime))
 
 

@@ -41,7 +41,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, TypeVar
 
@@ -60,7 +60,7 @@ from scheduler.wire.messages import (
     task_id_for,
 )
 from scheduler.wire.progress import Board, ChunkProgress
-from workers.assets import FetchError, JobFiles, Outputs
+from workers.assets import FetchError, JobFiles, Outputs, open_written
 from workers.processes import die_with_parent, kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 from workers.sandbox import SANDBOX
@@ -285,10 +285,30 @@ class StartNotice:
             self._settled = True
 
 
-def renderer_environment() -> dict[str, str]:
-    """A renderer's environment: the node's, less the farm's settings and secrets (the
-    node token), which a scene's script has no business reading."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("RENDERFARM_")}
+# What a renderer's environment leaves out, by name (upper-cased): the farm's settings
+# (its node token), cloud credentials, and whatever looks like a secret. What renderers
+# need (PATH, HOME, LANG, LC_*, TMPDIR, CUDA_*, OMP_*, PYTHONPATH, BLENDER_*) stays.
+SECRET_PREFIXES = ("RENDERFARM_", "AWS_", "AZURE_", "GOOGLE_", "GCP_")
+SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL")  # anywhere in it
+SECRET_SUFFIXES = ("_KEY",)
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether the environment variable ``name`` may hold a node's secret."""
+    upper = name.upper()
+    return (
+        upper.startswith(SECRET_PREFIXES)
+        or any(word in upper for word in SECRET_WORDS)
+        or upper.endswith(SECRET_SUFFIXES)
+    )
+
+
+def renderer_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A renderer's environment: the node's (``environ``, else this process's), less
+    the farm's settings and every variable that may hold a secret (``is_secret_variable``),
+    which a scene's script has no business reading."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if not is_secret_variable(k)}
 
 
 def _prepare_files(files: JobFiles | None, message: ChunkMessage, task_id: str) -> Path | None:
@@ -468,7 +488,7 @@ def _render_in_child(
         missing = [
             r.frame
             for r in reports
-            if r.output and r.frame not in sent and not (storage / r.output).is_file()
+            if r.output and r.frame not in sent and not _frame_written(storage, r.output)
         ]
         if missing:
             raise RenderFailed(f"renderer exited 0 but wrote no file for frames {missing}", 0)
@@ -476,6 +496,19 @@ def _render_in_child(
             if report.frame not in reported:
                 _send_output(outputs, report, storage)
     return reports
+
+
+def _frame_written(storage: Path, output: str) -> bool:
+    """Whether the renderer wrote the frame's file: False where nothing is there; a
+    link (to a node's secret), a FIFO or anything else not a regular file fails the
+    attempt, and is removed (in the shared storage the farm would serve it)."""
+    try:
+        with open_written(storage, output):
+            return True
+    except OSError:  # not there, or not to be opened: as ``is_file`` answered before
+        return False
+    except FetchError as error:
+        raise RenderFailed(str(error), 0) from None
 
 
 def _send_output(outputs: Outputs | None, report: FrameReport, storage: Path) -> None:

@@ -9,7 +9,10 @@ without, ``off`` renders without. The runner then starts each renderer through
 - sees the node's filesystem read-only, less the node's own files, which are not
   there at all: its cache root (the blobs of every studio), its data folder (the
   embedded farm's database), a ``.env`` beside the worker (its node token), ``/run``
-  (the host's daemons' sockets), and for a job with its own files the storage root;
+  (the host's daemons' sockets), the node user's home folder (or, where renderers run
+  from inside it, its credentials: ``~/.aws``, ``~/.ssh``...) and the credential files
+  the node's environment names; and for a job with its own files the storage root,
+  for one without, the storage's contents, manifests, uploads and other jobs' folders;
 - reads the job's files (the attempt's folder) and writes only to the job's frames
   folder and a private, empty ``/tmp``. The attempt's folder is read-only: it holds
   hard links to the node's cache, shared by the studios, whose files a renderer
@@ -33,7 +36,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,20 @@ BASE_ARGS = (
 )  # fmt: skip
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd")  # NVIDIA, DRM (Intel, AMD), ROCm
 HOST_HIDDEN = (Path("/run"),)  # daemons' sockets: docker, dbus, a local Redis
+# Where a node user's credentials are, in their home folder: hidden one by one where
+# the home folder cannot be hidden whole (renderers run from inside it: a pyenv Python).
+HOME_CREDENTIALS = (
+    ".aws", ".azure", ".config", ".docker", ".git-credentials", ".gnupg", ".kube",
+    ".netrc", ".npmrc", ".pgpass", ".pypirc", ".ssh",
+)  # fmt: skip
+# Environment variables that name credential files, wherever they are.
+CREDENTIAL_FILE_VARIABLES = (
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)  # fmt: skip
+# A shared storage's folders that are not one job's: every studio's contents, the
+# manifests, other jobs' frames and logs, uploads on their way in.
+STORAGE_HIDDEN = ("blobs", "manifests", "incoming", "jobs")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where ``workers`` is imported from
 
 
@@ -156,6 +173,15 @@ def hideable(paths: Iterable[Path], runtime: Sequence[Path]) -> tuple[list[Path]
     return allowed, refused
 
 
+def credential_paths(home: Path, runtime: Sequence[Path], environ: Mapping[str, str]) -> list[Path]:
+    """The node user's credentials: their ``home`` folder whole, or where renderers run
+    from inside it, its credential files and folders (``HOME_CREDENTIALS``) one by one;
+    and the files the node's environment names (``CREDENTIAL_FILE_VARIABLES``)."""
+    whole, _ = hideable([home], runtime)
+    paths = whole or [home / name for name in HOME_CREDENTIALS]
+    return paths + [Path(environ[name]) for name in CREDENTIAL_FILE_VARIABLES if environ.get(name)]
+
+
 @dataclass(frozen=True, slots=True)
 class Sandbox:
     """bubblewrap as this node runs it, with the node's own paths to hide."""
@@ -168,11 +194,14 @@ class Sandbox:
 
     def confinement(self, storage: Path, frames: Path, files: Path | None) -> Confinement:
         """One attempt's: it writes to ``frames``; it reads ``files`` (the job's folder),
-        or, for a job without one, the storage root, where its scene is."""
+        or, for a job without one, the storage root, where its scene is, less the
+        storage's own folders (``STORAGE_HIDDEN``; its frames folder is bound back)."""
         storage = storage.resolve()
         hidden = [*self.hidden]
         if files is not None:  # the job's own files: other studios' stay out of sight
             hidden += hideable([storage], self.runtime)[0]
+        else:
+            hidden += hideable([storage / name for name in STORAGE_HIDDEN], self.runtime)[0]
         return Confinement(
             hidden=tuple(hidden),
             readable=(files.resolve(),) if files is not None else (storage,),

@@ -15,14 +15,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -32,13 +35,16 @@ from scheduler.launch.cli import app as cli
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.submissions import JobRequest
-from scheduler.wire.messages import ChunkMessage, FinishedEvent, decode_event
+from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
 from scheduler.wire.renderers import BuiltinRenderer
+from scheduler.wire.storage import LocalStorage
 from tests.conftest import Processes, wait_for
 from workers import renderers
-from workers.assets import FileEntry, JobFiles
+from workers.assets import FileEntry, HttpOutputs, JobFiles, StorageOutputs
 from workers.cache import BlobCache
 from workers.node import NodeConfig, cache_root, equip_sandbox
+from workers.renderers import BLENDER
+from workers.renderers.blender import Blender
 from workers.runner import run_chunk
 from workers.sandbox import (
     SANDBOX,
@@ -46,7 +52,9 @@ from workers.sandbox import (
     Sandbox,
     SandboxUnavailable,
     bwrap_argv,
+    credential_paths,
     find_sandbox,
+    private_folders,
 )
 
 pytestmark = pytest.mark.integration
@@ -57,13 +65,6 @@ HOSTILE = textwrap.dedent(
     import json, os, socket, sys
 
     spec = json.loads(sys.argv[1])
-
-    def attempt(name, action):
-        try:
-            action()
-            print(f"renderfarm-warning: {name} done", flush=True)
-        except OSError as error:
-            print(f"renderfarm-warning: {name} refused ({error.strerror})", flush=True)
 
     def write(path):
         with open(path, "w") as out:
@@ -78,21 +79,36 @@ HOSTILE = textwrap.dedent(
             if not source.read():
                 raise OSError(0, "empty")
 
-    def connect():
-        socket.create_connection(("127.0.0.1", spec["port"]), timeout=5).close()
+    def listing(path):
+        if not os.listdir(path):
+            raise OSError(0, "empty")
 
-    attempt("read-job-file", lambda: read(spec["job_file"]))
-    attempt("rewrite-job-file", lambda: rewrite(spec["job_file"]))
-    attempt("read-cache", lambda: read(spec["cached"]))
-    attempt("write-cache", lambda: write(spec["cache_root"] + "/planted"))
-    attempt("read-env", lambda: read(spec["dotenv"]))
-    attempt("write-etc", lambda: write(spec["etc"]))
-    attempt("write-storage", lambda: write(spec["storage"] + "/planted"))
-    attempt("write-other-job", lambda: write(spec["other_frames"] + "/planted"))
-    attempt("write-tmp", lambda: write(spec["tmp"]))
-    attempt("connect", connect)
+    def variable(name):
+        if name not in os.environ:
+            raise OSError(0, "unset")
+
+    def connect(port):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+    actions = {
+        "read": read, "rewrite": rewrite, "write": write, "list": listing,
+        "variable": variable, "connect": connect,
+    }
+    for name, action, target in spec["tries"]:
+        try:
+            actions[action](target)
+            print(f"renderfarm-warning: {name} done", flush=True)
+        except OSError as error:
+            print(f"renderfarm-warning: {name} refused ({error.strerror})", flush=True)
     for frame in spec["frames"]:
-        write(spec["output"].replace("{frame}", "%06d" % frame))
+        path = spec["output"].replace("{frame}", "%06d" % frame)
+        planted = spec.get("planted", {}).get(str(frame))  # a link's target, or "fifo"
+        if planted == "fifo":
+            os.mkfifo(path)
+        elif planted:
+            os.symlink(planted, path)
+        else:
+            write(path)
         print(f"renderfarm-frame: {frame}", flush=True)
     """
 )
@@ -219,33 +235,36 @@ def test_a_hostile_renderer_reaches_nothing_of_the_nodes_in_the_sandbox(
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(b"another studio's texture")
     listener = socket.create_server(("127.0.0.1", 0))  # a farm service on this host
-    spec = {
-        "job_file": str(files.work / "chunk-7-attempt-1" / "scene.txt"),
-        "cached": str(cached),
-        "cache_root": str(root),
-        "dotenv": str(node.cwd / ".env"),
-        "etc": f"/etc/renderfarm-{mark}",
-        "storage": str(node.storage),
-        "other_frames": str(node.storage / "jobs/99/frames"),
-        "tmp": f"/tmp/renderfarm-{mark}",
-        "port": listener.getsockname()[1],
-    }
-    monkeypatch.setitem(renderers.IMPLEMENTATIONS, "hostile", Hostile(spec))
+    job_file = str(files.work / "chunk-7-attempt-1" / "scene.txt")
+    etc, tmp = f"/etc/renderfarm-{mark}", f"/tmp/renderfarm-{mark}"
+    tries = [
+        ("read-job-file", "read", job_file),
+        ("rewrite-job-file", "rewrite", job_file),
+        ("read-cache", "read", str(cached)),
+        ("write-cache", "write", f"{root}/planted"),
+        ("read-env", "read", str(node.cwd / ".env")),
+        ("write-etc", "write", etc),
+        ("write-storage", "write", f"{node.storage}/planted"),
+        ("write-other-job", "write", f"{node.storage}/jobs/99/frames/planted"),
+        ("write-tmp", "write", tmp),
+        ("connect", "connect", listener.getsockname()[1]),
+    ]
+    monkeypatch.setitem(renderers.IMPLEMENTATIONS, "hostile", Hostile({"tries": tries}))
     events: list[dict[str, Any]] = []
     try:
         message = chunk(7, "hostile", manifest_id=1)
         assert run_chunk(message, node.storage, "node-1", events.append, files=files), events[-1]
         outcome = dict(w.split(" ", 1) for w in rendered(events).warnings)
         planted = {
-            "etc": Path(spec["etc"]).exists(),
-            "tmp": Path(spec["tmp"]).exists(),
+            "etc": Path(etc).exists(),
+            "tmp": Path(tmp).exists(),
             "cache": (root / "planted").exists(),
             "storage": (node.storage / "planted").exists(),
             "other job": (node.storage / "jobs/99/frames/planted").exists(),
         }
     finally:
         listener.close()
-        for leftover in (spec["etc"], spec["tmp"]):
+        for leftover in (etc, tmp):
             Path(leftover).unlink(missing_ok=True)
     blob = files.cache.path(hashlib.sha256(contents["scene.txt"]).hexdigest())
     frames = sorted(p.name for p in (node.storage / "jobs/7/frames").iterdir())
@@ -264,6 +283,157 @@ def test_a_hostile_renderer_reaches_nothing_of_the_nodes_in_the_sandbox(
             "etc": root_may, "tmp": True, "cache": True, "storage": True, "other job": True,
         }  # fmt: skip
         assert blob.read_bytes() == b"pwned"  # every later job with that content gets this
+
+
+REFUSED = "jobs/5/frames/f_000001.png is not a regular file the renderer wrote: refused"
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A folder a sandboxed renderer would see but for what hides it: not under /tmp
+    (private there), nor under the node's data folder (tmp_path here, hidden)."""
+    base = Path(tempfile.mkdtemp(prefix="renderfarm-test-", dir="/var/tmp")).resolve()
+    assert not any(base.is_relative_to(private) for private in private_folders())
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def farm_outputs(
+    route: str, tmp_path: Path, node: Node
+) -> tuple[JobFiles | None, Path, list[bytes]]:
+    """The node's way back for frames, and where they arrive: the shared storage (the
+    renderer writes into it), the object storage (a folder standing in for it), or the
+    API (a fake transport keeping the bodies PUT to it)."""
+    if route == "shared":
+        return None, node.storage, []
+    files = node.files({})
+    if route == "storage":
+        farm = tmp_path / "object-storage"
+        files.outputs = StorageOutputs(LocalStorage(farm))
+        return files, farm, []
+    received: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        received.append(request.read())
+        return httpx.Response(204)
+
+    client = httpx.Client(base_url="http://farm", transport=httpx.MockTransport(answer))
+    files.outputs = HttpOutputs(client, NODE_TOKEN)
+    return files, tmp_path / "no-folder", received
+
+
+@pytest.mark.timeout(60)  # without the check, the node would wait on the FIFO forever
+@pytest.mark.parametrize("route", ["shared", "storage", "http"])
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_frame_that_is_not_a_file_the_renderer_wrote_is_refused(
+    node: Node, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, planted: str, route: str
+) -> None:
+    """A renderer's frame 1 is a link to a node's secret, or a FIFO: the attempt fails
+    saying so, and nothing of the secret reaches the farm, whichever way frames go."""
+    equip_sandbox(node.settings, node.config)
+    mark = uuid.uuid4().hex
+    secret = tmp_path / "node-secrets" / "credentials"
+    secret.parent.mkdir()
+    secret.write_text(f"aws_secret_access_key = {mark}\n")
+    files, farm, received = farm_outputs(route, tmp_path, node)
+    spec = {"tries": [], "planted": {"1": "fifo" if planted == "fifo" else str(secret)}}
+    monkeypatch.setitem(renderers.IMPLEMENTATIONS, "hostile", Hostile(spec))
+    events: list[dict[str, Any]] = []
+    assert not run_chunk(chunk(5, "hostile"), node.storage, "node-1", events.append, files=files)
+    failed = decode_event(events[-1])
+    assert isinstance(failed, FailedEvent) and REFUSED in failed.error, events[-1]
+    assert mark not in json.dumps(events)
+    assert not any(mark.encode() in body for body in received)
+    for path in farm.rglob("*"):  # as the farm would serve them: through links
+        assert not (path.is_file() and mark.encode() in path.read_bytes()), path
+    assert not os.path.lexists(node.storage / "jobs/5/frames/f_000001.png")  # removed,
+    assert secret.read_text() == f"aws_secret_access_key = {mark}\n"  # not what it named
+
+
+@pytest.mark.parametrize("home", ["hidden whole", "holds the runtime"])
+def test_the_node_users_credentials_are_out_of_a_renderers_sight(
+    node: Node, monkeypatch: pytest.MonkeyPatch, outside_tmp: Path, home: str
+) -> None:
+    """The node user's home folder is hidden, or where renderers run from inside it (a
+    pyenv Python under /root), its credentials are; so are the files the node's
+    environment names, and its secret variables are not in the renderer's."""
+    fake_home = outside_tmp / "home"
+    secrets = {
+        "read-home-file": fake_home / "notes.txt",
+        "read-aws": fake_home / ".aws/credentials",
+        "read-ssh": fake_home / ".ssh/id_ed25519",
+        "read-netrc": fake_home / ".netrc",
+        "read-named-file": outside_tmp / "elsewhere/credentials",
+    }
+    for path in secrets.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a node's secret\n")
+    blender = fake_home / "blender-4.5/blender"
+    blender.parent.mkdir()
+    blender.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("HOME", str(fake_home))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(secrets["read-named-file"]))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
+    monkeypatch.setenv("STUDIO_SYNC_TOKEN", "0123456789abcdef")
+    if home == "holds the runtime":  # a Blender in it: the home folder stays
+        monkeypatch.setattr(BLENDER, "_blender", Blender(str(blender), (4, 5, 0)))
+    else:
+        monkeypatch.setattr(BLENDER, "_blender", None)
+    equip_sandbox(node.settings, node.config)
+    tries = [(name, "read", str(path)) for name, path in secrets.items()]
+    tries += [
+        ("read-runtime", "read", str(blender)),
+        ("variable-aws", "variable", "AWS_SECRET_ACCESS_KEY"),
+        ("variable-token", "variable", "STUDIO_SYNC_TOKEN"),
+        ("variable-path", "variable", "PATH"),
+    ]
+    monkeypatch.setitem(renderers.IMPLEMENTATIONS, "hostile", Hostile({"tries": tries}))
+    events: list[dict[str, Any]] = []
+    assert run_chunk(chunk(6, "hostile"), node.storage, "node-1", events.append), events[-1]
+    outcome = dict(w.split(" ", 1) for w in rendered(events).warnings)
+    reached = {name for name, result in outcome.items() if result == "done"}
+    if home == "holds the runtime":  # it stays, with what is not a credential
+        assert reached == {"variable-path", "read-runtime", "read-home-file"}, outcome
+    else:
+        assert reached == {"variable-path"}, outcome  # what renderers need stays
+    assert len(outcome) == len(tries)
+
+
+def test_a_job_without_its_own_files_sees_its_scene_and_not_the_storages_folders(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a shared storage, a job without a manifest reads its scene where the studio
+    put it; every studio's contents, the manifests, uploads and other jobs' frames and
+    logs are not there. Its own frames folder, inside ``jobs/``, is still written."""
+    equip_sandbox(node.settings, node.config)
+    planted = {
+        "scenes/sh010.blend": "the studio's scene",
+        "jobs/99/frames/f_000001.png": "another job's frame",
+        "jobs/99/logs/chunk-99-attempt-1.log": "another job's log",
+        "blobs/ab/cd/abcd": "another studio's texture",
+        "manifests/1.json": "{}",
+        "incoming/put-1": "an upload",
+    }
+    for key, text in planted.items():
+        (node.storage / key).parent.mkdir(parents=True, exist_ok=True)
+        (node.storage / key).write_text(text)
+    tries = [
+        ("read-scene", "read", str(node.storage / "scenes/sh010.blend")),
+        ("list-other-frames", "list", str(node.storage / "jobs/99/frames")),
+        ("read-other-log", "read", str(node.storage / "jobs/99/logs/chunk-99-attempt-1.log")),
+        ("list-blobs", "list", str(node.storage / "blobs")),
+        ("list-manifests", "list", str(node.storage / "manifests")),
+        ("list-incoming", "list", str(node.storage / "incoming")),
+    ]
+    monkeypatch.setitem(renderers.IMPLEMENTATIONS, "hostile", Hostile({"tries": tries}))
+    events: list[dict[str, Any]] = []
+    assert run_chunk(chunk(8, "hostile"), node.storage, "node-1", events.append), events[-1]
+    outcome = dict(w.split(" ", 1) for w in rendered(events).warnings)
+    assert outcome.pop("read-scene") == "done"
+    assert all(v.startswith("refused") for v in outcome.values()), outcome
+    frames = sorted(p.name for p in (node.storage / "jobs/8/frames").iterdir())
+    assert frames == ["f_000001.png", "f_000002.png"]
+    assert "in a sandbox (" in (node.storage / "jobs/8/logs/chunk-8-attempt-1.log").read_text()
 
 
 def test_a_blender_chunk_renders_in_the_sandbox_from_the_jobs_files(
@@ -313,6 +483,42 @@ def test_the_sandbox_is_data_mounted_parents_first(tmp_path: Path) -> None:
         f"--remount-ro {cache} --chdir {frames} -- blender -b a b; rm -rf /"
     )
     assert argv[-1] == "a b; rm -rf /"  # one argument, as given
+
+
+def test_a_job_without_files_reads_the_storage_less_its_folders_but_writes_its_frames(
+    tmp_path: Path,
+) -> None:
+    """The storage read-only, its own folders hidden over it, the job's frames folder
+    (inside the hidden ``jobs/``) bound writable after, ``jobs/`` read-only last."""
+    storage = tmp_path / "storage"
+    frames = storage / "jobs/4/frames"
+    for name in ("blobs", "manifests", "incoming", "scenes"):
+        (storage / name).mkdir(parents=True)
+    frames.mkdir(parents=True)
+    sandbox = Sandbox("bwrap", runtime=(), devices=(), private=())
+    argv = bwrap_argv("bwrap", sandbox.confinement(storage, frames, None), ["true"])
+    mounts = " ".join(argv[argv.index("ALL") + 1 :])
+    hidden = " ".join(f"--tmpfs {storage / name}" for name in ("blobs", "incoming", "jobs"))
+    assert mounts == (
+        f"--ro-bind {storage} {storage} {hidden} --tmpfs {storage / 'manifests'} "
+        f"--bind {frames} {frames} --remount-ro {storage / 'blobs'} "
+        f"--remount-ro {storage / 'manifests'} --remount-ro {storage / 'incoming'} "
+        f"--remount-ro {storage / 'jobs'} --chdir {storage} -- true"
+    )
+
+
+def test_the_home_folder_is_hidden_whole_or_its_credentials_one_by_one(tmp_path: Path) -> None:
+    home, python = tmp_path / "home", tmp_path / "home/.pyenv/versions/3.11/bin/python"
+    environ = {"AWS_CONFIG_FILE": "/etc/aws/config", "AWS_PROFILE": "render", "HOME": "x"}
+    assert credential_paths(home, [tmp_path / "venv"], environ) == [
+        home.resolve(),
+        Path("/etc/aws/config"),
+    ]
+    one_by_one = credential_paths(home, [python], environ)
+    assert home.resolve() not in one_by_one
+    assert {home / ".aws", home / ".ssh", home / ".netrc", Path("/etc/aws/config")} <= set(
+        one_by_one
+    )
 
 
 def test_auto_renders_unconfined_where_bwrap_is_missing_saying_so_once(

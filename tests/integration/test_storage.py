@@ -24,6 +24,7 @@ from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.wire.storage import (
     KeyMissing,
+    LocalStorage,
     S3Storage,
     Storage,
     StorageError,
@@ -32,6 +33,7 @@ from scheduler.wire.storage import (
 )
 from tests.conftest import Processes, both_storages, wait_for
 from tests.integration.test_assets import SCENE, manifest, sha, upload_scene
+from workers.assets import FetchError, StorageOutputs
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +88,26 @@ def test_what_a_crashed_upload_left_in_the_spool_is_swept(storage: Storage) -> N
     assert not old.exists() and fresh.exists()
 
 
+def test_a_link_or_a_fifo_in_a_storage_folder_is_not_a_stored_file(tmp_path: Path) -> None:
+    """What a renderer could leave in its frames folder to have the farm serve a
+    secret, or hang on a read: nothing is stored there, as far as anyone reading asks."""
+    storage = LocalStorage(tmp_path / "storage")
+    secret = tmp_path / "node.env"
+    secret.write_text("RENDERFARM_NODE_TOKEN=a-secret-the-studio-must-not-see")
+    frames = storage.root / "jobs/1/frames"
+    frames.mkdir(parents=True)
+    (frames / "frame_000001.png").symlink_to(secret)
+    os.mkfifo(frames / "frame_000002.png")
+    (storage.root / "jobs/2").symlink_to(tmp_path)  # a linked folder, leading outside
+    for key in ("jobs/1/frames/frame_000001.png", "jobs/1/frames/frame_000002.png"):
+        assert storage.stat(key) is None
+        assert storage.local_path(key) is None
+        with pytest.raises(KeyMissing):
+            storage.open(key)
+    with pytest.raises(StorageError, match="outside"):
+        storage.open("jobs/2/node.env")
+
+
 def test_a_large_file_goes_to_object_storage_in_parts(s3_bucket: str, tmp_path: Path) -> None:
     bucket, prefix = parse_s3_url(s3_bucket)
     storage = S3Storage(bucket, prefix, tmp_path / "spool", multipart_bytes=5 * 2**20)
@@ -111,7 +133,15 @@ def test_an_unreachable_object_storage_is_a_storage_error(tmp_path: Path) -> Non
     path = spool(storage, b"a frame")
     with pytest.raises(StorageError):
         storage.adopt("jobs/1/frames/frame_000001.png", path)
-    assert not path.exists()  # refused, and nothing left behind on the node
+    assert path.read_bytes() == b"a frame"  # still there, to be sent again
+    node = tmp_path / "node"
+    frame = node / "jobs/1/frames/frame_000001.png"
+    frame.parent.mkdir(parents=True)
+    frame.write_bytes(b"a frame")
+    with pytest.raises(FetchError, match=r"frame_000001\.png"):
+        StorageOutputs(storage).send("jobs/1/frames/frame_000001.png", node)
+    assert frame.read_bytes() == b"a frame"  # the node keeps what it could not send
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [path.name]  # no copy left
 
 
 @pytest.mark.parametrize("storage_location", ["s3"], indirect=True)
