@@ -202,9 +202,12 @@ class Sandbox:
             hidden += hideable([storage], self.runtime)[0]
         else:
             hidden += hideable([storage / name for name in STORAGE_HIDDEN], self.runtime)[0]
+        # What renderers run from stays visible where a private folder covers it (a
+        # checkout or a virtual environment under /tmp: CI's, a developer's).
+        covered = [path for path in self.runtime if _inside_any(path, self.private)]
         return Confinement(
             hidden=tuple(hidden),
-            readable=(files.resolve(),) if files is not None else (storage,),
+            readable=(*covered, files.resolve() if files is not None else storage),
             writable=(frames.resolve(),),
             private=self.private,
             devices=self.devices,
@@ -221,6 +224,10 @@ class Sandbox:
             f"a sandbox ({self.executable}): the node's files read-only but its frames "
             "folder and a private /tmp, no network"
         )
+
+
+def _inside_any(path: Path, folders: Iterable[Path]) -> bool:
+    return any(path == folder or path.is_relative_to(folder) for folder in folders)
 
 
 class NodeSandbox:

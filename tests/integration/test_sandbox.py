@@ -507,6 +507,21 @@ def test_a_job_without_files_reads_the_storage_less_its_folders_but_writes_its_f
     )
 
 
+def test_what_renderers_run_from_stays_visible_under_a_private_folder(tmp_path: Path) -> None:
+    """A checkout and its virtual environment under /tmp (as CI's may be): the private
+    /tmp covers them, so they are bound back read-only, or no renderer could start."""
+    private, venv = tmp_path / "tmp", tmp_path / "tmp/checkout/.venv"
+    storage, elsewhere = tmp_path / "storage", tmp_path / "opt/python"
+    for folder in (venv, storage / "jobs/4/frames", elsewhere):
+        folder.mkdir(parents=True)
+    sandbox = Sandbox("bwrap", runtime=(venv, elsewhere), devices=(), private=(private,))
+    argv = bwrap_argv("bwrap", sandbox.confinement(storage, storage / "jobs/4/frames", None), [])
+    mounts = " ".join(argv[argv.index("ALL") + 1 :])
+    assert f"--tmpfs {private}" in mounts and f"--ro-bind {venv} {venv}" in mounts
+    assert mounts.index(f"--tmpfs {private}") < mounts.index(f"--ro-bind {venv} {venv}")
+    assert str(elsewhere) not in mounts  # not covered: the root's read-only bind shows it
+
+
 def test_the_home_folder_is_hidden_whole_or_its_credentials_one_by_one(tmp_path: Path) -> None:
     home, python = tmp_path / "home", tmp_path / "home/.pyenv/versions/3.11/bin/python"
     environ = {"AWS_CONFIG_FILE": "/etc/aws/config", "AWS_PROFILE": "render", "HOME": "x"}
