@@ -7,6 +7,7 @@ error body goes through ``printable`` first, so a bad input gets its 4xx, never 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -24,6 +25,8 @@ from scheduler.errors import (
     Unauthorized,
     Unavailable,
 )
+
+log = logging.getLogger(__name__)
 
 STATUS = {
     NotFound: 404,
@@ -52,6 +55,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         detail = jsonable_encoder(error.errors(), custom_encoder={float: _float_text})
         return JSONResponse({"detail": printable(detail)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        """A bug, answered as the API answers everything, in JSON (Starlette's own
+        answer is plain text), without the exception's text: it is logged instead."""
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": "internal error: the farm logged it; try again, or tell its operator"},
+            status_code=500,
+        )
 
 
 def printable(value: Any) -> Any:

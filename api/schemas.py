@@ -194,10 +194,9 @@ class FramePublic(BaseModel):
 
 
 class NodePublic(BaseModel):
-    name: str
+    name: str = Field(description="the name its operator gave it")
     pool: str
     state: str
-    hostname: str
     slots: int
     running: int
     cores: int

@@ -1,4 +1,6 @@
-"""Farm routes: the render nodes as the scheduler last heard from them."""
+"""Farm routes: the render nodes as the scheduler last heard from them, as a studio may
+see them: what they offer (pool, region, slots, hardware, tags), not the machines'
+host names (an operator's CLI shows those: `renderfarm nodes`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ def list_nodes(_studio: StudioDep, service: ServiceDep) -> list[NodePublic]:
             name=node.name,
             pool=node.pool,
             state=node.state,
-            hostname=node.hostname,
             slots=node.slots,
             running=node.running,
             cores=node.cores,

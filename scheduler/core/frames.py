@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-_ITEM = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:([x:])(-?\d+))?)?$")
+_ITEM = re.compile(r"^(-?[0-9]+)(?:-(-?[0-9]+)(?:([x:])(-?[0-9]+))?)?$")  # ASCII digits only
 
 
 class FrameSpecError(ValueError):

@@ -14,6 +14,7 @@
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
     renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
     renderfarm assets collect            delete stored contents nothing names any more
+    renderfarm nodes                     the render nodes, with their host names
 
 For studios, over the REST API: renderfarm login, submit SCENE.blend, jobs, watch, download
 and cancel (each with --help).
@@ -29,6 +30,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -390,6 +392,19 @@ def assets_collect() -> None:
         f"{collected.blobs} content(s), {collected.bytes} bytes, deleted; "
         f"{collected.spooled} abandoned upload(s) removed"
     )
+
+
+@app.command()
+def nodes() -> None:
+    """The render nodes as the scheduler last heard from them, with their host names
+    (an operator's view: studios see the nodes over the API without them)."""
+    now = time.time()
+    for node in _studio_service().list_nodes():
+        typer.echo(
+            f"{node.name} ({node.hostname}): {node.state}, pool {node.pool}, region "
+            f"{node.region}, {node.running}/{node.slots} slots busy, {node.cores} cores, "
+            f"{node.gpus} GPUs, heard {now - node.last_heartbeat:.0f} s ago"
+        )
 
 
 def _region_line(region: Any, currency: str) -> str:

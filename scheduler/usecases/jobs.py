@@ -279,8 +279,8 @@ class StudioService:
                 known = set(session.exec(select(Limit.name)).all())
                 unknown = sorted(set(request.limits) - known)
                 if unknown:
-                    raise InvalidRequest(
-                        "limits", f"unknown limit(s) {unknown}; known limits: {sorted(known)}"
+                    raise InvalidRequest(  # (the farm's other limits are not a studio's to list)
+                        "limits", f"unknown limit(s) {unknown}: ask the farm's operator"
                     )
             job = JobRow.model_validate(
                 request.columns(),

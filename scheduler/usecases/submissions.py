@@ -18,7 +18,8 @@ from scheduler.wire.renderers import GPU_DEVICES, BlenderRenderer, RendererSpec,
 
 GIB = 2**30  # requests give memory in GiB; the table keeps bytes
 
-Priority = Annotated[int, Field(ge=0, le=100, description="0 lowest, 100 highest")]
+# Strict: JSON's true and false are not priorities 1 and 0.
+Priority = Annotated[int, Field(ge=0, le=100, strict=True, description="0 lowest, 100 highest")]
 RendererT = TypeVar("RendererT")
 
 

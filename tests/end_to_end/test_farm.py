@@ -134,6 +134,7 @@ def test_render_a_job_and_cancel_another(farm: httpx.Client, settings: Settings)
     assert done_energy == pytest.approx(energy["it_joules"])  # every attempt succeeded
     nodes = farm.get("/v1/nodes").json()
     assert {(n["region"], n["energy_method"]) for n in nodes} == {("guizhou", "model")}
+    assert not any("hostname" in n for n in nodes)  # a studio's view: no machine names
     wait_for(
         lambda: (
             metric(httpx.get(f"{farm.base_url}/metrics").text, "renderfarm_node_power_watts", where)

@@ -142,6 +142,10 @@ def test_a_studio_never_sees_another_studios_job(
         ({"limits": ["maya-licence"]}, "limits", "unknown limit"),
         ({"depends_on": [424242]}, "depends_on", "no job 424242"),
         ({"dependency": "shot"}, "dependency", "'job' or 'frame'"),
+        ({"priority": False}, "priority", "valid integer"),  # not 0
+        ({"priority": "50"}, "priority", "valid integer"),
+        ({"frames": "\u0661-\u0663"}, "frames", "cannot read"),  # Arabic-Indic digits
+        ({"frames": "1-\uff13"}, "frames", "cannot read"),  # a full-width 3
     ],
 )
 def test_bad_submissions_get_a_4xx_naming_the_field_and_create_nothing(
@@ -173,7 +177,40 @@ def test_malformed_json_and_oversized_bodies_are_refused(
     )
     assert huge.status_code == 413
     assert "larger than" in huge.json()["detail"]
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"name": "'
+        for _ in range(settings.max_body_bytes // 1000 + 1):
+            yield b"x" * 1000
+
+    streamed = client.post("/v1/jobs", content=chunked(), headers=studio)
+    assert streamed.status_code == 413, streamed.text
+    assert "larger than" in streamed.json()["detail"]
     assert count_rows(engine) == (0, 0)
+
+
+def test_an_unexpected_error_is_a_json_500_that_leaks_nothing(
+    engine: Engine, settings: Settings, studio: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("password=hunter2 in a stack the studio must not see")
+
+    monkeypatch.setattr(StudioService, "list_jobs", broken)
+    with TestClient(create_app(settings, engine), raise_server_exceptions=False) as client:
+        response = client.get("/v1/jobs", headers=studio)
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert "internal error" in response.json()["detail"]
+    assert "hunter2" not in response.text
+
+
+def test_an_unknown_limit_is_refused_without_listing_the_farms_others(
+    client: TestClient, service: StudioService, studio: dict[str, str]
+) -> None:
+    service.set_limit("houdini-engine", 4)
+    response = client.post("/v1/jobs", json=job_body(limits=["maya-licence"]), headers=studio)
+    assert response.status_code == 422 and "maya-licence" in response.text
+    assert "houdini-engine" not in response.text
 
 
 def test_list_jobs_paginates_and_filters(client: TestClient, studio: dict[str, str]) -> None:
