@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     allow_scene_scripts: bool = Field(
         False, description="whether jobs may run the Python scripts inside their scenes"
     )
+    render_memory_bytes: int | None = Field(
+        None,
+        ge=64 * 2**20,
+        description="a renderer's memory bound where its job gives none; default: the "
+        "node's memory divided by its slots",
+    )
     node_cache: Path | None = Field(None, description="a node's file cache; default data_dir")
     node_cache_bytes: int = Field(50 * 2**30, ge=0, description="a node's file cache size")
 

@@ -41,6 +41,7 @@ from scheduler.wire.progress import ProgressBoard
 from scheduler.wire.storage import open_storage
 from workers.assets import job_files
 from workers.energy import EnergyLedger, LedgerServer
+from workers.memory import RENDER_MEMORY
 from workers.meters import choose_meter, node_power_figures
 from workers.renderers import BLENDER
 from workers.renderers.blender import find_blender
@@ -95,6 +96,14 @@ def cache_root(settings: Settings, node: NodeConfig) -> Path:
     return settings.node_cache or settings.data_dir.resolve() / "node-cache" / node.name
 
 
+def equip_memory(settings: Settings, node: NodeConfig) -> None:
+    """Each renderer's memory bound where its job gives none (workers/memory.py): the
+    operator's, else the node's memory shared evenly by its slots."""
+    default = settings.render_memory_bytes or psutil.virtual_memory().total // node.slots
+    RENDER_MEMORY.use(default)
+    log.info("renderers may take %.1f GiB each unless their job says", default / 2**30)
+
+
 def equip_sandbox(settings: Settings, node: NodeConfig) -> None:
     """Decide the renderers' sandbox (``SandboxUnavailable`` if ``bwrap`` is required and
     does not run). Out of their sight: the node's cache, its data folder (the embedded
@@ -115,6 +124,7 @@ def equip_sandbox(settings: Settings, node: NodeConfig) -> None:
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     node = equip_blender(settings, node)
     equip_sandbox(settings, node)
+    equip_memory(settings, node)
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
     answer_active_readably()  # `celery inspect active` shows "job 12 chunk 345 ..."
     app.conf.task_queues = [queue_entity(node_queue(node.name))]

@@ -61,7 +61,13 @@ from scheduler.wire.messages import (
 )
 from scheduler.wire.progress import Board, ChunkProgress
 from workers.assets import FetchError, JobFiles, Outputs, open_written
-from workers.processes import die_with_parent, kill_groups, stop_process
+from workers.memory import (
+    RENDER_MEMORY,
+    out_of_memory_message,
+    ran_out_of_memory,
+    starting_with_bound,
+)
+from workers.processes import kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 from workers.sandbox import SANDBOX
 
@@ -395,6 +401,7 @@ def _render_in_child(
             f"$ {' '.join(argv)}\n".encode()
         )
         frames = storage / PurePosixPath(message.output_pattern).parent
+        memory = RENDER_MEMORY.bound(message.memory_bytes)
         try:  # the only folder of the node's a sandboxed renderer writes to: it must exist
             frames.mkdir(parents=True, exist_ok=True)
             child = subprocess.Popen(
@@ -403,7 +410,7 @@ def _render_in_child(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=starting_with_bound(memory),
                 cwd=storage,
                 env=renderer_environment(),
             )
@@ -478,6 +485,8 @@ def _render_in_child(
     )
     if exit_code != 0:
         energy.end(cpu_total)
+        if memory is not None and ran_out_of_memory(tail):
+            raise RenderFailed(out_of_memory_message(memory), exit_code)
         raise RenderFailed(_failure(exit_code, tail), exit_code)
     reports = _complete_reports(message, renderer, reported, elapsed, cpu_total)
     unmarked = [r for r in reports if r.frame not in reported]

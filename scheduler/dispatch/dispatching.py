@@ -463,6 +463,7 @@ def save_dispatch(
                 stall_timeout=job.stall_timeout,
                 node=by_chunk[chunk_id].node,
                 manifest_id=job.manifest_id,
+                memory_bytes=job.min_memory_bytes or None,
             )
         )
     refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)

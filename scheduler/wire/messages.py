@@ -90,6 +90,9 @@ class ChunkMessage:
     # The files the job needs (a manifest, fetched by id): the node lays them out in the
     # attempt's folder; the renderer's relative paths start there. None: no files.
     manifest_id: int | None = None
+    # The most memory the renderer may take, bytes (the job's requirements.memory_gb);
+    # None: the node's own bound for a renderer.
+    memory_bytes: int | None = None
 
     @property
     def queue(self) -> str:
