@@ -7,17 +7,27 @@ Routes translate and delegate: the service decides, raises domain errors, and co
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from api.deps import FrameNumber, RowId, ServiceDep, StoredFilesDep, StudioDep
+from api.deps import (
+    FrameNumber,
+    KnownQuery,
+    Offset,
+    RowId,
+    ServiceDep,
+    StoredFilesDep,
+    StudioDep,
+)
 from api.files import file_response
+from api.idempotency import IdempotencyDep, IdempotencyKey, keyed_request, respond
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.states import ChunkState, JobState
 from scheduler.errors import NotFound
 from scheduler.usecases.frame_outputs import content_type_of, stream_tar, stream_zip
+from scheduler.usecases.jobs import JobDetail
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +45,41 @@ def _id(studio: StudioDep) -> int:
     return studio.id
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-def submit_job(body: JobCreate, studio: StudioDep, service: ServiceDep) -> JobPublic:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={409: {"model": Problem}},
+)
+def submit_job(
+    body: JobCreate,
+    request: Request,
+    studio: StudioDep,
+    service: ServiceDep,
+    keys: IdempotencyDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic | Response:
+    """Submit a job. With an ``Idempotency-Key``, a retry of the same request gets the
+    first answer again (``Idempotent-Replayed: true``) and makes no second job; the key
+    reused for another request is a 422. A request answered with an error made nothing
+    and kept nothing: a retry with its key is taken afresh. Keys are kept 24 hours."""
+    if idempotency_key is not None:
+        keyed = keyed_request(_id(studio), idempotency_key, request, body)
+        return respond(
+            keys.answer_once(
+                keyed,
+                status.HTTP_201_CREATED,
+                lambda keep: service.submit_job(_id(studio), body, keep),
+                _public,
+            )
+        )
     job = service.submit_job(_id(studio), body)
     assert job.id is not None
     return JobPublic.of(service.get_job(_id(studio), job.id))
+
+
+def _public(detail: JobDetail) -> dict[str, Any]:
+    return JobPublic.of(detail).model_dump(mode="json")
 
 
 @router.get("", response_model=JobPage)

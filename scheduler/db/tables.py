@@ -284,3 +284,29 @@ class ManifestFile(SQLModel, table=True):
     hash: str = Field(max_length=64)
     size: int = Field(sa_column=Column(BigInteger, nullable=False))
     mtime: float = 0.0
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """A studio's ``Idempotency-Key`` and the first answer given to it
+    (scheduler/usecases/idempotency.py).
+
+    Written in the transaction of what the request created, so the two are committed
+    together or not at all; (studio, key) is unique, so two requests with one key
+    cannot both commit. Kept for a retention (24 h), then deleted.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("studio_id", "key"),
+        Index("ix_idempotency_keys_studio_created", "studio_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id")
+    key: str = Field(max_length=255)  # the client's, printable ASCII
+    method: str = Field(max_length=8)
+    path: str = Field(max_length=255)
+    request_hash: str = Field(max_length=64)  # SHA-256 of the body, as canonical JSON
+    status_code: int
+    response: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # the body sent
+    created_at: float

@@ -378,19 +378,21 @@ def region_list() -> None:
 @assets_app.command("collect")
 def assets_collect() -> None:
     """Forget contents no manifest of their studio names, sent longer than
-    RENDERFARM_BLOB_RETENTION_SECONDS ago, and delete those no studio keeps (run it
-    from cron, or a Kubernetes CronJob, daily)."""
+    RENDERFARM_BLOB_RETENTION_SECONDS ago, and delete those no studio keeps; forget
+    expired idempotency keys (run it from cron, or a Kubernetes CronJob, daily)."""
     from scheduler.usecases.assets import AssetService
     from scheduler.usecases.blobstore import BlobStore, open_storage
+    from scheduler.usecases.idempotency import IdempotencyKeys
 
     service = _studio_service()
     settings = service.settings
     assets = AssetService(service.engine, settings, BlobStore(open_storage(settings)))
     collected = assets.collect_garbage()
+    keys = IdempotencyKeys(service.engine).collect()
     typer.echo(
         f"{collected.studio_contents} studio content(s) released; "
         f"{collected.blobs} content(s), {collected.bytes} bytes, deleted; "
-        f"{collected.spooled} abandoned upload(s) removed"
+        f"{collected.spooled} abandoned upload(s) removed; {keys} expired idempotency key(s)"
     )
 
 

@@ -245,8 +245,16 @@ class StudioService:
         nodes = session.exec(select(NodeRow.pool).distinct()).all()
         return set(self.settings.pools) | set(nodes)
 
-    def submit_job(self, studio_id: int, request: JobRequest) -> JobRow:
-        """Create the job and all its chunks in one transaction, or nothing."""
+    def submit_job(
+        self,
+        studio_id: int,
+        request: JobRequest,
+        keep: Callable[[Session, JobDetail], None] | None = None,
+    ) -> JobRow:
+        """Create the job and all its chunks in one transaction, or nothing. ``keep`` is
+        called in that transaction, just before it commits, with the job as the studio
+        will read it: what it writes (an idempotency key's record) is committed with the
+        job or not at all, and an error it raises creates nothing."""
         try:
             frames = parse_frame_spec(request.frames, max_frames=self.settings.max_frames_per_job)
         except FrameSpecError as error:
@@ -317,6 +325,8 @@ class StudioService:
                     for position, chunk in enumerate(chunks)
                 ],
             )
+            if keep is not None:
+                keep(session, self._detail(session, job))
             session.commit()
             session.refresh(job)
             return job
