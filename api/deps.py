@@ -39,13 +39,53 @@ AssetsDep = Annotated[AssetService, Depends(get_assets)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+KEY_CACHE_SECONDS = 10.0
+KEY_CACHE_SIZE = 10_000  # keys kept at most; the cache starts over when full
+
+
+class StudioKeys:
+    """The studios behind recently used keys, for ``KEY_CACHE_SECONDS``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._found: dict[str, tuple[float, Studio]] = {}
+        self._lock = threading.Lock()
+
+    def studio(self, service: StudioService, key: str) -> Studio:
+        digest = hash_key(key)
+        now = self.clock()
+        with self._lock:
+            kept = self._found.get(digest)
+        if kept is not None and now - kept[0] < KEY_CACHE_SECONDS:
+            return _copy(kept[1])  # a route may not change what others get
+        studio = service.authenticate(key)
+        with self._lock:
+            if len(self._found) >= KEY_CACHE_SIZE:
+                self._found.clear()
+            self._found[digest] = (now, _copy(studio))
+        return studio
+
+
+def _copy(studio: Studio) -> Studio:
+    """A new, transient row of the same values (no session state shared)."""
+    return Studio.model_validate(studio.model_dump())
+
+
+def get_studio_keys(request: Request) -> StudioKeys:
+    keys = getattr(request.app.state, "studio_keys", None)
+    if keys is None:  # made on first use: create_app knows nothing of it
+        keys = request.app.state.studio_keys = StudioKeys()
+    return keys  # type: ignore[no-any-return]
+
+
 def get_studio(
     service: ServiceDep,
+    keys: Annotated[StudioKeys, Depends(get_studio_keys)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Studio:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send `Authorization: Bearer <studio key>`")
-    return service.authenticate(credentials.credentials)
+    return keys.studio(service, credentials.credentials)
 
 
 StudioDep = Annotated[Studio, Depends(get_studio)]

@@ -17,11 +17,18 @@ The farm's metrics are of three kinds:
 Names: ``renderfarm_`` prefix, base units (seconds, joules, grams, watts), ``_total``
 counters, labels with few values (pool, region, method, state), never a job, frame
 or node name (Prometheus adds the target's ``instance``).
+
+A scrape's cost is bounded whoever scrapes: the farm totals are read at most once per
+``max_age`` seconds per process (one read at a time; scrapes meanwhile get its figures),
+in a read-only transaction that never waits for the database's writers nor holds them
+up. The figures are at most ``max_age`` old, well under any scrape interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import (
@@ -38,22 +45,48 @@ from sqlmodel import Session, col
 from scheduler.core.buckets import ENERGY_JOULES_BUCKETS, RENDER_SECONDS_BUCKETS
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db.engine import read_only
 
 
 class FarmCollector(Collector):
-    """Farm-wide figures read from the database at each scrape."""
+    """Farm-wide figures read from the database, at most once per ``max_age`` seconds."""
 
-    def __init__(self, engine: Engine, currency: str = "CNY") -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        engine: Engine,
+        currency: str = "CNY",
+        max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = read_only(engine)
         self.currency = currency
+        self.max_age = max_age
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._figures: list[Metric] = []
+        self._read_at: float | None = None
+
+    def describe(self) -> list[Metric]:
+        """Nothing: registering the collector must not read the database."""
+        return []
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:  # concurrent scrapes wait for one read, not one read each
+            if self._read_at is None or self.clock() - self._read_at >= self.max_age:
+                self._figures = self._read()
+                self._read_at = self.clock()
+            figures = self._figures
+        yield from figures
+
+    def _read(self) -> list[Metric]:
         with Session(self.engine) as session:
-            yield from self._frames(session)
-            yield from self._failures(session)
-            yield from self._chunks(session)
-            yield from self._jobs(session)
-            yield from self._nodes(session)
+            return [
+                *self._frames(session),
+                *self._failures(session),
+                *self._chunks(session),
+                *self._jobs(session),
+                *self._nodes(session),
+            ]
 
     def _frames(self, session: Session) -> Iterator[Metric]:
         where = ["pool", "region"]

@@ -1,18 +1,29 @@
-"""The engine: any SQLAlchemy URL; SQLite tuned for several writer processes.
+"""The engine: any SQLAlchemy URL; SQLite tuned for many threads and several processes.
 
 The schema is Alembic's (scheduler/db/migrations): ``create_tables`` upgrades any
 database, empty or older, to the newest revision. After changing a table, add a
 revision: ``alembic -c scheduler/db/alembic.ini revision --autogenerate -m "..."``.
 
-SQLite gets WAL, ``synchronous=NORMAL``, a 5 s busy timeout and ``BEGIN IMMEDIATE``
-transactions: a deferred transaction that reads and then writes can fail at once with
-"database is locked" while another process writes (the busy handler is not used for
-that upgrade), so every transaction takes the write lock up front. Readers are never
-blocked in WAL mode.
+SQLite gets WAL and ``synchronous=NORMAL``, and two kinds of transaction:
+
+- a *writing* transaction (the default) begins ``BEGIN IMMEDIATE``: a deferred
+  transaction that reads and then writes can fail at once with "database is locked"
+  while another process writes (the busy handler is not used for that upgrade), so a
+  writer takes the write lock up front. One writer at a time, so the wait for the
+  lock is retried with backoff for up to ``WRITE_LOCK_WAIT`` seconds, never
+  surfaced sooner: writes are short, a queue of them drains;
+- a *reading* transaction, on ``read_only(engine)``, begins deferred (plain ``BEGIN``):
+  in WAL mode it reads one snapshot alongside the writer and never waits for, nor
+  holds up, the write lock. It must not write: SQLite would refuse the upgrade.
+
+On PostgreSQL both are ordinary transactions.
 """
 
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,10 @@ from sqlmodel import create_engine
 
 from scheduler.db import tables  # noqa: F401  (registers the tables on the metadata)
 
+READ_ONLY = "renderfarm_read_only"  # the execution option of ``read_only(engine)``
+WRITE_LOCK_WAIT = 60.0  # seconds a writer waits for SQLite's write lock, all tries together
+BUSY_TIMEOUT_MS = 10_000  # SQLite's own wait within one try (reads rarely need any)
+
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
@@ -32,7 +47,16 @@ def make_engine(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None}
+        url,
+        connect_args={
+            "check_same_thread": False,
+            "timeout": BUSY_TIMEOUT_MS / 1000,
+            "isolation_level": None,
+        },
+        # A connection per API thread (AnyIO's 40): a thread waits for the write lock,
+        # never for a connection, and a reader never queues behind writers for one.
+        pool_size=20,
+        max_overflow=30,
     )
 
     @event.listens_for(engine, "connect")
@@ -40,15 +64,49 @@ def make_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _on_begin(connection: Connection) -> None:
+        raw = connection.connection.dbapi_connection
+        if connection.get_execution_options().get(READ_ONLY):
+            raw.execute("BEGIN")  # type: ignore[union-attr]
+        else:
+            begin_writing(raw)
 
     return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """``engine`` for transactions that only read (the same pool): on SQLite they begin
+    deferred, so they never take or wait for the write lock."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def begin_writing(dbapi_connection: Any, wait: float = WRITE_LOCK_WAIT) -> None:
+    """``BEGIN IMMEDIATE``, tried again with jittered backoff while another connection
+    holds the write lock, for up to ``wait`` seconds in all. Nothing ran in the
+    transaction yet, so a try that meets "database is locked" is safe to repeat."""
+    deadline = time.monotonic() + wait
+    pause = 0.002
+    while True:
+        try:
+            dbapi_connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.05)
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -40,6 +40,7 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
+from scheduler.db.engine import read_only
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from scheduler.settings import Settings
@@ -88,6 +89,11 @@ class StudioService:
         self.engine = engine
         self.settings = settings
         self.clock = clock
+        self._read_only = read_only(engine)
+
+    def _reading(self) -> Session:
+        """A session that only reads: on SQLite it never waits for the write lock."""
+        return Session(self._read_only)
 
     # Studios and keys ------------------------------------------------------------------
 
@@ -159,7 +165,7 @@ class StudioService:
             return studio
 
     def list_studios(self) -> Sequence[Studio]:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             return session.exec(select(Studio).order_by(col(Studio.name))).all()
 
     def set_terms(
@@ -199,7 +205,7 @@ class StudioService:
             return limit
 
     def list_limits(self) -> Sequence[Limit]:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             return session.exec(select(Limit).order_by(col(Limit.name))).all()
 
     def _check_scene_scripts(self, session: Session, studio_id: int) -> None:
@@ -229,7 +235,7 @@ class StudioService:
         return studio
 
     def authenticate(self, key: str) -> Studio:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             row = session.exec(
                 select(Studio)
                 .join(ApiKey, col(ApiKey.studio_id) == col(Studio.id))
@@ -343,14 +349,14 @@ class StudioService:
         return job
 
     def get_job(self, studio_id: int, job_id: int) -> JobDetail:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             job = self._own_job(session, studio_id, job_id)
             return self._detail(session, job)
 
     def list_jobs(
         self, studio_id: int, state: JobState | None, limit: int, offset: int
     ) -> tuple[list[JobDetail], int]:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             query = select(JobRow).where(JobRow.studio_id == studio_id)
             counter = select(func.count()).select_from(JobRow).where(JobRow.studio_id == studio_id)
             if state is not None:
@@ -388,7 +394,7 @@ class StudioService:
         if state is not None:
             every = [f for f in self.list_frames(studio_id, job_id) if f.state == state]
             return every[offset : None if limit is None else offset + limit]
-        with Session(self.engine) as session:
+        with self._reading() as session:
             self._own_job(session, studio_id, job_id)
             chunks = session.exec(
                 select(ChunkRow).where(ChunkRow.job_id == job_id).order_by(col(ChunkRow.position))
@@ -432,7 +438,7 @@ class StudioService:
         }
 
     def frame_status(self, studio_id: int, job_id: int, frame: int) -> FrameStatus:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             self._own_job(session, studio_id, job_id)
             candidates = session.exec(
                 select(ChunkRow).where(
@@ -454,7 +460,7 @@ class StudioService:
     def finished_outputs(self, studio_id: int, job_id: int) -> list[tuple[int, str]]:
         """(frame, output file relative to storage) of the job's finished frames that
         wrote a file, in ascending frame order."""
-        with Session(self.engine) as session:
+        with self._reading() as session:
             self._own_job(session, studio_id, job_id)
             found = session.exec(
                 select(FrameResultRow.frame, FrameResultRow.output)
@@ -464,7 +470,7 @@ class StudioService:
             return [(frame, output) for frame, output in found if output is not None]
 
     def list_nodes(self) -> Sequence[NodeRow]:
-        with Session(self.engine) as session:
+        with self._reading() as session:
             return session.exec(select(NodeRow).order_by(col(NodeRow.name))).all()
 
     # Steering --------------------------------------------------------------------------
@@ -558,7 +564,7 @@ class StudioService:
         """The studio's frames, energy, cost and carbon per billing day."""
         if since is not None and until is not None and since > until:
             raise InvalidRequest("since", f"{since} is after until ({until})")
-        with Session(self.engine) as session:
+        with self._reading() as session:
             return usage_by_day(session, studio_id, since, until)
 
 
