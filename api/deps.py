@@ -1,18 +1,33 @@
-"""Dependencies of the routes: the services, and the studio behind the bearer key."""
+"""Dependencies of the routes: the services, and the studio behind the bearer key.
+
+A key is looked up once per ``KEY_CACHE_SECONDS`` per process, not once per request:
+the studio it found is kept under the key's hash (never the key) for that long, so
+a revoked key, a renamed studio or a changed setting reaches the API within that
+time. Unknown keys are not kept: a new key works at once.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import datetime as dt
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
 
+from api.schemas import SHA256
+from scheduler.core.bounds import COUNT_MAX, FRAME_MAX, FRAME_MIN, ID_MAX
 from scheduler.db import Studio
 from scheduler.errors import Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
 from scheduler.usecases.frame_outputs import StoredFiles
-from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.jobs import StudioService, hash_key
 
 _bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
 
@@ -91,7 +106,50 @@ def get_studio(
 StudioDep = Annotated[Studio, Depends(get_studio)]
 
 
-# Ids and frame numbers in paths, within the database's integer columns: a number past
-# them is a 422 naming it, not a database error.
-RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-FrameNumber = Annotated[int, Path(ge=-(2**31), le=2**31 - 1)]
+# Ids, frame numbers and offsets, within the database's integer columns (the bounds of
+# scheduler/core/bounds.py): a number past them is a 422 naming it, not a database error.
+RowId = Annotated[int, Path(ge=1, le=ID_MAX)]
+FrameNumber = Annotated[int, Path(ge=FRAME_MIN, le=FRAME_MAX)]
+Offset = Annotated[int, Query(ge=0, le=COUNT_MAX, description="rows to skip")]
+BlobHash = Annotated[str, Path(pattern=SHA256, description="SHA-256 of the content, lowercase hex")]
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it, as an unknown body
+    field is: ``?prority=90`` is a typo, not a setting silently ignored."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    known = {param.alias for param in _query_params(dependant)}
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": "unknown query parameter",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown
+            ]
+        )
+
+
+def _query_params(dependant: Any) -> list[Any]:
+    found = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        found.extend(_query_params(sub))
+    return found
+
+
+KnownQuery = Depends(refuse_unknown_query)
+
+
+def _iso_day(value: object) -> object:
+    """Only YYYY-MM-DD: pydantic would also read a number as a Unix time."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("a day is YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[dt.date, BeforeValidator(_iso_day)]

@@ -15,11 +15,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.core.assets import ManifestEntry
+from scheduler.core.bounds import BYTES_MAX, PATH_MAX
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState
 from scheduler.usecases.billing import EnergyTotals
 from scheduler.usecases.jobs import FrameStatus, JobDetail
-from scheduler.usecases.submissions import JobFields, JobRequest, Priority
+from scheduler.usecases.submissions import Finite, JobFields, JobRequest, Priority, Text
 
 
 class JobCreate(JobRequest):
@@ -229,10 +230,10 @@ class ManifestFileIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, max_length=1024, examples=["shots/sq010/sh020.blend"])
-    size: int = Field(ge=0, le=2**62)
+    path: Text = Field(min_length=1, max_length=PATH_MAX, examples=["shots/sq010/sh020.blend"])
+    size: int = Field(ge=0, le=BYTES_MAX)
     hash: str = Field(pattern=SHA256, description="SHA-256 of the content, lowercase hex")
-    mtime: float = Field(0.0, ge=0, le=2**40, allow_inf_nan=False)
+    mtime: Finite = Field(0.0, ge=0, le=2**40)
 
     def entry(self) -> ManifestEntry:
         return ManifestEntry(self.path, self.size, self.hash, self.mtime)

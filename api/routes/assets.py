@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AssetsDep, RowId, StudioDep
+from api.deps import AssetsDep, BlobHash, KnownQuery, RowId, StudioDep
 from api.files import receive_body
 from api.schemas import (
     BatchPublic,
@@ -31,7 +31,9 @@ from scheduler.errors import TooLarge
 
 router = APIRouter(
     tags=["assets"],
+    dependencies=[KnownQuery],
     responses={
+        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
         401: {"model": Problem},
         404: {"model": Problem},
         409: {"model": Problem},
@@ -59,7 +61,11 @@ def missing(body: ManifestIn, studio: StudioDep, assets: AssetsDep) -> MissingPu
     responses={200: {"model": BlobPublic, "description": "the studio sent it already"}},
 )
 async def put_blob(
-    blob_hash: str, request: Request, response: Response, studio: StudioDep, assets: AssetsDep
+    blob_hash: BlobHash,
+    request: Request,
+    response: Response,
+    studio: StudioDep,
+    assets: AssetsDep,
 ) -> BlobPublic:
     """Send one content, its SHA-256 in the path; the body is the bytes, streamed."""
     studio_id = _id(studio)

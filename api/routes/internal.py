@@ -18,15 +18,15 @@ import re
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from api.deps import AssetsDep, RowId, SettingsDep, StoredFilesDep
+from api.deps import AssetsDep, BlobHash, KnownQuery, RowId, SettingsDep, StoredFilesDep
 from api.files import file_response, receive_body
-from api.schemas import ManifestFileIn, Problem
+from api.schemas import SHA256, ManifestFileIn, Problem
 from scheduler.core.assets import blob_key, is_blob_hash
 from scheduler.errors import InvalidRequest, NotFound, Unauthorized
 from scheduler.usecases.frame_outputs import stream_tar
@@ -36,7 +36,13 @@ _bearer = HTTPBearer(auto_error=False, description="the farm's node token")
 router = APIRouter(
     prefix="/v1/internal",
     tags=["internal (render nodes)"],
-    responses={401: {"model": Problem}, 404: {"model": Problem}},
+    dependencies=[KnownQuery],
+    responses={
+        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
+        401: {"model": Problem},
+        404: {"model": Problem},
+        422: {"model": Problem},
+    },
 )
 
 
@@ -73,7 +79,10 @@ OUTPUT_PATH = re.compile(r"jobs/[0-9]{1,10}/(frames|logs)/[A-Za-z0-9][A-Za-z0-9.
 
 @router.put("/outputs/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
 async def output_from_node(
-    path: str, request: Request, _node: NodeDep, files: StoredFilesDep
+    path: Annotated[str, Path(pattern=f"^{OUTPUT_PATH.pattern}$")],
+    request: Request,
+    _node: NodeDep,
+    files: StoredFilesDep,
 ) -> Response:
     """A node without the shared storage sends each frame as it is saved, and its logs;
     they land where a node with the storage would have written them, whole or not at
@@ -93,7 +102,9 @@ async def output_from_node(
 
 
 class BlobsWanted(BaseModel):
-    hashes: list[str] = Field(min_length=1, max_length=MAX_BATCH_HASHES)
+    hashes: list[Annotated[str, Field(pattern=SHA256)]] = Field(
+        min_length=1, max_length=MAX_BATCH_HASHES
+    )
 
 
 @router.post("/blobs", response_class=StreamingResponse)
@@ -108,7 +119,7 @@ def blobs_for_node(body: BlobsWanted, _node: NodeDep, files: StoredFilesDep) -> 
 
 
 @router.get("/blobs/{blob_hash}", response_class=FileResponse)
-def blob_for_node(blob_hash: str, _node: NodeDep, files: StoredFilesDep) -> Response:
+def blob_for_node(blob_hash: BlobHash, _node: NodeDep, files: StoredFilesDep) -> Response:
     if not is_blob_hash(blob_hash):
         raise NotFound(f"no content {blob_hash[:64]}")
     return file_response(files.stored(blob_key(blob_hash)), "application/octet-stream")

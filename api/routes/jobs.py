@@ -36,7 +36,14 @@ ARCHIVES = {"zip": (stream_zip, "application/zip"), "tar": (stream_tar, "applica
 router = APIRouter(
     prefix="/v1/jobs",
     tags=["jobs"],
-    responses={401: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem}},
+    dependencies=[KnownQuery],
+    responses={
+        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
+        401: {"model": Problem},
+        404: {"model": Problem},
+        413: {"model": Problem, "description": "the body is larger than the farm takes"},
+        422: {"model": Problem},
+    },
 )
 
 
@@ -88,7 +95,7 @@ def list_jobs(
     service: ServiceDep,
     state: JobState | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> JobPage:
     details, total = service.list_jobs(_id(studio), state, limit, offset)
     return JobPage(
@@ -131,7 +138,7 @@ def list_frames(
     job_id: RowId,
     studio: StudioDep,
     service: ServiceDep,
-    offset: int = Query(0, ge=0, description="frames to skip, in ascending frame order"),
+    offset: Offset = 0,  # frames to skip, in ascending frame order
     limit: int = Query(10_000, ge=1, le=100_000),
     state: ChunkState | None = Query(
         None, description="only the frames in this state (offset and limit count those)"

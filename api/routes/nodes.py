@@ -8,10 +8,15 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 
-from api.deps import ServiceDep, StudioDep
-from api.schemas import NodePublic
+from api.deps import KnownQuery, ServiceDep, StudioDep
+from api.schemas import NodePublic, Problem
 
-router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+router = APIRouter(
+    prefix="/v1/nodes",
+    tags=["nodes"],
+    dependencies=[KnownQuery],
+    responses={401: {"model": Problem}, 422: {"model": Problem}},
+)
 
 
 @router.get("", response_model=list[NodePublic])

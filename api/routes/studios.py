@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import ServiceDep, SettingsDep, StudioDep
+from api.deps import Day, KnownQuery, ServiceDep, SettingsDep, StudioDep
 from api.schemas import Problem, UsageDay, UsagePublic
 from scheduler.usecases.billing import EnergyTotals
 
-router = APIRouter(prefix="/v1/studios", tags=["studios"])
+router = APIRouter(
+    prefix="/v1/studios",
+    tags=["studios"],
+    dependencies=[KnownQuery],
+    responses={401: {"model": Problem}, 422: {"model": Problem}},
+)
 
 
-@router.get("/me/usage", response_model=UsagePublic, responses={422: {"model": Problem}})
+@router.get("/me/usage", response_model=UsagePublic)
 def usage(
     studio: StudioDep,
     service: ServiceDep,
     settings: SettingsDep,
-    since: Annotated[dt.date | None, Query(description="first day, YYYY-MM-DD")] = None,
-    until: Annotated[dt.date | None, Query(description="last day, YYYY-MM-DD")] = None,
+    since: Annotated[Day | None, Query(description="first day, YYYY-MM-DD")] = None,
+    until: Annotated[Day | None, Query(description="last day, YYYY-MM-DD")] = None,
 ) -> UsagePublic:
     """Frames, render time, energy, cost and CO2 per billing day (days with frames)."""
     assert studio.id is not None

@@ -6,7 +6,10 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-router = APIRouter(tags=["system"])
+from api.deps import KnownQuery
+from api.schemas import Problem
+
+router = APIRouter(tags=["system"], dependencies=[KnownQuery], responses={422: {"model": Problem}})
 
 
 @router.get("/healthz")

@@ -15,7 +15,11 @@ A spec names a *set* of frames. Documented normalisation:
 - frames render in ascending order.
 
 Sizes are computed before anything is expanded, so ``1-1000000000`` is refused by
-``max_frames`` without building a list. Pure: standard library only.
+``max_frames`` without building a list. A frame number and a step are within
+``FRAME_MIN``..``FRAME_MAX`` (scheduler/core/bounds.py), their digits counted before
+they are read, so that a number of thousands of digits is a FrameSpecError, not a
+ValueError of Python's own, and every frame fits the frames' columns.
+Pure: standard library only.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from scheduler.core.bounds import FRAME_DIGITS, FRAME_MAX, FRAME_MIN
 
 _ITEM = re.compile(r"^(-?[0-9]+)(?:-(-?[0-9]+)(?:([x:])(-?[0-9]+))?)?$")  # ASCII digits only
 
@@ -60,18 +66,33 @@ class FrameRange:
         return f"{self.start}-{self.end}x{self.step}"
 
 
+def _number(text: str, item: str) -> int:
+    """A frame number or a step, its digits counted before it is read: a range far past
+    the bounds is still told to be too many frames (the size is checked first)."""
+    if len(text.lstrip("-")) > 2 * FRAME_DIGITS:
+        _out_of_range(item)
+    return int(text)
+
+
+def _out_of_range(item: str) -> None:
+    raise FrameSpecError(
+        f"{item[:40]!r}{'...' if len(item) > 40 else ''} is out of range: "
+        f"frames and steps are from {FRAME_MIN} to {FRAME_MAX}"
+    )
+
+
 def _parse_item(text: str) -> range:
     match = _ITEM.match(text)
     if match is None:
         raise FrameSpecError(
-            f"cannot read {text!r}: expected a frame (7), a range (1-240) "
+            f"cannot read {text[:40]!r}: expected a frame (7), a range (1-240) "
             "or a range with a step (1-100x2, 1-100:2)"
         )
-    first = int(match.group(1))
+    first = _number(match.group(1), text)
     if match.group(2) is None:
         return range(first, first + 1)
-    second = int(match.group(2))
-    step = int(match.group(4)) if match.group(4) is not None else 1
+    second = _number(match.group(2), text)
+    step = _number(match.group(4), text) if match.group(4) is not None else 1
     if step == 0:
         raise FrameSpecError(f"{text!r}: the step must not be 0")
     if match.group(3) == "x" and step < 0:
@@ -101,6 +122,10 @@ def parse_frame_spec(spec: str, max_frames: int | None = None) -> list[int]:
             raise FrameSpecError(
                 f"{spec!r} names more than {max_frames} frames, the most one job may have"
             )
+        if not (min(run[0], run[-1]) >= FRAME_MIN and max(run[0], run[-1]) <= FRAME_MAX):
+            _out_of_range(item)
+        if not FRAME_MIN <= run.step <= FRAME_MAX:
+            _out_of_range(item)
         ranges.append(run)
     if len(ranges) == 1:
         run = ranges[0]

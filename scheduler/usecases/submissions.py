@@ -8,18 +8,77 @@ from ``JobRequest.columns()``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
+from scheduler.core.bounds import (
+    COUNT_MAX,
+    FRAME_SPEC_MAX,
+    ID_MAX,
+    NAME_MAX,
+    POOL_MAX,
+    TAG_MAX,
+    TEXT_PATTERN,
+    text_problem,
+)
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
 from scheduler.db import JobRow
 from scheduler.wire.renderers import GPU_DEVICES, BlenderRenderer, RendererSpec, field_error
 
 GIB = 2**30  # requests give memory in GiB; the table keeps bytes
 
-# Strict: JSON's true and false are not priorities 1 and 0.
-Priority = Annotated[int, Field(ge=0, le=100, strict=True, description="0 lowest, 100 highest")]
+
+def _storable(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _NoNulNoSurrogate:
+    """Says in the JSON schema what ``_storable`` refuses (pydantic's own regex engine
+    cannot hold a surrogate, so the check itself is Python's)."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(core_schema), "pattern": TEXT_PATTERN}
+
+
+def _no_bool(value: object) -> object:
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not {kind}", {
+            "kind": "true or false" if isinstance(value, bool) else "a string"
+        })  # fmt: skip
+    return value
+
+
+# The request types within the bounds of scheduler/core/bounds.py: text the database
+# can store, finite floats, and integers that fit their columns. JSON's true and false
+# are not the numbers 1 and 0; 3.0 is the integer 3. (A constraint goes before the
+# validator, so that the JSON schema says minimum and maximum.)
+Text = Annotated[str, AfterValidator(_storable), _NoNulNoSurrogate()]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=1, le=COUNT_MAX), BeforeValidator(_no_bool)]
+RowRef = Annotated[int, Field(ge=1, le=ID_MAX), BeforeValidator(_no_bool)]
+Label = Annotated[Text, Field(min_length=1, max_length=POOL_MAX)]  # a pool's, a limit's name
+Tag = Annotated[Text, Field(min_length=1, max_length=TAG_MAX)]
+Priority = Annotated[
+    int, Field(ge=0, le=100), BeforeValidator(_no_bool), Field(description="0 lowest, 100 highest")
+]
 RendererT = TypeVar("RendererT")
 
 
@@ -29,9 +88,9 @@ class NodeRequirements(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cores: int = Field(0, ge=0, le=4096)
-    memory_gb: float = Field(0, ge=0, le=65536)
+    memory_gb: Finite = Field(0, ge=0, le=65536)
     gpus: int = Field(0, ge=0, le=64)
-    tags: list[str] = Field(default_factory=list, max_length=32, description="all required")
+    tags: list[Tag] = Field(default_factory=list, max_length=32, description="all required")
 
     def columns(self) -> dict[str, Any]:
         """The job's columns for these requirements."""
@@ -62,34 +121,34 @@ class JobFields(BaseModel, Generic[RendererT]):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    frames: str = Field(
+    name: Text = Field(min_length=1, max_length=NAME_MAX)
+    frames: Text = Field(
         min_length=1,
-        max_length=10_000,
+        max_length=FRAME_SPEC_MAX,
         description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
         examples=["1-240"],
     )
-    chunk_size: int = Field(1, ge=1, description="frames per chunk (one renderer command)")
+    chunk_size: Count = Field(1, description="frames per chunk (one renderer command)")
     priority: Priority = 50
-    pool: str = Field("cpu", min_length=1, max_length=64)
+    pool: Label = "cpu"
     renderer: RendererT
     max_attempts: int | None = Field(None, ge=1, le=100)
-    max_failed_frames: int | None = Field(
-        None, ge=1, description="stop the job once this many frames failed every attempt"
+    max_failed_frames: Count | None = Field(
+        None, description="stop the job once this many frames failed every attempt"
     )
-    timeout: float | None = Field(
+    timeout: Finite | None = Field(
         None, gt=0, le=7 * 24 * 3600, description="render time limit per frame, seconds"
     )
-    stall_timeout: float | None = Field(
+    stall_timeout: Finite | None = Field(
         None, gt=0, le=24 * 3600, description="kill a renderer silent for this many seconds"
     )
-    limits: list[str] = Field(
+    limits: list[Label] = Field(
         default_factory=list,
         max_length=16,
         description="named farm-wide limits (licences) each chunk takes one of",
     )
     requirements: NodeRequirements = Field(default_factory=NodeRequirements)
-    depends_on: list[int] = Field(
+    depends_on: list[RowRef] = Field(
         default_factory=list, max_length=32, description="jobs of this studio to wait for"
     )
     dependency: DependencyMode = Field(
@@ -98,10 +157,8 @@ class JobFields(BaseModel, Generic[RendererT]):
     on_dependency_failure: OnDependencyFailure = Field(
         OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
     )
-    manifest: int | None = Field(
+    manifest: RowRef | None = Field(
         None,
-        ge=1,
-        le=2**31 - 1,
         description="the files the job needs, laid out in its folder on every node "
         "(POST /v1/manifests); the renderer's paths are relative to that folder",
     )
