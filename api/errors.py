@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from scheduler.errors import (
     Conflict,
@@ -55,6 +56,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         detail = jsonable_encoder(error.errors(), custom_encoder={float: _float_text})
         return JSONResponse({"detail": printable(detail)}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, error: OperationalError) -> JSONResponse:
+        """The database does not answer (or SQLite stayed locked past every retry):
+        nothing was recorded; the studio may retry (with its Idempotency-Key)."""
+        log.warning("%s %s: the database does not answer: %s", request.method,
+                    request.url.path, error.orig)  # fmt: skip
+        return JSONResponse(
+            {"detail": "the farm's database does not answer: nothing was recorded; retry"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -9,12 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from api.app import create_app
 from scheduler.db import ChunkRow, JobRow
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -202,6 +204,36 @@ def test_an_unexpected_error_is_a_json_500_that_leaks_nothing(
     assert response.headers["content-type"] == "application/json"
     assert "internal error" in response.json()["detail"]
     assert "hunter2" not in response.text
+
+
+def test_readiness_says_which_of_database_and_broker_does_not_answer(
+    engine: Engine, settings: Settings
+) -> None:
+    with TestClient(create_app(settings, engine)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready", "database": "ok", "broker": "ok"}
+    no_broker = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(no_broker, engine)) as client:
+        assert client.get("/healthz").status_code == 200  # alive, still
+        answer = client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["database"] == "ok"
+        assert answer.json()["broker"].startswith("does not answer")
+
+
+def test_a_database_that_does_not_answer_is_a_503_to_retry(
+    engine: Engine, settings: Settings, studio: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_args: Any, **_kwargs: Any) -> None:
+        raise OperationalError("INSERT ...", {}, ConnectionRefusedError("connection refused"))
+
+    with TestClient(create_app(settings, engine)) as client:
+        monkeypatch.setattr(StudioService, "submit_job", down)
+        response = client.post("/v1/jobs", json=job_body(), headers=studio)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert "nothing was recorded" in response.json()["detail"]
 
 
 def test_an_unknown_limit_is_refused_without_listing_the_farms_others(
