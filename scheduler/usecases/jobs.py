@@ -396,15 +396,30 @@ class StudioService:
             return every[offset : None if limit is None else offset + limit]
         with self._reading() as session:
             self._own_job(session, studio_id, job_id)
-            chunks = session.exec(
-                select(ChunkRow).where(ChunkRow.job_id == job_id).order_by(col(ChunkRow.position))
-            ).all()
+            # Only the chunks the page touches: each chunk's end, in frames, counted by
+            # the database (a window function), so a job's other chunks never reach here.
+            ranked = (
+                select(
+                    col(ChunkRow.id).label("id"),
+                    func.sum(ChunkRow.frame_count)
+                    .over(order_by=col(ChunkRow.position))
+                    .label("end"),
+                )
+                .where(ChunkRow.job_id == job_id)
+                .subquery()
+            )
+            query = (
+                select(ChunkRow, ranked.c.end)
+                .join(ranked, ranked.c.id == ChunkRow.id)
+                .where(ranked.c.end > offset)
+                .order_by(col(ChunkRow.position))
+            )
+            if limit is not None:
+                query = query.where(ranked.c.end - col(ChunkRow.frame_count) < offset + limit)
+            touched = session.exec(query).all()
             window: list[tuple[ChunkRow, int]] = []
-            skipped = 0
-            for chunk in chunks:
-                if skipped + chunk.frame_count <= offset:
-                    skipped += chunk.frame_count
-                    continue
+            skipped = int(touched[0][1]) - touched[0][0].frame_count if touched else 0
+            for chunk, _end in touched:
                 for frame in chunk.frames():
                     if skipped < offset:
                         skipped += 1
@@ -413,14 +428,18 @@ class StudioService:
                 if limit is not None and len(window) >= limit:
                     window = window[:limit]
                     break
-            results = {
-                r.frame: r
-                for r in session.exec(
-                    select(FrameResultRow).where(
-                        col(FrameResultRow.chunk_id).in_({c.id for c, _ in window})
+            results: dict[int, FrameResultRow] = {}
+            if window:  # frames ascend through the job: one range, no list of ids to bind
+                results = {
+                    r.frame: r
+                    for r in session.exec(
+                        select(FrameResultRow).where(
+                            FrameResultRow.job_id == job_id,
+                            col(FrameResultRow.frame) >= window[0][1],
+                            col(FrameResultRow.frame) <= window[-1][1],
+                        )
                     )
-                )
-            }
+                }
         return [_frame_status(job_id, chunk, frame, results.get(frame)) for chunk, frame in window]
 
     def running_progress(self, job_id: int, frames: Sequence[FrameStatus]) -> dict[int, float]:

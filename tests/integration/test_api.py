@@ -245,6 +245,26 @@ def test_an_unknown_limit_is_refused_without_listing_the_farms_others(
     assert "houdini-engine" not in response.text
 
 
+def test_a_large_jobs_frames_page_reads_only_the_page(
+    client: TestClient, studio: dict[str, str]
+) -> None:
+    """70,000 frames in chunks of 1 and 3: pages anywhere, and a page larger than
+    PostgreSQL's 65,535 bound values (the results were read by a list of chunk ids)."""
+    body = job_body(frames="1-70000", chunk_size=1)
+    job = client.post("/v1/jobs", json=body, headers=studio).json()
+    tail = client.get(f"/v1/jobs/{job['id']}/frames?offset=69990&limit=100", headers=studio)
+    assert tail.status_code == 200, tail.text
+    assert [f["frame"] for f in tail.json()] == list(range(69991, 70001))
+    whole = client.get(f"/v1/jobs/{job['id']}/frames?limit=70000", headers=studio)
+    assert whole.status_code == 200, whole.text[:300]
+    assert len(whole.json()) == 70000
+    chunked = client.post("/v1/jobs", json=job_body(frames="1-100", chunk_size=3), headers=studio)
+    page = client.get(f"/v1/jobs/{chunked.json()['id']}/frames?offset=4&limit=5", headers=studio)
+    assert [f["frame"] for f in page.json()] == [5, 6, 7, 8, 9]  # mid-chunk to mid-chunk
+    past = client.get(f"/v1/jobs/{chunked.json()['id']}/frames?offset=100", headers=studio)
+    assert past.status_code == 200 and past.json() == []
+
+
 def test_list_jobs_paginates_and_filters(client: TestClient, studio: dict[str, str]) -> None:
     ids = [
         client.post("/v1/jobs", json=job_body(name=f"shot {i}"), headers=studio).json()["id"]
