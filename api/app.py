@@ -17,6 +17,7 @@ from scheduler.usecases.assets import AssetService
 from scheduler.usecases.blobstore import BlobStore, open_storage
 from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.ratelimit import RateLimiter
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -39,6 +40,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     blobs.sweep_spool()  # what a crash of this host's API left half-spooled
     app.state.assets = AssetService(engine, settings, blobs)
     app.state.stored_files = StoredFiles(storage)
+    app.state.rate_limiter = RateLimiter(settings.effective_broker_url)
     install_error_handlers(app)
     app.include_router(assets.router)
     app.include_router(internal.router)

@@ -28,6 +28,7 @@ from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
 from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService, hash_key
+from scheduler.usecases.ratelimit import RateLimiter
 
 _bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
 
@@ -93,14 +94,23 @@ def get_studio_keys(request: Request) -> StudioKeys:
     return keys  # type: ignore[no-any-return]
 
 
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter  # type: ignore[no-any-return]
+
+
 def get_studio(
     service: ServiceDep,
     keys: Annotated[StudioKeys, Depends(get_studio_keys)],
+    limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Studio:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send `Authorization: Bearer <studio key>`")
-    return keys.studio(service, credentials.credentials)
+    studio = keys.studio(service, credentials.credentials)
+    if studio.requests_per_second is not None:
+        assert studio.id is not None
+        limiter.check(studio.id, studio.requests_per_second)  # 429 past its rate
+    return studio
 
 
 StudioDep = Annotated[Studio, Depends(get_studio)]

@@ -23,6 +23,7 @@ from scheduler.errors import (
     NotFound,
     RenderfarmError,
     TooLarge,
+    TooMany,
     Unauthorized,
     Unavailable,
 )
@@ -36,6 +37,7 @@ STATUS = {
     TooLarge: 413,
     Unauthorized: 401,
     Unavailable: 503,
+    TooMany: 429,
 }
 
 
@@ -44,6 +46,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain_error(_request: Request, error: RenderfarmError) -> JSONResponse:
         status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(error, TooMany):
+            headers = {"Retry-After": str(error.retry_after)}
         if isinstance(error, InvalidRequest):
             detail: object = [
                 {"loc": ["body", error.field], "msg": error.message, "type": "value_error"}

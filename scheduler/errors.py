@@ -6,6 +6,7 @@
     ├── Conflict          the request is valid but not in the current state
     ├── TooLarge          a file, or a studio's stored bytes, past its limit
     ├── Unauthorized      no key, or an unknown one
+    ├── TooMany           past a studio's quota or request rate: retry after a while
     └── Unavailable       a service the farm needs (its object storage) failed: retry
 
 The API maps each class to one HTTP status in one place (api/errors.py); the CLI
@@ -44,3 +45,9 @@ class Unauthorized(RenderfarmError):
 
 class Unavailable(RenderfarmError):
     pass
+
+
+class TooMany(RenderfarmError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds

@@ -43,6 +43,7 @@ router = APIRouter(
         404: {"model": Problem},
         413: {"model": Problem, "description": "the body is larger than the farm takes"},
         422: {"model": Problem},
+        429: {"model": Problem, "description": "past the studio's quota or request rate"},
     },
 )
 

@@ -23,6 +23,11 @@ class Studio(SQLModel, table=True):
     # Whether its jobs may run the Python scripts inside their scenes (an operator's
     # grant, `renderfarm studio scripts`; the farm's RENDERFARM_ALLOW_SCENE_SCRIPTS too).
     allow_scene_scripts: bool = False
+    # An operator's bounds on what the studio may ask (None: none), `renderfarm studio
+    # quota`: jobs and frames waiting at once, and API requests per second.
+    max_queued_jobs: int | None = None
+    max_queued_frames: int | None = None
+    requests_per_second: int | None = None
 
 
 class Subscription(SQLModel, table=True):

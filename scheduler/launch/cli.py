@@ -10,7 +10,8 @@
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm studio scripts NAME --allow|--forbid   scripts inside its scenes may run
-    renderfarm studio list               every studio, its weight and scene scripts
+    renderfarm studio quota NAME [--jobs N] [--frames N] [--rate R]   its bounds (429 past them)
+    renderfarm studio list               every studio, its weight, scene scripts and quota
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
     renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
     renderfarm assets collect            delete stored contents nothing names any more
@@ -268,6 +269,31 @@ def studio_scripts(
         _warn_if_scripts_off(service.settings)
 
 
+@studio_app.command("quota")
+def studio_quota(
+    name: str,
+    jobs: Annotated[int, typer.Option(min=0, help="unfinished jobs at once (0: no bound)")] = 0,
+    frames: Annotated[
+        int, typer.Option(min=0, help="frames waiting for a node at once (0: no bound)")
+    ] = 0,
+    rate: Annotated[int, typer.Option(min=0, help="API requests per second (0: no bound)")] = 0,
+) -> None:
+    """Bound what a studio may ask: past a bound its submissions (or requests) get
+    429 with Retry-After. Each bound not given is removed."""
+    with _reported():
+        studio = _studio_service().set_quota(name, jobs or None, frames or None, rate or None)
+    typer.echo(f"{studio.name}: {_quota(studio)}")
+
+
+def _quota(studio: Any) -> str:
+    bounds = [
+        f"{studio.max_queued_jobs} unfinished jobs" if studio.max_queued_jobs else "",
+        f"{studio.max_queued_frames} queued frames" if studio.max_queued_frames else "",
+        f"{studio.requests_per_second} requests/s" if studio.requests_per_second else "",
+    ]
+    return "at most " + ", ".join(b for b in bounds if b) if any(bounds) else "no quota"
+
+
 @studio_app.command("list")
 def studio_list() -> None:
     """Every studio, its fair-share weight, and whether its scene scripts may run."""
@@ -275,7 +301,7 @@ def studio_list() -> None:
     for studio in service.list_studios():
         typer.echo(
             f"{studio.name}: weight {studio.weight:g}, "
-            f"scene scripts {_allowed(studio.allow_scene_scripts)}"
+            f"scene scripts {_allowed(studio.allow_scene_scripts)}, {_quota(studio)}"
         )
     _warn_if_scripts_off(service.settings)
 

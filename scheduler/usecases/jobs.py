@@ -42,7 +42,7 @@ from scheduler.db import (
 )
 from scheduler.db.engine import read_only
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
-from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from scheduler.errors import Conflict, InvalidRequest, NotFound, TooMany, Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.billing import EnergyTotals, job_energy, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_progress
@@ -55,6 +55,9 @@ KEY_PREFIX = "rf_"
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+QUOTA_RETRY_SECONDS = 60  # what a refusal past a quota tells a studio to wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,26 @@ class StudioService:
         with Session(self.engine) as session:
             studio = self._studio_named(session, studio_name)
             studio.allow_scene_scripts = allowed
+            session.add(studio)
+            session.commit()
+            session.refresh(studio)
+            return studio
+
+    def set_quota(
+        self,
+        studio_name: str,
+        queued_jobs: int | None,
+        queued_frames: int | None,
+        requests_per_second: int | None,
+    ) -> Studio:
+        """An operator bounds what a studio may ask: jobs not finished and frames
+        waiting for a node at once (a submission past them is refused, 429), and API
+        requests per second. None: no bound."""
+        with Session(self.engine) as session:
+            studio = self._studio_named(session, studio_name)
+            studio.max_queued_jobs = queued_jobs
+            studio.max_queued_frames = queued_frames
+            studio.requests_per_second = requests_per_second
             session.add(studio)
             session.commit()
             session.refresh(studio)
@@ -283,6 +306,7 @@ class StudioService:
                     raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
             if getattr(request.renderer, "allow_scripts", False):
                 self._check_scene_scripts(session, studio_id)
+            self._check_quota(session, studio_id, len(frames))
             if request.manifest is not None:
                 manifest = session.get(ManifestRow, request.manifest)
                 if manifest is None or manifest.studio_id != studio_id:
@@ -338,6 +362,39 @@ class StudioService:
             return job
 
     # Reading ---------------------------------------------------------------------------
+
+    def _check_quota(self, session: Session, studio_id: int, frames: int) -> None:
+        """Refuse (429) a job past the studio's bounds on unfinished jobs and queued
+        frames. The studio's row is locked first, so that simultaneous submissions
+        count each other (PostgreSQL; SQLite runs one writer at a time)."""
+        studio = session.exec(select(Studio).where(Studio.id == studio_id).with_for_update()).one()
+        if studio.max_queued_jobs is not None:
+            unfinished = session.exec(
+                select(func.count())
+                .select_from(JobRow)
+                .where(
+                    JobRow.studio_id == studio_id,
+                    col(JobRow.state).not_in([s.value for s in JobState if s.is_final]),
+                )
+            ).one()
+            if unfinished + 1 > studio.max_queued_jobs:
+                raise TooMany(
+                    f"this studio has {unfinished} unfinished jobs, its quota is "
+                    f"{studio.max_queued_jobs}: submit once some are done",
+                    QUOTA_RETRY_SECONDS,
+                )
+        if studio.max_queued_frames is not None:
+            queued = session.exec(
+                select(func.coalesce(func.sum(ChunkRow.frame_count), 0))
+                .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
+                .where(JobRow.studio_id == studio_id, ChunkRow.state == ChunkState.QUEUED)
+            ).one()
+            if queued + frames > studio.max_queued_frames:
+                raise TooMany(
+                    f"this studio has {queued} frames queued, its quota is "
+                    f"{studio.max_queued_frames}: {frames} more do not fit",
+                    QUOTA_RETRY_SECONDS,
+                )
 
     def _own_job(self, session: Session, studio_id: int, job_id: int, lock: bool = False) -> JobRow:
         """The studio's job (locked for this transaction if it is to change it)."""
