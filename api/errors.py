@@ -13,9 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from scheduler.errors import (
     Conflict,
@@ -29,6 +32,7 @@ from scheduler.errors import (
 )
 
 log = logging.getLogger(__name__)
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # what a 405's Allow may name
 
 STATUS = {
     NotFound: 404,
@@ -60,6 +64,22 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         detail = jsonable_encoder(error.errors(), custom_encoder={float: _float_text})
         return JSONResponse({"detail": printable(detail)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        """Starlette's own answers, but a 405's ``Allow`` names every method of the path
+        (Starlette's names those of the first route that matched it only)."""
+        if error.status_code == 405:
+            allowed = [
+                method
+                for method in METHODS
+                if any(
+                    route.matches({**request.scope, "method": method})[0] is Match.FULL
+                    for route in request.app.router.routes
+                )
+            ]
+            error.headers = {**(error.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(request: Request, error: OperationalError) -> JSONResponse:

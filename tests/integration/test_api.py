@@ -236,6 +236,20 @@ def test_a_database_that_does_not_answer_is_a_503_to_retry(
     assert "nothing was recorded" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("PUT", "/v1/jobs", "GET, POST"), ("DELETE", "/v1/jobs/1", "GET, PATCH"),
+     ("GET", "/v1/jobs/1/cancel", "POST"), ("POST", "/healthz", "GET")],
+)  # fmt: skip
+def test_a_method_not_allowed_names_every_method_the_path_takes(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    answer = client.request(method, path)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == allow
+    assert answer.json() == {"detail": "Method Not Allowed"}
+
+
 def test_an_unknown_limit_is_refused_without_listing_the_farms_others(
     client: TestClient, service: StudioService, studio: dict[str, str]
 ) -> None:
