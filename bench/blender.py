@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dispatch import free_port
+from bench.dispatch import free_port, wait_for_job
 from scheduler.launch.demo import studio_key
 from scheduler.launch.embedded import EmbeddedRedis, LocalFarm, wait_until
 from scheduler.settings import Settings
@@ -68,14 +68,7 @@ def bench_farm(settings: Settings, frames: int, renderer: dict[str, Any]) -> flo
         started = time.perf_counter()
         job = client.post("/v1/jobs", json={**body, "renderer": renderer}).json()
 
-        def done() -> bool:
-            farm.check_children()
-            state = client.get(f"/v1/jobs/{job['id']}").json()
-            if state["state"] in ("failed", "cancelled"):
-                raise RuntimeError(f"bench job ended {state['state']}: {state['message']}")
-            return bool(state["state"] == "done")
-
-        wait_until(done, 3600, "the farm did not finish")
+        wait_for_job(farm, client, job["id"])
         return frames / (time.perf_counter() - started)
 
 

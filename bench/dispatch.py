@@ -58,6 +58,20 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
+def wait_for_job(farm: LocalFarm, client: httpx.Client, job_id: int) -> None:
+    """Until the job is done; a job that failed or was cancelled, or a farm process
+    that died, ends the benchmark."""
+
+    def done() -> bool:
+        farm.check_children()
+        state = client.get(f"/v1/jobs/{job_id}").json()
+        if state["state"] in ("failed", "cancelled"):
+            raise RuntimeError(f"bench job ended {state['state']}: {state['message']}")
+        return bool(state["state"] == "done")
+
+    wait_until(done, 3600, "the farm did not finish")
+
+
 def bench_farm(
     settings: Settings, frames: int, slots: int, also_measure: dict[str, psutil.Process]
 ) -> tuple[float, dict[str, float]]:
@@ -82,14 +96,7 @@ def bench_farm(
             json={"name": "bench", "frames": f"1-{frames}", "renderer": {"kind": "noop"}},
         ).json()
 
-        def done() -> bool:
-            farm.check_children()
-            state = client.get(f"/v1/jobs/{job['id']}").json()
-            if state["state"] in ("failed", "cancelled"):
-                raise RuntimeError(f"bench job ended {state['state']}: {state['message']}")
-            return bool(state["state"] == "done")
-
-        wait_until(done, 3600, "the farm did not finish")
+        wait_for_job(farm, client, job["id"])
         elapsed = time.perf_counter() - started
         cpu_ms = {
             label: round((cpu_seconds(p) - cpu_before[label]) / frames * 1000, 2)

@@ -20,6 +20,7 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, insert
 from sqlalchemy.engine import Engine
@@ -148,24 +149,12 @@ class StudioService:
         """An operator sets a studio's fair-share weight (default 1)."""
         if not weight > 0:
             raise InvalidRequest("weight", "a fair-share weight is a number above 0")
-        with Session(self.engine) as session:
-            studio = self._studio_named(session, studio_name)
-            studio.weight = weight
-            session.add(studio)
-            session.commit()
-            session.refresh(studio)
-            return studio
+        return self._update_studio(studio_name, weight=weight)
 
     def set_scene_scripts(self, studio_name: str, allowed: bool) -> Studio:
         """An operator allows (or forbids) the scripts inside a studio's scenes to run, for
         the jobs that ask (``allow_scripts``); the farm's switch must allow them too."""
-        with Session(self.engine) as session:
-            studio = self._studio_named(session, studio_name)
-            studio.allow_scene_scripts = allowed
-            session.add(studio)
-            session.commit()
-            session.refresh(studio)
-            return studio
+        return self._update_studio(studio_name, allow_scene_scripts=allowed)
 
     def set_quota(
         self,
@@ -177,11 +166,19 @@ class StudioService:
         """An operator bounds what a studio may ask: jobs not finished and frames
         waiting for a node at once (a submission past them is refused, 429), and API
         requests per second. None: no bound."""
+        return self._update_studio(
+            studio_name,
+            max_queued_jobs=queued_jobs,
+            max_queued_frames=queued_frames,
+            requests_per_second=requests_per_second,
+        )
+
+    def _update_studio(self, studio_name: str, **values: Any) -> Studio:
+        """An operator's change of a studio's own columns."""
         with Session(self.engine) as session:
             studio = self._studio_named(session, studio_name)
-            studio.max_queued_jobs = queued_jobs
-            studio.max_queued_frames = queued_frames
-            studio.requests_per_second = requests_per_second
+            for name, value in values.items():
+                setattr(studio, name, value)
             session.add(studio)
             session.commit()
             session.refresh(studio)

@@ -4,7 +4,7 @@ A key is a relative POSIX path (``blobs/ab/cd/<sha256>``, ``manifests/7.json``,
 ``jobs/7/frames/frame_000001.png``). Two backends behind one protocol:
 
 - ``LocalStorage``: a folder (the default; embedded farms, and farms whose nodes mount
-  it). Readers can be handed the file itself (``local_path``: sendfile, hard links).
+  it).
 - ``S3Storage``: S3-compatible object storage, ``RENDERFARM_STORAGE=s3://bucket/prefix``,
   through boto3 with its usual configuration (``AWS_ACCESS_KEY_ID``,
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` or
@@ -82,10 +82,6 @@ class Storage(Protocol):
 
     def read(self, key: str) -> Iterator[bytes]:
         """The stored bytes, a piece at a time; ``KeyMissing`` before the first piece."""
-        ...
-
-    def local_path(self, key: str) -> Path | None:
-        """The stored file itself where the storage is a folder; None for object storage."""
         ...
 
     def spool_file(self, prefix: str) -> tuple[IO[bytes], Path]:
@@ -188,9 +184,6 @@ class LocalStorage(_Spool):
     def read(self, key: str) -> Iterator[bytes]:
         return self.open(key).pieces
 
-    def local_path(self, key: str) -> Path | None:
-        return self.path(key) if self.stat(key) is not None else None
-
     def adopt(self, key: str, path: Path) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -270,9 +263,6 @@ class S3Storage(_Spool):
 
     def read(self, key: str) -> Iterator[bytes]:
         return self.open(key).pieces
-
-    def local_path(self, key: str) -> Path | None:
-        return None
 
     def adopt(self, key: str, path: Path) -> None:
         """An upload from the file: one PUT up to ``multipart_bytes``, else multipart in

@@ -13,7 +13,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,20 @@ def west(engine: Engine, settings: Settings) -> dict[str, str]:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def blob_tar(contents: Iterable[bytes], *extra: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    """A batch for POST /v1/blobs: each content named by its SHA-256, then ``extra``
+    members as given."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for data in contents:
+            info = tarfile.TarInfo(sha(data))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data))
+    return archive.getvalue()
 
 
 def manifest(files: dict[str, bytes]) -> dict[str, Any]:
@@ -149,18 +163,11 @@ def test_many_small_files_go_in_one_request(
     client: TestClient, east: dict[str, str], engine: Engine
 ) -> None:
     files = {f"cache/particles/{n:05d}.bphys": f"frame {n}".encode() for n in range(2000)}
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for data in files.values():
-            info = tarfile.TarInfo(sha(data))
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        evil = tarfile.TarInfo("../../escape")
-        evil.size = 1
-        tar.addfile(evil, io.BytesIO(b"!"))
+    evil = tarfile.TarInfo("../../escape")
+    evil.size = 1
     response = client.post(
         "/v1/blobs",
-        content=archive.getvalue(),
+        content=blob_tar(files.values(), (evil, b"!")),
         headers={**east, "Content-Type": "application/x-tar"},
     )
     assert response.status_code == 200, response.text
@@ -277,17 +284,12 @@ def test_a_batch_keeps_what_fits_the_quota_and_says_why_it_refused_the_rest(
     engine: Engine, settings: Settings, east: dict[str, str]
 ) -> None:
     contents = [bytes([n]) * 3000 for n in range(4)]
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for data in [*contents, contents[0]]:  # the first twice: charged once
-            info = tarfile.TarInfo(sha(data))
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    archive = blob_tar([*contents, contents[0]])  # the first twice: charged once
     small = settings.model_copy(update={"studio_quota_bytes": 10_000})
     with TestClient(create_app(small, engine)) as client:
         response = client.post(
             "/v1/blobs",
-            content=archive.getvalue(),
+            content=archive,
             headers={**east, "Content-Type": "application/x-tar"},
         )
         assert response.status_code == 200, response.text
@@ -417,25 +419,16 @@ def test_an_operator_collects_from_the_command_line(
 def test_a_batch_refuses_links_and_more_than_it_may_unpack(
     engine: Engine, settings: Settings, east: dict[str, str]
 ) -> None:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        link = tarfile.TarInfo(sha(b"x"))
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tar.addfile(link)
+    link = tarfile.TarInfo(sha(b"x"))
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     tar_headers = {**east, "Content-Type": "application/x-tar"}
     with TestClient(create_app(settings, engine)) as client:
-        response = client.post("/v1/blobs", content=archive.getvalue(), headers=tar_headers)
+        response = client.post("/v1/blobs", content=blob_tar([], (link, b"")), headers=tar_headers)
         assert response.json()["stored"] == [] and len(response.json()["refused"]) == 1
-    big = io.BytesIO()
-    with tarfile.open(fileobj=big, mode="w") as tar:
-        for n in range(3):
-            data = bytes([n]) * 4000
-            info = tarfile.TarInfo(sha(data))
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    big = blob_tar(bytes([n]) * 4000 for n in range(3))
     small = settings.model_copy(update={"max_batch_bytes": 10_000})
     with TestClient(create_app(small, engine)) as client:
-        response = client.post("/v1/blobs", content=big.getvalue(), headers=tar_headers)
+        response = client.post("/v1/blobs", content=big, headers=tar_headers)
         assert response.status_code == 413 and "10000 bytes" in response.text
 
 

@@ -5,8 +5,6 @@ checked; a cache that fetches nothing twice and keeps to its size."""
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from sqlalchemy.engine import Engine
 from api.app import create_app
 from scheduler.settings import Settings
 from scheduler.wire.storage import LocalStorage
-from tests.integration.test_assets import SCENE, key_header, manifest, upload_scene
+from tests.integration.test_assets import SCENE, blob_tar, key_header, manifest, upload_scene
 from workers.assets import BlobCache, FetchError, FileEntry, HttpFiles, StorageFiles, lay_out
 
 pytestmark = pytest.mark.integration
@@ -168,14 +166,8 @@ def test_a_scene_of_many_small_files_comes_in_a_few_requests(
     with_token = settings.model_copy(update={"node_token": SecretStr(TOKEN)})
     with TestClient(create_app(with_token, engine)) as client:
         studio = key_header(engine, with_token, "east")
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            for data in scene.values():
-                info = tarfile.TarInfo(hashlib.sha256(data).hexdigest())
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
         tar_headers = {**studio, "Content-Type": "application/x-tar"}
-        sent = client.post("/v1/blobs", content=archive.getvalue(), headers=tar_headers)
+        sent = client.post("/v1/blobs", content=blob_tar(scene.values()), headers=tar_headers)
         assert len(sent.json()["stored"]) == 3000
         created = client.post("/v1/manifests", json=manifest(scene), headers=studio)
         manifest_id = created.json()["id"]
