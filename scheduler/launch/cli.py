@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from scheduler.core.bounds import COUNT_MAX
 from scheduler.launch import studio as studio_commands
 from scheduler.settings import Settings
 
@@ -269,14 +270,17 @@ def studio_scripts(
         _warn_if_scripts_off(service.settings)
 
 
+UNFINISHED_HELP = "unfinished jobs at once (0: no bound)"
+QUEUED_HELP = "frames waiting for a node at once (0: no bound)"
+RATE_HELP = "API requests per second (0: no bound)"
+
+
 @studio_app.command("quota")
 def studio_quota(
     name: str,
-    jobs: Annotated[int, typer.Option(min=0, help="unfinished jobs at once (0: no bound)")] = 0,
-    frames: Annotated[
-        int, typer.Option(min=0, help="frames waiting for a node at once (0: no bound)")
-    ] = 0,
-    rate: Annotated[int, typer.Option(min=0, help="API requests per second (0: no bound)")] = 0,
+    jobs: Annotated[int, typer.Option(min=0, max=COUNT_MAX, help=UNFINISHED_HELP)] = 0,
+    frames: Annotated[int, typer.Option(min=0, max=COUNT_MAX, help=QUEUED_HELP)] = 0,
+    rate: Annotated[int, typer.Option(min=0, max=COUNT_MAX, help=RATE_HELP)] = 0,
 ) -> None:
     """Bound what a studio may ask: past a bound its submissions (or requests) get
     429 with Retry-After. Each bound not given is removed."""

@@ -26,6 +26,7 @@ from sqlalchemy import func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from scheduler.core.bounds import COUNT_MAX
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
 from scheduler.core.states import ChunkState, JobState
@@ -166,6 +167,10 @@ class StudioService:
         """An operator bounds what a studio may ask: jobs not finished and frames
         waiting for a node at once (a submission past them is refused, 429), and API
         requests per second. None: no bound."""
+        bounds = {"jobs": queued_jobs, "frames": queued_frames, "rate": requests_per_second}
+        for bound, value in bounds.items():
+            if value is not None and not 1 <= value <= COUNT_MAX:
+                raise InvalidRequest(bound, f"a quota is 1 to {COUNT_MAX}, or none")
         return self._update_studio(
             studio_name,
             max_queued_jobs=queued_jobs,

@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
 
+from scheduler.errors import InvalidRequest
+from scheduler.launch.cli import app as cli
 from scheduler.settings import Settings
+from scheduler.usecases.jobs import StudioService
 from tests.integration.test_scene_scripts import bearer, farm, jobs, operator_of
 
 pytestmark = pytest.mark.integration
@@ -79,3 +83,15 @@ def test_a_studio_past_its_request_rate_is_told_to_retry(
         assert refused[0].headers["retry-after"] == "1"
         assert "more than 3 requests a second" in refused[0].json()["detail"]
         assert all(client.get("/v1/jobs", headers=west).status_code == 200 for _ in range(12))
+
+
+def test_a_quota_past_the_databases_integers_is_refused_saying_so(
+    engine: Engine, settings: Settings
+) -> None:
+    operator = operator_of(settings)
+    operator("studio", "create", "east")
+    too_big = CliRunner().invoke(cli, ["studio", "quota", "east", "--jobs", "99999999999"])
+    assert too_big.exit_code == 2 and "--jobs" in too_big.output
+    service = StudioService(engine, settings)
+    with pytest.raises(InvalidRequest, match="a quota is 1 to 2147483647"):
+        service.set_quota("east", None, 2**40, None)
