@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from scheduler.core.bounds import FRAME_DIGITS, FRAME_MAX, FRAME_MIN
 
@@ -57,6 +58,11 @@ class FrameRange:
 
     def frames(self) -> list[int]:
         return list(self)
+
+    def within(self, low: int, high: int) -> range:
+        """The frames from ``low`` to ``high``, without walking the others."""
+        start = self.start if low <= self.start else low + (self.start - low) % self.step
+        return range(start, min(self.end, high) + 1, self.step)
 
     def __str__(self) -> str:
         if self.start == self.end:
@@ -108,6 +114,15 @@ def parse_frame_spec(spec: str, max_frames: int | None = None) -> list[int]:
     Raises FrameSpecError for malformed text, an empty spec, or more than
     ``max_frames`` frames (checked before any list is built).
     """
+    ranges = _parse_items(spec, max_frames)
+    if len(ranges) == 1:
+        return list(_ascending(ranges[0]))
+    return sorted({frame for run in ranges for frame in run})
+
+
+def _parse_items(spec: str, max_frames: int | None) -> list[range]:
+    """The spec's items as ranges, checked: well formed, in bounds, and together (counted
+    with their overlaps) at most ``max_frames`` frames."""
     items = [part.replace(" ", "") for part in spec.split(",")]
     if not any(items):
         raise FrameSpecError("the frame spec is empty")
@@ -127,10 +142,43 @@ def parse_frame_spec(spec: str, max_frames: int | None = None) -> list[int]:
         if not FRAME_MIN <= run.step <= FRAME_MAX:
             _out_of_range(item)
         ranges.append(run)
-    if len(ranges) == 1:
-        run = ranges[0]
-        return list(run) if run.step > 0 else list(reversed(run))
-    return sorted({frame for run in ranges for frame in run})
+    return ranges
+
+
+def parse_frame_runs(spec: str, max_frames: int | None = None) -> list[FrameRange]:
+    """The frames a spec names, as ascending arithmetic runs, without building a list of
+    them where the items do not overlap (``1-1000000`` is one run, read in microseconds);
+    items that overlap are expanded and merged (their count is bounded by ``max_frames``).
+
+    The same set as ``parse_frame_spec``; the runs are the items as written, ordered, with
+    touching items of one step joined (``1-5,6-10`` is ``1-10``), or, where items
+    overlap, ``runs_of`` the merged frames.
+    """
+    ranges = sorted(
+        (_ascending(run) for run in _parse_items(spec, max_frames)), key=lambda run: run[0]
+    )
+    if any(later[0] <= earlier[-1] for earlier, later in pairwise(ranges)):
+        return runs_of(sorted({frame for run in ranges for frame in run}))
+    runs: list[FrameRange] = []
+    for run in ranges:
+        last = runs[-1] if runs else None
+        if last is not None and _joins(last, run):
+            step = run[0] - last.end if len(last) == 1 else last.step
+            runs[-1] = FrameRange(last.start, run[-1], step)
+        else:
+            runs.append(FrameRange(run[0], run[-1], run.step if len(run) > 1 else 1))
+    return runs
+
+
+def _joins(run: FrameRange, after: range) -> bool:
+    """Whether the items ``after`` continues ``run`` with one step all along."""
+    gap = after[0] - run.end
+    step = gap if len(run) == 1 else run.step
+    return gap == step and (len(after) == 1 or after.step == step)
+
+
+def _ascending(run: range) -> range:
+    return run if run.step > 0 else run[::-1]
 
 
 def runs_of(frames: Sequence[int]) -> list[FrameRange]:

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
+from scheduler.core.frames import (
+    FrameRange,
+    FrameSpecError,
+    format_frame_spec,
+    parse_frame_runs,
+    parse_frame_spec,
+)
 
 CASES = [
     ("1-5", [1, 2, 3, 4, 5]),
@@ -87,3 +93,29 @@ def test_parse_matches_a_reference_reading(items: list[tuple[int, int, int, bool
         walk = step if b >= a else -step
         expected.update(range(a, b + (1 if walk > 0 else -1), walk))
     assert parse_frame_spec(text) == sorted(expected)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(-100, 1000), st.integers(-100, 1000), st.integers(1, 7)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_runs_name_the_frames_of_the_spec(items: list[tuple[int, int, int]]) -> None:
+    """The runs a submission stores (without expanding the spec) are its frames, in order."""
+    text = ",".join(f"{a}-{b}:{step}" for a, b, step in items)
+    runs = parse_frame_runs(text)
+    assert [frame for run in runs for frame in run] == parse_frame_spec(text)
+    assert parse_frame_spec(",".join(map(str, runs))) == parse_frame_spec(text)
+
+
+def test_a_long_range_is_read_as_one_run() -> None:
+    assert parse_frame_runs("1-1000000") == [FrameRange(1, 1_000_000)]
+    assert parse_frame_runs("1-5,6-10,12-20x2,100") == [
+        FrameRange(1, 10),
+        FrameRange(12, 20, 2),
+        FrameRange(100, 100),
+    ]
+    with pytest.raises(FrameSpecError, match="more than 10"):
+        parse_frame_runs("1-6,20-25", max_frames=10)
