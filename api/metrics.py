@@ -213,7 +213,7 @@ class FarmCollector(Collector):
         counts: dict[tuple[str, str], int] = {
             (pool, state): n
             for pool, state, n in session.execute(
-                select(col(ChunkRow.pool), col(ChunkRow.state), func.count()).group_by(
+                select(col(ChunkRow.pool), col(ChunkRow.state), func.sum(ChunkRow.chunks)).group_by(
                     col(ChunkRow.pool), col(ChunkRow.state)
                 )
             )

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from scheduler.core.bounds import COUNT_MAX
+
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
 
     # What studios may ask for.
     pools: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["cpu", "gpu"])
-    max_frames_per_job: int = Field(100_000, ge=1)
+    max_frames_per_job: int = Field(1_000_000, ge=1, le=COUNT_MAX)
     max_chunk_size: int = Field(1_000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1_024)
     # Scenes and their files (content-addressed blobs; see scheduler/core/assets.py).

@@ -24,6 +24,7 @@ from api.deps import (
 from api.files import file_response
 from api.idempotency import IdempotencyDep, IdempotencyKey, keyed_request, respond
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
+from scheduler.core.bounds import FRAME_MAX, FRAME_MIN
 from scheduler.core.states import ChunkState, JobState
 from scheduler.errors import NotFound
 from scheduler.usecases.frame_outputs import content_type_of, stream_tar, stream_zip
@@ -139,15 +140,23 @@ def list_frames(
     job_id: RowId,
     studio: StudioDep,
     service: ServiceDep,
-    offset: Offset = 0,  # frames to skip, in ascending frame order
+    after: int | None = Query(
+        None,
+        ge=FRAME_MIN,
+        le=FRAME_MAX,
+        description="only the frames after this one: the last frame of the previous page. "
+        "A page found this way reads only itself, whatever the job's size",
+    ),
+    offset: Offset = 0,  # frames to skip, in ascending frame order (each one read)
     limit: int = Query(10_000, ge=1, le=100_000),
     state: ChunkState | None = Query(
         None, description="only the frames in this state (offset and limit count those)"
     ),
 ) -> list[FramePublic]:
-    """The job's frames; a running frame's ``progress`` is what its node last said of
-    it (volatile, from Redis: read once per listing, and null if Redis does not answer)."""
-    frames = service.list_frames(_id(studio), job_id, offset, limit, state)
+    """The job's frames in ascending order, a page at a time (``after``, ``limit``); a
+    running frame's ``progress`` is what its node last said of it (volatile, from
+    Redis: read once per listing, and null if Redis does not answer)."""
+    frames = service.list_frames(_id(studio), job_id, offset, limit, state, after)
     progress = service.running_progress(job_id, frames)
     return [FramePublic.of(job_id, f, progress.get(f.frame)) for f in frames]
 

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Date, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from scheduler.core.frames import FrameRange
+
 
 class Studio(SQLModel, table=True):
     __tablename__ = "studios"
@@ -120,10 +122,16 @@ class JobDependency(SQLModel, table=True):
 
 
 class ChunkRow(SQLModel, table=True):
+    """A chunk of a job, or a block of its chunks not cut yet (``chunks`` > 1: only ever
+    queued or cancelled; the scheduler cuts chunks off its front as it dispatches them,
+    scheduler/core/chunks.py). A job's rows never overlap and ascend in frames as in
+    position, so a frame's row is the last one starting at or before it."""
+
     __tablename__ = "chunks"
     __table_args__ = (
         Index("ix_chunks_job_state_position", "job_id", "state", "position"),
         Index("ix_chunks_pool_state", "pool", "state"),
+        Index("ix_chunks_job_first_frame", "job_id", "first_frame"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -134,6 +142,7 @@ class ChunkRow(SQLModel, table=True):
     last_frame: int
     step: int
     frame_count: int
+    chunks: int = Field(default=1, sa_column_kwargs={"server_default": "1"})  # a block's: > 1
     state: str = Field(max_length=16)
     attempts: int = 0  # attempts made; the current attempt's number
     retry_base: int = 0  # attempts made before the last operator retry
@@ -144,7 +153,10 @@ class ChunkRow(SQLModel, table=True):
     finished_at: float | None = None
 
     def frames(self) -> list[int]:
-        return list(range(self.first_frame, self.last_frame + 1, self.step))
+        return list(self.frame_range())
+
+    def frame_range(self) -> FrameRange:
+        return FrameRange(self.first_frame, self.last_frame, self.step)
 
 
 class AttemptRow(SQLModel, table=True):

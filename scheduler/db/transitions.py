@@ -33,6 +33,8 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
+from scheduler.core.chunks import cut
+from scheduler.core.frames import FrameRange
 from scheduler.core.states import (
     ATTEMPT_TRANSITIONS,
     CHUNK_TRANSITIONS,
@@ -275,6 +277,89 @@ _CLAIM = (
 )
 
 _PLACE = _CHUNKS.update().where(_CHUNKS.c.id == bindparam("b_id")).values(node=bindparam("node"))
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A queued row standing for several chunks of its job, as it was read."""
+
+    id: int
+    position: int
+    frames: FrameRange
+    chunks: int
+
+
+def cut_block(
+    session: Session, job: JobRow, block: Block, count: int
+) -> list[tuple[int, FrameRange]]:
+    """Cut the first ``count`` chunks off a queued block: each becomes a queued row of
+    its own at the block's first positions, and the block keeps the rest (the last
+    chunk cut takes over the block's row when nothing is left); the new chunks' (id,
+    frames). Compare-and-set, like a state write: a block no longer as it was read (a
+    cancel committed first) is left, and nothing is cut. Call with the job locked."""
+    pieces, rest = cut(block.frames, job.chunk_size, count)
+    if not pieces:
+        return []
+    position = block.position + len(pieces)
+    keeps = rest if rest is not None else pieces[-1]
+    moved = session.execute(
+        _SHRINK_BLOCK,
+        {
+            "b_id": block.id,
+            "b_first": block.frames.start,
+            "b_chunks": block.chunks,
+            "first_frame": keeps.start,
+            "step": keeps.step,
+            "frame_count": len(keeps),
+            "chunks": block.chunks - len(pieces) if rest is not None else 1,
+            "position": position if rest is not None else position - 1,
+        },
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        return []
+    new = pieces if rest is not None else pieces[:-1]
+    ids = list(
+        session.scalars(
+            _CHUNKS.insert().returning(_CHUNKS.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "job_id": job.id,
+                    "position": block.position + offset,
+                    "pool": job.pool,
+                    "first_frame": piece.start,
+                    "last_frame": piece.end,
+                    "step": piece.step,
+                    "frame_count": len(piece),
+                    "chunks": 1,
+                    "state": ChunkState.QUEUED,
+                    "attempts": 0,
+                    "retry_base": 0,
+                }
+                for offset, piece in enumerate(new)
+            ],
+        )
+    ) if new else []  # fmt: skip
+    if rest is None:
+        ids.append(block.id)
+    return list(zip(ids, pieces, strict=True))
+
+
+_SHRINK_BLOCK = (
+    _CHUNKS.update()
+    .where(
+        _CHUNKS.c.id == bindparam("b_id"),
+        _CHUNKS.c.state == ChunkState.QUEUED,
+        _CHUNKS.c.first_frame == bindparam("b_first"),
+        _CHUNKS.c.chunks == bindparam("b_chunks"),
+    )
+    .values(
+        first_frame=bindparam("first_frame"),
+        step=bindparam("step"),
+        frame_count=bindparam("frame_count"),
+        chunks=bindparam("chunks"),
+        position=bindparam("position"),
+    )
+)
 
 
 @dataclass(slots=True)

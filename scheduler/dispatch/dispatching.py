@@ -25,6 +25,7 @@ from scheduler.core.dependencies import (
     frames_ready,
 )
 from scheduler.core.fairshare import PoolTerms
+from scheduler.core.frames import FrameRange
 from scheduler.core.placement import NO_REQUIREMENTS, NodeView, Requirements, can_ever_run
 from scheduler.core.policy import (
     Assignment,
@@ -46,7 +47,9 @@ from scheduler.db import (
     Subscription,
 )
 from scheduler.db.transitions import (
+    Block,
     claim_chunks,
+    cut_block,
     end_queued_chunks,
     lock_jobs,
     open_attempts,
@@ -98,28 +101,22 @@ _DISPATCHABLE_JOBS = select(JobRow).where(
     col(JobRow.cancelled).is_(False),
     col(JobRow.pool).in_(bindparam("pools", expanding=True)),
 )
-_NEXT_QUEUED = (
-    sql_select(col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.not_before))
-    .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
-    .where(col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= bindparam("now")))
-    .order_by(col(ChunkRow.position))
-    .limit(bindparam("wanted", type_=Integer))
-)
-_DEPENDENCIES = (
-    sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
-    .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
-    .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
-)
-_NEXT_QUEUED_FRAMES = (
+_NEXT_QUEUED = (  # chunks, and blocks of chunks to cut (scheduler/core/chunks.py)
     sql_select(
         col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.not_before),
         col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step),
+        col(ChunkRow.chunks), col(ChunkRow.position),
     )
     .where(col(ChunkRow.job_id) == bindparam("job"), col(ChunkRow.state) == ChunkState.QUEUED)
     .where(col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= bindparam("now")))
     .order_by(col(ChunkRow.position))
     .limit(bindparam("wanted", type_=Integer))
 )  # fmt: skip
+_DEPENDENCIES = (
+    sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
+    .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
+    .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
+)
 _CHUNK_RANGES_IN = sql_select(
     col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step)
 ).where(
@@ -187,7 +184,8 @@ def load_dispatch_snapshot(
     passes: Mapping[tuple[int, str], float],
 ) -> tuple[DispatchSnapshot, dict[int, JobRow], HeldJobs]:
     """Live nodes and their room, studios' shares, and the next queued chunks of the
-    jobs that may dispatch; and why the others wait. Reads only."""
+    jobs that may dispatch; and why the others wait. Reads, but for cutting the chunks
+    it loads off their blocks."""
     held_jobs = HeldJobs()
     nodes = _live_nodes(session, now - settings.node_timeout, buffer_for)
     room: Counter[str] = Counter()
@@ -217,12 +215,12 @@ def load_dispatch_snapshot(
         if waits_for and not _gate_open(job, waits_for, held_jobs):
             continue
         if waits_for and job.dependency_mode == DependencyMode.FRAME:
-            queued = _frames_ready_chunks(session, job.id, waits_for, wanted, now)
+            queued = _frames_ready_chunks(session, job, waits_for, wanted, now)
         else:
-            rows = session.execute(
-                _NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}
-            ).all()
-            queued = tuple(QueuedChunk(cid, n, nb) for cid, n, nb in rows if cid is not None)
+            queued = tuple(
+                QueuedChunk(chunk.id, chunk.attempts, chunk.not_before)
+                for chunk in _next_queued(session, job, wanted, now)
+            )
         loaded[(job.studio_id, job.pool)] += len(queued)
         if queued:
             candidates.append(_candidate(job, queued, avoid.get(job.id, frozenset())))
@@ -363,17 +361,43 @@ def _gate_open(job: JobRow, waits_for: dict[int, JobState], held: HeldJobs) -> b
     return decision.gate == Gate.OPEN
 
 
+def _next_queued(session: Session, job: JobRow, wanted: int, now: float) -> list[QueuedRange]:
+    """The job's next ``wanted`` queued chunks that may go now, in order; where they
+    reach into a block, its first chunks are cut off it (the job is locked for that)."""
+    assert job.id is not None
+    rows = session.execute(_NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}).all()
+    found: list[QueuedRange] = []
+    for cid, attempts, not_before, first, last, step, chunks, position in rows:
+        if len(found) >= wanted:
+            break
+        frames = FrameRange(first, last, step)
+        if chunks == 1:
+            found.append(QueuedRange(cid, attempts, not_before, frames))
+            continue
+        lock_jobs(session, [job.id])  # a cancel committed meanwhile wins: nothing is cut
+        block = Block(cid, position, frames, chunks)
+        cut_off = cut_block(session, job, block, wanted - len(found))
+        found.extend(QueuedRange(chunk_id, 0, None, piece) for chunk_id, piece in cut_off)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRange:
+    id: int
+    attempts: int
+    not_before: float | None
+    frames: FrameRange
+
+
 def _frames_ready_chunks(
-    session: Session, job_id: int, waits_for: dict[int, JobState], wanted: int, now: float
+    session: Session, job: JobRow, waits_for: dict[int, JobState], wanted: int, now: float
 ) -> tuple[QueuedChunk, ...]:
     """Frame mode: the next queued chunks whose frames are done in every dependency."""
-    rows = session.execute(
-        _NEXT_QUEUED_FRAMES, {"job": job_id, "now": now, "wanted": FRAME_LOOKAHEAD}
-    ).all()
-    if not rows:
+    chunks = _next_queued(session, job, FRAME_LOOKAHEAD, now)
+    if not chunks:
         return ()
-    low = min(first for *_, first, _last, _step in rows)
-    high = max(last for *_, _first, last, _step in rows)
+    low = min(chunk.frames.start for chunk in chunks)
+    high = max(chunk.frames.end for chunk in chunks)
     has: dict[int, set[int]] = {}
     done: dict[int, set[int]] = {}
     for other in waits_for:
@@ -381,14 +405,13 @@ def _frames_ready_chunks(
         has[other] = {
             frame
             for first, last, step in session.execute(_CHUNK_RANGES_IN, window)
-            for frame in range(first, last + 1, step)
-            if low <= frame <= high
+            for frame in FrameRange(first, last, step).within(low, high)
         }
         done[other] = {frame for (frame,) in session.execute(_DONE_FRAMES_IN, window)}
     ready = [
-        QueuedChunk(cid, attempts, not_before)
-        for cid, attempts, not_before, first, last, step in rows
-        if frames_ready(range(first, last + 1, step), has, done)
+        QueuedChunk(chunk.id, chunk.attempts, chunk.not_before)
+        for chunk in chunks
+        if frames_ready(chunk.frames, has, done)
     ]
     return tuple(ready[:wanted])
 

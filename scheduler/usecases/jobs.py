@@ -18,17 +18,18 @@ import hashlib
 import secrets
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import bindparam, func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from scheduler.core.bounds import COUNT_MAX
-from scheduler.core.chunks import plan_chunks
-from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_spec
+from scheduler.core.bounds import COUNT_MAX, FRAME_MAX, FRAME_MIN
+from scheduler.core.chunks import plan_rows
+from scheduler.core.frames import FrameSpecError, parse_frame_runs
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import (
     ApiKey,
@@ -60,6 +61,7 @@ def hash_key(key: str) -> str:
 
 
 QUOTA_RETRY_SECONDS = 60  # what a refusal past a quota tells a studio to wait
+CHUNKS_CUT_AT_SUBMISSION = 1_000  # a job's first chunks; the rest wait in blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,12 +284,12 @@ class StudioService:
         request: JobRequest,
         keep: Callable[[Session, JobDetail], None] | None = None,
     ) -> JobRow:
-        """Create the job and all its chunks in one transaction, or nothing. ``keep`` is
+        """Create the job and its chunks in one transaction, or nothing. ``keep`` is
         called in that transaction, just before it commits, with the job as the studio
         will read it: what it writes (an idempotency key's record) is committed with the
         job or not at all, and an error it raises creates nothing."""
         try:
-            frames = parse_frame_spec(request.frames, max_frames=self.settings.max_frames_per_job)
+            runs = parse_frame_runs(request.frames, max_frames=self.settings.max_frames_per_job)
         except FrameSpecError as error:
             raise InvalidRequest("frames", str(error)) from None
         if request.chunk_size > self.settings.max_chunk_size:
@@ -295,7 +297,10 @@ class StudioService:
                 "chunk_size", f"at most {self.settings.max_chunk_size} frames per chunk"
             )
         now = self.clock()
-        chunks = plan_chunks(frames, request.chunk_size)
+        frame_count = sum(len(run) for run in runs)
+        # A few rows whatever the job's size: its first chunks, then blocks that the
+        # scheduler cuts as it dispatches (scheduler/core/chunks.py).
+        rows = plan_rows(runs, request.chunk_size, CHUNKS_CUT_AT_SUBMISSION)
         with Session(self.engine) as session:
             pools = self.known_pools(session)
             if request.pool not in pools:
@@ -308,7 +313,7 @@ class StudioService:
                     raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
             if getattr(request.renderer, "allow_scripts", False):
                 self._check_scene_scripts(session, studio_id)
-            self._check_quota(session, studio_id, len(frames))
+            self._check_quota(session, studio_id, frame_count)
             if request.manifest is not None:
                 manifest = session.get(ManifestRow, request.manifest)
                 if manifest is None or manifest.studio_id != studio_id:
@@ -326,8 +331,8 @@ class StudioService:
                 request.columns(),
                 update={
                     "studio_id": studio_id,
-                    "frames": format_frame_spec(frames),
-                    "frame_count": len(frames),
+                    "frames": ",".join(map(str, runs)),
+                    "frame_count": frame_count,
                     "max_attempts": request.max_attempts or self.settings.default_max_attempts,
                     "timeout": request.timeout or self.settings.frame_timeout,
                     "state": JobState.QUEUED,
@@ -344,17 +349,18 @@ class StudioService:
                 [
                     {
                         "job_id": job.id,
-                        "position": position,
+                        "position": row.position,
                         "pool": request.pool,
-                        "first_frame": chunk.start,
-                        "last_frame": chunk.end,
-                        "step": chunk.step,
-                        "frame_count": len(chunk),
+                        "first_frame": row.frames.start,
+                        "last_frame": row.frames.end,
+                        "step": row.frames.step,
+                        "frame_count": len(row.frames),
+                        "chunks": row.chunks,
                         "state": ChunkState.QUEUED,
                         "attempts": 0,
                         "retry_base": 0,
                     }
-                    for position, chunk in enumerate(chunks)
+                    for row in rows
                 ],
             )
             if keep is not None:
@@ -446,60 +452,46 @@ class StudioService:
         offset: int = 0,
         limit: int | None = None,
         state: str | None = None,
+        after: int | None = None,
     ) -> list[FrameStatus]:
-        """The job's frames in ascending order, ``limit`` of them from ``offset`` (of
-        those in ``state``, if given: a frame's state needs its result, so the whole
-        job is read then)."""
-        if state is not None:
-            every = [f for f in self.list_frames(studio_id, job_id) if f.state == state]
-            return every[offset : None if limit is None else offset + limit]
+        """The job's frames in ascending order: ``limit`` of them after frame ``after``
+        (a keyset: a page reads its own rows, found by index seeks, whatever the job's
+        size), less the first ``offset`` (which reads what it skips); only those in
+        ``state`` if given."""
         with self._reading() as session:
             self._own_job(session, studio_id, job_id)
-            # Only the chunks the page touches: each chunk's end, in frames, counted by
-            # the database (a window function), so a job's other chunks never reach here.
-            ranked = (
-                select(
-                    col(ChunkRow.id).label("id"),
-                    func.sum(ChunkRow.frame_count)
-                    .over(order_by=col(ChunkRow.position))
-                    .label("end"),
-                )
-                .where(ChunkRow.job_id == job_id)
-                .subquery()
-            )
-            query = (
-                select(ChunkRow, ranked.c.end)
-                .join(ranked, ranked.c.id == ChunkRow.id)
-                .where(ranked.c.end > offset)
-                .order_by(col(ChunkRow.position))
-            )
-            if limit is not None:
-                query = query.where(ranked.c.end - col(ChunkRow.frame_count) < offset + limit)
-            touched = session.exec(query).all()
-            window: list[tuple[ChunkRow, int]] = []
-            skipped = int(touched[0][1]) - touched[0][0].frame_count if touched else 0
-            for chunk, _end in touched:
-                for frame in chunk.frames():
-                    if skipped < offset:
-                        skipped += 1
-                        continue
-                    window.append((chunk, frame))
-                if limit is not None and len(window) >= limit:
-                    window = window[:limit]
+            if state == "done":  # the frames with a result, whatever their chunk's state
+                query = select(FrameResultRow).where(FrameResultRow.job_id == job_id)
+                if after is not None:
+                    query = query.where(col(FrameResultRow.frame) > after)
+                query = query.order_by(col(FrameResultRow.frame)).offset(offset).limit(limit)
+                return [_frame_status(job_id, None, r.frame, r) for r in session.exec(query)]
+            frames = _frames_after(session, job_id, after, state, 0 if state else offset)
+            skip = offset if state else 0
+            page: list[FrameStatus] = []
+            while limit is None or len(page) < limit:
+                wanted = FRAME_PAGE if limit is None else limit - len(page)
+                batch = list(islice(frames, wanted))
+                if not batch:
                     break
-            results: dict[int, FrameResultRow] = {}
-            if window:  # frames ascend through the job: one range, no list of ids to bind
-                results = {
+                results = {  # frames ascend: one range, no list of frames to bind
                     r.frame: r
                     for r in session.exec(
                         select(FrameResultRow).where(
                             FrameResultRow.job_id == job_id,
-                            col(FrameResultRow.frame) >= window[0][1],
-                            col(FrameResultRow.frame) <= window[-1][1],
+                            col(FrameResultRow.frame) >= batch[0][1],
+                            col(FrameResultRow.frame) <= batch[-1][1],
                         )
                     )
                 }
-        return [_frame_status(job_id, chunk, frame, results.get(frame)) for chunk, frame in window]
+                for chunk, frame in batch:
+                    if state is not None and frame in results:
+                        continue  # rendered by an earlier attempt: done, not in ``state``
+                    if skip:
+                        skip -= 1
+                        continue
+                    page.append(_frame_status(job_id, chunk, frame, results.get(frame)))
+            return page
 
     def running_progress(self, job_id: int, frames: Sequence[FrameStatus]) -> dict[int, float]:
         """How far each running frame's current attempt has rendered (0 to 1), as its
@@ -518,15 +510,8 @@ class StudioService:
     def frame_status(self, studio_id: int, job_id: int, frame: int) -> FrameStatus:
         with self._reading() as session:
             self._own_job(session, studio_id, job_id)
-            candidates = session.exec(
-                select(ChunkRow).where(
-                    ChunkRow.job_id == job_id,
-                    col(ChunkRow.first_frame) <= frame,
-                    col(ChunkRow.last_frame) >= frame,
-                )
-            ).all()
-            chunk = next((c for c in candidates if (frame - c.first_frame) % c.step == 0), None)
-            if chunk is None:
+            chunk = _chunk_holding(session, job_id, frame)
+            if chunk is None or frame not in chunk.frame_range():
                 raise NotFound(f"job {job_id} has no frame {frame}")
             result = session.exec(
                 select(FrameResultRow).where(
@@ -646,27 +631,77 @@ class StudioService:
             return usage_by_day(session, studio_id, since, until)
 
 
+FRAME_PAGE = 10_000  # frames read at a time when a listing has no limit
+
+
+def _chunk_holding(session: Session, job_id: int, frame: int) -> ChunkRow | None:
+    """The job's row whose frames span ``frame`` (if any): the last starting at or before
+    it, one index seek (a job's rows never overlap)."""
+    chunk = session.exec(
+        select(ChunkRow)
+        .where(ChunkRow.job_id == job_id, col(ChunkRow.first_frame) <= frame)
+        .order_by(col(ChunkRow.first_frame).desc())
+        .limit(1)
+    ).first()
+    return chunk if chunk is not None and chunk.last_frame >= frame else None
+
+
+def _frames_after(
+    session: Session, job_id: int, after: int | None, state: str | None, skip: int
+) -> Iterator[tuple[ChunkRow, int]]:
+    """The job's frames after frame ``after`` (of chunks in ``state``, if given) with
+    their rows, in ascending order, the rows read a page at a time by index seeks; the
+    first ``skip`` frames skipped a row at a time."""
+    first = None if after is None else _chunk_holding(session, job_id, after)
+    rows: Iterable[ChunkRow] = () if first is None else (first,)
+    if first is not None and state is not None and first.state != state:
+        rows = ()
+    cursor = after
+    while True:
+        for chunk in rows:
+            frames = chunk.frame_range().within(
+                FRAME_MIN if after is None else after + 1, FRAME_MAX
+            )
+            if skip >= len(frames):
+                skip -= len(frames)
+                continue
+            yield from ((chunk, frame) for frame in frames[skip:])
+            skip = 0
+        query = select(ChunkRow).where(ChunkRow.job_id == job_id)
+        if state is not None:
+            query = query.where(ChunkRow.state == state)
+        if cursor is not None:
+            query = query.where(col(ChunkRow.first_frame) > cursor)
+        page = session.exec(query.order_by(col(ChunkRow.first_frame)).limit(ROWS_PAGE)).all()
+        if not page:
+            return
+        rows, cursor = page, page[-1].first_frame
+
+
+ROWS_PAGE = 500  # chunk rows read at a time by a frame listing
+
+
 def _frame_status(
-    job_id: int, chunk: ChunkRow, frame: int, result: FrameResultRow | None
+    job_id: int, chunk: ChunkRow | None, frame: int, result: FrameResultRow | None
 ) -> FrameStatus:
-    assert chunk.id is not None
     if result is not None:
         return FrameStatus(
             frame=frame,
             state="done",
-            chunk_id=chunk.id,
+            chunk_id=result.chunk_id,
             node=result.node,
             attempt=result.attempt,
             render_seconds=result.render_seconds,
             cpu_seconds=result.cpu_seconds,
             output=result.output,
-            log=attempt_log_path(job_id, chunk.id, result.attempt),
+            log=attempt_log_path(job_id, result.chunk_id, result.attempt),
             energy_joules=result.it_joules,
             energy_method=result.energy_method,
             facility_joules=result.facility_joules,
             cost=result.cost,
             co2_grams=result.co2_grams,
         )
+    assert chunk is not None and chunk.id is not None
     return FrameStatus(
         frame=frame,
         state=chunk.state,
@@ -683,10 +718,13 @@ def _frame_status(
 def _dependencies_of(session: Session, job_ids: list[int]) -> dict[int, list[int]]:
     found: dict[int, list[int]] = {}
     if job_ids:
-        for job_id, depends_on in session.exec(
-            select(JobDependency.job_id, JobDependency.depends_on)
-            .where(col(JobDependency.job_id).in_(job_ids))
-            .order_by(col(JobDependency.depends_on))
-        ):
+        for job_id, depends_on in session.connection().execute(_DEPENDENCIES, {"ids": job_ids}):
             found.setdefault(job_id, []).append(depends_on)
     return found
+
+
+_DEPENDENCIES = (  # built once, as the reads of progress and energy
+    select(JobDependency.job_id, JobDependency.depends_on)
+    .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
+    .order_by(col(JobDependency.depends_on))
+)

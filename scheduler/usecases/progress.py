@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlmodel import Session, col, select
 
 from scheduler.core.states import ChunkState
@@ -29,6 +29,22 @@ class JobProgress:
     chunks: dict[ChunkState, int] = field(default_factory=dict)
 
 
+# Built once: building a statement costs more than running it for a small job.
+_CHUNKS_BY_STATE = (  # chunks and frames per chunk state
+    select(
+        ChunkRow.job_id, ChunkRow.state, func.sum(ChunkRow.chunks), func.sum(ChunkRow.frame_count)
+    )
+    .where(col(ChunkRow.job_id).in_(bindparam("ids", expanding=True)))
+    .group_by(col(ChunkRow.job_id), col(ChunkRow.state))
+)
+_DONE_BY_CHUNK_STATE = (  # frames rendered, by the state of their chunk
+    select(FrameResultRow.job_id, ChunkRow.state, func.count())
+    .join(ChunkRow, col(ChunkRow.id) == col(FrameResultRow.chunk_id))
+    .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
+    .group_by(col(FrameResultRow.job_id), col(ChunkRow.state))
+)
+
+
 def load_progress(session: Session, jobs: Sequence[JobRow]) -> dict[int, JobProgress]:
     ids = [job.id for job in jobs if job.id is not None]
     progress: dict[int, JobProgress] = {job_id: JobProgress() for job_id in ids}
@@ -36,25 +52,11 @@ def load_progress(session: Session, jobs: Sequence[JobRow]) -> dict[int, JobProg
         return progress
     # frames per chunk state, less the frames those chunks have already finished
     frames_by_state: dict[int, dict[ChunkState, int]] = defaultdict(lambda: defaultdict(int))
-    for job_id, state, chunks, frames in session.exec(
-        select(
-            ChunkRow.job_id,
-            ChunkRow.state,
-            func.count(),
-            func.sum(ChunkRow.frame_count),
-        )
-        .where(col(ChunkRow.job_id).in_(ids))
-        .group_by(col(ChunkRow.job_id), col(ChunkRow.state))
-    ):
+    for job_id, state, chunks, frames in session.connection().execute(_CHUNKS_BY_STATE, {"ids": ids}):
         progress[job_id].chunks[ChunkState(state)] = chunks
         progress[job_id].frames_total += frames
         frames_by_state[job_id][ChunkState(state)] += frames
-    for job_id, state, done in session.exec(
-        select(FrameResultRow.job_id, ChunkRow.state, func.count())
-        .join(ChunkRow, col(ChunkRow.id) == col(FrameResultRow.chunk_id))
-        .where(col(FrameResultRow.job_id).in_(ids))
-        .group_by(col(FrameResultRow.job_id), col(ChunkRow.state))
-    ):
+    for job_id, state, done in session.connection().execute(_DONE_BY_CHUNK_STATE, {"ids": ids}):
         progress[job_id].frames_done += done
         frames_by_state[job_id][ChunkState(state)] -= done
     for job_id, by_state in frames_by_state.items():
