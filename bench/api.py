@@ -1,12 +1,15 @@
 """The API under load, against a bare FastAPI app answering a constant, in one run.
 
-Two measures, each against a real ``renderfarm api`` process (SQLite by default,
+Three measures, each against a real ``renderfarm api`` process (SQLite by default,
 ``--database-url`` for PostgreSQL):
 
 - *contention*: ``--submitters`` clients each submit one job at the same moment while
   ``--scrapers`` loops scrape /metrics and ``--readers`` loops read a job; counts
   the requests, the errors by status (``connection`` for a dropped connection), the
   jobs acknowledged and stored, and names stored twice;
+- *big job*: one job of ``--big-frames`` frames (a million): how long its submission
+  takes to answer, the API process's memory before and after, and a page of its frames
+  near the end (``after=``) and its GET;
 - *reads*: GET /v1/jobs/{id} over ``--jobs`` stored jobs, as fast as ``--clients``
   connections go (throughput), then at a fixed ``--rate`` (p50/p99 from each request's
   scheduled time, so a stall counts against every request it delays); the same on a
@@ -14,7 +17,7 @@ Two measures, each against a real ``renderfarm api`` process (SQLite by default,
   access log) that answers a constant. Rounds alternate; medians are printed.
 
     python bench/api.py                      # SQLite, 200 submitters, 10,000 jobs, a table
-    python bench/api.py --json               # {"contention": {...}, "reads": {...}}
+    python bench/api.py --json               # {"contention": ..., "reads": ..., "big_job": ...}
     python bench/api.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
 """
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -263,6 +267,35 @@ async def latencies(
     return found
 
 
+def big_job(base: str, headers: dict[str, str], api_pid: int, frames: int) -> dict[str, Any]:
+    """Submit one job of ``frames`` frames: the answer's time, the API process's memory
+    before and after, and the time of a frame page near its end and of the job's GET."""
+    api = psutil.Process(api_pid)
+    before = api.memory_info().rss
+    body = {"name": "a big job", "frames": f"1-{frames}", "renderer": {"kind": "noop"}}
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        started = time.perf_counter()
+        answer = client.post("/v1/jobs", json=body)
+        submit = time.perf_counter() - started
+        answer.raise_for_status()
+        job = answer.json()["id"]
+        started = time.perf_counter()
+        page = client.get(f"/v1/jobs/{job}/frames", params={"after": frames - 100, "limit": 50})
+        page_seconds = time.perf_counter() - started
+        page.raise_for_status()
+        started = time.perf_counter()
+        client.get(f"/v1/jobs/{job}").raise_for_status()
+        get_seconds = time.perf_counter() - started
+    return {
+        "frames": frames,
+        "submit_seconds": round(submit, 3),
+        "api_rss_mib_before": round(before / 2**20, 1),
+        "api_rss_mib_after": round(api.memory_info().rss / 2**20, 1),
+        "frame_page_near_the_end_seconds": round(page_seconds, 3),
+        "job_get_seconds": round(get_seconds, 3),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -280,6 +313,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="reads per second for latency")
     parser.add_argument("--seconds", type=float, default=5.0, help="of each read measure")
     parser.add_argument("--rounds", type=int, default=3, help="api and constant, alternated")
+    parser.add_argument("--big-frames", type=int, default=1_000_000, help="frames of one job")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-constant", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,6 +375,7 @@ def main() -> None:
                         f"p99 {percentile(waited, 0.99):.1f} ms at {args.rate:.0f}/s",
                         file=sys.stderr,
                     )
+            big = big_job(api, headers, children[0].pid, args.big_frames)
         finally:
             for child in children:
                 stop_process(child)
@@ -367,6 +402,7 @@ def main() -> None:
             "constant_p50_ms": round(percentile(waits["constant"], 0.5), 2),
             "constant_p99_ms": round(percentile(waits["constant"], 0.99), 2),
         },
+        "big_job": big,
     }
     if args.json:
         print(json.dumps(result))
@@ -389,6 +425,12 @@ def main() -> None:
         f"{reads['constant_p50_ms']:>10}{reads['constant_p99_ms']:>10}"
     )
     print(f"{'ratio api / constant':<28}{api_rate / constant_rate:>10.3f}")
+    print(
+        f"a job of {big['frames']} frames: answered in {big['submit_seconds']} s, API memory "
+        f"{big['api_rss_mib_before']} -> {big['api_rss_mib_after']} MiB; a page of frames near "
+        f"its end in {big['frame_page_near_the_end_seconds']} s, its GET in "
+        f"{big['job_get_seconds']} s"
+    )
 
 
 if __name__ == "__main__":
