@@ -21,7 +21,10 @@ or node name (Prometheus adds the target's ``instance``).
 A scrape's cost is bounded whoever scrapes: the farm totals are read at most once per
 ``max_age`` seconds per process (one read at a time; scrapes meanwhile get its figures),
 in a read-only transaction that never waits for the database's writers nor holds them
-up. The figures are at most ``max_age`` old, well under any scrape interval.
+up. The figures are at most ``max_age`` old, well under any scrape interval. The frame
+figures are running totals (``frame_totals``, scheduler/core/rollups.py) kept with the
+frames, and chunks are counted in unfinished states only (an index range), so neither
+grows with the history; the attempt counters still aggregate the attempts table.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -43,8 +45,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from scheduler.core.buckets import ENERGY_JOULES_BUCKETS, RENDER_SECONDS_BUCKETS
+from scheduler.core.rollups import UNMETERED, bucket
 from scheduler.core.states import ChunkState, JobState
-from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db import AttemptRow, ChunkRow, FrameTotal, JobRow, NodeRow
 from scheduler.db.engine import read_only
 
 
@@ -124,51 +127,34 @@ class FarmCollector(Collector):
             "Grid CO2 emitted for the facility energy of the frames rendered.",
             labels=where,
         )
-        joules = col(FrameResultRow.it_joules)
-        group = (
-            col(FrameResultRow.pool),
-            col(FrameResultRow.region),
-            col(FrameResultRow.energy_method),
-        )
-        rows = session.execute(
-            select(
-                *group,
-                func.count(),
-                func.count(joules),
-                func.sum(FrameResultRow.render_seconds),
-                func.sum(FrameResultRow.cpu_seconds),
-                func.sum(joules),
-                func.sum(FrameResultRow.facility_joules),
-                func.sum(FrameResultRow.cost),
-                func.sum(FrameResultRow.co2_grams),
-                *_buckets(col(FrameResultRow.render_seconds), RENDER_SECONDS_BUCKETS),
-                *_buckets(joules, ENERGY_JOULES_BUCKETS),
-            ).group_by(*group)
-        ).all()
-        by_place: dict[tuple[str, str], _Sums] = {}
-        split = 11 + len(RENDER_SECONDS_BUCKETS)
-        for row in rows:
-            pool, region, method, count, metered = row[:5]
-            place = by_place.setdefault((pool, region), _Sums(len(RENDER_SECONDS_BUCKETS)))
-            place.add(row[5:11], row[11:split], count)
-            rendered.add_metric([pool, region, method or "none"], count)
-            if metered:
+        # Running totals (scheduler/core/rollups.py): a few rows per (pool, region,
+        # method), whatever the number of frames ever rendered.
+        totals: dict[tuple[str, str, str], dict[str, float]] = {}
+        for pool, region, method, measure, value in session.execute(_FRAME_TOTALS):
+            totals.setdefault((pool, region, method), {})[measure] = value
+        by_place: dict[tuple[str, str], dict[str, float]] = {}
+        for (pool, region, method), measures in sorted(totals.items()):
+            place = by_place.setdefault((pool, region), {})
+            for measure, value in measures.items():
+                place[measure] = place.get(measure, 0.0) + value
+            rendered.add_metric([pool, region, method or "none"], measures.get("frames", 0.0))
+            if method != UNMETERED:
                 energy.add_metric(
                     [pool, region, method],
-                    _histogram(ENERGY_JOULES_BUCKETS, row[split:], metered),
-                    sum_value=row[7] or 0.0,
+                    _histogram(ENERGY_JOULES_BUCKETS, "it_joules", measures, "metered"),
+                    sum_value=measures.get("it_joules", 0.0),
                 )
         for (pool, region), place in by_place.items():
             seconds.add_metric(
                 [pool, region],
-                _histogram(RENDER_SECONDS_BUCKETS, place.seconds_buckets, place.count),
-                sum_value=place.render_seconds,
+                _histogram(RENDER_SECONDS_BUCKETS, "render_seconds", place, "frames"),
+                sum_value=place.get("render_seconds", 0.0),
             )
-            cpu.add_metric([pool, region], place.cpu_seconds)
-            it.add_metric([pool, region], place.it_joules)
-            facility.add_metric([pool, region], place.facility_joules)
-            cost.add_metric([pool, region, self.currency], place.cost)
-            co2.add_metric([pool, region], place.co2_grams)
+            cpu.add_metric([pool, region], place.get("cpu_seconds", 0.0))
+            it.add_metric([pool, region], place.get("it_joules", 0.0))
+            facility.add_metric([pool, region], place.get("facility_joules", 0.0))
+            cost.add_metric([pool, region, self.currency], place.get("cost", 0.0))
+            co2.add_metric([pool, region], place.get("co2_grams", 0.0))
         yield from (rendered, seconds, cpu, energy, it, facility, cost, co2)
 
     def _failures(self, session: Session) -> Iterator[Metric]:
@@ -203,7 +189,9 @@ class FarmCollector(Collector):
 
     def _chunks(self, session: Session) -> Iterator[Metric]:
         chunks = GaugeMetricFamily(
-            "renderfarm_chunks", "Chunks by pool and state.", labels=["pool", "state"]
+            "renderfarm_chunks",
+            "Unfinished chunks by pool and state (finished work is in the counters).",
+            labels=["pool", "state"],
         )
         depth = GaugeMetricFamily(
             "renderfarm_queue_depth",
@@ -213,13 +201,13 @@ class FarmCollector(Collector):
         counts: dict[tuple[str, str], int] = {
             (pool, state): n
             for pool, state, n in session.execute(
-                select(col(ChunkRow.pool), col(ChunkRow.state), func.sum(ChunkRow.chunks)).group_by(
-                    col(ChunkRow.pool), col(ChunkRow.state)
-                )
+                select(col(ChunkRow.pool), col(ChunkRow.state), func.sum(ChunkRow.chunks))
+                .where(col(ChunkRow.state).in_(UNFINISHED))  # an index range, not the history
+                .group_by(col(ChunkRow.pool), col(ChunkRow.state))
             )
         }
         for pool in {p for p, _ in counts}:
-            for state in ChunkState:
+            for state in UNFINISHED:
                 chunks.add_metric([pool, state.value], counts.get((pool, state), 0))
             depth.add_metric(
                 [pool],
@@ -281,35 +269,17 @@ class FarmCollector(Collector):
         yield from (nodes, slots, busy, power)
 
 
-def _buckets(column: Any, bounds: tuple[float, ...]) -> list[Any]:
-    """SQL sums counting the rows whose ``column`` is at most each bound."""
-    return [func.sum(case((column <= bound, 1), else_=0)) for bound in bounds]
-
-
 def _histogram(
-    bounds: tuple[float, ...], counts: Sequence[Any], total: int
+    bounds: tuple[float, ...], measure: str, totals: dict[str, float], count: str
 ) -> Sequence[tuple[str, float]]:
-    return [(str(b), int(n or 0)) for b, n in zip(bounds, counts, strict=True)] + [("+Inf", total)]
+    """Cumulative buckets of ``measure`` from the running totals, and +Inf."""
+    return [(str(b), int(totals.get(bucket(measure, b), 0))) for b in bounds] + [
+        ("+Inf", int(totals.get(count, 0)))
+    ]
 
 
-class _Sums:
-    """Frame figures of one (pool, region), summed over energy methods."""
-
-    def __init__(self, buckets: int) -> None:
-        self.count = 0
-        self.render_seconds = self.cpu_seconds = self.it_joules = 0.0
-        self.facility_joules = self.cost = self.co2_grams = 0.0
-        self.seconds_buckets = [0] * buckets
-
-    def add(self, sums: Sequence[Any], seconds_buckets: Sequence[Any], count: int) -> None:
-        render, cpu, it, facility, cost, co2 = (float(v or 0.0) for v in sums)
-        self.count += count
-        self.render_seconds += render
-        self.cpu_seconds += cpu
-        self.it_joules += it
-        self.facility_joules += facility
-        self.cost += cost
-        self.co2_grams += co2
-        self.seconds_buckets = [
-            a + int(b or 0) for a, b in zip(self.seconds_buckets, seconds_buckets, strict=True)
-        ]
+UNFINISHED = tuple(state for state in ChunkState if not state.is_final)
+_FRAME_TOTALS = select(
+    col(FrameTotal.pool), col(FrameTotal.region), col(FrameTotal.method),
+    col(FrameTotal.measure), col(FrameTotal.value),
+)  # fmt: skip

@@ -216,6 +216,20 @@ class FrameResultRow(SQLModel, table=True):
     co2_grams: float | None = None
 
 
+class FrameTotal(SQLModel, table=True):
+    """A running total of the frames rendered in a (pool, region, energy method): one
+    measure (frames, render seconds, a histogram bucket...; scheduler/core/rollups.py),
+    changed with the frame rows in their transaction, read by /metrics."""
+
+    __tablename__ = "frame_totals"
+
+    pool: str = Field(primary_key=True, max_length=64)
+    region: str = Field(primary_key=True, max_length=64)
+    method: str = Field(primary_key=True, max_length=32)  # "" where not metered
+    measure: str = Field(primary_key=True, max_length=64)
+    value: float = 0.0
+
+
 class Region(SQLModel, table=True):
     """Where nodes stand, as the operator sets it: PUE, price and grid carbon."""
 

@@ -46,7 +46,7 @@ from scheduler.db.transitions import (
     save_chunk_changes,
 )
 from scheduler.dispatch.reconciling import requeue
-from scheduler.usecases.billing import FrameBiller
+from scheduler.usecases.billing import FrameBiller, count_frames
 from scheduler.wire.messages import (
     ChunkEvent,
     EventError,
@@ -290,6 +290,11 @@ def apply_chunk_events(
         if chunk.failed_for_good:
             outcome.failed_jobs.add(chunk.job_id)
     save_attempt_changes(session, attempt_changes)
+    count_frames(
+        session,
+        list(pending.values()),
+        {row["b_id"]: {name: row[name] for name in _BILL_COLUMNS} for row in restated},
+    )
     if pending:
         session.execute(_INSERT_RESULTS, list(pending.values()))
     if restated:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures, bill_for
-from scheduler.db import FrameResultRow
+from scheduler.core.rollups import totals_change
+from scheduler.db import FrameResultRow, FrameTotal
 from scheduler.usecases.regions import UNKNOWN_REGION, add_unknown_region, load_regions
 
 
@@ -113,6 +115,53 @@ _JOB_TOTALS = (  # built once: building it costs more than running it for a smal
     .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
     .group_by(col(FrameResultRow.job_id))
 )
+
+
+def count_frames(
+    session: Session,
+    added: Sequence[Mapping[str, Any]],
+    restated: Mapping[int, Mapping[str, Any]],
+) -> None:
+    """Change the running totals of frames (scheduler/core/rollups.py) for frame rows
+    being recorded (``added``) and rows being restated (by id, their new bill columns),
+    in the transaction that writes them. Call before the restating update."""
+    before = []
+    if restated:
+        before = [
+            dict(row._mapping) for row in session.execute(_AS_COUNTED, {"ids": list(restated)})
+        ]
+    after = [{**row, **restated[row["id"]]} for row in before]
+    change = totals_change([*added, *after], before)
+    if not change:
+        return
+    table = FrameTotal.__table__  # type: ignore[attr-defined]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    upsert = dialect.insert(table)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=["pool", "region", "method", "measure"],
+        set_={"value": table.c.value + upsert.excluded.value},
+    )
+    session.execute(
+        upsert,
+        [
+            {"pool": pool, "region": region, "method": method, "measure": measure, "value": value}
+            for (pool, region, method, measure), value in sorted(change.items())
+        ],
+    )
+
+
+_AS_COUNTED = select(  # what a frame row counts for in the totals, as it is stored
+    FrameResultRow.__table__.c.id,  # type: ignore[attr-defined]
+    col(FrameResultRow.pool),
+    col(FrameResultRow.region),
+    col(FrameResultRow.energy_method),
+    col(FrameResultRow.render_seconds),
+    col(FrameResultRow.cpu_seconds),
+    col(FrameResultRow.it_joules),
+    col(FrameResultRow.facility_joules),
+    col(FrameResultRow.cost),
+    col(FrameResultRow.co2_grams),
+).where(col(FrameResultRow.id).in_(bindparam("ids", expanding=True)))
 
 
 def usage_by_day(

@@ -52,7 +52,9 @@ def load_progress(session: Session, jobs: Sequence[JobRow]) -> dict[int, JobProg
         return progress
     # frames per chunk state, less the frames those chunks have already finished
     frames_by_state: dict[int, dict[ChunkState, int]] = defaultdict(lambda: defaultdict(int))
-    for job_id, state, chunks, frames in session.connection().execute(_CHUNKS_BY_STATE, {"ids": ids}):
+    for job_id, state, chunks, frames in session.connection().execute(
+        _CHUNKS_BY_STATE, {"ids": ids}
+    ):
         progress[job_id].chunks[ChunkState(state)] = chunks
         progress[job_id].frames_total += frames
         frames_by_state[job_id][ChunkState(state)] += frames

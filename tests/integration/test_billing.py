@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.app import create_app
-from scheduler.db import FrameResultRow, Region
+from scheduler.core.rollups import totals_change
+from scheduler.db import FrameResultRow, FrameTotal, Region
+from scheduler.db.engine import alembic_config
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import InvalidRequest
 from scheduler.settings import Settings
@@ -119,6 +122,56 @@ def test_the_last_frames_energy_is_completed_by_finished(
     frames = {r.frame: r.it_joules for r in rows(engine, FrameResultRow, job_id=job_id)}
     assert frames == {1: 100.0, 2: 55.0, 3: 10.0, 4: 21.0}
     assert rows(engine, FrameResultRow, frame=4)[0].cost == pytest.approx(21 * 1.2 / 3.6e6 * 0.35)
+
+
+def _totals(engine: Engine) -> dict[tuple[str, str, str, str], float]:
+    return {
+        (t.pool, t.region, t.method, t.measure): pytest.approx(t.value)
+        for t in rows(engine, FrameTotal)
+    }
+
+
+def _counted_afresh(engine: Engine) -> dict[tuple[str, str, str, str], float]:
+    """The totals counted from every frame row as it is stored now."""
+    return totals_change([r.model_dump() for r in rows(engine, FrameResultRow)])
+
+
+def test_running_totals_follow_recorded_and_restated_frames(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine, clock: Clock,
+) -> None:  # fmt: skip
+    """What /metrics reads (frame_totals, changed at ingestion) is what counting every
+    frame again would give, a restated frame's energy and region included; and the
+    migration that creates the totals counts the frames already there the same way."""
+    with Session(engine) as session:
+        set_region(session, "guizhou", clock(), pue=1.25, price_per_kwh=0.4)
+        session.commit()
+    submit(studios, studio_id, "1-6", chunk_size=2)
+    first, second, third = sent(scheduler, fake_broker)
+    scheduler.ingest(
+        [
+            event("frame", first, region="guizhou", result=report(1, 0.5)),
+            event("frame", second, region="guizhou", result=report(3, None)),
+        ]
+    )
+    scheduler.ingest(  # frame 3 is restated: now metered
+        [
+            event("finished", first, region="mars", results=[report(1, 0.5), report(2, 7e4)]),
+            event("finished", second, region="guizhou",
+                  results=[report(3, 12.0), report(4, None)]),
+        ]
+    )  # fmt: skip
+    scheduler.ingest([event("finished", third, results=[report(5, 3.0), report(6, 4.0)])])
+    assert len(rows(engine, FrameResultRow)) == 6
+    counted = _counted_afresh(engine)
+    assert _totals(engine) == counted
+    assert counted[("cpu", "guizhou", "rapl", "frames")] == 2  # frames 3 and 4, now metered
+
+    with engine.connect() as connection:  # the migration's own count of the same frames
+        command.downgrade(alembic_config(connection), "0014")
+        command.upgrade(alembic_config(connection), "head")
+        connection.commit()
+    assert _totals(engine) == counted
 
 
 @pytest.mark.parametrize("bad", [-5.0, "lots", float("inf"), [1]])
