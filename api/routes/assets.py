@@ -12,11 +12,14 @@ Routes translate and delegate: the asset service decides and raises domain error
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import AssetsDep, BlobHash, KnownQuery, RowId, StudioDep
 from api.files import receive_body
+from api.idempotency import IdempotencyDep, IdempotencyKey, keyed_request, respond
 from api.schemas import (
     BatchPublic,
     BlobPublic,
@@ -27,6 +30,7 @@ from api.schemas import (
     MissingPublic,
     Problem,
 )
+from scheduler.db import ManifestRow
 from scheduler.errors import TooLarge
 
 router = APIRouter(
@@ -118,8 +122,31 @@ async def post_blobs(request: Request, studio: StudioDep, assets: AssetsDep) -> 
 
 
 @router.post("/v1/manifests", response_model=ManifestPublic, status_code=status.HTTP_201_CREATED)
-def create_manifest(body: ManifestIn, studio: StudioDep, assets: AssetsDep) -> ManifestPublic:
+def create_manifest(
+    body: ManifestIn,
+    request: Request,
+    studio: StudioDep,
+    assets: AssetsDep,
+    keys: IdempotencyDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ManifestPublic | Response:
+    """Describe a job's files. With an ``Idempotency-Key``, a retry of the same request
+    gets the first answer again and makes no second manifest (as ``POST /v1/jobs``)."""
+    if idempotency_key is not None:
+        keyed = keyed_request(_id(studio), idempotency_key, request, body)
+        return respond(
+            keys.answer_once(
+                keyed,
+                status.HTTP_201_CREATED,
+                lambda keep: assets.create_manifest(_id(studio), body.entries(), keep),
+                _manifest_body,
+            )
+        )
     return ManifestPublic.of(assets.create_manifest(_id(studio), body.entries()))
+
+
+def _manifest_body(manifest: ManifestRow) -> dict[str, Any]:
+    return ManifestPublic.of(manifest).model_dump(mode="json")
 
 
 @router.get("/v1/manifests/{manifest_id}", response_model=ManifestDetail)

@@ -30,8 +30,9 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlmodel import create_engine
+from sqlmodel import Session, create_engine
 
 from scheduler.db import tables  # noqa: F401  (registers the tables on the metadata)
 
@@ -114,6 +115,13 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.attributes["connection"] = connection
     return config
+
+
+def insert_or(session: Session, table: Any) -> Any:
+    """The database's own INSERT for ``table``, which takes ``on_conflict_do_nothing``
+    and ``on_conflict_do_update`` (both SQLite and PostgreSQL have ON CONFLICT)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 def create_tables(engine: Engine) -> None:

@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import and_, delete, func, insert, or_, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, col, select
 
 from scheduler.core.assets import ManifestEntry, ManifestError, is_blob_hash, parse_manifest
 from scheduler.db import BlobRow, ManifestFile, ManifestRow, Studio, StudioBlob
+from scheduler.db.engine import insert_or
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from scheduler.settings import Settings
 from scheduler.usecases.blobstore import SPOOL_MAX_AGE_SECONDS, BlobStore, BlobWriter
@@ -237,8 +235,15 @@ class AssetService:
             session.commit()
         return set(new), over
 
-    def create_manifest(self, studio_id: int, entries: Sequence[ManifestEntry]) -> ManifestRow:
-        """A manifest of the studio's own contents; naming any other content is refused."""
+    def create_manifest(
+        self,
+        studio_id: int,
+        entries: Sequence[ManifestEntry],
+        keep: Callable[[Session, ManifestRow], None] | None = None,
+    ) -> ManifestRow:
+        """A manifest of the studio's own contents; naming any other content is refused.
+        ``keep`` is called in its transaction before it commits (an idempotency key's
+        record, committed with the manifest or not at all)."""
         files = self._entries(entries)
         now = self.clock()
         with Session(self.engine) as session:
@@ -280,6 +285,8 @@ class AssetService:
                     for entry in files
                 ],
             )
+            if keep is not None:
+                keep(session, manifest)
             session.commit()
             session.refresh(manifest)
         self.store.publish_manifest(
@@ -414,11 +421,7 @@ def _claim(session: Session, studio_id: int, contents: dict[str, int], now: floa
     hashes = sorted(contents)
     for part in _parts(hashes):
         session.execute(update(BlobRow).where(col(BlobRow.hash).in_(part)).values(stored_at=now))
-    insert_new: Executable
-    if session.get_bind().dialect.name == "postgresql":
-        insert_new = postgresql_insert(BlobRow).on_conflict_do_nothing()
-    else:
-        insert_new = sqlite_insert(BlobRow).on_conflict_do_nothing()
+    insert_new = insert_or(session, BlobRow).on_conflict_do_nothing()
     for part in _parts(hashes):
         session.execute(
             insert_new, [{"hash": h, "size": contents[h], "stored_at": now} for h in part]

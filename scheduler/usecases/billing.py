@@ -17,12 +17,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures, bill_for
 from scheduler.core.rollups import totals_change
 from scheduler.db import FrameResultRow, FrameTotal
+from scheduler.db.engine import insert_or
 from scheduler.usecases.regions import UNKNOWN_REGION, add_unknown_region, load_regions
 
 
@@ -135,8 +135,7 @@ def count_frames(
     if not change:
         return
     table = FrameTotal.__table__  # type: ignore[attr-defined]
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    upsert = dialect.insert(table)
+    upsert = insert_or(session, table)
     upsert = upsert.on_conflict_do_update(
         index_elements=["pool", "region", "method", "measure"],
         set_={"value": table.c.value + upsert.excluded.value},

@@ -5,6 +5,7 @@ and a real `renderfarm api` killed -9 with keyed submissions in flight."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import queue
 import signal
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from api.app import create_app
-from scheduler.db import ChunkRow, JobRow
+from scheduler.db import ChunkRow, JobRow, ManifestRow
 from scheduler.db.tables import IdempotencyRow
 from scheduler.settings import Settings
 from scheduler.usecases.idempotency import IdempotencyKeys, KeyedRequest, hash_body
@@ -301,3 +302,24 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_repeated_key_makes_one_manifest(
+    client: TestClient, engine: Engine, studio: dict[str, str]
+) -> None:
+    content = b"a scene"
+    digest = hashlib.sha256(content).hexdigest()
+    assert client.put(f"/v1/blobs/{digest}", content=content, headers=studio).status_code in (
+        200,
+        201,
+    )
+    body = {"files": [{"path": "shot.blend", "size": len(content), "hash": digest}]}
+    first = client.post("/v1/manifests", json=body, headers=keyed(studio, "scene-v1"))
+    again = client.post("/v1/manifests", json=body, headers=keyed(studio, "scene-v1"))
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert count(engine, ManifestRow) == 1
+    other = client.post("/v1/manifests", json=body, headers=keyed(studio, "scene-v2"))
+    assert other.json()["id"] != first.json()["id"]
+    assert count(engine, ManifestRow) == 2
