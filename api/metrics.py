@@ -24,7 +24,7 @@ in a read-only transaction that never waits for the database's writers nor holds
 up. The figures are at most ``max_age`` old, well under any scrape interval. The frame
 figures are running totals (``frame_totals``, scheduler/core/rollups.py) kept with the
 frames, and chunks are counted in unfinished states only (an index range), so neither
-grows with the history; the attempt counters still aggregate the attempts table.
+grows with the history; nor do the attempt counters (``attempt_totals``).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from scheduler.core.buckets import ENERGY_JOULES_BUCKETS, RENDER_SECONDS_BUCKETS
 from scheduler.core.rollups import UNMETERED, bucket
 from scheduler.core.states import ChunkState, JobState
-from scheduler.db import AttemptRow, ChunkRow, FrameTotal, JobRow, NodeRow
+from scheduler.db import AttemptTotal, ChunkRow, FrameTotal, JobRow, NodeRow
 from scheduler.db.engine import read_only
 
 
@@ -171,20 +171,14 @@ class FarmCollector(Collector):
             "IT energy of ended attempts by outcome: what failed attempts used is energy wasted.",
             labels=["pool", "state"],
         )
-        state = col(AttemptRow.state)
-        for pool, n_failed, n_ended, wasted, used in session.execute(
-            select(
-                col(AttemptRow.pool),
-                func.sum(case((state == "failed", 1), else_=0)),
-                func.sum(case((state.in_(("failed", "done")), 1), else_=0)),
-                func.sum(case((state == "failed", AttemptRow.energy_joules), else_=0.0)),
-                func.sum(case((state == "done", AttemptRow.energy_joules), else_=0.0)),
-            ).group_by(col(AttemptRow.pool))
-        ):
-            failed.add_metric([pool], n_failed or 0)
-            ended.add_metric([pool], n_ended or 0)
-            energy.add_metric([pool, "failed"], wasted or 0.0)
-            energy.add_metric([pool, "done"], used or 0.0)
+        totals: dict[str, dict[str, float]] = {}
+        for pool, measure, value in session.execute(_ATTEMPT_TOTALS):  # running totals
+            totals.setdefault(pool, {})[measure] = value
+        for pool, measures in sorted(totals.items()):
+            failed.add_metric([pool], measures.get("failed", 0.0))
+            ended.add_metric([pool], measures.get("ended", 0.0))
+            energy.add_metric([pool, "failed"], measures.get("joules_failed", 0.0))
+            energy.add_metric([pool, "done"], measures.get("joules_done", 0.0))
         yield from (failed, ended, energy)
 
     def _chunks(self, session: Session) -> Iterator[Metric]:
@@ -278,6 +272,7 @@ def _histogram(
     ]
 
 
+_ATTEMPT_TOTALS = select(col(AttemptTotal.pool), col(AttemptTotal.measure), col(AttemptTotal.value))
 UNFINISHED = tuple(state for state in ChunkState if not state.is_final)
 _FRAME_TOTALS = select(
     col(FrameTotal.pool), col(FrameTotal.region), col(FrameTotal.method),

@@ -1,10 +1,12 @@
-"""Running totals of the frames rendered, for the farm's metrics: what each frame adds.
+"""Running totals of the frames rendered and the attempts ended, for the farm's metrics:
+what each frame and each ended attempt adds.
 
 The farm's counters and histograms of frames (how many, render and CPU seconds, energy,
 cost, CO2, and the histogram buckets) are kept as running totals per (pool, region,
 energy method), each measure a number, changed in the transaction that records or
 restates frames. So a scrape of /metrics reads a table of a few hundred rows whatever
-the history's size, instead of aggregating every frame ever rendered.
+the history's size, instead of aggregating every frame ever rendered. Attempts that end
+(done or failed) count the same way, per pool.
 Pure: standard library only.
 """
 
@@ -56,4 +58,19 @@ def totals_change(
             place = (frame["pool"], frame["region"], frame.get("energy_method") or UNMETERED)
             for measure, value in frame_measures(frame).items():
                 change[(*place, measure)] += sign * value
+    return {key: value for key, value in change.items() if value}
+
+
+ENDED_STATES = ("done", "failed")  # the attempts the counters count
+
+
+def attempts_change(ended: Iterable[tuple[str, str, float | None]]) -> dict[tuple[str, str], float]:
+    """What (pool, state, IT joules) of attempts that ended add to each (pool, measure):
+    attempts ended, attempts failed, and the energy of each outcome."""
+    change: dict[tuple[str, str], float] = defaultdict(float)
+    for pool, state, joules in ended:
+        change[(pool, "ended")] += 1
+        if state == "failed":
+            change[(pool, "failed")] += 1
+        change[(pool, f"joules_{state}")] += joules or 0.0
     return {key: value for key, value in change.items() if value}

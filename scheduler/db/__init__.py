@@ -4,6 +4,7 @@ from scheduler.db.engine import create_tables, make_engine
 from scheduler.db.tables import (
     ApiKey,
     AttemptRow,
+    AttemptTotal,
     BlobRow,
     ChunkRow,
     FrameResultRow,
@@ -24,6 +25,7 @@ from scheduler.db.tables import (
 __all__ = [
     "ApiKey",
     "AttemptRow",
+    "AttemptTotal",
     "BlobRow",
     "ChunkRow",
     "FrameResultRow",

@@ -230,6 +230,18 @@ class FrameTotal(SQLModel, table=True):
     value: float = 0.0
 
 
+class AttemptTotal(SQLModel, table=True):
+    """A running total of the attempts that ended in a pool: one measure (ended,
+    failed, the energy of each outcome; scheduler/core/rollups.py), changed in the
+    transaction that ends them, read by /metrics."""
+
+    __tablename__ = "attempt_totals"
+
+    pool: str = Field(primary_key=True, max_length=64)
+    measure: str = Field(primary_key=True, max_length=64)
+    value: float = 0.0
+
+
 class Region(SQLModel, table=True):
     """Where nodes stand, as the operator sets it: PUE, price and grid carbon."""
 

@@ -33,6 +33,7 @@ from scheduler.core.policy import (
     retry_delay,
     vanished_attempts,
 )
+from scheduler.core.rollups import ENDED_STATES
 from scheduler.core.states import AttemptState, ChunkState
 from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
 from scheduler.db.transitions import (
@@ -46,7 +47,7 @@ from scheduler.db.transitions import (
     save_chunk_changes,
 )
 from scheduler.dispatch.reconciling import requeue
-from scheduler.usecases.billing import FrameBiller, count_frames
+from scheduler.usecases.billing import FrameBiller, count_attempts, count_frames
 from scheduler.wire.messages import (
     ChunkEvent,
     EventError,
@@ -290,6 +291,14 @@ def apply_chunk_events(
         if chunk.failed_for_good:
             outcome.failed_jobs.add(chunk.job_id)
     save_attempt_changes(session, attempt_changes)
+    count_attempts(
+        session,
+        [
+            (chunks[chunk_id].pool, values["state"], values.get("energy_joules"))
+            for (chunk_id, _), values in attempt_changes.items()
+            if values.get("state") in ENDED_STATES
+        ],
+    )
     count_frames(
         session,
         list(pending.values()),

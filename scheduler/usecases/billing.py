@@ -20,8 +20,8 @@ from sqlalchemy import bindparam, func, select
 from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures, bill_for
-from scheduler.core.rollups import totals_change
-from scheduler.db import FrameResultRow, FrameTotal
+from scheduler.core.rollups import attempts_change, totals_change
+from scheduler.db import AttemptTotal, FrameResultRow, FrameTotal
 from scheduler.db.engine import insert_or
 from scheduler.usecases.regions import UNKNOWN_REGION, add_unknown_region, load_regions
 
@@ -132,19 +132,29 @@ def count_frames(
         ]
     after = [{**row, **restated[row["id"]]} for row in before]
     change = totals_change([*added, *after], before)
+    _add(session, FrameTotal, ("pool", "region", "method", "measure"), change)
+
+
+def count_attempts(session: Session, ended: Sequence[tuple[str, str, float | None]]) -> None:
+    """Change the running totals of attempts for those that end in this transaction:
+    (pool, state, IT joules) of each."""
+    _add(session, AttemptTotal, ("pool", "measure"), attempts_change(ended))
+
+
+def _add(session: Session, model: Any, keys: tuple[str, ...], change: Mapping[Any, float]) -> None:
+    """Add each value of ``change`` to its running total (created at 0 where new)."""
     if not change:
         return
-    table = FrameTotal.__table__  # type: ignore[attr-defined]
+    table = model.__table__
     upsert = insert_or(session, table)
     upsert = upsert.on_conflict_do_update(
-        index_elements=["pool", "region", "method", "measure"],
-        set_={"value": table.c.value + upsert.excluded.value},
+        index_elements=list(keys), set_={"value": table.c.value + upsert.excluded.value}
     )
     session.execute(
         upsert,
         [
-            {"pool": pool, "region": region, "method": method, "measure": measure, "value": value}
-            for (pool, region, method, measure), value in sorted(change.items())
+            {**dict(zip(keys, key, strict=True)), "value": value}
+            for key, value in sorted(change.items())
         ],
     )
 

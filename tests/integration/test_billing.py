@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.app import create_app
-from scheduler.core.rollups import totals_change
-from scheduler.db import FrameResultRow, FrameTotal, Region
+from scheduler.core.rollups import attempts_change, totals_change
+from scheduler.db import AttemptRow, AttemptTotal, FrameResultRow, FrameTotal, Region
 from scheduler.db.engine import alembic_config
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import InvalidRequest
@@ -162,16 +162,36 @@ def test_running_totals_follow_recorded_and_restated_frames(
         ]
     )  # fmt: skip
     scheduler.ingest([event("finished", third, results=[report(5, 3.0), report(6, 4.0)])])
+    fails = submit(studios, studio_id, "9", max_attempts=2)
+    (failing,) = [m for m in sent(scheduler, fake_broker) if m.job_id == fails]
+    scheduler.ingest([event("failed", failing, error="segfault", energy_joules=42.5)])
     assert len(rows(engine, FrameResultRow)) == 6
     counted = _counted_afresh(engine)
     assert _totals(engine) == counted
     assert counted[("cpu", "guizhou", "rapl", "frames")] == 2  # frames 3 and 4, now metered
+    ended = _attempts_afresh(engine)
+    assert _attempt_totals(engine) == ended
+    assert (ended[("cpu", "ended")], ended[("cpu", "failed")]) == (4, 1)
+    assert ended[("cpu", "joules_failed")] == 42.5
 
-    with engine.connect() as connection:  # the migration's own count of the same frames
+    with engine.connect() as connection:  # the migration's own count of the same rows
         command.downgrade(alembic_config(connection), "0014")
         command.upgrade(alembic_config(connection), "head")
         connection.commit()
     assert _totals(engine) == counted
+    assert _attempt_totals(engine) == ended
+
+
+def _attempt_totals(engine: Engine) -> dict[tuple[str, str], float]:
+    return {(t.pool, t.measure): pytest.approx(t.value) for t in rows(engine, AttemptTotal)}
+
+
+def _attempts_afresh(engine: Engine) -> dict[tuple[str, str], float]:
+    return attempts_change(
+        (a.pool, a.state, a.energy_joules)
+        for a in rows(engine, AttemptRow)
+        if a.state in ("done", "failed")
+    )
 
 
 @pytest.mark.parametrize("bad", [-5.0, "lots", float("inf"), [1]])

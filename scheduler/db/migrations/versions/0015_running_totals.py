@@ -1,4 +1,4 @@
-"""frame_totals: running totals of the frames rendered, for /metrics, from the frames so far
+"""frame_totals, attempt_totals: running totals for /metrics, from the rows so far
 
 Revision ID: 0015
 Revises: 0014
@@ -53,6 +53,31 @@ def upgrade() -> None:
         )
     op.execute("DELETE FROM frame_totals WHERE value = 0")
 
+    op.create_table(
+        "attempt_totals",
+        sa.Column("pool", sa.String(length=64), nullable=False),
+        sa.Column("measure", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("pool", "measure"),
+    )
+    joules = "THEN COALESCE(energy_joules, 0) ELSE 0 END)"
+    ended = {
+        "ended": "COUNT(*)",
+        "failed": "SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END)",
+        "joules_failed": f"SUM(CASE WHEN state = 'failed' {joules}",
+        "joules_done": f"SUM(CASE WHEN state = 'done' {joules}",
+    }
+    for measure, total in ended.items():
+        op.execute(
+            sa.text(
+                "INSERT INTO attempt_totals (pool, measure, value) "
+                f"SELECT pool, :measure, {total} FROM attempts "
+                "WHERE state IN ('done', 'failed') GROUP BY pool"
+            ).bindparams(measure=measure)
+        )
+    op.execute("DELETE FROM attempt_totals WHERE value = 0")
+
 
 def downgrade() -> None:
+    op.drop_table("attempt_totals")
     op.drop_table("frame_totals")
