@@ -12,17 +12,20 @@ from collections import Counter
 
 import httpx
 import pytest
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from api.metrics import FarmCollector
 from scheduler.db import JobRow
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.submissions import JobRequest
 from tests.conftest import Processes, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 SUBMITTERS = 60
+JOB = {"name": "shot", "frames": "1-24", "pool": "cpu", "renderer": {"kind": "noop"}}
 
 
 def test_concurrent_submitters_and_scrapers_get_no_errors(
@@ -95,3 +98,34 @@ def _answers(base: str) -> bool:
         return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_reads_answer_while_a_writer_holds_the_lock(
+    engine: Engine, studio: tuple[StudioService, int]
+) -> None:
+    """A studio's reads and /metrics never wait for the write lock: while another
+    connection holds it (SQLite: BEGIN IMMEDIATE; PostgreSQL: a lock on the job's row),
+    a job, its frames and the farm totals are still read, from the last commit."""
+    service, studio_id = studio
+    job = service.submit_job(studio_id, JobRequest.model_validate(JOB))
+    assert job.id is not None
+    answered: list[object] = []
+
+    def read() -> None:
+        answered.append(service.get_job(studio_id, job.id).progress.frames_queued)
+        answered.append(len(service.list_frames(studio_id, job.id, limit=10)))
+        answered.append(len(list(FarmCollector(engine, max_age=0).collect())))
+
+    with engine.connect() as writer:  # the engine's writers begin BEGIN IMMEDIATE on SQLite
+        writer.execute(  # an uncommitted change the readers must not wait for, nor see
+            update(JobRow).where(col(JobRow.id) == job.id).values(priority=99)
+        )
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=30)  # the write lock's own wait is 60 s: a reader that took it
+        finished_under_the_lock = not reader.is_alive()  # would still be waiting here
+        writer.rollback()
+    reader.join(timeout=90)
+    assert finished_under_the_lock, "a read waited for the writer's lock"
+    assert answered[:2] == [24, 10] and answered[2]
+    assert service.get_job(studio_id, job.id).job.priority == 50
