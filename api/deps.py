@@ -1,5 +1,9 @@
 """Dependencies of the routes: the services, and the studio behind the bearer key.
 
+Those that never block are ``async``: FastAPI runs a plain ``def`` dependency in its
+threadpool, a hop between threads per dependency per request that cost more than the
+rest of a job's read.
+
 A key is looked up once per ``KEY_CACHE_SECONDS`` per process, not once per request:
 the studio it found is kept under the key's hash (never the key) for that long, so
 a revoked key, a renamed studio or a changed setting reaches the API within that
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator
@@ -33,19 +38,19 @@ from scheduler.usecases.ratelimit import RateLimiter
 _bearer = HTTPBearer(auto_error=False, description="a studio key: `renderfarm studio create NAME`")
 
 
-def get_service(request: Request) -> StudioService:
+async def get_service(request: Request) -> StudioService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_assets(request: Request) -> AssetService:
+async def get_assets(request: Request) -> AssetService:
     return request.app.state.assets  # type: ignore[no-any-return]
 
 
-def get_stored_files(request: Request) -> StoredFiles:
+async def get_stored_files(request: Request) -> StoredFiles:
     return request.app.state.stored_files  # type: ignore[no-any-return]
 
 
@@ -67,13 +72,21 @@ class StudioKeys:
         self._found: dict[str, tuple[float, Studio]] = {}
         self._lock = threading.Lock()
 
-    def studio(self, service: StudioService, key: str) -> Studio:
-        digest = hash_key(key)
-        now = self.clock()
+    def cached(self, key: str) -> Studio | None:
+        """The key's studio if it was looked up within ``KEY_CACHE_SECONDS``, else None."""
         with self._lock:
-            kept = self._found.get(digest)
-        if kept is not None and now - kept[0] < KEY_CACHE_SECONDS:
+            kept = self._found.get(hash_key(key))
+        if kept is not None and self.clock() - kept[0] < KEY_CACHE_SECONDS:
             return _copy(kept[1])  # a route may not change what others get
+        return None
+
+    def studio(self, service: StudioService, key: str) -> Studio:
+        """The key's studio, from the cache or the database (which may block)."""
+        studio = self.cached(key)
+        if studio is not None:
+            return studio
+        now = self.clock()
+        digest = hash_key(key)
         studio = service.authenticate(key)
         with self._lock:
             if len(self._found) >= KEY_CACHE_SIZE:
@@ -87,29 +100,34 @@ def _copy(studio: Studio) -> Studio:
     return Studio.model_validate(studio.model_dump())
 
 
-def get_studio_keys(request: Request) -> StudioKeys:
+async def get_studio_keys(request: Request) -> StudioKeys:
     keys = getattr(request.app.state, "studio_keys", None)
     if keys is None:  # made on first use: create_app knows nothing of it
         keys = request.app.state.studio_keys = StudioKeys()
     return keys  # type: ignore[no-any-return]
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter  # type: ignore[no-any-return]
 
 
-def get_studio(
+async def get_studio(
     service: ServiceDep,
     keys: Annotated[StudioKeys, Depends(get_studio_keys)],
     limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Studio:
+    """The studio of the bearer key. On the event loop where nothing blocks (a key seen
+    within ``KEY_CACHE_SECONDS``, a studio without a rate); the database's and Redis'
+    answers are waited for in the threadpool."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send `Authorization: Bearer <studio key>`")
-    studio = keys.studio(service, credentials.credentials)
+    studio = keys.cached(credentials.credentials)
+    if studio is None:
+        studio = await run_in_threadpool(keys.studio, service, credentials.credentials)
     if studio.requests_per_second is not None:
         assert studio.id is not None
-        limiter.check(studio.id, studio.requests_per_second)  # 429 past its rate
+        await run_in_threadpool(limiter.check, studio.id, studio.requests_per_second)  # 429
     return studio
 
 
@@ -124,7 +142,7 @@ Offset = Annotated[int, Query(ge=0, le=COUNT_MAX, description="rows to skip")]
 BlobHash = Annotated[str, Path(pattern=SHA256, description="SHA-256 of the content, lowercase hex")]
 
 
-def refuse_unknown_query(request: Request) -> None:
+async def refuse_unknown_query(request: Request) -> None:
     """A query parameter the route does not take is a 422 naming it, as an unknown body
     field is: ``?prority=90`` is a typo, not a setting silently ignored."""
     dependant = getattr(request.scope.get("route"), "dependant", None)

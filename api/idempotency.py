@@ -39,7 +39,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def get_idempotency_keys(service: ServiceDep) -> IdempotencyKeys:
+async def get_idempotency_keys(service: ServiceDep) -> IdempotencyKeys:
     return IdempotencyKeys(service.engine, service.clock)
 
 

@@ -2,8 +2,9 @@
 (path prefixes may have limits of their own: manifests of many files are larger; the
 uploads of contents stream to disk and keep their own limits).
 
-Checks the declared Content-Length first, then counts the bytes as they arrive, so a
-chunked upload cannot slip past the limit either.
+Checks the declared Content-Length first (the server reads no more than it declares),
+and counts the bytes of a chunked body as they arrive, so a chunked upload cannot slip
+past the limit either.
 """
 
 from __future__ import annotations
@@ -42,9 +43,15 @@ class BodySizeLimit:
         await self._limited(scope, receive, send, limit)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(send, limit)
+            return
+        if b"transfer-encoding" not in headers:
+            # No body (a GET), or one of the declared length, which the server reads and
+            # no more: nothing to count.
+            await self.app(scope, receive, send)
             return
         seen = 0
         started = False

@@ -46,7 +46,7 @@ router = APIRouter(
 )
 
 
-def node(
+async def node(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -407,7 +407,9 @@ class StudioService:
     def _own_job(self, session: Session, studio_id: int, job_id: int, lock: bool = False) -> JobRow:
         """The studio's job (locked for this transaction if it is to change it)."""
         job = (
-            next(iter(lock_jobs(session, [job_id])), None) if lock else session.get(JobRow, job_id)
+            next(iter(lock_jobs(session, [job_id])), None)
+            if lock
+            else session.exec(_JOB, params={"id": job_id}).first()
         )
         if job is None or job.studio_id != studio_id:
             raise NotFound(f"no job {job_id}")
@@ -723,6 +725,7 @@ def _dependencies_of(session: Session, job_ids: list[int]) -> dict[int, list[int
     return found
 
 
+_JOB = select(JobRow).where(col(JobRow.id) == bindparam("id"))  # built once, as these
 _DEPENDENCIES = (  # built once, as the reads of progress and energy
     select(JobDependency.job_id, JobDependency.depends_on)
     .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
