@@ -20,6 +20,12 @@ from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.ratelimit import RateLimiter
 
 
+def from_environment() -> FastAPI:
+    """The app as configured by the environment: what each worker process of
+    ``renderfarm api --workers N`` builds (uvicorn's factory)."""
+    return create_app(Settings())
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     engine = engine or make_engine(settings.effective_database_url)
     create_tables(engine)

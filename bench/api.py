@@ -19,6 +19,7 @@ Three measures, each against a real ``renderfarm api`` process (SQLite by defaul
     python bench/api.py                      # SQLite, 200 submitters, 10,000 jobs, a table
     python bench/api.py --json               # {"contention": ..., "reads": ..., "big_job": ...}
     python bench/api.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
+    python bench/api.py --workers 2          # the API and the constant each served by 2 processes
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ from scheduler.launch.embedded import EmbeddedRedis, stop_process, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def serve_constant(port: int) -> None:
+def constant_app() -> Any:
     """The baseline: FastAPI answering a constant on the API's path, nothing else."""
-    import uvicorn
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -59,7 +59,20 @@ def serve_constant(port: int) -> None:
     def job(job_id: int) -> dict[str, Any]:
         return {"id": job_id, "name": "constant", "state": "queued"}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+    return app
+
+
+def serve_constant(port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "bench.api:constant_app",
+        factory=True,
+        workers=workers,
+        host="127.0.0.1",
+        port=port,
+        log_level="info",
+    )
 
 
 def seed(database_url: str, data_dir: Path, jobs: int) -> tuple[str, list[int]]:
@@ -122,16 +135,21 @@ def stored_names(database_url: str, tag: str) -> Counter[str]:
     return Counter({name: n for name, n in rows})
 
 
-def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_api(
+    env: dict[str, str], port: int, log: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     renderfarm = Path(sys.executable).with_name("renderfarm")
     command = (
         [str(renderfarm)] if renderfarm.exists() else [sys.executable, "-m", "scheduler.launch.cli"]
     )
-    return _start([*command, "api", "--host", "127.0.0.1", "--port", str(port)], env, log)
+    where = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    return _start([*command, "api", *where], env, log)
 
 
-def start_constant(port: int, log: Path) -> subprocess.Popen[bytes]:
-    return _start([sys.executable, __file__, "--serve-constant", str(port)], dict(os.environ), log)
+def start_constant(port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, __file__, "--serve-constant", str(port), "--workers", str(workers)]
+    return _start(command, env, log)
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -271,7 +289,7 @@ def big_job(base: str, headers: dict[str, str], api_pid: int, frames: int) -> di
     """Submit one job of ``frames`` frames: the answer's time, the API process's memory
     before and after, and the time of a frame page near its end and of the job's GET."""
     api = psutil.Process(api_pid)
-    before = api.memory_info().rss
+    before = _tree_rss(api)
     body = {"name": "a big job", "frames": f"1-{frames}", "renderer": {"kind": "noop"}}
     with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
         started = time.perf_counter()
@@ -290,10 +308,15 @@ def big_job(base: str, headers: dict[str, str], api_pid: int, frames: int) -> di
         "frames": frames,
         "submit_seconds": round(submit, 3),
         "api_rss_mib_before": round(before / 2**20, 1),
-        "api_rss_mib_after": round(api.memory_info().rss / 2**20, 1),
+        "api_rss_mib_after": round(_tree_rss(api) / 2**20, 1),
         "frame_page_near_the_end_seconds": round(page_seconds, 3),
         "job_get_seconds": round(get_seconds, 3),
     }
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    """Resident memory of the API process and its workers, if it has any."""
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -314,11 +337,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="of each read measure")
     parser.add_argument("--rounds", type=int, default=3, help="api and constant, alternated")
     parser.add_argument("--big-frames", type=int, default=1_000_000, help="frames of one job")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes of the API and of the constant alike"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-constant", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_constant is not None:
-        serve_constant(args.serve_constant)
+        serve_constant(args.serve_constant, args.workers)
         return
 
     with tempfile.TemporaryDirectory(prefix="renderfarm-bench-api-") as name:
@@ -340,8 +366,8 @@ def main() -> None:
                 RENDERFARM_DATA_DIR=str(folder),
             )
             api_port, constant_port = free_port(), free_port()
-            children.append(start_api(env, api_port, folder / "api.log"))
-            children.append(start_constant(constant_port, folder / "constant.log"))
+            children.append(start_api(env, api_port, folder / "api.log", args.workers))
+            children.append(start_constant(constant_port, folder / "constant.log", args.workers))
             api, constant = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{constant_port}"
             wait_until(lambda: _answers(f"{api}/healthz"), 60, "the API did not start")
             wait_until(lambda: _answers(f"{constant}/v1/jobs/1"), 60, "the constant did not start")
@@ -385,6 +411,7 @@ def main() -> None:
     api_rate, constant_rate = statistics.median(rates["api"]), statistics.median(rates["constant"])
     result: dict[str, Any] = {
         "database": database_url.split(":")[0],
+        "workers": args.workers,
         "contention": {
             "submitters": args.submitters,
             "scrapers": args.scrapers,

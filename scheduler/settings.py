@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = Field(
+        1, ge=1, le=64, description="API processes on the port (uvicorn workers): about one a core"
+    )
 
     # Render nodes and the farm's files.
     api_url: str | None = Field(

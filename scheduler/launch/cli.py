@@ -72,20 +72,32 @@ def _logging(level: str = "INFO") -> None:
 def api(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="processes serving the port [RENDERFARM_API_WORKERS: 1]"),
+    ] = None,
 ) -> None:
     """Serve the REST API (and /metrics, /docs)."""
     import uvicorn
 
     from api.app import create_app
+    from scheduler.db import create_tables, make_engine
 
     settings = Settings()
     _logging()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        log_level="info",
-    )
+    where: dict[str, Any] = {
+        "host": host or settings.api_host,
+        "port": port or settings.api_port,
+        "log_level": "info",
+    }
+    processes = workers or settings.api_workers
+    if processes == 1:
+        uvicorn.run(create_app(settings), **where)
+        return
+    # The schema is brought up to date once, here; each worker then builds the app
+    # from the same environment (its own connections, caches and /metrics reads).
+    create_tables(make_engine(settings.effective_database_url))
+    uvicorn.run("api.app:from_environment", factory=True, workers=processes, **where)
 
 
 @app.command()

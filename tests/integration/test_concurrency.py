@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
@@ -28,15 +29,22 @@ SUBMITTERS = 60
 JOB = {"name": "shot", "frames": "1-24", "pool": "cpu", "renderer": {"kind": "noop"}}
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_concurrent_submitters_and_scrapers_get_no_errors(
-    engine: Engine, studio: tuple[StudioService, int], processes: Processes
+    engine: Engine, studio: tuple[StudioService, int], processes: Processes, workers: int
 ) -> None:
+    """With two API processes (``--workers 2``), they also contend with each other."""
     service, _studio_id = studio
     key = service.create_key("test-studio")
     port = free_port()
-    processes.start("api", "api", "--host", "127.0.0.1", "--port", str(port))
+    where = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    api = processes.start("api", "api", *where)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: _answers(base), 60, "the API to answer")
+    if workers > 1:  # uvicorn's workers (beside multiprocessing's resource tracker)
+        children = psutil.Process(api.pid).children(recursive=True)
+        serving = [p for p in children if "spawn_main" in " ".join(p.cmdline())]
+        assert len(serving) == workers
 
     statuses: Counter[str] = Counter()
     counted = threading.Lock()
