@@ -139,7 +139,7 @@ class JobPublic(JobFields[dict[str, Any]]):
                 "started_at": _time(job.started_at),
                 "finished_at": _time(job.finished_at),
                 "progress": Progress.model_validate(detail.progress, from_attributes=True),
-                "energy": EnergyPublic.of(detail.energy, detail.currency),
+                "energy": EnergyPublic.of(detail.progress.energy, detail.currency),
             }
         )
 

@@ -82,7 +82,7 @@ class EnergyTotals:
         )
 
 
-def _totals_columns() -> tuple[Any, ...]:
+def totals_columns() -> tuple[Any, ...]:
     return (
         func.count(),
         func.count(col(FrameResultRow.it_joules)),
@@ -94,27 +94,12 @@ def _totals_columns() -> tuple[Any, ...]:
     )
 
 
-def _totals(row: Sequence[Any]) -> EnergyTotals:
+def totals_of(row: Sequence[Any]) -> EnergyTotals:
     frames, metered, seconds, it, facility, cost, co2 = row
     return EnergyTotals(
         int(frames), int(metered), float(seconds), float(it), float(facility), float(cost),
         float(co2),
     )  # fmt: skip
-
-
-def job_energy(session: Session, job_ids: Sequence[int]) -> dict[int, EnergyTotals]:
-    """Totals so far of each job (jobs with no frame yet are absent)."""
-    if not job_ids:
-        return {}
-    rows = session.connection().execute(_JOB_TOTALS, {"ids": list(job_ids)})
-    return {row[0]: _totals(row[1:]) for row in rows}
-
-
-_JOB_TOTALS = (  # built once: building it costs more than running it for a small job
-    select(col(FrameResultRow.job_id), *_totals_columns())
-    .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
-    .group_by(col(FrameResultRow.job_id))
-)
 
 
 def count_frames(
@@ -177,7 +162,7 @@ def usage_by_day(
     session: Session, studio_id: int, since: dt.date | None, until: dt.date | None
 ) -> list[tuple[dt.date, EnergyTotals]]:
     """A studio's totals per billing day, oldest first, days with frames only."""
-    query = select(col(FrameResultRow.day), *_totals_columns()).where(
+    query = select(col(FrameResultRow.day), *totals_columns()).where(
         col(FrameResultRow.studio_id) == studio_id
     )
     if since is not None:
@@ -187,7 +172,7 @@ def usage_by_day(
     rows = session.execute(
         query.group_by(col(FrameResultRow.day)).order_by(col(FrameResultRow.day))
     )
-    return [(_as_date(row[0]), _totals(row[1:])) for row in rows]
+    return [(_as_date(row[0]), totals_of(row[1:])) for row in rows]
 
 
 def _as_date(value: Any) -> dt.date:

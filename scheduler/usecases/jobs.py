@@ -47,7 +47,7 @@ from scheduler.db.engine import read_only
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooMany, Unauthorized
 from scheduler.settings import Settings
-from scheduler.usecases.billing import EnergyTotals, job_energy, usage_by_day
+from scheduler.usecases.billing import EnergyTotals, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_progress
 from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import attempt_log_path
@@ -67,9 +67,8 @@ CHUNKS_CUT_AT_SUBMISSION = 1_000  # a job's first chunks; the rest wait in block
 @dataclass(frozen=True, slots=True)
 class JobDetail:
     job: JobRow
-    progress: JobProgress
+    progress: JobProgress  # with the bill so far (its energy)
     depends_on: list[int] = field(default_factory=list)
-    energy: EnergyTotals = field(default_factory=EnergyTotals)
     currency: str = "CNY"
 
 
@@ -436,15 +435,11 @@ class StudioService:
             ids = [job.id for job in jobs if job.id]
             progress = load_progress(session, jobs)
             deps = _dependencies_of(session, ids)
-            energy = job_energy(session, ids)
             details = [
-                JobDetail(
-                    job, progress[job.id], deps.get(job.id, []),
-                    energy.get(job.id, EnergyTotals()), self.settings.currency,
-                )
+                JobDetail(job, progress[job.id], deps.get(job.id, []), self.settings.currency)
                 for job in jobs
                 if job.id
-            ]  # fmt: skip
+            ]
             return details, total
 
     def list_frames(
@@ -619,9 +614,8 @@ class StudioService:
     def _detail(self, session: Session, job: JobRow) -> JobDetail:
         assert job.id is not None
         deps = _dependencies_of(session, [job.id]).get(job.id, [])
-        energy = job_energy(session, [job.id]).get(job.id, EnergyTotals())
         progress = load_progress(session, [job])[job.id]
-        return JobDetail(job, progress, deps, energy, self.settings.currency)
+        return JobDetail(job, progress, deps, self.settings.currency)
 
     def usage_by_day(
         self, studio_id: int, since: dt.date | None, until: dt.date | None

@@ -75,8 +75,8 @@ def test_frames_are_billed_with_their_regions_figures(
     assert frames[1].day == dt.datetime.fromtimestamp(clock(), SHANGHAI).date()
 
     detail = studios.get_job(studio_id, job_id)
-    assert detail.energy.frames == 3 and detail.energy.metered_frames == 2
-    assert detail.energy.it_joules == pytest.approx(3.6e6 + 7.2e6)
+    assert detail.progress.energy.frames == 3 and detail.progress.energy.metered_frames == 2
+    assert detail.progress.energy.it_joules == pytest.approx(3.6e6 + 7.2e6)
 
 
 def test_a_regions_new_figures_bill_new_frames_only(
