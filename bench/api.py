@@ -314,6 +314,11 @@ def big_job(base: str, headers: dict[str, str], api_pid: int, frames: int) -> di
     }
 
 
+def _tree_cpu(process: psutil.Process) -> float:
+    """CPU seconds (user and system) of a server process and its workers so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+
+
 def _tree_rss(process: psutil.Process) -> int:
     """Resident memory of the API process and its workers, if it has any."""
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
@@ -389,16 +394,26 @@ def main() -> None:
                 for round_ in range(args.rounds)
             ]
             rates: dict[str, list[float]] = {"api": [], "constant": []}
+            cpu: dict[str, list[float]] = {"api": [], "constant": []}  # of the server, per read
+            rounds_waited: dict[str, list[list[float]]] = {"api": [], "constant": []}
             waits: dict[str, list[float]] = {"api": [], "constant": []}
+            servers = {
+                "api": psutil.Process(children[0].pid),
+                "constant": psutil.Process(children[1].pid),
+            }
             for round_ in range(args.rounds):
                 for label, base in (("constant", constant), ("api", api)):
                     rate = asyncio.run(throughput(base, headers, ids, args.clients, args.seconds))
+                    before = _tree_cpu(servers[label])
                     waited = asyncio.run(latencies(base, headers, ids, args.rate, args.seconds))
+                    cpu[label].append((_tree_cpu(servers[label]) - before) / len(waited) * 1000)
                     rates[label].append(rate)
                     waits[label].extend(waited)
+                    rounds_waited[label].append(waited)
                     print(
                         f"round {round_ + 1}: {label} {rate:.0f} reads/s, "
-                        f"p99 {percentile(waited, 0.99):.1f} ms at {args.rate:.0f}/s",
+                        f"p99 {percentile(waited, 0.99):.1f} ms at {args.rate:.0f}/s, "
+                        f"{cpu[label][-1]:.2f} ms of CPU a read",
                         file=sys.stderr,
                     )
             big = big_job(api, headers, children[0].pid, args.big_frames)
@@ -428,6 +443,9 @@ def main() -> None:
             "api_p99_ms": round(percentile(waits["api"], 0.99), 2),
             "constant_p50_ms": round(percentile(waits["constant"], 0.5), 2),
             "constant_p99_ms": round(percentile(waits["constant"], 0.99), 2),
+            "api_cpu_ms_per_read": round(statistics.median(cpu["api"]), 2),
+            "constant_cpu_ms_per_read": round(statistics.median(cpu["constant"]), 2),
+            "api_p99_ms_by_round": [round(percentile(w, 0.99), 1) for w in rounds_waited["api"]],
         },
         "big_job": big,
     }
