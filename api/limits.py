@@ -48,9 +48,9 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(send, limit)
             return
-        if b"transfer-encoding" not in headers:
-            # No body (a GET), or one of the declared length, which the server reads and
-            # no more: nothing to count.
+        if scope.get("http_version") in ("1.0", "1.1") and b"transfer-encoding" not in headers:
+            # HTTP/1: no body (a GET), or one of the declared length, which the server
+            # reads and no more: nothing to count. (HTTP/2 frames a body without either.)
             await self.app(scope, receive, send)
             return
         seen = 0
