@@ -277,6 +277,17 @@ def test_a_large_jobs_frames_page_reads_only_the_page(
     assert [f["frame"] for f in page.json()] == [5, 6, 7, 8, 9]  # mid-chunk to mid-chunk
     past = client.get(f"/v1/jobs/{chunked.json()['id']}/frames?offset=100", headers=studio)
     assert past.status_code == 200 and past.json() == []
+    after = client.get(
+        f"/v1/jobs/{job['id']}/frames", params={"after": 69995, "limit": 3}, headers=studio
+    )
+    assert [f["frame"] for f in after.json()] == [69996, 69997, 69998]
+    walked: list[int] = []  # page by page with ?after=, the last frame of the page before
+    while len(walked) < 100:
+        params = {"limit": 7, **({"after": walked[-1]} if walked else {})}
+        page = client.get(f"/v1/jobs/{chunked.json()['id']}/frames", params=params, headers=studio)
+        assert page.status_code == 200 and page.json(), page.text
+        walked.extend(f["frame"] for f in page.json())
+    assert walked == list(range(1, 101))
 
 
 def test_list_jobs_paginates_and_filters(client: TestClient, studio: dict[str, str]) -> None:
