@@ -719,8 +719,9 @@ def _dependencies_of(session: Session, job_ids: list[int]) -> dict[int, list[int
     return found
 
 
-_JOB = select(JobRow).where(col(JobRow.id) == bindparam("id"))  # built once, as these
-_DEPENDENCIES = (  # built once, as the reads of progress and energy
+# The reads of a job, built once: building a statement costs more than running it.
+_JOB = select(JobRow).where(col(JobRow.id) == bindparam("id"))
+_DEPENDENCIES = (
     select(JobDependency.job_id, JobDependency.depends_on)
     .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
     .order_by(col(JobDependency.depends_on))
