@@ -9,9 +9,10 @@ quoted as the IETF draft writes it (``Idempotency-Key: "abc"``): both are the ke
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -20,9 +21,12 @@ from scheduler.usecases.idempotency import (
     MAX_KEY_LENGTH,
     Answer,
     IdempotencyKeys,
+    Keep,
     KeyedRequest,
     hash_body,
 )
+
+T = TypeVar("T")
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -63,3 +67,19 @@ def keyed_request(studio_id: int, key: str, request: Request, body: BaseModel) -
 def respond(answer: Answer) -> JSONResponse:
     headers = {REPLAYED: "true"} if answer.replayed else None
     return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+
+def answer_keyed(
+    keys: IdempotencyKeys,
+    studio_id: int,
+    key: str,
+    request: Request,
+    body: BaseModel,
+    act: Callable[[Keep[T]], object],
+    body_of: Callable[[T], dict[str, Any]],
+) -> JSONResponse:
+    """A POST with an ``Idempotency-Key`` that creates something (201): the first answer
+    to the key again, or ``act``'s, which keeps its answer with what it made
+    (``IdempotencyKeys.answer_once``)."""
+    keyed = keyed_request(studio_id, key, request, body)
+    return respond(keys.answer_once(keyed, status.HTTP_201_CREATED, act, body_of))

@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import AssetsDep, BlobHash, KnownQuery, RowId, StudioDep
 from api.files import receive_body
-from api.idempotency import IdempotencyDep, IdempotencyKey, keyed_request, respond
+from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
 from api.schemas import (
     BatchPublic,
     BlobPublic,
@@ -133,15 +133,10 @@ def create_manifest(
     """Describe a job's files. With an ``Idempotency-Key``, a retry of the same request
     gets the first answer again and makes no second manifest (as ``POST /v1/jobs``)."""
     if idempotency_key is not None:
-        keyed = keyed_request(_id(studio), idempotency_key, request, body)
-        return respond(
-            keys.answer_once(
-                keyed,
-                status.HTTP_201_CREATED,
-                lambda keep: assets.create_manifest(_id(studio), body.entries(), keep),
-                _manifest_body,
-            )
-        )
+        return answer_keyed(
+            keys, _id(studio), idempotency_key, request, body,
+            lambda keep: assets.create_manifest(_id(studio), body.entries(), keep), _manifest_body,
+        )  # fmt: skip
     return ManifestPublic.of(assets.create_manifest(_id(studio), body.entries()))
 
 

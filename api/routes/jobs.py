@@ -22,7 +22,7 @@ from api.deps import (
     StudioDep,
 )
 from api.files import file_response
-from api.idempotency import IdempotencyDep, IdempotencyKey, keyed_request, respond
+from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
 from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.bounds import FRAME_MAX, FRAME_MIN
 from scheduler.core.states import ChunkState, JobState
@@ -73,15 +73,10 @@ def submit_job(
     reused for another request is a 422. A request answered with an error made nothing
     and kept nothing: a retry with its key is taken afresh. Keys are kept 24 hours."""
     if idempotency_key is not None:
-        keyed = keyed_request(_id(studio), idempotency_key, request, body)
-        return respond(
-            keys.answer_once(
-                keyed,
-                status.HTTP_201_CREATED,
-                lambda keep: service.submit_job(_id(studio), body, keep),
-                _public,
-            )
-        )
+        return answer_keyed(
+            keys, _id(studio), idempotency_key, request, body,
+            lambda keep: service.submit_job(_id(studio), body, keep), _public,
+        )  # fmt: skip
     job = service.submit_job(_id(studio), body)
     assert job.id is not None
     return JobPublic.of(service.get_job(_id(studio), job.id))

@@ -366,6 +366,8 @@ def _next_queued(session: Session, job: JobRow, wanted: int, now: float) -> list
     reach into a block, its first chunks are cut off it (the job is locked for that)."""
     assert job.id is not None
     rows = session.execute(_NEXT_QUEUED, {"job": job.id, "now": now, "wanted": wanted}).all()
+    if any(chunks > 1 for *_, chunks, _position in rows):
+        lock_jobs(session, [job.id])  # a cancel committed meanwhile wins: nothing is cut
     found: list[QueuedRange] = []
     for cid, attempts, not_before, first, last, step, chunks, position in rows:
         if len(found) >= wanted:
@@ -374,7 +376,6 @@ def _next_queued(session: Session, job: JobRow, wanted: int, now: float) -> list
         if chunks == 1:
             found.append(QueuedRange(cid, attempts, not_before, frames))
             continue
-        lock_jobs(session, [job.id])  # a cancel committed meanwhile wins: nothing is cut
         block = Block(cid, position, frames, chunks)
         cut_off = cut_block(session, job, block, wanted - len(found))
         found.extend(QueuedRange(chunk_id, 0, None, piece) for chunk_id, piece in cut_off)

@@ -145,7 +145,7 @@ def _add(session: Session, model: Any, keys: tuple[str, ...], change: Mapping[An
 
 
 _AS_COUNTED = select(  # what a frame row counts for in the totals, as it is stored
-    FrameResultRow.__table__.c.id,  # type: ignore[attr-defined]
+    col(FrameResultRow.id),
     col(FrameResultRow.pool),
     col(FrameResultRow.region),
     col(FrameResultRow.energy_method),

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from api.app import create_app
 from scheduler.dispatch.loop import run_scheduler
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
@@ -60,6 +62,13 @@ class RecordingBroker:
 
     def queue_depth(self, queue: str) -> int:
         return self.depth
+
+
+@pytest.fixture
+def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
+    """The API app over the test's database, in the test's process."""
+    with TestClient(create_app(settings, engine)) as test_client:
+        yield test_client
 
 
 @pytest.fixture

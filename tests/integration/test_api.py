@@ -27,12 +27,6 @@ def service(engine: Engine, settings: Settings) -> StudioService:
 
 
 @pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
 def studio(service: StudioService) -> dict[str, str]:
     return {"Authorization": f"Bearer {service.create_studio('ghibli-east')[1]}"}
 

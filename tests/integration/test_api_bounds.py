@@ -5,14 +5,12 @@ surrogate, a float that is not finite, each a 422 naming the field, and nothing 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from api.app import create_app
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from tests.integration.test_api import count_rows, job_body
@@ -21,12 +19,6 @@ pytestmark = pytest.mark.integration
 
 INT32_PAST = 2**31
 INT64_PAST = 2**63
-
-
-@pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
 
 
 @pytest.fixture

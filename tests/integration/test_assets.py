@@ -13,7 +13,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,6 @@ def spooled(settings: Settings) -> list[str]:
     """Files left in the local spool (uploads on their way in)."""
     spool = settings.storage_root / "incoming"
     return [p.name for p in spool.iterdir()] if spool.is_dir() else []
-
-
-@pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
 
 
 def key_header(engine: Engine, settings: Settings, name: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.app import create_app
 from scheduler.core.rollups import attempts_change, totals_change
 from scheduler.db import AttemptRow, AttemptTotal, FrameResultRow, FrameTotal, Region
 from scheduler.db.engine import alembic_config
@@ -225,12 +223,6 @@ def test_regions_refuse_impossible_figures(engine: Engine) -> None:
             set_region(session, "x", 0.0, pue=0.9)
         with pytest.raises(InvalidRequest, match="carbon_g_per_kwh"):
             set_region(session, "x", 0.0, carbon_g_per_kwh=-1)
-
-
-@pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
 
 
 def test_usage_by_day_over_the_api(

@@ -13,7 +13,7 @@ import os
 import tarfile
 import tracemalloc
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,7 @@ import OpenEXR
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy.engine import Engine
 
-from api.app import create_app
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
@@ -126,12 +124,6 @@ CONTENT_TYPES = {
 @pytest.fixture
 def farm(scheduler: Scheduler, studios: StudioService, settings: Settings) -> Farm:
     return Farm(scheduler, studios, settings)
-
-
-@pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
 
 
 @pytest.fixture

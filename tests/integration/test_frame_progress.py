@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -37,12 +36,6 @@ SCENE = "shots/sq010/sh020.blend"
 # Enough pixels and samples that a frame renders for seconds, even on many cores
 # (Cycles' adaptive sampling stops the scene's frames after some 700 of 4,096 samples).
 SLOW = {"samples": 4096, "resolution_x": 400, "resolution_y": 225}
-
-
-@pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
 
 
 def submit(

@@ -10,7 +10,6 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,7 +19,6 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from api.app import create_app
 from scheduler.db import ChunkRow, JobRow, ManifestRow
 from scheduler.db.tables import IdempotencyRow
 from scheduler.settings import Settings
@@ -36,12 +34,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def service(engine: Engine, settings: Settings) -> StudioService:
     return StudioService(engine, settings)
-
-
-@pytest.fixture
-def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine)) as test_client:
-        yield test_client
 
 
 @pytest.fixture
