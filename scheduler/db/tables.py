@@ -146,6 +146,9 @@ class ChunkRow(SQLModel, table=True):
     state: str = Field(max_length=16)
     attempts: int = 0  # attempts made; the current attempt's number
     retry_base: int = 0  # attempts made before the last operator retry
+    # Failed attempts since the last retry: the budget ``max_attempts`` bounds. Attempts
+    # re-sent because a node was lost or a message never claimed are not failures.
+    failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     node: str | None = None
     not_before: float | None = None
     dispatched_at: float | None = None

@@ -334,6 +334,7 @@ def cut_block(
                     "state": ChunkState.QUEUED,
                     "attempts": 0,
                     "retry_base": 0,
+                    "failures": 0,
                 }
                 for offset, piece in enumerate(new)
             ],

@@ -71,7 +71,7 @@ NO_VALID_RESULT = "the node reported no valid frame result"
 
 _CHUNKS_OF_EVENTS = sql_select(
     col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool), col(ChunkRow.state),
-    col(ChunkRow.attempts), col(ChunkRow.retry_base), col(ChunkRow.dispatched_at),
+    col(ChunkRow.attempts), col(ChunkRow.failures), col(ChunkRow.dispatched_at),
     col(JobRow.max_attempts), col(JobRow.studio_id), col(ChunkRow.first_frame),
     col(ChunkRow.last_frame), col(ChunkRow.step),
 ).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
@@ -142,10 +142,10 @@ def apply_chunk_events(
     chunks: dict[int, _ChunkView] = {}
     max_attempts: dict[int, int] = {}
     loaded = session.execute(_CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)})
-    for cid, job_id, pool, state, attempts, retry_base, sent, allowed, studio, *span in loaded:
+    for cid, job_id, pool, state, attempts, failures, sent, allowed, studio, *span in loaded:
         first, last, step = span
         chunks[cid] = _ChunkView(
-            cid, job_id, studio, pool, ChunkState(state), attempts, retry_base, sent,
+            cid, job_id, studio, pool, ChunkState(state), attempts, failures, sent,
             range(first, last + 1, step), read_state=ChunkState(state),
         )  # fmt: skip
         max_attempts[job_id] = allowed
@@ -180,7 +180,7 @@ def apply_chunk_events(
                 chunk.attempts,
                 attempt_no,
                 kind,
-                chunk.attempts - chunk.retry_base,
+                chunk.failures + 1,  # counting this event's, should it be a failure
                 max_attempts[chunk.job_id],
             )
         if chunk is None or state is None:
@@ -212,12 +212,13 @@ def apply_chunk_events(
                 attempt["state"] = AttemptState.DONE
                 attempt["energy_joules"] = _energy_of(reports)
             else:
+                chunk.failures += 1
+                chunk.changes["failures"] = chunk.failures
                 if state == ChunkState.FAILED:
                     chunk.changes["finished_at"] = at
                     chunk.failed_for_good = True
                 else:  # retried, after a pause that doubles with each failure
-                    made = chunk.attempts - chunk.retry_base
-                    chunk.changes["not_before"] = now + retry_delay(made, *retry)
+                    chunk.changes["not_before"] = now + retry_delay(chunk.failures, *retry)
                 if isinstance(event, FailedEvent):
                     error, spent = event.error, event.energy_joules
                 else:
@@ -471,7 +472,7 @@ class _ChunkView:
     pool: str
     current: ChunkState  # as this batch has moved it so far
     attempts: int
-    retry_base: int
+    failures: int  # failed attempts since the last retry, before this batch
     dispatched_at: float | None
     frames: range  # the frames it renders
     read_state: ChunkState  # as read: the change is written only if it still is

@@ -358,6 +358,7 @@ class StudioService:
                         "state": ChunkState.QUEUED,
                         "attempts": 0,
                         "retry_base": 0,
+                        "failures": 0,
                     }
                     for row in rows
                 ],
@@ -587,6 +588,7 @@ class StudioService:
                 job=job_id,
                 values={
                     "retry_base": ChunkRow.attempts,
+                    "failures": 0,
                     "not_before": None,
                     "finished_at": None,
                     "node": None,

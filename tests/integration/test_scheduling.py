@@ -121,6 +121,39 @@ def test_failures_retry_after_a_pause_up_to_max_attempts_then_fail_the_job(
     assert studios.get_job(studio_id, job_id).job.state == "done"
 
 
+def test_only_failures_use_up_the_attempts_not_sending_again(
+    scheduler: Scheduler,
+    studios: StudioService,
+    studio_id: int,
+    engine: Engine,
+    clock: Clock,
+    settings: Settings,
+) -> None:
+    job_id = submit(studios, studio_id, "1", max_attempts=2)
+    scheduler.ingest([heartbeat("node-a", slots=1)])
+    scheduler.dispatch_tick()  # never claimed: the broker lost it (the queue is empty)
+    clock.now += settings.redispatch_after + 1
+    scheduler.ingest([heartbeat("node-a", slots=1)])
+    scheduler.reconcile()
+    on_lost_node = scheduler.dispatch_tick()[0]
+    scheduler.ingest([event("started", on_lost_node, "node-a")])
+    clock.now += settings.node_timeout + 1  # node-a goes silent mid-render
+    scheduler.ingest([heartbeat("node-b", slots=1)])
+    scheduler.reconcile()
+    first_failure = scheduler.dispatch_tick()[0]
+    assert first_failure.attempt == 3
+    scheduler.ingest([event("failed", first_failure, "node-b", error="segfault")])
+    assert studios.get_job(studio_id, job_id).job.state != "failed"  # one failure of two
+    clock.now += 60.0
+    scheduler.ingest([heartbeat("node-b", slots=1)])
+    retry = scheduler.dispatch_tick()[0]
+    assert retry.attempt == 4
+    scheduler.ingest([event("failed", retry, "node-b", error="segfault again")])
+    assert studios.get_job(studio_id, job_id).job.state == "failed"
+    states = [a.state for a in sorted(rows(engine, AttemptRow), key=lambda a: a.number)]
+    assert states == ["superseded", "superseded", "failed", "failed"]
+
+
 def test_a_lost_nodes_chunks_go_to_another_node_and_its_late_events_are_ignored(
     scheduler: Scheduler,
     studios: StudioService,
