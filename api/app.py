@@ -48,9 +48,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.stored_files = StoredFiles(storage)
     app.state.rate_limiter = RateLimiter(settings.effective_broker_url)
     install_error_handlers(app)
+    app.include_router(jobs.router)  # first: routes are matched in order, these are hottest
     app.include_router(assets.router)
     app.include_router(internal.router)
-    app.include_router(jobs.router)
     app.include_router(nodes.router)
     app.include_router(studios.router)
     app.include_router(system.router)

@@ -86,6 +86,24 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(**{READ_ONLY: True})
 
 
+def single_statements(engine: Engine) -> Engine:
+    """``engine`` for reads made of one statement, which needs no transaction around it
+    to see one snapshot: on PostgreSQL they run in autocommit (no BEGIN and ROLLBACK
+    round trips); on SQLite as ``read_only`` (a deferred BEGIN costs nothing there, and
+    the driver's isolation level must stay as ``make_engine`` set it)."""
+    if engine.dialect.name == "sqlite":
+        return read_only(engine)
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def reads_never_wait(engine: Engine) -> bool:
+    """Whether a short read may run on an event loop, not in a thread: on SQLite in WAL
+    mode a reader never waits for a lock (the writer appends to the WAL, checkpoints
+    are passive) and a one-row read costs less than the hop to a thread and back. A
+    read from a server waits for the network, so it goes to a thread."""
+    return engine.dialect.name == "sqlite"
+
+
 def begin_writing(dbapi_connection: Any, wait: float = WRITE_LOCK_WAIT) -> None:
     """``BEGIN IMMEDIATE``, tried again with jittered backoff while another connection
     holds the write lock, for up to ``wait`` seconds in all. Nothing ran in the

@@ -43,12 +43,12 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
-from scheduler.db.engine import read_only
+from scheduler.db.engine import read_only, reads_never_wait, single_statements
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooMany, Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.billing import EnergyTotals, usage_by_day
-from scheduler.usecases.progress import JobProgress, load_progress
+from scheduler.usecases.progress import JobProgress, load_job, load_progress
 from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import attempt_log_path
 from scheduler.wire.progress import progress_board
@@ -96,6 +96,9 @@ class StudioService:
         self.settings = settings
         self.clock = clock
         self._read_only = read_only(engine)
+        self._single_statements = single_statements(engine)
+        # Whether a one-statement read may run on the API's event loop (see engine.py).
+        self.reads_never_wait = reads_never_wait(engine)
 
     def _reading(self) -> Session:
         """A session that only reads: on SQLite it never waits for the write lock."""
@@ -416,9 +419,12 @@ class StudioService:
         return job
 
     def get_job(self, studio_id: int, job_id: int) -> JobDetail:
-        with self._reading() as session:
-            job = self._own_job(session, studio_id, job_id)
-            return self._detail(session, job)
+        with self._single_statements.connect() as connection:
+            found = load_job(connection, job_id)
+        if found is None or found[0].studio_id != studio_id:
+            raise NotFound(f"no job {job_id}")
+        job, progress, depends_on = found
+        return JobDetail(job, progress, depends_on, self.settings.currency)
 
     def list_jobs(
         self, studio_id: int, state: JobState | None, limit: int, offset: int

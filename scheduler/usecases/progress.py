@@ -1,21 +1,25 @@
 """Progress of jobs, counted from chunks and frame results, and their bills so far.
 
 ``load_progress`` answers "how far is this job, and what has it cost" with two grouped
-queries for any number of jobs. The stored job state is written by ``refresh_job_states`` in
-``scheduler/db/transitions.py``, after every transaction that moves chunks.
+queries for any number of jobs; ``load_job`` answers it for one job, with the job's row
+and dependencies, in one statement (the API's hottest read). The stored job state is
+written by ``refresh_job_states`` in ``scheduler/db/transitions.py``, after every
+transaction that moves chunks.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, func
+from sqlalchemy import String, bindparam, cast, func, true
+from sqlalchemy import select as sql_select
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from scheduler.core.states import ChunkState
-from scheduler.db import ChunkRow, FrameResultRow, JobRow
+from scheduler.db import ChunkRow, FrameResultRow, JobDependency, JobRow
 from scheduler.usecases.billing import EnergyTotals, totals_columns, totals_of
 
 
@@ -46,29 +50,90 @@ _DONE_BY_CHUNK_STATE = (  # frames rendered and their bills, by the state of the
     .group_by(col(FrameResultRow.job_id), col(ChunkRow.state))
 )
 
+# One job's row, the ids it depends on (comma-separated), and a row per chunk state: its
+# chunks and frames, and the frames of those chunks rendered with their bills.
+_JOBS = JobRow.__table__  # type: ignore[attr-defined]
+_JOB_NAMES = [column.name for column in _JOBS.c]
+_ONE_BY_STATE = (
+    select(
+        col(ChunkRow.state).label("chunk_state"),
+        func.sum(ChunkRow.chunks).label("chunks"),
+        func.sum(ChunkRow.frame_count).label("frames"),
+    )
+    .where(col(ChunkRow.job_id) == bindparam("id"))
+    .group_by(col(ChunkRow.state))
+    .subquery()
+)
+_ONE_DONE = (
+    select(col(ChunkRow.state).label("done_state"), *totals_columns())
+    .join(ChunkRow, col(ChunkRow.id) == col(FrameResultRow.chunk_id))
+    .where(col(FrameResultRow.job_id) == bindparam("id"))
+    .group_by(col(ChunkRow.state))
+    .subquery()
+)
+_ONE_JOB = (
+    sql_select(
+        *_JOBS.c,
+        sql_select(func.aggregate_strings(cast(JobDependency.depends_on, String), ","))
+        .where(col(JobDependency.job_id) == _JOBS.c.id)
+        .scalar_subquery(),
+        *_ONE_BY_STATE.c,
+        *_ONE_DONE.c,
+    )
+    .select_from(_JOBS)
+    .outerjoin(_ONE_BY_STATE, true())
+    .outerjoin(_ONE_DONE, _ONE_DONE.c.done_state == _ONE_BY_STATE.c.chunk_state)
+    .where(_JOBS.c.id == bindparam("id"))
+)
+
 
 def load_progress(session: Session, jobs: Sequence[JobRow]) -> dict[int, JobProgress]:
     ids = [job.id for job in jobs if job.id is not None]
-    progress: dict[int, JobProgress] = {job_id: JobProgress() for job_id in ids}
     if not ids:
-        return progress
-    # frames per chunk state, less the frames those chunks have already finished
-    frames_by_state: dict[int, dict[ChunkState, int]] = defaultdict(lambda: defaultdict(int))
+        return {}
+    by_state: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
     for job_id, state, chunks, frames in session.connection().execute(
         _CHUNKS_BY_STATE, {"ids": ids}
     ):
-        progress[job_id].chunks[ChunkState(state)] = chunks
-        progress[job_id].frames_total += frames
-        frames_by_state[job_id][ChunkState(state)] += frames
+        by_state[job_id].append((state, chunks, frames))
+    done: dict[int, list[tuple[str, EnergyTotals]]] = defaultdict(list)
     for job_id, state, *totals in session.connection().execute(_DONE_BY_CHUNK_STATE, {"ids": ids}):
-        rendered = totals_of(totals)
-        progress[job_id].frames_done += rendered.frames
-        progress[job_id].energy += rendered
-        frames_by_state[job_id][ChunkState(state)] -= rendered.frames
-    for job_id, by_state in frames_by_state.items():
-        p = progress[job_id]
-        p.frames_running = by_state[ChunkState.RUNNING]
-        p.frames_failed = by_state[ChunkState.FAILED]
-        p.frames_cancelled = by_state[ChunkState.CANCELLED]
-        p.frames_queued = by_state[ChunkState.QUEUED] + by_state[ChunkState.DISPATCHED]
-    return progress
+        done[job_id].append((state, totals_of(totals)))
+    return {job_id: _progress(by_state[job_id], done[job_id]) for job_id in ids}
+
+
+def load_job(connection: Connection, job_id: int) -> tuple[JobRow, JobProgress, list[int]] | None:
+    """One job, its progress and the jobs it depends on, in one statement: one round
+    trip and one snapshot, so it needs no transaction. None if there is no such job."""
+    rows = connection.execute(_ONE_JOB, {"id": job_id}).all()
+    if not rows:
+        return None
+    n = len(_JOB_NAMES)
+    # as read, like an ORM load: the database holds only what was validated going in
+    job = JobRow.model_construct(**dict(zip(_JOB_NAMES, rows[0][:n], strict=True)))
+    depends_on = sorted(int(d) for d in (rows[0][n] or "").split(",") if d)
+    by_state = [(row[n + 1], row[n + 2], row[n + 3]) for row in rows if row[n + 1] is not None]
+    done = [(row[n + 4], totals_of(row[n + 5 :])) for row in rows if row[n + 4] is not None]
+    return job, _progress(by_state, done), depends_on
+
+
+def _progress(
+    by_state: Iterable[tuple[str, int, int]], done: Iterable[tuple[str, EnergyTotals]]
+) -> JobProgress:
+    """A job's progress from its chunks and frames per chunk state, less the frames those
+    chunks have already finished, and its frames rendered (with their bills) per state."""
+    p = JobProgress()
+    frames: dict[ChunkState, int] = defaultdict(int)
+    for state, chunks, count in by_state:
+        p.chunks[ChunkState(state)] = chunks
+        p.frames_total += count
+        frames[ChunkState(state)] += count
+    for state, rendered in done:
+        p.frames_done += rendered.frames
+        p.energy += rendered
+        frames[ChunkState(state)] -= rendered.frames
+    p.frames_running = frames[ChunkState.RUNNING]
+    p.frames_failed = frames[ChunkState.FAILED]
+    p.frames_cancelled = frames[ChunkState.CANCELLED]
+    p.frames_queued = frames[ChunkState.QUEUED] + frames[ChunkState.DISPATCHED]
+    return p

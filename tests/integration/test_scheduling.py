@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
 from scheduler.dispatch.scheduler import Scheduler
+from scheduler.errors import NotFound
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.wire.broker import CeleryBroker
@@ -152,6 +153,44 @@ def test_only_failures_use_up_the_attempts_not_sending_again(
     assert studios.get_job(studio_id, job_id).job.state == "failed"
     states = [a.state for a in sorted(rows(engine, AttemptRow), key=lambda a: a.number)]
     assert states == ["superseded", "superseded", "failed", "failed"]
+
+
+def test_a_jobs_one_statement_read_agrees_with_the_listing(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    # get_job reads a job in one statement (load_job), list_jobs in three (load_progress).
+    first = submit(studios, studio_id, "1-2")
+    second = submit(studios, studio_id, "1-3")
+    scheduler.ingest([heartbeat(slots=4)])
+    scheduler.ingest([finished(m) for m in scheduler.dispatch_tick()])
+    job_id = submit(  # 1,500 chunks: the last 500 stay a block row until dispatched
+        studios, studio_id, "1-3000", chunk_size=2, max_attempts=1, depends_on=[first, second]
+    )
+    scheduler.ingest([heartbeat(slots=4)])
+    sent = [m for m in scheduler.dispatch_tick() if m.job_id == job_id]
+    done, failed, running = sent[0], sent[1], sent[2]  # sent[3] stays dispatched
+    one_frame = FrameReport(failed.frames[0], None, render_seconds=2.0, cpu_seconds=1.0)
+    scheduler.ingest(
+        [
+            finished(done),
+            event("started", running),
+            event("frame", failed, result=one_frame),
+            event("failed", failed, error="boom"),
+        ]
+    )
+    [listed] = [d for d in studios.list_jobs(studio_id, None, 10, 0)[0] if d.job.id == job_id]
+    read = studios.get_job(studio_id, job_id)
+    assert read.job.model_dump() == listed.job.model_dump()
+    assert read.depends_on == listed.depends_on == sorted([first, second])
+    assert read.progress == listed.progress
+    progress = read.progress
+    assert (progress.frames_total, progress.frames_done, progress.frames_failed) == (3000, 3, 1)
+    assert (progress.frames_running, progress.frames_queued) == (2, 3000 - 6)
+    assert progress.energy.frames == 3 and progress.energy.render_seconds == 1.5 * 2 + 2.0
+    with pytest.raises(NotFound):
+        studios.get_job(studio_id + 1, job_id)
+    with pytest.raises(NotFound):
+        studios.get_job(studio_id, job_id + 1)
 
 
 def test_a_lost_nodes_chunks_go_to_another_node_and_its_late_events_are_ignored(
