@@ -53,9 +53,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(error, TooMany):
             headers = {"Retry-After": str(error.retry_after)}
         if isinstance(error, InvalidRequest):
-            detail: object = [
-                {"loc": ["body", error.field], "msg": error.message, "type": "value_error"}
-            ]
+            where = error.source, error.field
+            loc = [error.source] if error.field == error.source else list(where)
+            detail: object = [{"loc": loc, "msg": error.message, "type": "value_error"}]
         else:
             detail = str(error)
         return JSONResponse({"detail": printable(detail)}, status_code=status, headers=headers)

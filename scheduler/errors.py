@@ -25,10 +25,13 @@ class NotFound(RenderfarmError):
 
 
 class InvalidRequest(RenderfarmError):
-    def __init__(self, field: str, message: str) -> None:
+    """``field`` of the request's ``source`` (body, path, query or header) is wrong."""
+
+    def __init__(self, field: str, message: str, source: str = "body") -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.source = source
 
 
 class Conflict(RenderfarmError):

@@ -89,7 +89,7 @@ async def output_from_node(
     all (spooled, then adopted)."""
     if not OUTPUT_PATH.fullmatch(path):
         raise InvalidRequest(
-            "path", "a node sends jobs/<id>/frames/<file> or jobs/<id>/logs/<file>"
+            "path", "a node sends jobs/<id>/frames/<file> or jobs/<id>/logs/<file>", "path"
         )
     spool, spooled = files.storage.spool_file("output")
     try:

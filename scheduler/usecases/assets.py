@@ -107,7 +107,9 @@ class AssetService:
 
     def check_hash(self, blob_hash: str) -> None:
         if not is_blob_hash(blob_hash):
-            raise InvalidRequest("hash", "a content's name is its SHA-256: 64 lowercase hex")
+            raise InvalidRequest(
+                "hash", "a content's name is its SHA-256: 64 lowercase hex", source="path"
+            )
 
     def begin_upload(self, studio_id: int, blob_hash: str) -> BlobWriter:
         self.check_hash(blob_hash)

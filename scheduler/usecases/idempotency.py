@@ -163,6 +163,7 @@ class IdempotencyKeys:
                 f"{request.key!r} was used for another request ({method} {path}"
                 f"{' with another body' if path == request.path else ''}): "
                 "use a new key for a new request",
+                source="header",
             )
         return answer
 
