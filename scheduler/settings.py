@@ -8,6 +8,7 @@ Redis on localhost (or, for ``renderfarm up``/``demo``, one the launcher starts)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -115,6 +116,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_workers: int = Field(
         1, ge=1, le=64, description="API processes on the port (uvicorn workers): about one a core"
+    )
+    api_read_threads: int = Field(
+        default_factory=lambda: 2 * (os.cpu_count() or 1),
+        ge=1,
+        le=256,
+        description="threads of an API process reading a job from a database server at once",
     )
 
     # Render nodes and the farm's files.

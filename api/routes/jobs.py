@@ -10,7 +10,6 @@ import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import (
@@ -21,6 +20,7 @@ from api.deps import (
     ServiceDep,
     StoredFilesDep,
     StudioDep,
+    read_in_thread,
 )
 from api.files import file_response
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
@@ -102,14 +102,16 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> Response:
+async def get_job(
+    request: Request, job_id: RowId, studio: StudioDep, service: ServiceDep
+) -> Response:
     # The hottest read, one statement: on SQLite it runs on the event loop, where it
-    # cannot wait (engine.py: reads_never_wait), else in the threadpool. JobPublic.of has
-    # validated it, so it is written out as it is, not validated again by the response model.
+    # cannot wait (engine.py: reads_never_wait), else in a thread of the read pool.
+    # JobPublic.of has validated it: it is written out as it is, not validated again.
     if service.reads_never_wait:
         detail = service.get_job(_id(studio), job_id)
     else:
-        detail = await run_in_threadpool(service.get_job, _id(studio), job_id)
+        detail = await read_in_thread(request, service.get_job, _id(studio), job_id)
     return Response(JobPublic.of(detail).model_dump_json(), media_type="application/json")
 
 
