@@ -1,0 +1,292 @@
+"""Open Job Description templates (``jobtemplate-2023-09``, with TASK_CHUNKING): read and
+validated by openjd-model, and each step's tasks described by ranges of the farm's
+"frames", so that a step of a million tasks is a few rows, never a million.
+
+A step's tasks are numbered:
+
+- by *value* where its parameter space is one INT parameter (or one CHUNK[INT]): the
+  parameter's values are the frames (``Frame: 1-100:2`` renders, lists and bills as
+  frames 1, 3, ..., 99). Chunks are runs of consecutive values: CHUNK[INT]'s
+  ``defaultTaskCount`` values each, as one task whose value is the run's range
+  expression, else the job's chunk size, one task per value;
+- by *position* otherwise (STRING, FLOAT or PATH parameters, several parameters,
+  combinations, or no parameter space at all): task ``n`` is openjd-model's ``n``-th
+  parameter set (1-based), one task per chunk. openjd-model does not promise that order
+  across its versions, so a task's parameters are computed where the job's chunks are
+  dispatched (``tasks_of``), from the template stored with the job, never on a node.
+
+``hostRequirements`` are kept as OpenJD states them (``HostRequirements``) and matched
+against what a node reports with ``HostRequirements.met_by``.
+
+Pure: openjd-model and PyYAML, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from openjd.model import (
+    DecodeValidationError,
+    Job,
+    JobTemplate,
+    StepParameterSpaceIterator,
+    create_job,
+    decode_job_template,
+    preprocess_job_parameters,
+)
+
+from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_runs
+
+SUPPORTED_EXTENSIONS = ("TASK_CHUNKING",)
+_TEMPLATE_DIR = PurePosixPath("/")  # templates reach the farm as documents, not files
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a template or its parameters: where (a path into the
+    document, as a 422's ``loc``) and openjd-model's message."""
+
+    loc: Loc
+    message: str
+
+
+class TemplateError(ValueError):
+    """The template or its parameter values are not valid; ``problems`` says where."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{_dotted(p.loc)}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+def read_template(document: Mapping[str, Any] | str) -> JobTemplate:
+    """A job template from a JSON object or YAML (or JSON) text, validated by openjd-model."""
+    if isinstance(document, str):
+        try:
+            document = yaml.safe_load(document)
+        except yaml.YAMLError as error:
+            raise TemplateError([Problem((), f"not YAML: {error}")]) from None
+    if not isinstance(document, Mapping):
+        raise TemplateError([Problem((), "a job template is an object")])
+    try:
+        return decode_job_template(
+            template=dict(document), supported_extensions=SUPPORTED_EXTENSIONS
+        )
+    except DecodeValidationError as error:
+        raise TemplateError(problems_of(str(error))) from None
+
+
+def instantiate(template: JobTemplate, values: Mapping[str, object]) -> Job:
+    """The job the template describes with these parameter values (defaults filled in,
+    constraints checked, format strings resolved)."""
+    given = {name: _text(value) for name, value in values.items()}
+    try:
+        parameters = preprocess_job_parameters(
+            job_template=template,
+            job_parameter_values=given,
+            job_template_dir=_TEMPLATE_DIR,  # type: ignore[arg-type]
+            current_working_dir=_TEMPLATE_DIR,  # type: ignore[arg-type]
+        )
+        return create_job(job_template=template, job_parameter_values=parameters)
+    except (ValueError, DecodeValidationError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise TemplateError([Problem(_parameter_loc(line), line) for line in lines]) from None
+
+
+def problems_of(message: str) -> list[Problem]:
+    """openjd-model's validation message, one problem per field it names::
+
+    2 validation errors for JobTemplate
+    steps[0] -> script -> actions -> onRun -> command:
+    \tString required
+    """
+    problems: list[Problem] = []
+    loc: Loc | None = None
+    for line in message.splitlines():
+        if line.startswith("\t") and loc is not None:
+            problems.append(Problem(loc, line.strip()))
+        elif line.endswith(":") and " validation error" not in line:
+            loc = _loc(line[:-1])
+    return problems or [Problem((), message.strip())]
+
+
+def _loc(path: str) -> Loc:
+    """``steps[0] -> script -> args[1]`` as ("steps", 0, "script", "args", 1)."""
+    loc: list[str | int] = []
+    for part in path.split(" -> "):
+        name, *indexes = re.split(r"\[(\d+)\]", part.strip())
+        if name:
+            loc.append(name)
+        loc.extend(int(i) for i in indexes if i)
+    return tuple(loc)
+
+
+def _parameter_loc(line: str) -> Loc:
+    """The parameter a line of openjd-model's names: "Value (9) for parameter N ...",
+    "... not defined in the template: Q", "Values missing for required job parameters: F"."""
+    named = re.search(r"(?:for parameter|template:|parameters:) ([A-Za-z_]\w*)", line)
+    return ("parameters", named.group(1)) if named else ("parameters",)
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc) or "template"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise TemplateError([Problem(("parameters",), f"{value!r} is not a parameter value")])
+    return str(value)
+
+
+# Steps as the farm schedules them -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostRequirements:
+    """A step's ``hostRequirements``: amounts as [min, max] (max None: unbounded) and
+    attributes as any-of and all-of value sets, by capability name."""
+
+    amounts: Mapping[str, tuple[Decimal, Decimal | None]] = field(default_factory=dict)
+    any_of: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    all_of: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def met_by(self, amounts: Mapping[str, float], attributes: Mapping[str, Iterable[str]]) -> bool:
+        """Whether a host with these capabilities may run the step: every amount within
+        its bounds (a host that does not report one has none of it), every attribute
+        with one of ``any_of`` and all of ``all_of`` (names compared case-insensitively
+        for OS families and architectures, as OpenJD's values are lowercase)."""
+        for name, (low, high) in self.amounts.items():
+            have = Decimal(str(amounts.get(name, 0)))
+            if have < low or (high is not None and have > high):
+                return False
+        for name, wanted in self.any_of.items():
+            if not wanted & _values(attributes.get(name, ())):
+                return False
+        return all(
+            wanted <= _values(attributes.get(name, ())) for name, wanted in self.all_of.items()
+        )
+
+
+def _values(found: Iterable[str]) -> frozenset[str]:
+    return frozenset(value.lower() for value in found)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """A step as the farm schedules it: a job of its own whose frames are the step's
+    task numbers (``numbering``), cut into chunks of ``chunk_size``."""
+
+    name: str
+    index: int  # its position in the template
+    depends_on: tuple[str, ...]  # names of the steps it waits for
+    numbering: Literal["value", "position"]
+    frames: str  # the farm's frame spec of its task numbers
+    task_count: int
+    chunk_size: int
+    chunk_parameter: str | None  # the CHUNK[INT] parameter, whose value is a chunk's run
+    requirements: HostRequirements
+
+
+def plan_steps(job: Job, chunk_size: int) -> list[StepPlan]:
+    """Every step of the job, in the template's order; ``chunk_size`` groups the values
+    of a step whose space is one INT parameter."""
+    return [_plan(job, index, chunk_size) for index in range(len(job.steps))]
+
+
+def _plan(job: Job, index: int, chunk_size: int) -> StepPlan:
+    step = job.steps[index]
+    space = StepParameterSpaceIterator(space=step.parameterSpace)
+    defs = step.parameterSpace.taskParameterDefinitions if step.parameterSpace else {}
+    numbering: Literal["value", "position"] = "position"
+    frames = f"1-{len(space)}"
+    chunk_parameter = None
+    size = 1
+    if len(defs) == 1:
+        [(name, definition)] = defs.items()
+        kind = str(getattr(definition.type, "value", definition.type))
+        if kind in ("INT", "CHUNK[INT]"):
+            numbering = "value"
+            frames = _int_spec(definition.range)
+            if kind == "CHUNK[INT]":
+                chunk_parameter = name
+                size = int(space.chunks_default_task_count or 1)
+            else:
+                size = chunk_size
+    task_count = len(space)
+    if numbering == "value":  # a list may name a value twice: the farm renders it once
+        task_count = sum(len(run) for run in parse_frame_runs(frames))
+    return StepPlan(
+        name=step.name,
+        index=index,
+        depends_on=tuple(d.dependsOn for d in step.dependencies or ()),
+        numbering=numbering,
+        frames=frames,
+        task_count=task_count,
+        chunk_size=max(1, size),
+        chunk_parameter=chunk_parameter,
+        requirements=_requirements(step.hostRequirements),
+    )
+
+
+def _int_spec(values: Iterable[Any]) -> str:
+    """The farm's frame spec of an INT parameter's range: an expression as openjd-model
+    writes it (``1-100:2``, ``1-5,9``: the farm's grammar reads OpenJD's), a list as its
+    values."""
+    if not isinstance(values, list):
+        spec = str(values).replace(" ", "")
+        try:
+            parse_frame_runs(spec)
+            return spec
+        except FrameSpecError:  # a form the farm's grammar lacks: spell out its values
+            pass
+    return format_frame_spec(int(v) for v in values)
+
+
+def _requirements(host: Any) -> HostRequirements:
+    if host is None:
+        return HostRequirements()
+    amounts = {
+        a.name: (
+            Decimal(a.min if a.min is not None else 0),
+            None if a.max is None else Decimal(a.max),
+        )
+        for a in host.amounts or ()
+    }
+    any_of = {a.name: _values(a.anyOf) for a in host.attributes or () if a.anyOf}
+    all_of = {a.name: _values(a.allOf) for a in host.attributes or () if a.allOf}
+    return HostRequirements(amounts, any_of, all_of)
+
+
+TaskParameters = dict[str, tuple[str, str]]  # name -> (OpenJD type, value as text)
+
+
+def tasks_of(job: Job, plan: StepPlan, frames: Iterable[int]) -> list[TaskParameters]:
+    """The tasks of a chunk of the step whose frames (an arithmetic run) these are: for
+    CHUNK[INT], one task whose value is the run; by value, one per value; by position,
+    openjd-model's parameter sets at those positions."""
+    numbers = list(frames)
+    if plan.chunk_parameter is not None:
+        return [{plan.chunk_parameter: ("CHUNK[INT]", _run_text(numbers))}]
+    step = job.steps[plan.index]
+    if plan.numbering == "value":
+        [name] = step.parameterSpace.taskParameterDefinitions  # type: ignore[union-attr]
+        return [{name: ("INT", str(n))} for n in numbers]
+    space = StepParameterSpaceIterator(space=step.parameterSpace)
+    return [
+        {name: (str(p.type.value), p.value) for name, p in space[n - 1].items()} for n in numbers
+    ]
+
+
+def _run_text(values: list[int]) -> str:
+    """An ascending arithmetic run as an OpenJD range expression: ``1-9:2``, ``4``."""
+    if len(values) == 1:
+        return str(values[0])
+    step = values[1] - values[0]
+    return f"{values[0]}-{values[-1]}" + (f":{step}" if step != 1 else "")
