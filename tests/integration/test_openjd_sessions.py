@@ -1,0 +1,147 @@
+"""A chunk of an OpenJD step's tasks run in one real openjd-sessions Session: environments
+entered and exited once per session, task parameters, progress and failure messages,
+and a cancel that leaves no process."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from scheduler.core.chunks import plan_chunks
+from scheduler.core.frames import parse_frame_spec
+from scheduler.core.openjd import instantiate, plan_steps, read_template, tasks_of
+from workers.openjd_session import SessionCancelled, StepSession, TaskDone, TaskFailed
+
+TEMPLATE = """
+specificationVersion: jobtemplate-2023-09
+name: Session test
+parameterDefinitions:
+- {name: Out, type: STRING}
+jobEnvironments:
+- name: Farm
+  script:
+    actions:
+      onEnter: {command: sh, args: ["-c", "echo enter-job >> {{Param.Out}}/events"]}
+      onExit: {command: sh, args: ["-c", "echo exit-job >> {{Param.Out}}/events"]}
+steps:
+- name: Render
+  parameterSpace:  # tasks by position: one per frame and camera
+    taskParameterDefinitions:
+    - {name: Frame, type: INT, range: "1-6"}
+    - {name: Cam, type: STRING, range: [left]}
+    combination: "Frame * Cam"
+  stepEnvironments:
+  - name: Tools
+    script:
+      actions:
+        onEnter: {command: sh, args: ["-c", "echo enter-step >> {{Param.Out}}/events"]}
+        onExit: {command: sh, args: ["-c", "echo exit-step >> {{Param.Out}}/events"]}
+  script:
+    actions:
+      onRun: {command: "{{Task.File.Run}}"}
+    embeddedFiles:
+    - name: Run
+      type: TEXT
+      runnable: true
+      data: |
+        #!/bin/sh
+        echo "openjd_status: frame {{Task.Param.Frame}} of {{Task.Param.Cam}}"
+        echo "openjd_progress: 50"
+        case "{{Task.Param.Frame}}" in
+          4) echo "openjd_fail: frame 4 has no camera"; exit 3 ;;
+          5) exec sleep 300 ;;
+        esac
+        echo "{{Task.Param.Frame}} {{Task.Param.Cam}}" >> {{Param.Out}}/tasks
+"""
+
+
+def step_tasks(template: dict[str, Any], out: Path, frames: str) -> tuple[Any, list[Any]]:
+    job = instantiate(read_template(template), {"Out": str(out)})
+    [plan] = plan_steps(job, 1)
+    wanted = set(parse_frame_spec(frames))
+    chunks = plan_chunks(sorted(wanted & set(parse_frame_spec(plan.frames))), 1)
+    return job, [(c.start, tasks_of(job, plan, c)[0]) for c in chunks]
+
+
+@pytest.fixture
+def template() -> dict[str, Any]:
+    return yaml.safe_load(TEMPLATE)  # type: ignore[no-any-return]
+
+
+def session_of(job: Any, root: Path, log: io.StringIO, **extra: Any) -> StepSession:
+    return StepSession(job, 0, f"test-{time.monotonic_ns()}", root, log, **extra)
+
+
+def test_environments_are_entered_once_per_session_and_tasks_get_their_parameters(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    job, tasks = step_tasks(template, tmp_path, "1-3")
+    statuses: list[Any] = []
+    done: list[TaskDone] = []
+    log = io.StringIO()
+    session = session_of(job, tmp_path / "sessions", log, on_status=statuses.append)
+    (tmp_path / "sessions").mkdir()
+    session.run(tasks, done.append)
+    assert [d.frame for d in done] == [1, 2, 3]
+    assert (tmp_path / "tasks").read_text().split("\n")[:3] == ["1 left", "2 left", "3 left"]
+    events = (tmp_path / "events").read_text().split()
+    assert events == ["enter-job", "enter-step", "exit-step", "exit-job"]
+    assert "frame 2 of left" in {s.status_message for s in statuses}
+    assert 50.0 in {s.progress for s in statuses}
+    assert "openjd_status: frame 3 of left" in log.getvalue()
+
+
+def test_a_failing_task_says_why_and_the_environments_are_still_exited(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    job, tasks = step_tasks(template, tmp_path, "3-6")
+    (tmp_path / "sessions").mkdir()
+    done: list[TaskDone] = []
+    with pytest.raises(TaskFailed) as failed:
+        session_of(job, tmp_path / "sessions", io.StringIO()).run(tasks, done.append)
+    assert (failed.value.frame, str(failed.value)) == (4, "frame 4 has no camera")
+    assert [d.frame for d in done] == [3]
+    assert (tmp_path / "events").read_text().split()[-2:] == ["exit-step", "exit-job"]
+
+
+def test_a_cancelled_session_leaves_no_process(template: dict[str, Any], tmp_path: Path) -> None:
+    job, tasks = step_tasks(template, tmp_path, "5-6")
+    (tmp_path / "sessions").mkdir()
+    session = session_of(job, tmp_path / "sessions", io.StringIO())
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.run(tasks, lambda _done: None)
+        except BaseException as error:
+            raised.append(error)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not sleepers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers(), "the task did not start"
+    session.cancel()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], SessionCancelled)
+    assert sleepers() == []
+    assert not (tmp_path / "tasks").exists()  # frame 6 never ran
+    assert (tmp_path / "events").read_text().split() == ["enter-job", "enter-step"]
+
+
+def sleepers() -> list[psutil.Process]:
+    """This test's task processes still alive: ``sleep 300`` started by a session."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if process.info["cmdline"] == ["sleep", "300"]:
+            found.append(process)
+    return found

@@ -1,0 +1,222 @@
+"""Runs a chunk of an OpenJD step's tasks in one openjd-sessions Session.
+
+The job's environments, then the step's, are entered once when the session starts and
+exited in reverse order when it ends (after the last task, or after a failed one), not
+around each task. Each task's ``onRun`` runs with its parameters; a task is done when
+its action succeeds. The session's actions report through its callback:
+``openjd_progress``, ``openjd_status`` and ``openjd_fail`` lines become the progress,
+the status line and the failure message passed on here.
+
+``cancel`` (from another thread) cancels the running action as its template's
+``cancelation`` says (notify, then terminate), no further action starts, and the
+environments entered are not exited: a cancelled session runs nothing more. Every
+process of the session runs in its own process group, which openjd-sessions kills.
+
+The session's own log (its banners, and every line its actions print) goes to ``log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from openjd.model import Job, ParameterValue, ParameterValueType
+from openjd.sessions import LOG, ActionState, ActionStatus, Session, SessionState, SessionUser
+
+Task = tuple[int, Mapping[str, tuple[str, str]]]  # (frame, name -> (OpenJD type, value))
+
+
+class TaskFailed(RuntimeError):
+    """An action of the session did not succeed; ``frame`` is the task's (None: an
+    environment's), the message the action's ``openjd_fail`` line or its exit code."""
+
+    def __init__(self, frame: int | None, message: str) -> None:
+        super().__init__(message)
+        self.frame = frame
+
+
+class SessionCancelled(RuntimeError):
+    """The session was cancelled before its tasks were done."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    frame: int
+    seconds: float  # from its action's start to its end
+
+
+class StepSession:
+    """One session of one step of a job: ``run`` its tasks, ``cancel`` from elsewhere."""
+
+    def __init__(
+        self,
+        job: Job,
+        step_index: int,
+        session_id: str,
+        root: Path,
+        log: IO[str],
+        env: Mapping[str, str] | None = None,
+        user: SessionUser | None = None,
+        cancel_grace: timedelta = timedelta(seconds=10),
+        on_status: Callable[[ActionStatus], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.step = job.steps[step_index]
+        self.session_id = session_id
+        self.root = root
+        self.log = log
+        self.env = dict(env or {})
+        self.user = user
+        self.cancel_grace = cancel_grace
+        self.on_status = on_status
+        self._ended = threading.Event()
+        self._status: ActionStatus | None = None
+        self._cancelled = threading.Event()
+        self._session: Session | None = None
+        self._lock = threading.Lock()
+
+    def run(self, tasks: Sequence[Task], done: Callable[[TaskDone], None]) -> None:
+        """Enter the environments, run ``tasks`` in order (``done`` after each), exit the
+        environments. Raises TaskFailed or SessionCancelled."""
+        handler = _SessionLog(self.session_id, self.log)
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        try:
+            with Session(
+                session_id=self.session_id,
+                job_parameter_values=_job_parameters(self.job),
+                job_name=self.job.name,
+                user=self.user,
+                callback=self._callback,
+                os_env_vars=self.env,
+                session_root_directory=self.root,
+            ) as session:
+                with self._lock:
+                    self._session = session
+                self._run(session, tasks, done)
+        finally:
+            with self._lock:
+                self._session = None
+            LOG.removeHandler(handler)
+
+    def cancel(self) -> None:
+        """Stop the session: its running action is cancelled, nothing else starts."""
+        self._cancelled.set()
+        self._cancel_running()
+
+    def _cancel_running(self) -> None:
+        with self._lock:
+            session = self._session
+            if session is None or session.state != SessionState.RUNNING:
+                return
+            with contextlib.suppress(RuntimeError):  # it ended meanwhile
+                session.cancel_action(time_limit=self.cancel_grace)
+
+    def _run(
+        self, session: Session, tasks: Sequence[Task], done: Callable[[TaskDone], None]
+    ) -> None:
+        entered: list[str] = []
+        failure: BaseException | None = None
+        try:
+            for environment in [
+                *(self.job.jobEnvironments or ()),
+                *(self.step.stepEnvironments or ()),
+            ]:
+                self._check_cancel()
+                entered.append(
+                    self._act(
+                        None,
+                        lambda env=environment: session.enter_environment(  # type: ignore[misc]
+                            environment=env, step_name=self.step.name
+                        ),
+                    )
+                )
+            for frame, parameters in tasks:
+                self._check_cancel()
+                started = time.monotonic()
+                values = {
+                    name: ParameterValue(type=ParameterValueType(kind), value=value)
+                    for name, (kind, value) in parameters.items()
+                }
+                self._act(
+                    frame,
+                    lambda values=values: session.run_task(  # type: ignore[misc]
+                        step_script=self.step.script,
+                        task_parameter_values=values,
+                        step_name=self.step.name,
+                    ),
+                )
+                done(TaskDone(frame, time.monotonic() - started))
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            if not self._cancelled.is_set():
+                for identifier in reversed(entered):
+                    try:
+                        self._act(None, lambda i=identifier: session.exit_environment(identifier=i))  # type: ignore[misc]
+                    except TaskFailed:
+                        if failure is None:
+                            raise
+
+    def _act(self, frame: int | None, start: Callable[[], Any]) -> Any:
+        """Start an action and wait for it to end; its result (an environment's id)."""
+        self._ended.clear()
+        self._status = None
+        result = start()
+        if self._cancelled.is_set():  # cancelled while it was starting
+            self._cancel_running()
+        self._ended.wait()
+        status = self._status
+        assert status is not None
+        if status.state == ActionState.SUCCESS:
+            return result
+        if status.state == ActionState.CANCELED or self._cancelled.is_set():
+            raise SessionCancelled("the session was cancelled")
+        if status.state == ActionState.TIMEOUT:
+            raise TaskFailed(frame, "the action ran past its timeout")
+        message = status.fail_message or f"the action exited with code {status.exit_code}"
+        raise TaskFailed(frame, message)
+
+    def _check_cancel(self) -> None:
+        if self._cancelled.is_set():
+            raise SessionCancelled("the session was cancelled")
+
+    def _callback(self, _session_id: str, status: ActionStatus) -> None:
+        self._status = status
+        if self.on_status is not None:
+            self.on_status(status)
+        if status.state != ActionState.RUNNING:
+            self._ended.set()
+
+
+def _job_parameters(job: Job) -> dict[str, ParameterValue]:
+    return {
+        name: ParameterValue(type=ParameterValueType(parameter.type.value), value=parameter.value)
+        for name, parameter in (job.parameters or {}).items()
+    }
+
+
+class _SessionLog(logging.Handler):
+    """openjd-sessions' log records of one session, written to its attempt's log."""
+
+    def __init__(self, session_id: str, out: IO[str]) -> None:
+        super().__init__(logging.INFO)
+        self.session_id = session_id
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "session_id", None) != self.session_id:
+            return
+        try:
+            self.out.write(record.getMessage() + "\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
