@@ -25,12 +25,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from openjd.model import Job, ParameterValue, ParameterValueType
 from openjd.sessions import LOG, ActionState, ActionStatus, Session, SessionState, SessionUser
 
 Task = tuple[int, Mapping[str, tuple[str, str]]]  # (frame, name -> (OpenJD type, value))
+
+
+class LogOut(Protocol):
+    """Where a session's log lines go: a text file, or anything written to like one."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class TaskFailed(RuntimeError):
@@ -61,7 +69,7 @@ class StepSession:
         step_index: int,
         session_id: str,
         root: Path,
-        log: IO[str],
+        log: LogOut,
         env: Mapping[str, str] | None = None,
         user: SessionUser | None = None,
         cancel_grace: timedelta = timedelta(seconds=10),
@@ -207,7 +215,7 @@ def _job_parameters(job: Job) -> dict[str, ParameterValue]:
 class _SessionLog(logging.Handler):
     """openjd-sessions' log records of one session, written to its attempt's log."""
 
-    def __init__(self, session_id: str, out: IO[str]) -> None:
+    def __init__(self, session_id: str, out: LogOut) -> None:
         super().__init__(logging.INFO)
         self.session_id = session_id
         self.out = out

@@ -31,14 +31,18 @@ its figure in "finished" is a little larger than in its "frame" event, and the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import queue
 import re
 import resource
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, TypeVar
 
 import httpx
+import psutil
 
 from scheduler.wire.messages import (
     MAX_WARNINGS,
@@ -67,8 +72,10 @@ from workers.memory import (
     ran_out_of_memory,
     starting_with_bound,
 )
+from workers.openjd_session import SessionCancelled, StepSession, TaskDone, TaskFailed
 from workers.processes import kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
+from workers.renderers.openjd import OpenJdSessions
 from workers.sandbox import SANDBOX
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,7 @@ STARTED_GRACE_SECONDS = 0.5
 
 # Process groups of renderers running in this process, for the SIGTERM handler.
 _running_groups: set[int] = set()
+_running_sessions: set[StepSession] = set()  # OpenJD sessions running in this worker
 
 
 class FrameMeter(Protocol):
@@ -361,6 +369,8 @@ def render(
             message, storage, node, process, emit, energy, region, files, outputs, warnings,
             progress,
         )  # fmt: skip
+    if isinstance(renderer, OpenJdSessions):
+        return _render_in_session(message, storage, node, renderer, emit, energy, region)
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
     try:
@@ -505,6 +515,99 @@ def _render_in_child(
             if report.frame not in reported:
                 _send_output(outputs, report, storage)
     return reports
+
+
+def _render_in_session(
+    message: ChunkMessage,
+    storage: Path,
+    node: str,
+    renderer: OpenJdSessions,
+    emit: Emit,
+    energy: AttemptMeter,
+    region: str,
+) -> list[FrameReport]:
+    """Run the chunk's OpenJD tasks in one session: a frame per task done, as it is done;
+    the time limits of the chunk (``limit_breached``) cancel the session. Its actions
+    are the worker's children: their energy is the worker's tree's, their CPU time the
+    kernel's accounting of waited-for children, task by task."""
+    log_path = storage / message.log_path
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="renderfarm-openjd-"))
+    reported: list[FrameReport] = []
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        log.write(
+            f"renderfarm: node {node} attempt {message.attempt} of chunk {message.chunk_id}, "
+            f"tasks {message.frames[0]}..{message.frames[-1]}, in an OpenJD session\n"
+        )
+        stamped = _Stamped(log)
+        try:
+            session, tasks = renderer.session(message, root, stamped, renderer_environment())
+        except ValueError as error:
+            shutil.rmtree(root, ignore_errors=True)
+            raise RenderFailed(f"openjd: {error}") from None
+        started = time.perf_counter()
+        marks = {"last": started, "cpu": _children_cpu()}
+        breach: list[str] = []
+        ended = threading.Event()
+
+        def watch() -> None:
+            while not ended.wait(0.2):
+                why = limit_breached(
+                    message, time.perf_counter(), started, marks["last"], len(reported),
+                    stamped.last_write,
+                )  # fmt: skip
+                if why:
+                    breach.append(why)
+                    log.write(f"renderfarm: {why}; the session was cancelled\n")
+                    session.cancel()
+                    return
+
+        def done(task: TaskDone) -> None:
+            cpu = _children_cpu()
+            report = FrameReport(task.frame, None, task.seconds, cpu - marks["cpu"])
+            marks.update(last=time.perf_counter(), cpu=cpu)
+            reported.append(report := energy.frame(report))
+            emit(chunk_event(FrameEvent, message, node, region, result=report).to_dict())
+
+        watchdog = threading.Thread(target=watch, daemon=True)
+        energy.begin(os.getpid())
+        _running_sessions.add(session)
+        watchdog.start()
+        try:
+            session.run(tasks, done)
+        except TaskFailed as failure:
+            energy.end()
+            where = f"task {failure.frame}: " if failure.frame is not None else ""
+            raise RenderFailed(f"{where}{failure}") from None
+        except SessionCancelled:
+            energy.end()
+            raise RenderFailed(breach[0] if breach else "the session was cancelled") from None
+        finally:
+            ended.set()
+            _running_sessions.discard(session)
+            shutil.rmtree(root, ignore_errors=True)
+    metered = {r.frame: r for r in energy.end(None, [], last=reported[-1])}
+    return [metered.get(r.frame, r) for r in reported]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Stamped(io.TextIOBase):
+    """A text log that remembers when it was last written to (a session's silence)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.last_write = time.perf_counter()
+
+    def write(self, text: str) -> int:
+        self.last_write = time.perf_counter()
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def _frame_written(storage: Path, output: str) -> bool:
@@ -657,6 +760,10 @@ def install_termination_handler() -> None:
 
     def _terminate(signum: int, _frame: Any) -> None:
         kill_groups(list(_running_groups), signal.SIGKILL)
+        if _running_sessions:  # their actions are this worker's children, in groups of their own
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)

@@ -160,6 +160,18 @@ def field_error(model: BaseModel, loc: tuple[str | int, ...], message: str) -> V
     return ValidationError.from_exception_data(type(model).__name__, [detail])
 
 
+class OpenJdRenderer(RendererSettings):
+    """A step of an Open Job Description template (scheduler/wire/openjd.py), run on the
+    node in an openjd-sessions Session. Not in ``AnyRenderer`` yet: studios will submit
+    templates, not these settings, and the scheduler gives each chunk its tasks
+    (``ChunkMessage.tasks``)."""
+
+    kind: Literal["openjd"]
+    template: dict[str, Any] = Field(description="the job template, as a JSON object")
+    parameters: dict[str, str] = Field(default_factory=dict, description="job parameter values")
+    step: int = Field(0, ge=0, description="the step's position in the template")
+
+
 AnyRenderer = BuiltinRenderer | NoopRenderer | BlenderRenderer  # the registry
 
 

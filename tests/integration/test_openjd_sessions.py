@@ -4,7 +4,12 @@ and a cancel that leaves no process."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,8 +21,13 @@ import yaml
 
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import parse_frame_spec
-from scheduler.core.openjd import instantiate, plan_steps, read_template, tasks_of
+from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
+from scheduler.wire.openjd import instantiate, plan_steps, read_template, tasks_of
+from tests.conftest import wait_for
+from workers.energy import EnergyLedger, LedgerServer
+from workers.meters import ModelMeter
 from workers.openjd_session import SessionCancelled, StepSession, TaskDone, TaskFailed
+from workers.runner import run_chunk
 
 TEMPLATE = """
 specificationVersion: jobtemplate-2023-09
@@ -145,3 +155,110 @@ def sleepers() -> list[psutil.Process]:
         if process.info["cmdline"] == ["sleep", "300"]:
             found.append(process)
     return found
+
+
+# The node's runner: a chunk message of an OpenJD step, as the scheduler will send it.
+
+
+def openjd_message(
+    template: dict[str, Any], out: Path, frames: str, timeout: float = 60.0
+) -> ChunkMessage:
+    _job, tasks = step_tasks(template, out, frames)
+    return ChunkMessage(
+        chunk_id=9, attempt=1, job_id=4, pool="cpu", frames=[f for f, _ in tasks],
+        renderer="openjd",
+        settings={"template": template, "parameters": {"Out": str(out)}, "step": 0},
+        tasks=[{name: list(typed) for name, typed in task.items()} for _, task in tasks],
+        output_pattern="jobs/4/frames/f_{frame}", log_path="jobs/4/logs/chunk-9.log",
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_node_runs_a_chunk_of_tasks_frame_by_frame_with_their_energy(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    ledger = EnergyLedger(ModelMeter(20.0, 80.0), idle_watts=20.0, slots=1)
+    server = LedgerServer(ledger, every=0.2)
+    server.start()
+    events: list[dict[str, Any]] = []
+    message = openjd_message(template, tmp_path, "1-3")
+    try:
+        assert run_chunk(message, tmp_path, "node-1", events.append, server.client(), "gz")
+    finally:
+        server.stop()
+    assert [e["result"]["frame"] for e in events if e["kind"] == "frame"] == [1, 2, 3]
+    finished = decode_event(events[-1])
+    assert isinstance(finished, FinishedEvent)
+    assert [r.frame for r in finished.results] == [1, 2, 3]
+    assert all(r.energy_method == "model" and (r.energy_joules or 0) > 0 for r in finished.results)
+    assert all(r.render_seconds > 0 for r in finished.results)
+    carried = sum(r.energy_joules or 0 for r in finished.results)
+    assert carried + ledger.unattributed_joules == pytest.approx(ledger.total_joules, rel=1e-9)
+    log = (tmp_path / message.log_path).read_text()
+    assert "in an OpenJD session" in log and "openjd_status: frame 2 of left" in log
+    assert (tmp_path / "events").read_text().split() == [
+        "enter-job", "enter-step", "exit-step", "exit-job"
+    ]  # fmt: skip
+
+
+def test_a_failing_task_fails_the_attempt_with_its_message(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    assert not run_chunk(openjd_message(template, tmp_path, "3-4"), tmp_path, "n", events.append)
+    failed = decode_event(events[-1])
+    assert isinstance(failed, FailedEvent)
+    assert failed.error == "task 4: frame 4 has no camera"
+    assert [e["result"]["frame"] for e in events if e["kind"] == "frame"] == [3]
+
+
+def test_a_task_past_the_time_limit_is_cancelled_and_leaves_no_process(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    message = openjd_message(template, tmp_path, "5", timeout=1.0)
+    assert not run_chunk(message, tmp_path, "n", events.append)
+    failed = decode_event(events[-1])
+    assert isinstance(failed, FailedEvent) and "time limit" in failed.error
+    assert sleepers() == []
+
+
+def test_a_chunk_without_its_tasks_is_refused_saying_why(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    message = dataclasses.replace(openjd_message(template, tmp_path, "1-2"), tasks=None)
+    events: list[dict[str, Any]] = []
+    assert not run_chunk(message, tmp_path, "n", events.append)
+    assert "one task's parameters per frame" in events[-1]["error"]
+
+
+WORKER = """
+import json, sys
+from pathlib import Path
+from scheduler.wire.messages import ChunkMessage
+from workers.runner import install_termination_handler, run_chunk
+install_termination_handler()
+message = ChunkMessage.from_dict(json.loads(sys.argv[1]))
+run_chunk(message, Path(sys.argv[2]), "node-1", lambda event: None)
+"""
+
+
+def test_a_worker_terminated_mid_task_leaves_no_process(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    """Celery's revoke with terminate sends the worker SIGTERM: the session's actions,
+    in process groups of their own, die with it."""
+    message = openjd_message(template, tmp_path, "5-6")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, json.dumps(message.to_dict()), str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        wait_for(lambda: bool(sleepers()), 30, "the task to start")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    wait_for(lambda: sleepers() == [], 5, "the task's process to be gone")
+    assert not (tmp_path / "tasks").exists()

@@ -12,7 +12,7 @@ from openjd.model import StepParameterSpaceIterator
 
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import parse_frame_spec
-from scheduler.core.openjd import (
+from scheduler.wire.openjd import (
     HostRequirements,
     Problem,
     TemplateError,

@@ -9,14 +9,16 @@ Two shapes:
 
 - a *process* renderer builds a command line; the runner starts it in its own process
   group with a time limit, logs its output, and reads ``renderfarm-frame: N`` lines to
-  report frames as they finish (``builtin``, ``blender``; OpenJD comes later). Its
+  report frames as they finish (``builtin``, ``blender``). Its
   ``progress`` pattern tells the runner which lines are progress, not news worth
   quoting when the renderer fails; ``files`` is the job's folder (its manifest laid
   out for this attempt by workers/assets.py), the storage root for jobs without one;
   ``argv`` raises ``LookupError`` when this node lacks what the renderer needs (no
   Blender), ``ValueError`` for settings it refuses;
 - an *in-process* renderer renders inside the worker (``noop``, for benchmarks: there
-  is nothing to isolate and a process start would dominate the measurement).
+  is nothing to isolate and a process start would dominate the measurement);
+- a *session* renderer (``openjd``) gives the runner an openjd-sessions Session, which
+  starts the template's actions itself, and the chunk's tasks to run in it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,16 @@ from pathlib import Path
 from typing import Protocol
 
 from scheduler.wire.messages import ChunkMessage, FrameReport
-from scheduler.wire.renderers import BuiltinRenderer, RendererSettings, kind_of, unknown_renderer
+from scheduler.wire.renderers import (
+    RENDERERS,
+    BuiltinRenderer,
+    RendererSettings,
+    kind_of,
+    unknown_renderer,
+)
 from workers.renderers.blender import BlenderCommand
 from workers.renderers.noop import NoopRender
+from workers.renderers.openjd import OpenJdSessions
 
 
 class ProcessRenderer(Protocol):
@@ -78,14 +87,17 @@ class BuiltinCommand:
 
 
 BLENDER = BlenderCommand()  # the node tells it which Blender it found (workers/node.py)
-IMPLEMENTATIONS: dict[str, ProcessRenderer | InProcessRenderer] = {
-    kind_of(renderer.model): renderer for renderer in (BuiltinCommand(), NoopRender(), BLENDER)
+IMPLEMENTATIONS: dict[str, ProcessRenderer | InProcessRenderer | OpenJdSessions] = {
+    kind_of(renderer.model): renderer
+    for renderer in (BuiltinCommand(), NoopRender(), BLENDER, OpenJdSessions())
 }
 
 
-def renderer_for(kind: str) -> ProcessRenderer | InProcessRenderer:
+def renderer_for(kind: str) -> ProcessRenderer | InProcessRenderer | OpenJdSessions:
     """This node's renderer of ``kind``; ``LookupError`` in the API's words if it has none."""
     try:
         return IMPLEMENTATIONS[kind]
     except KeyError:
-        raise LookupError(unknown_renderer(kind, IMPLEMENTATIONS)) from None
+        # the kinds a studio may name: openjd comes from templates, never by name
+        named = [known for known in IMPLEMENTATIONS if known in RENDERERS]
+        raise LookupError(unknown_renderer(kind, named)) from None

@@ -18,7 +18,8 @@ A step's tasks are numbered:
 ``hostRequirements`` are kept as OpenJD states them (``HostRequirements``) and matched
 against what a node reports with ``HostRequirements.met_by``.
 
-Pure: openjd-model and PyYAML, no I/O.
+No I/O: openjd-model and PyYAML. In ``wire``, not the pure core (openjd-model is built
+on pydantic): the scheduler plans and dispatches with it, and the nodes read templates.
 """
 
 from __future__ import annotations
