@@ -30,7 +30,8 @@ from typing import Any, Protocol
 from openjd.model import Job, ParameterValue, ParameterValueType
 from openjd.sessions import LOG, ActionState, ActionStatus, Session, SessionState, SessionUser
 
-Task = tuple[int, Mapping[str, tuple[str, str]]]  # (frame, name -> (OpenJD type, value))
+# (the frames it renders, name -> (OpenJD type, value)): a frame, or a CHUNK[INT]'s run
+Task = tuple[Sequence[int], Mapping[str, tuple[str, str]]]
 
 
 class LogOut(Protocol):
@@ -42,12 +43,12 @@ class LogOut(Protocol):
 
 
 class TaskFailed(RuntimeError):
-    """An action of the session did not succeed; ``frame`` is the task's (None: an
+    """An action of the session did not succeed; ``frames`` are the task's (empty: an
     environment's), the message the action's ``openjd_fail`` line or its exit code."""
 
-    def __init__(self, frame: int | None, message: str) -> None:
+    def __init__(self, frames: Sequence[int], message: str) -> None:
         super().__init__(message)
-        self.frame = frame
+        self.frames = list(frames)
 
 
 class SessionCancelled(RuntimeError):
@@ -56,7 +57,7 @@ class SessionCancelled(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class TaskDone:
-    frame: int
+    frames: Sequence[int]
     seconds: float  # from its action's start to its end
 
 
@@ -140,13 +141,13 @@ class StepSession:
                 self._check_cancel()
                 entered.append(
                     self._act(
-                        None,
+                        (),
                         lambda env=environment: session.enter_environment(  # type: ignore[misc]
                             environment=env, step_name=self.step.name
                         ),
                     )
                 )
-            for frame, parameters in tasks:
+            for frames, parameters in tasks:
                 self._check_cancel()
                 started = time.monotonic()
                 values = {
@@ -154,14 +155,14 @@ class StepSession:
                     for name, (kind, value) in parameters.items()
                 }
                 self._act(
-                    frame,
+                    frames,
                     lambda values=values: session.run_task(  # type: ignore[misc]
                         step_script=self.step.script,
                         task_parameter_values=values,
                         step_name=self.step.name,
                     ),
                 )
-                done(TaskDone(frame, time.monotonic() - started))
+                done(TaskDone(frames, time.monotonic() - started))
         except BaseException as error:
             failure = error
             raise
@@ -169,12 +170,12 @@ class StepSession:
             if not self._cancelled.is_set():
                 for identifier in reversed(entered):
                     try:
-                        self._act(None, lambda i=identifier: session.exit_environment(identifier=i))  # type: ignore[misc]
+                        self._act((), lambda i=identifier: session.exit_environment(identifier=i))  # type: ignore[misc]
                     except TaskFailed:
                         if failure is None:
                             raise
 
-    def _act(self, frame: int | None, start: Callable[[], Any]) -> Any:
+    def _act(self, frames: Sequence[int], start: Callable[[], Any]) -> Any:
         """Start an action and wait for it to end; its result (an environment's id)."""
         self._ended.clear()
         self._status = None
@@ -189,9 +190,9 @@ class StepSession:
         if status.state == ActionState.CANCELED or self._cancelled.is_set():
             raise SessionCancelled("the session was cancelled")
         if status.state == ActionState.TIMEOUT:
-            raise TaskFailed(frame, "the action ran past its timeout")
+            raise TaskFailed(frames, "the action ran past its timeout")
         message = status.fail_message or f"the action exited with code {status.exit_code}"
-        raise TaskFailed(frame, message)
+        raise TaskFailed(frames, message)
 
     def _check_cancel(self) -> None:
         if self._cancelled.is_set():

@@ -52,6 +52,7 @@ from typing import IO, Any, Protocol, TypeVar
 import httpx
 import psutil
 
+from scheduler.core.frames import format_frame_spec
 from scheduler.wire.messages import (
     MAX_WARNINGS,
     ChunkEvent,
@@ -564,10 +565,10 @@ def _render_in_session(
 
         def done(task: TaskDone) -> None:
             cpu = _children_cpu()
-            report = FrameReport(task.frame, None, task.seconds, cpu - marks["cpu"])
+            for report in _task_reports(task, cpu - marks["cpu"], energy):
+                reported.append(report)
+                emit(chunk_event(FrameEvent, message, node, region, result=report).to_dict())
             marks.update(last=time.perf_counter(), cpu=cpu)
-            reported.append(report := energy.frame(report))
-            emit(chunk_event(FrameEvent, message, node, region, result=report).to_dict())
 
         watchdog = threading.Thread(target=watch, daemon=True)
         energy.begin(os.getpid())
@@ -577,7 +578,7 @@ def _render_in_session(
             session.run(tasks, done)
         except TaskFailed as failure:
             energy.end()
-            where = f"task {failure.frame}: " if failure.frame is not None else ""
+            where = f"task {format_frame_spec(failure.frames)}: " if failure.frames else ""
             raise RenderFailed(f"{where}{failure}") from None
         except SessionCancelled:
             energy.end()
@@ -588,6 +589,24 @@ def _render_in_session(
             shutil.rmtree(root, ignore_errors=True)
     metered = {r.frame: r for r in energy.end(None, [], last=reported[-1])}
     return [metered.get(r.frame, r) for r in reported]
+
+
+def _task_reports(task: TaskDone, cpu: float, energy: AttemptMeter) -> list[FrameReport]:
+    """A task's frames: one, or a CHUNK[INT]'s run sharing the task's time, CPU and
+    energy evenly (the ledger is asked once, for the task)."""
+    n = len(task.frames)
+    whole = energy.frame(FrameReport(task.frames[0], None, task.seconds, cpu))
+    share = None if whole.energy_joules is None else whole.energy_joules / n
+    return [
+        dataclasses.replace(
+            whole,
+            frame=frame,
+            render_seconds=task.seconds / n,
+            cpu_seconds=cpu / n,
+            energy_joules=share,
+        )
+        for frame in task.frames
+    ]
 
 
 def _children_cpu() -> float:

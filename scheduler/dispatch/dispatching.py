@@ -56,6 +56,9 @@ from scheduler.db.transitions import (
     refresh_job_states,
 )
 from scheduler.wire.messages import ChunkMessage, attempt_log_path, output_pattern_for
+from scheduler.wire.openjd import StepTasks
+
+STEP_TASKS = StepTasks()  # OpenJD steps' tasks, their templates read once per job
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
 # and keying a statement than SQLite spends running it (see BENCHMARKS.md).
@@ -488,6 +491,13 @@ def save_dispatch(
                 node=by_chunk[chunk_id].node,
                 manifest_id=job.manifest_id,
                 memory_bytes=job.min_memory_bytes or None,
+                tasks=(
+                    STEP_TASKS.of(
+                        job_id, job.renderer_settings, job.chunk_size, range(first, last + 1, step)
+                    )
+                    if job.renderer == "openjd"
+                    else None
+                ),
             )
         )
     refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)

@@ -90,9 +90,9 @@ class ChunkMessage:
     # The files the job needs (a manifest, fetched by id): the node lays them out in the
     # attempt's folder; the renderer's relative paths start there. None: no files.
     manifest_id: int | None = None
-    # An OpenJD step's chunk: each frame's task parameters, name -> [type, value], in
-    # the order of ``frames`` (the scheduler computes them: scheduler/wire/openjd.py).
-    tasks: list[dict[str, list[str]]] | None = None
+    # An OpenJD step's chunk: its tasks in order, each {"frames": [...], "parameters":
+    # {name: [type, value]}} (the scheduler computes them: scheduler/wire/openjd.py).
+    tasks: list[dict[str, Any]] | None = None
     # The most memory the renderer may take, bytes (the job's requirements.memory_gb);
     # None: the node's own bound for a renderer.
     memory_bytes: int | None = None

@@ -24,6 +24,7 @@ on pydantic): the scheduler plans and dispatches with it, and the nodes read tem
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -285,9 +286,61 @@ def tasks_of(job: Job, plan: StepPlan, frames: Iterable[int]) -> list[TaskParame
     ]
 
 
+def chunk_tasks(
+    job: Job, plan: StepPlan, frames: Iterable[int]
+) -> list[tuple[list[int], TaskParameters]]:
+    """``tasks_of``, each with the frames it renders: its own, or for CHUNK[INT] the
+    chunk's all."""
+    numbers = list(frames)
+    tasks = tasks_of(job, plan, numbers)
+    if plan.chunk_parameter is not None:
+        return [(numbers, tasks[0])]
+    return [([frame], task) for frame, task in zip(numbers, tasks, strict=True)]
+
+
 def _run_text(values: list[int]) -> str:
     """An ascending arithmetic run as an OpenJD range expression: ``1-9:2``, ``4``."""
     if len(values) == 1:
         return str(values[0])
     step = values[1] - values[0]
     return f"{values[0]}-{values[-1]}" + (f":{step}" if step != 1 else "")
+
+
+class StepTasks:
+    """The tasks of template jobs' chunks, where chunks are dispatched: a job's template
+    is read and its step planned once, then kept (a job's settings never change; the
+    key holds them too, so a database started afresh cannot be answered from the last).
+
+    ``of(job_id, settings, chunk_size, frames)``: the chunk's tasks as its message
+    carries them (``{"frames": [...], "parameters": {name: [type, value]}}``), or None
+    for settings that no longer read (the node then fails the attempt saying so).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._plans: dict[tuple[int, str], tuple[Job, StepPlan] | None] = {}
+
+    def of(
+        self, job_id: int, settings: Mapping[str, Any], chunk_size: int, frames: Iterable[int]
+    ) -> list[dict[str, Any]] | None:
+        key = (job_id, json.dumps(settings, sort_keys=True))  # a job id may come back
+        if key not in self._plans:
+            if len(self._plans) >= self.size:
+                self._plans.pop(next(iter(self._plans)))  # the oldest
+            self._plans[key] = _step_of(settings, chunk_size)
+        planned = self._plans[key]
+        if planned is None:
+            return None
+        job, plan = planned
+        return [
+            {"frames": numbers, "parameters": {name: list(typed) for name, typed in task.items()}}
+            for numbers, task in chunk_tasks(job, plan, frames)
+        ]
+
+
+def _step_of(settings: Mapping[str, Any], chunk_size: int) -> tuple[Job, StepPlan] | None:
+    try:
+        job = instantiate(read_template(settings["template"]), settings.get("parameters", {}))
+        return job, plan_steps(job, chunk_size)[int(settings.get("step", 0))]
+    except (TemplateError, KeyError, IndexError, TypeError, ValueError):
+        return None

@@ -22,7 +22,7 @@ import yaml
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import parse_frame_spec
 from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
-from scheduler.wire.openjd import instantiate, plan_steps, read_template, tasks_of
+from scheduler.wire.openjd import StepTasks, chunk_tasks, instantiate, plan_steps, read_template
 from tests.conftest import wait_for
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import ModelMeter
@@ -73,11 +73,12 @@ steps:
 
 
 def step_tasks(template: dict[str, Any], out: Path, frames: str) -> tuple[Any, list[Any]]:
+    """The step's tasks for these of its frames, as the scheduler plans them."""
     job = instantiate(read_template(template), {"Out": str(out)})
     [plan] = plan_steps(job, 1)
     wanted = set(parse_frame_spec(frames))
-    chunks = plan_chunks(sorted(wanted & set(parse_frame_spec(plan.frames))), 1)
-    return job, [(c.start, tasks_of(job, plan, c)[0]) for c in chunks]
+    chunks = plan_chunks(sorted(wanted & set(parse_frame_spec(plan.frames))), plan.chunk_size)
+    return job, [task for chunk in chunks for task in chunk_tasks(job, plan, chunk)]
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_environments_are_entered_once_per_session_and_tasks_get_their_parameter
     session = session_of(job, tmp_path / "sessions", log, on_status=statuses.append)
     (tmp_path / "sessions").mkdir()
     session.run(tasks, done.append)
-    assert [d.frame for d in done] == [1, 2, 3]
+    assert [d.frames for d in done] == [[1], [2], [3]]
     assert (tmp_path / "tasks").read_text().split("\n")[:3] == ["1 left", "2 left", "3 left"]
     events = (tmp_path / "events").read_text().split()
     assert events == ["enter-job", "enter-step", "exit-step", "exit-job"]
@@ -116,8 +117,8 @@ def test_a_failing_task_says_why_and_the_environments_are_still_exited(
     done: list[TaskDone] = []
     with pytest.raises(TaskFailed) as failed:
         session_of(job, tmp_path / "sessions", io.StringIO()).run(tasks, done.append)
-    assert (failed.value.frame, str(failed.value)) == (4, "frame 4 has no camera")
-    assert [d.frame for d in done] == [3]
+    assert (failed.value.frames, str(failed.value)) == ([4], "frame 4 has no camera")
+    assert [d.frames for d in done] == [[3]]
     assert (tmp_path / "events").read_text().split()[-2:] == ["exit-step", "exit-job"]
 
 
@@ -163,12 +164,12 @@ def sleepers() -> list[psutil.Process]:
 def openjd_message(
     template: dict[str, Any], out: Path, frames: str, timeout: float = 60.0
 ) -> ChunkMessage:
-    _job, tasks = step_tasks(template, out, frames)
+    """One chunk of these frames, its tasks given by the scheduler's StepTasks."""
+    settings = {"template": template, "parameters": {"Out": str(out)}, "step": 0}
+    numbers = parse_frame_spec(frames)
     return ChunkMessage(
-        chunk_id=9, attempt=1, job_id=4, pool="cpu", frames=[f for f, _ in tasks],
-        renderer="openjd",
-        settings={"template": template, "parameters": {"Out": str(out)}, "step": 0},
-        tasks=[{name: list(typed) for name, typed in task.items()} for _, task in tasks],
+        chunk_id=9, attempt=1, job_id=4, pool="cpu", frames=numbers, renderer="openjd",
+        settings=settings, tasks=StepTasks().of(4, settings, 1, numbers),
         output_pattern="jobs/4/frames/f_{frame}", log_path="jobs/4/logs/chunk-9.log",
         timeout=timeout,
     )  # fmt: skip
@@ -229,7 +230,7 @@ def test_a_chunk_without_its_tasks_is_refused_saying_why(
     message = dataclasses.replace(openjd_message(template, tmp_path, "1-2"), tasks=None)
     events: list[dict[str, Any]] = []
     assert not run_chunk(message, tmp_path, "n", events.append)
-    assert "one task's parameters per frame" in events[-1]["error"]
+    assert "do not cover its frames" in events[-1]["error"]
 
 
 WORKER = """
@@ -262,3 +263,44 @@ def test_a_worker_terminated_mid_task_leaves_no_process(
             worker.kill()
     wait_for(lambda: sleepers() == [], 5, "the task's process to be gone")
     assert not (tmp_path / "tasks").exists()
+
+
+def test_a_chunk_int_task_renders_its_whole_run_and_shares_its_figures(tmp_path: Path) -> None:
+    template = yaml.safe_load(
+        """
+specificationVersion: jobtemplate-2023-09
+extensions: [TASK_CHUNKING]
+name: Chunked
+parameterDefinitions:
+- {name: Out, type: STRING}
+steps:
+- name: Render
+  parameterSpace:
+    taskParameterDefinitions:
+    - name: Frames
+      type: CHUNK[INT]
+      range: "1-8"
+      chunks: {defaultTaskCount: 4, rangeConstraint: CONTIGUOUS}
+  script:
+    actions:
+      onRun: {command: sh, args: ["-c", "echo {{Task.Param.Frames}} >> {{Param.Out}}/runs"]}
+"""
+    )
+    message = openjd_message(template, tmp_path, "5-8")
+    assert message.tasks == [
+        {"frames": [5, 6, 7, 8], "parameters": {"Frames": ["CHUNK[INT]", "5-8"]}}
+    ]
+    ledger = EnergyLedger(ModelMeter(20.0, 80.0), idle_watts=20.0, slots=1)
+    server = LedgerServer(ledger, every=0.2)
+    server.start()
+    events: list[dict[str, Any]] = []
+    try:
+        assert run_chunk(message, tmp_path, "n", events.append, server.client())
+    finally:
+        server.stop()
+    assert (tmp_path / "runs").read_text() == "5-8\n"  # one action for the run
+    finished = decode_event(events[-1])
+    assert isinstance(finished, FinishedEvent)
+    assert [r.frame for r in finished.results] == [5, 6, 7, 8]
+    shares = {r.energy_joules for r in finished.results[:3]}
+    assert len(shares) == 1 and (shares.pop() or 0) > 0

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 import redis
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
 from scheduler.dispatch.scheduler import Scheduler
@@ -191,6 +192,33 @@ def test_a_jobs_one_statement_read_agrees_with_the_listing(
         studios.get_job(studio_id + 1, job_id)
     with pytest.raises(NotFound):
         studios.get_job(studio_id, job_id + 1)
+
+
+def test_an_openjd_steps_chunks_carry_their_tasks(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
+) -> None:
+    # Until templates are submitted over the API, the step's job row is written here.
+    job_id = submit(studios, studio_id, "1-4", chunk_size=2)
+    step = {
+        "name": "Render",
+        "parameterSpace": {
+            "taskParameterDefinitions": [{"name": "F", "type": "INT", "range": "1-4"}]
+        },
+        "script": {"actions": {"onRun": {"command": "true", "args": ["{{Task.Param.F}}"]}}},
+    }
+    template = {"specificationVersion": "jobtemplate-2023-09", "name": "t", "steps": [step]}
+    with Session(engine) as session:
+        job = session.get(JobRow, job_id)
+        assert job is not None
+        job.renderer, job.renderer_settings = "openjd", {"template": template, "step": 0}
+        session.add(job)
+        session.commit()
+    scheduler.ingest([heartbeat(slots=2)])
+    sent = sorted(scheduler.dispatch_tick(), key=lambda m: m.frames)
+    assert [m.tasks for m in sent] == [
+        [{"frames": [f], "parameters": {"F": ["INT", str(f)]}} for f in m.frames] for m in sent
+    ]
+    assert [m.frames for m in sent] == [[1, 2], [3, 4]]
 
 
 def test_a_lost_nodes_chunks_go_to_another_node_and_its_late_events_are_ignored(

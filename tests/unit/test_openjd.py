@@ -15,6 +15,7 @@ from scheduler.core.frames import parse_frame_spec
 from scheduler.wire.openjd import (
     HostRequirements,
     Problem,
+    StepTasks,
     TemplateError,
     instantiate,
     plan_steps,
@@ -293,3 +294,20 @@ def test_custom_capabilities_are_matched_by_name() -> None:
     )
     assert wanted.met_by({"amount.studio.licences": 3}, {"attr.studio.apps": ["Nuke", "houdini"]})
     assert not wanted.met_by({"amount.studio.licences": 1}, {"attr.studio.apps": ["houdini"]})
+
+
+def test_step_tasks_reads_a_template_once_and_refuses_settings_that_do_not_read() -> None:
+    space = params({"name": "Frame", "type": "INT", "range": "1-10"})
+    settings = {"template": template(space), "parameters": {}, "step": 0}
+    tasks = StepTasks(size=2)
+    assert tasks.of(1, settings, 5, [3, 4]) == [
+        {"frames": [3], "parameters": {"Frame": ["INT", "3"]}},
+        {"frames": [4], "parameters": {"Frame": ["INT", "4"]}},
+    ]
+    other = {
+        **settings,
+        "template": template(params({"name": "Frame", "type": "INT", "range": "7"})),
+    }
+    assert tasks.of(1, other, 5, [7]) == [{"frames": [7], "parameters": {"Frame": ["INT", "7"]}}]
+    assert tasks.of(2, {**settings, "template": {"name": "broken"}}, 5, [1]) is None
+    assert tasks.of(3, {**settings, "step": 4}, 5, [1]) is None

@@ -33,13 +33,23 @@ class OpenJdSessions:
             raise ValueError(f"the template: {error}") from None
         if settings.step >= len(job.steps):
             raise ValueError(f"the template has no step {settings.step}")
-        tasks = message.tasks
-        if tasks is None or len(tasks) != len(message.frames):
-            raise ValueError("the chunk does not carry one task's parameters per frame")
-        pairs: list[Task] = []
-        for frame, task in zip(message.frames, tasks, strict=True):
-            if not all(isinstance(v, list) and len(v) == 2 for v in task.values()):
-                raise ValueError(f"frame {frame}: a task parameter is [type, value]")
-            pairs.append((frame, {name: (kind, value) for name, (kind, value) in task.items()}))
+        pairs = [_task(task) for task in message.tasks or ()]
+        if sorted(f for frames, _ in pairs for f in frames) != sorted(message.frames):
+            raise ValueError("the chunk's tasks do not cover its frames, each once")
         session_id = f"chunk-{message.chunk_id}-attempt-{message.attempt}"
         return StepSession(job, settings.step, session_id, root, log, env=env), pairs
+
+
+def _task(task: object) -> Task:
+    """``{"frames": [...], "parameters": {name: [type, value]}}`` as a session's task."""
+    if not isinstance(task, dict):
+        raise ValueError(f"a task is an object, not {task!r:.100}")
+    frames, parameters = task.get("frames"), task.get("parameters")
+    if not isinstance(frames, list) or not all(type(f) is int for f in frames):
+        raise ValueError(f"a task's frames are integers, not {frames!r:.100}")
+    if not isinstance(parameters, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+        for v in parameters.values()
+    ):
+        raise ValueError(f"a task's parameters are name: [type, value], not {parameters!r:.100}")
+    return frames, {name: (kind, value) for name, (kind, value) in parameters.items()}
