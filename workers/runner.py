@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 import psutil
@@ -73,11 +73,13 @@ from workers.memory import (
     ran_out_of_memory,
     starting_with_bound,
 )
-from workers.openjd_session import SessionCancelled, StepSession, TaskDone, TaskFailed
 from workers.processes import kill_groups, stop_process
 from workers.renderers import InProcessRenderer, ProcessRenderer, renderer_for
 from workers.renderers.openjd import OpenJdSessions
 from workers.sandbox import SANDBOX
+
+if TYPE_CHECKING:  # openjd's packages load when a node first runs a template (~0.3 s)
+    from workers.openjd_session import StepSession, TaskDone
 
 log = logging.getLogger(__name__)
 
@@ -531,6 +533,8 @@ def _render_in_session(
     the time limits of the chunk (``limit_breached``) cancel the session. Its actions
     are the worker's children: their energy is the worker's tree's, their CPU time the
     kernel's accounting of waited-for children, task by task."""
+    from workers.openjd_session import SessionCancelled, TaskFailed
+
     log_path = storage / message.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="renderfarm-openjd-"))

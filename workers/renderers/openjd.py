@@ -9,13 +9,13 @@ node never derives them itself, as openjd-model's order may differ between versi
 from __future__ import annotations
 
 from pathlib import Path
-
-from openjd.model import Job
+from typing import TYPE_CHECKING
 
 from scheduler.wire.messages import ChunkMessage
-from scheduler.wire.openjd import TemplateError, instantiate, read_template
 from scheduler.wire.renderers import OpenJdRenderer
-from workers.openjd_session import LogOut, StepSession, Task
+
+if TYPE_CHECKING:  # openjd's packages are imported when a node first runs a template
+    from workers.openjd_session import LogOut, StepSession, Task
 
 
 class OpenJdSessions:
@@ -26,9 +26,12 @@ class OpenJdSessions:
     ) -> tuple[StepSession, list[Task]]:
         """The chunk's session (not started) and its tasks; ``ValueError`` says why a
         chunk cannot run (its settings, its template, its tasks)."""
+        from scheduler.wire.openjd import TemplateError, instantiate, read_template
+        from workers.openjd_session import StepSession
+
         settings = self.model.model_validate({**message.settings, "kind": message.renderer})
         try:
-            job: Job = instantiate(read_template(settings.template), settings.parameters)
+            job = instantiate(read_template(settings.template), settings.parameters)
         except TemplateError as error:
             raise ValueError(f"the template: {error}") from None
         if settings.step >= len(job.steps):
