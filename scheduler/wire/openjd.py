@@ -162,8 +162,8 @@ class HostRequirements:
     def met_by(self, amounts: Mapping[str, float], attributes: Mapping[str, Iterable[str]]) -> bool:
         """Whether a host with these capabilities may run the step: every amount within
         its bounds (a host that does not report one has none of it), every attribute
-        with one of ``any_of`` and all of ``all_of`` (names compared case-insensitively
-        for OS families and architectures, as OpenJD's values are lowercase)."""
+        with one of ``any_of`` and all of ``all_of`` (values compared in lower case, as
+        OpenJD writes its standard ones: ``linux``, ``x86_64``)."""
         for name, (low, high) in self.amounts.items():
             have = Decimal(str(amounts.get(name, 0)))
             if have < low or (high is not None and have > high):
