@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from scheduler.core.rollups import attempts_change, totals_change
-from scheduler.db import AttemptRow, AttemptTotal, FrameResultRow, FrameTotal, Region
+from scheduler.db import AttemptRow, AttemptTotal, ChunkRow, FrameResultRow, FrameTotal, Region
 from scheduler.db.engine import alembic_config
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import InvalidRequest
@@ -178,6 +178,8 @@ def test_running_totals_follow_recorded_and_restated_frames(
         connection.commit()
     assert _totals(engine) == counted
     assert _attempt_totals(engine) == ended
+    [retried] = rows(engine, ChunkRow, job_id=fails)  # 0016 counts its failure again
+    assert (retried.state, retried.failures) == ("queued", 1)
 
 
 def _attempt_totals(engine: Engine) -> dict[tuple[str, str], float]:

@@ -30,5 +30,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("chunks", schema=None) as batch_op:
-        batch_op.drop_column("failures")
+    # Not batch mode: on SQLite it copies the table and drops the old one, which the
+    # foreign keys of attempts and frame results refuse. SQLite >= 3.35 drops a column.
+    op.execute("ALTER TABLE chunks DROP COLUMN failures")
