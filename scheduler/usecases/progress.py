@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import String, bindparam, cast, func, true
 from sqlalchemy import select as sql_select
@@ -35,50 +36,58 @@ class JobProgress:
     energy: EnergyTotals = field(default_factory=EnergyTotals)  # of the frames rendered
 
 
-# Built once: building a statement costs more than running it for a small job.
-_CHUNKS_BY_STATE = (  # chunks and frames per chunk state
-    select(
-        ChunkRow.job_id, ChunkRow.state, func.sum(ChunkRow.chunks), func.sum(ChunkRow.frame_count)
+def _chunks_by_state(job: Any) -> Any:
+    """Chunks and frames per (job, chunk state) of the jobs ``job`` picks."""
+    return (
+        select(
+            col(ChunkRow.job_id),
+            col(ChunkRow.state).label("chunk_state"),
+            func.sum(ChunkRow.chunks).label("chunks"),
+            func.sum(ChunkRow.frame_count).label("frames"),
+        )
+        .where(job(col(ChunkRow.job_id)))
+        .group_by(col(ChunkRow.job_id), col(ChunkRow.state))
     )
-    .where(col(ChunkRow.job_id).in_(bindparam("ids", expanding=True)))
-    .group_by(col(ChunkRow.job_id), col(ChunkRow.state))
-)
-_DONE_BY_CHUNK_STATE = (  # frames rendered and their bills, by the state of their chunk
-    select(FrameResultRow.job_id, ChunkRow.state, *totals_columns())
-    .join(ChunkRow, col(ChunkRow.id) == col(FrameResultRow.chunk_id))
-    .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
-    .group_by(col(FrameResultRow.job_id), col(ChunkRow.state))
-)
+
+
+def _done_by_chunk_state(job: Any) -> Any:
+    """Frames rendered and their bills per (job, state of their chunk) of the jobs picked."""
+    return (
+        select(
+            col(FrameResultRow.job_id), col(ChunkRow.state).label("done_state"), *totals_columns()
+        )
+        .join(ChunkRow, col(ChunkRow.id) == col(FrameResultRow.chunk_id))
+        .where(job(col(FrameResultRow.job_id)))
+        .group_by(col(FrameResultRow.job_id), col(ChunkRow.state))
+    )
+
+
+def _listed(job_id: Any) -> Any:
+    return job_id.in_(bindparam("ids", expanding=True))
+
+
+def _one(job_id: Any) -> Any:
+    return job_id == bindparam("id")
+
+
+# Built once: building a statement costs more than running it for a small job.
+_CHUNKS_BY_STATE = _chunks_by_state(_listed)
+_DONE_BY_CHUNK_STATE = _done_by_chunk_state(_listed)
 
 # One job's row, the ids it depends on (comma-separated), and a row per chunk state: its
 # chunks and frames, and the frames of those chunks rendered with their bills.
 _JOBS = JobRow.__table__  # type: ignore[attr-defined]
 _JOB_NAMES = [column.name for column in _JOBS.c]
-_ONE_BY_STATE = (
-    select(
-        col(ChunkRow.state).label("chunk_state"),
-        func.sum(ChunkRow.chunks).label("chunks"),
-        func.sum(ChunkRow.frame_count).label("frames"),
-    )
-    .where(col(ChunkRow.job_id) == bindparam("id"))
-    .group_by(col(ChunkRow.state))
-    .subquery()
-)
-_ONE_DONE = (
-    select(col(ChunkRow.state).label("done_state"), *totals_columns())
-    .join(ChunkRow, col(ChunkRow.id) == col(FrameResultRow.chunk_id))
-    .where(col(FrameResultRow.job_id) == bindparam("id"))
-    .group_by(col(ChunkRow.state))
-    .subquery()
-)
+_ONE_BY_STATE = _chunks_by_state(_one).subquery()
+_ONE_DONE = _done_by_chunk_state(_one).subquery()
 _ONE_JOB = (
     sql_select(
         *_JOBS.c,
         sql_select(func.aggregate_strings(cast(JobDependency.depends_on, String), ","))
         .where(col(JobDependency.job_id) == _JOBS.c.id)
         .scalar_subquery(),
-        *_ONE_BY_STATE.c,
-        *_ONE_DONE.c,
+        *list(_ONE_BY_STATE.c)[1:],  # (without its job id)
+        *list(_ONE_DONE.c)[1:],
     )
     .select_from(_JOBS)
     .outerjoin(_ONE_BY_STATE, true())
