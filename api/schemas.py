@@ -21,6 +21,7 @@ from scheduler.core.states import JobState
 from scheduler.usecases.billing import EnergyTotals
 from scheduler.usecases.jobs import FrameStatus, JobDetail
 from scheduler.usecases.submissions import Finite, JobFields, JobRequest, Priority, Text
+from scheduler.wire.progress import FrameProgress
 
 
 class JobCreate(JobRequest):
@@ -170,11 +171,19 @@ class FramePublic(BaseModel):
         ge=0.0,
         le=1.0,
         description="how much of a running frame is rendered, 0 to 1, from the samples its "
-        "renderer reports (Blender's); null when not running or unknown",
+        "renderer reports (Blender's) or its task's openjd_progress (OpenJD's); null when not "
+        "running or unknown",
+    )
+    status_line: str | None = Field(
+        None,
+        description="what a running frame's renderer last said it is doing (an OpenJD task's "
+        "openjd_status line); null when not running or it said nothing",
     )
 
     @classmethod
-    def of(cls, job_id: int, status: FrameStatus, progress: float | None = None) -> FramePublic:
+    def of(
+        cls, job_id: int, status: FrameStatus, progress: FrameProgress | None = None
+    ) -> FramePublic:
         base = f"/v1/jobs/{job_id}/frames/{status.frame}"
         return cls(
             frame=status.frame,
@@ -190,7 +199,8 @@ class FramePublic(BaseModel):
             co2_grams=status.co2_grams,
             output_url=f"{base}/output" if status.output else None,
             log_url=f"{base}/log" if status.log else None,
-            progress=progress,
+            progress=progress.fraction if progress is not None else None,
+            status_line=progress.status_line if progress is not None else None,
         )
 
 

@@ -51,7 +51,7 @@ from scheduler.usecases.billing import EnergyTotals, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_job, load_progress
 from scheduler.usecases.submissions import JobRequest
 from scheduler.wire.messages import attempt_log_path
-from scheduler.wire.progress import progress_board
+from scheduler.wire.progress import FrameProgress, progress_board
 
 KEY_PREFIX = "rf_"
 
@@ -497,18 +497,18 @@ class StudioService:
                     page.append(_frame_status(job_id, chunk, frame, results.get(frame)))
             return page
 
-    def running_progress(self, job_id: int, frames: Sequence[FrameStatus]) -> dict[int, float]:
-        """How far each running frame's current attempt has rendered (0 to 1), as its
-        node last posted (volatile, in Redis: scheduler/wire/progress.py). Empty when
-        none of ``frames`` runs, or Redis does not answer."""
+    def running_progress(
+        self, job_id: int, frames: Sequence[FrameStatus]
+    ) -> dict[int, FrameProgress]:
+        """How far each running frame's current attempt has rendered, and its status
+        line, as its node last posted (volatile, in Redis: scheduler/wire/progress.py).
+        Empty when none of ``frames`` runs, or Redis does not answer."""
         running = {f.frame: f.attempt for f in frames if f.state == ChunkState.RUNNING}
         if not running:
             return {}
         posted = progress_board(self.settings.effective_broker_url).read(job_id)
         return {
-            frame: count.fraction
-            for frame, count in posted.items()
-            if running.get(frame) == count.attempt
+            frame: count for frame, count in posted.items() if running.get(frame) == count.attempt
         }
 
     def frame_status(self, studio_id: int, job_id: int, frame: int) -> FrameStatus:

@@ -3,7 +3,9 @@
 A node reads its renderer's output for sample counts (Blender's ``Fra:12 ... Sample
 96/400``) and posts them to the job's hash ``renderfarm:progress:<job_id>``: field =
 the frame number, value = JSON ``{"done", "total", "node", "attempt", "at"}`` (``done``
-of ``total`` samples, ``at`` the node's clock). ``ChunkProgress`` keeps the latest count
+of ``total`` samples, ``at`` the node's clock), and ``"status_line"`` where the renderer
+said what it is doing (an OpenJD task's ``openjd_status`` line; OpenJD's
+``openjd_progress`` percentage is ``done`` of 100). ``ChunkProgress`` keeps the latest count
 of each frame of an attempt and posts what changed at most every ``POST_EVERY`` s (the
 last count always goes out once that time has passed), all frames in one round trip;
 a frame counts as whole once it is saved, and the attempt's fields go as it ends
@@ -38,6 +40,7 @@ POST_EVERY = 1.0  # seconds between an attempt's posts
 TTL = 120  # seconds a job's hash outlives its last post
 REFRESH_EVERY = 30.0  # an attempt whose counts stand still keeps its hash alive
 TIMEOUT = 1.0  # seconds a post or a read may wait for Redis: progress is not worth more
+STATUS_LINE_MAX = 300  # characters of a status line kept: a line for a listing, not a log
 
 # KEYS[1]: the job's hash. ARGV: seconds to live, the attempt, how many (frame, value)
 # pairs follow to set, the pairs, then frames whose field goes if this attempt wrote
@@ -64,7 +67,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class FrameProgress:
-    """How far one frame is: ``done`` of ``total`` (samples), by ``node`` in ``attempt``."""
+    """How far one frame is: ``done`` of ``total`` (samples), by ``node`` in ``attempt``,
+    and what its renderer last said it is doing (``status_line``), if it says."""
 
     frame: int
     done: int
@@ -72,29 +76,38 @@ class FrameProgress:
     node: str
     attempt: int
     at: float
+    status_line: str | None = None
 
     @property
     def fraction(self) -> float:
         return min(1.0, max(0.0, self.done / self.total)) if self.total > 0 else 0.0
 
     def to_json(self) -> str:
-        fields = {"done": self.done, "total": self.total, "node": self.node}
-        return json.dumps({**fields, "attempt": self.attempt, "at": self.at}, separators=(",", ":"))
+        """The hash's value; ``status_line`` only where there is one, so a reader that
+        predates it reads the same fields as before."""
+        fields: dict[str, Any] = {"done": self.done, "total": self.total, "node": self.node}
+        fields.update(attempt=self.attempt, at=self.at)
+        if self.status_line is not None:
+            fields["status_line"] = self.status_line
+        return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, frame: int, text: str | bytes) -> FrameProgress | None:
-        """The count a node posted; None for anything else."""
+        """The count a node posted (with or without a status line); None for anything else."""
         try:
             data: Any = json.loads(text)
             progress = cls(
-                frame, data["done"], data["total"], data["node"], data["attempt"], data["at"]
-            )
+                frame, data["done"], data["total"], data["node"], data["attempt"], data["at"],
+                data.get("status_line"),
+            )  # fmt: skip
         except (ValueError, TypeError, KeyError):
             return None
         numbers = (progress.done, progress.total, progress.attempt)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
             return None
         if not isinstance(progress.node, str) or not isinstance(progress.at, (int, float)):
+            return None
+        if progress.status_line is not None and not isinstance(progress.status_line, str):
             return None
         return progress
 
@@ -157,12 +170,12 @@ def progress_board(broker_url: str) -> ProgressBoard:
 class ChunkProgress:
     """One attempt's frame counts on their way to the board.
 
-    ``update`` keeps the latest count of a frame (it may be called from another thread,
-    the one reading the renderer's output); ``flush`` posts the counts that changed
-    once ``every`` s have passed since the last post (call it often: the last count
-    goes out at the first call after that); ``finish`` counts a saved frame as whole;
-    ``close`` removes the attempt's fields. A failure to post is logged once and
-    dropped: the render goes on regardless, and the next post says more.
+    ``update`` keeps the latest count of a frame and its status line, if any (it may be
+    called from another thread, the one reading the renderer's output); ``flush`` posts
+    the counts that changed once ``every`` s have passed since the last post (call it
+    often: the last count goes out at the first call after that); ``finish`` counts a
+    saved frame as whole; ``close`` removes the attempt's fields. A failure to post is
+    logged once and dropped: the render goes on regardless, and the next post says more.
     """
 
     def __init__(
@@ -190,17 +203,17 @@ class ChunkProgress:
         self._last_post = -math.inf
         self._failing = False
 
-    def update(self, frame: int, done: int, total: int) -> None:
+    def update(self, frame: int, done: int, total: int, status_line: str | None = None) -> None:
         with self._lock:
             if frame not in self._finished:
-                self._count(frame, done, total)
+                self._count(frame, done, total, status_line)
 
     def finish(self, frame: int) -> None:
         with self._lock:
             self._finished.add(frame)
             last = self._latest.get(frame)
             if last is not None and last.done < last.total:
-                self._count(frame, last.total, last.total)
+                self._count(frame, last.total, last.total, last.status_line)
 
     def flush(self) -> None:
         now = self._clock()
@@ -224,9 +237,10 @@ class ChunkProgress:
         if gone:
             self._send([], gone)
 
-    def _count(self, frame: int, done: int, total: int) -> None:
+    def _count(self, frame: int, done: int, total: int, status_line: str | None) -> None:
+        line = status_line[:STATUS_LINE_MAX] if status_line is not None else None
         self._latest[frame] = FrameProgress(
-            frame, done, total, self.node, self.attempt, self._wall()
+            frame, done, total, self.node, self.attempt, self._wall(), line
         )
         self._changed.add(frame)
 

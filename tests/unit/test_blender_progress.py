@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 import redis
 
-from scheduler.wire.progress import ChunkProgress, FrameProgress
+from scheduler.wire.progress import STATUS_LINE_MAX, ChunkProgress, FrameProgress
 from workers.renderers.blender import PROGRESS_LINE, frame_samples
 
 STATUS = "Fra:7 Mem:8.58M (Peak 8.58M) | Time:00:00.87 | Remaining:00:01.51 | Mem:0.17M, Peak:0.17M"
@@ -208,3 +208,38 @@ def test_a_board_that_fails_costs_the_render_nothing() -> None:
 def test_a_posted_count_is_read_back_or_ignored(text: str, fraction: float | None) -> None:
     count = FrameProgress.from_json(3, text)
     assert (count.fraction if count is not None else None) == fraction
+
+
+def test_a_status_line_goes_with_its_count_and_older_counts_read_without_one() -> None:
+    """A node's status line (an OpenJD task's ``openjd_status``) travels in the count's
+    JSON only where there is one: counts posted before status lines read as before."""
+    said = FrameProgress(3, 50, 100, "n", 1, 1.5, "halfway")
+    assert FrameProgress.from_json(3, said.to_json()) == said
+    quiet = FrameProgress(3, 96, 400, "n", 1, 1.5)
+    assert "status_line" not in quiet.to_json()
+    older = FrameProgress.from_json(3, '{"done":96,"total":400,"node":"n","attempt":1,"at":1.5}')
+    assert older == quiet
+    wrong = '{"done":1,"total":2,"node":"n","attempt":1,"at":1.5,"status_line":7}'
+    assert FrameProgress.from_json(3, wrong) is None
+
+
+class KeepingBoard:
+    """Keeps the counts posted, whole."""
+
+    def __init__(self) -> None:
+        self.counts: list[FrameProgress] = []
+
+    def post(
+        self, job_id: int, attempt: int, counts: Sequence[FrameProgress], gone: Sequence[int]
+    ) -> None:
+        self.counts += counts
+
+
+def test_a_status_line_is_kept_short_and_outlives_its_frames_finish() -> None:
+    board = KeepingBoard()
+    counts = ChunkProgress(board, job_id=12, attempt=2, node="node-1", clock=Clock())
+    counts.update(5, 40, 100, "x" * 1000)
+    counts.finish(5)
+    counts.flush()
+    [count] = board.counts
+    assert (count.done, count.status_line) == (100, "x" * STATUS_LINE_MAX)
