@@ -5,7 +5,8 @@ exited in reverse order when it ends (after the last task, or after a failed one
 around each task. Each task's ``onRun`` runs with its parameters; a task is done when
 its action succeeds. The session's actions report through its callback:
 ``openjd_progress``, ``openjd_status`` and ``openjd_fail`` lines become the progress,
-the status line and the failure message passed on here.
+the status line and the failure message passed on here: ``on_status`` hears each
+action's status with the frames of its task (none for an environment's action).
 
 ``cancel`` (from another thread) cancels the running action as its template's
 ``cancelation`` says (notify, then terminate), no further action starts, and the
@@ -74,7 +75,7 @@ class StepSession:
         env: Mapping[str, str] | None = None,
         user: SessionUser | None = None,
         cancel_grace: timedelta = timedelta(seconds=10),
-        on_status: Callable[[ActionStatus], None] | None = None,
+        on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
     ) -> None:
         self.job = job
         self.step = job.steps[step_index]
@@ -87,6 +88,7 @@ class StepSession:
         self.on_status = on_status
         self._ended = threading.Event()
         self._status: ActionStatus | None = None
+        self._frames: Sequence[int] = ()  # the running action's task's
         self._cancelled = threading.Event()
         self._session: Session | None = None
         self._lock = threading.Lock()
@@ -179,6 +181,7 @@ class StepSession:
         """Start an action and wait for it to end; its result (an environment's id)."""
         self._ended.clear()
         self._status = None
+        self._frames = frames
         result = start()
         if self._cancelled.is_set():  # cancelled while it was starting
             self._cancel_running()
@@ -201,7 +204,7 @@ class StepSession:
     def _callback(self, _session_id: str, status: ActionStatus) -> None:
         self._status = status
         if self.on_status is not None:
-            self.on_status(status)
+            self.on_status(self._frames, status)
         if status.state != ActionState.RUNNING:
             self._ended.set()
 

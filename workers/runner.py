@@ -33,8 +33,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
+import math
 import os
 import queue
 import re
@@ -45,7 +47,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -65,6 +67,7 @@ from scheduler.wire.messages import (
     StartedEvent,
     task_id_for,
 )
+from scheduler.wire.progress import TIMEOUT as PROGRESS_TIMEOUT
 from scheduler.wire.progress import Board, ChunkProgress
 from workers.assets import FetchError, JobFiles, Outputs, open_written
 from workers.memory import (
@@ -79,6 +82,8 @@ from workers.renderers.openjd import OpenJdSessions
 from workers.sandbox import SANDBOX
 
 if TYPE_CHECKING:  # openjd's packages load when a node first runs a template (~0.3 s)
+    from openjd.sessions import ActionStatus
+
     from workers.openjd_session import StepSession, TaskDone
 
 log = logging.getLogger(__name__)
@@ -373,7 +378,7 @@ def render(
             progress,
         )  # fmt: skip
     if isinstance(renderer, OpenJdSessions):
-        return _render_in_session(message, storage, node, renderer, emit, energy, region)
+        return _render_in_session(message, storage, node, renderer, emit, energy, region, progress)
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
     try:
@@ -528,25 +533,31 @@ def _render_in_session(
     emit: Emit,
     energy: AttemptMeter,
     region: str,
+    progress: Board | None = None,
 ) -> list[FrameReport]:
     """Run the chunk's OpenJD tasks in one session: a frame per task done, as it is done;
     the time limits of the chunk (``limit_breached``) cancel the session. Its actions
     are the worker's children: their energy is the worker's tree's, their CPU time the
-    kernel's accounting of waited-for children, task by task."""
+    kernel's accounting of waited-for children, task by task. A running task's
+    ``openjd_progress`` and ``openjd_status`` lines go to ``progress`` for its frames."""
     from workers.openjd_session import SessionCancelled, TaskFailed
 
     log_path = storage / message.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="renderfarm-openjd-"))
     reported: list[FrameReport] = []
+    counts = ChunkProgress(progress, message.job_id, message.attempt, node) if progress else None
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(
             f"renderfarm: node {node} attempt {message.attempt} of chunk {message.chunk_id}, "
             f"tasks {message.frames[0]}..{message.frames[-1]}, in an OpenJD session\n"
         )
         stamped = _Stamped(log)
+        on_status = functools.partial(_count_task, counts) if counts is not None else None
         try:
-            session, tasks = renderer.session(message, root, stamped, renderer_environment())
+            session, tasks = renderer.session(
+                message, root, stamped, renderer_environment(), on_status
+            )
         except ValueError as error:
             shutil.rmtree(root, ignore_errors=True)
             raise RenderFailed(f"openjd: {error}") from None
@@ -557,6 +568,8 @@ def _render_in_session(
 
         def watch() -> None:
             while not ended.wait(0.2):
+                if counts is not None:
+                    counts.flush()
                 why = limit_breached(
                     message, time.perf_counter(), started, marks["last"], len(reported),
                     stamped.last_write,
@@ -571,6 +584,8 @@ def _render_in_session(
             cpu = _children_cpu()
             for report in _task_reports(task, cpu - marks["cpu"], energy):
                 reported.append(report)
+                if counts is not None:
+                    counts.finish(report.frame)
                 emit(chunk_event(FrameEvent, message, node, region, result=report).to_dict())
             marks.update(last=time.perf_counter(), cpu=cpu)
 
@@ -591,8 +606,22 @@ def _render_in_session(
             ended.set()
             _running_sessions.discard(session)
             shutil.rmtree(root, ignore_errors=True)
+            if counts is not None:
+                watchdog.join(timeout=2 * PROGRESS_TIMEOUT)  # no post after the close
+                counts.close()
     metered = {r.frame: r for r in energy.end(None, [], last=reported[-1])}
     return [metered.get(r.frame, r) for r in reported]
+
+
+def _count_task(counts: ChunkProgress, frames: Sequence[int], status: ActionStatus) -> None:
+    """A task's ``openjd_progress`` (a percentage: ``done`` of 100) and ``openjd_status``
+    line, as each of its frames' count; an environment's action (no frames) has none."""
+    if not frames or (status.progress is None and status.status_message is None):
+        return
+    percent = status.progress if status.progress is not None else 0.0
+    done = round(min(100.0, max(0.0, percent))) if math.isfinite(percent) else 0
+    for frame in frames:
+        counts.update(frame, done, 100, status.status_message)
 
 
 def _task_reports(task: TaskDone, cpu: float, energy: AttemptMeter) -> list[FrameReport]:

@@ -1,6 +1,7 @@
 """A chunk of an OpenJD step's tasks run in one real openjd-sessions Session: environments
-entered and exited once per session, task parameters, progress and failure messages,
-and a cancel that leaves no process."""
+entered and exited once per session, task parameters, progress and failure messages
+(a running task's progress and status line on the farm's board, in a real Redis), and
+a cancel that leaves no process."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
 import yaml
 
+from api.schemas import FramePublic
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import parse_frame_spec
+from scheduler.usecases.jobs import FrameStatus
 from scheduler.wire.messages import ChunkMessage, FailedEvent, FinishedEvent, decode_event
 from scheduler.wire.openjd import StepTasks, chunk_tasks, instantiate, plan_steps, read_template
+from scheduler.wire.progress import PROGRESS_KEY, FrameProgress, ProgressBoard
 from tests.conftest import wait_for
 from workers.energy import EnergyLedger, LedgerServer
 from workers.meters import ModelMeter
@@ -97,7 +102,9 @@ def test_environments_are_entered_once_per_session_and_tasks_get_their_parameter
     statuses: list[Any] = []
     done: list[TaskDone] = []
     log = io.StringIO()
-    session = session_of(job, tmp_path / "sessions", log, on_status=statuses.append)
+    session = session_of(
+        job, tmp_path / "sessions", log, on_status=lambda _frames, status: statuses.append(status)
+    )
     (tmp_path / "sessions").mkdir()
     session.run(tasks, done.append)
     assert [d.frames for d in done] == [[1], [2], [3]]
@@ -304,3 +311,62 @@ steps:
     assert [r.frame for r in finished.results] == [5, 6, 7, 8]
     shares = {r.energy_joules for r in finished.results[:3]}
     assert len(shares) == 1 and (shares.pop() or 0) > 0
+
+
+PROGRESS_TEMPLATE = """
+specificationVersion: jobtemplate-2023-09
+name: Progress
+parameterDefinitions:
+- {name: Out, type: STRING}
+steps:
+- name: Render
+  parameterSpace:
+    taskParameterDefinitions:
+    - {name: Frame, type: INT, range: "1-2"}
+  script:
+    actions:
+      onRun:
+        command: sh
+        args:
+        - "-c"
+        - |
+          echo "openjd_progress: 50"
+          echo "openjd_status: halfway"
+          until [ -e {{Param.Out}}/go ]; do sleep 0.05; done
+"""
+
+
+def test_a_running_tasks_progress_and_status_line_reach_the_board(
+    tmp_path: Path, redis_url: str, broker: redis.Redis
+) -> None:
+    """What the studio sees of a running task in the job's frame listing: the board's
+    count (``openjd_progress: 50`` is half the frame) and its ``openjd_status`` line."""
+    message = openjd_message(yaml.safe_load(PROGRESS_TEMPLATE), tmp_path, "1-2")
+    board = ProgressBoard(redis_url)
+    events: list[dict[str, Any]] = []
+    node = threading.Thread(
+        target=run_chunk, args=(message, tmp_path, "node-1", events.append), daemon=True,
+        kwargs={"progress": board},
+    )  # fmt: skip
+    node.start()
+    try:
+
+        def said() -> FrameProgress | None:
+            count = board.read(message.job_id).get(1)
+            return count if count is not None and count.status_line is not None else None
+
+        count = wait_for(said, 30, "frame 1's count with its status line")
+        assert (count.fraction, count.status_line) == (0.5, "halfway")
+        assert (count.node, count.attempt) == ("node-1", message.attempt)
+        assert 2 not in board.read(message.job_id)  # its task has not started
+        running = FrameStatus(1, "running", message.chunk_id, "node-1", message.attempt,
+                              None, None, None, None)  # fmt: skip
+        shown = FramePublic.of(message.job_id, running, count)
+        assert (shown.progress, shown.status_line) == (0.5, "halfway")
+    finally:
+        (tmp_path / "go").touch()
+        node.join(60)
+        board.close()
+    assert not node.is_alive()
+    assert isinstance(decode_event(events[-1]), FinishedEvent)
+    assert broker.hgetall(PROGRESS_KEY.format(job_id=message.job_id)) == {}  # cleared at the end

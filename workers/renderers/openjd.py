@@ -8,6 +8,7 @@ node never derives them itself, as openjd-model's order may differ between versi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from scheduler.wire.messages import ChunkMessage
 from scheduler.wire.renderers import OpenJdRenderer
 
 if TYPE_CHECKING:  # openjd's packages are imported when a node first runs a template
+    from openjd.sessions import ActionStatus
+
     from workers.openjd_session import LogOut, StepSession, Task
 
 
@@ -22,10 +25,16 @@ class OpenJdSessions:
     model = OpenJdRenderer
 
     def session(
-        self, message: ChunkMessage, root: Path, log: LogOut, env: dict[str, str]
+        self,
+        message: ChunkMessage,
+        root: Path,
+        log: LogOut,
+        env: dict[str, str],
+        on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
     ) -> tuple[StepSession, list[Task]]:
         """The chunk's session (not started) and its tasks; ``ValueError`` says why a
-        chunk cannot run (its settings, its template, its tasks)."""
+        chunk cannot run (its settings, its template, its tasks). ``on_status`` hears
+        its actions' statuses, with their tasks' frames."""
         from scheduler.wire.openjd import TemplateError, instantiate, read_template
         from workers.openjd_session import StepSession
 
@@ -40,7 +49,10 @@ class OpenJdSessions:
         if sorted(f for frames, _ in pairs for f in frames) != sorted(message.frames):
             raise ValueError("the chunk's tasks do not cover its frames, each once")
         session_id = f"chunk-{message.chunk_id}-attempt-{message.attempt}"
-        return StepSession(job, settings.step, session_id, root, log, env=env), pairs
+        session = StepSession(
+            job, settings.step, session_id, root, log, env=env, on_status=on_status
+        )
+        return session, pairs
 
 
 def _task(task: object) -> Task:
