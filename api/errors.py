@@ -45,6 +45,10 @@ STATUS = {
 }
 
 
+def _loc(source: str, path: tuple[str | int, ...]) -> list[str | int]:
+    return [source] if path == (source,) else [source, *path]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RenderfarmError)
     async def _domain_error(_request: Request, error: RenderfarmError) -> JSONResponse:
@@ -53,9 +57,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(error, TooMany):
             headers = {"Retry-After": str(error.retry_after)}
         if isinstance(error, InvalidRequest):
-            where = error.source, error.field
-            loc = [error.source] if error.field == error.source else list(where)
-            detail: object = [{"loc": loc, "msg": error.message, "type": "value_error"}]
+            detail: object = [
+                {"loc": _loc(error.source, path), "msg": message, "type": "value_error"}
+                for path, message in error.problems
+            ]
         else:
             detail = str(error)
         return JSONResponse({"detail": printable(detail)}, status_code=status, headers=headers)

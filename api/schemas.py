@@ -17,16 +17,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from scheduler.core.assets import ManifestEntry
 from scheduler.core.bounds import BYTES_MAX, PATH_MAX
 from scheduler.core.energy import JOULES_PER_KWH
-from scheduler.core.states import JobState
+from scheduler.core.states import JobState, overall_state
 from scheduler.usecases.billing import EnergyTotals
-from scheduler.usecases.jobs import FrameStatus, JobDetail
+from scheduler.usecases.jobs import FrameStatus, JobDetail, TemplateDetail
 from scheduler.usecases.submissions import Finite, JobFields, JobRequest, Priority, Text
+from scheduler.usecases.templates import TemplateRequest
 from scheduler.wire.progress import FrameProgress
 
 
 class JobCreate(JobRequest):
     # The fields are declared once, on scheduler.usecases.submissions.JobFields; no docstring
     # here, which would become the schema's description.
+    pass
+
+
+class TemplateCreate(TemplateRequest):
+    # Declared on scheduler.usecases.templates.TemplateRequest, beside the fields it
+    # shares with jobs (JobTerms).
     pass
 
 
@@ -127,6 +134,9 @@ class JobPublic(JobFields[dict[str, Any]]):
     finished_at: datetime | None
     progress: Progress
     energy: EnergyPublic
+    template: int | None = Field(
+        description="the OpenJD template whose step this job is (GET /v1/templates/{id})"
+    )
 
     @classmethod
     def of(cls, detail: JobDetail) -> JobPublic:
@@ -135,6 +145,7 @@ class JobPublic(JobFields[dict[str, Any]]):
             {
                 **JobRequest.fields_of(job),
                 "depends_on": detail.depends_on,
+                "template": job.template_id,
                 "warnings": job.warnings or [],
                 "submitted_at": _time(job.submitted_at),
                 "started_at": _time(job.started_at),
@@ -143,6 +154,41 @@ class JobPublic(JobFields[dict[str, Any]]):
                 "energy": EnergyPublic.of(detail.progress.energy, detail.currency),
             }
         )
+
+
+class TemplatePublic(BaseModel):
+    """An OpenJD template as submitted, and its jobs: one per step, in its order, each
+    with the step's name and the jobs of the steps it waits for (``depends_on``)."""
+
+    id: int
+    name: str = Field(description="the template's job name, as its parameters resolved it")
+    parameters: dict[str, Any]
+    template: dict[str, Any] | str = Field(description="the template as submitted")
+    submitted_at: datetime
+    state: JobState = Field(description="failed if a job failed; else done once all are")
+    jobs: list[JobPublic]
+
+    @classmethod
+    def of(cls, detail: TemplateDetail) -> TemplatePublic:
+        template = detail.template
+        assert template.id is not None
+        states = [JobState(d.job.state) for d in detail.jobs]
+        return cls(
+            id=template.id,
+            name=template.name,
+            parameters=template.parameters or {},
+            template=detail.jobs[0].job.renderer_settings.get("template", {}),
+            submitted_at=_time(template.submitted_at),
+            state=overall_state(states),
+            jobs=[JobPublic.of(d) for d in detail.jobs],
+        )
+
+
+class TemplatePage(BaseModel):
+    items: list[TemplatePublic]
+    total: int
+    limit: int
+    offset: int
 
 
 class JobPage(BaseModel):

@@ -32,6 +32,17 @@ class InvalidRequest(RenderfarmError):
         self.field = field
         self.message = message
         self.source = source
+        # Where and what, one entry per problem: a path into the request (``field``, or
+        # deeper: ("template", "steps", 0, "script")) and its message.
+        self.problems: list[tuple[tuple[str | int, ...], str]] = [((field,), message)]
+
+    @classmethod
+    def at(cls, problems: list[tuple[tuple[str | int, ...], str]]) -> InvalidRequest:
+        """Several problems of the body, each at its own path (at least one)."""
+        first = problems[0][0]
+        error = cls(".".join(map(str, first)), "; ".join(m for _, m in problems))
+        error.problems = list(problems)
+        return error
 
 
 class Conflict(RenderfarmError):

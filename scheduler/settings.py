@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     allow_scene_scripts: bool = Field(
         False, description="whether jobs may run the Python scripts inside their scenes"
     )
+    new_studio_templates: bool | None = Field(
+        None,
+        description="whether a new studio may submit OpenJD templates (an operator changes "
+        "it per studio: renderfarm studio templates); default: yes on the embedded farm's "
+        "own SQLite database, no on a database server (a shared farm)",
+    )
     render_memory_bytes: int | None = Field(
         None,
         ge=64 * 2**20,
@@ -164,6 +170,12 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or DEFAULT_BROKER_URL
+
+    @property
+    def templates_for_new_studios(self) -> bool:
+        if self.new_studio_templates is not None:
+            return self.new_studio_templates
+        return not self.database_url
 
     @property
     def effective_database_url(self) -> str:

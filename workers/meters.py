@@ -198,6 +198,18 @@ def count_gpus(nvml: Any | None = None) -> int:
         return 0
 
 
+def gpu_memory_mib(nvml: Any | None = None) -> int:
+    """The memory of this host's smallest GPU, in MiB (OpenJD's ``amount.worker.gpu.memory``:
+    what each GPU has at least); 0 without a GPU that NVML can read."""
+    try:
+        meter = NvmlMeter(nvml)
+        return min(int(meter.nvml.nvmlDeviceGetMemoryInfo(d).total) for d in meter.devices) // 2**20
+    except MeterUnavailable:
+        return 0
+    except Exception:  # NVMLError: the memory of a GPU could not be read
+        return 0
+
+
 class SumMeter:
     """The sum of several meters (the CPUs' and the GPUs'), named by their methods."""
 

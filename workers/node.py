@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import platform
+import re
 import socket
 import threading
 import time
@@ -27,6 +29,7 @@ import psutil
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
+from scheduler.core.placement import CPU_ARCH, GPU_MEMORY_MIB, OS_FAMILY
 from scheduler.settings import Settings
 from scheduler.wire.broker import queue_entity
 from scheduler.wire.celery_app import answer_active_readably, make_celery
@@ -42,7 +45,7 @@ from scheduler.wire.storage import open_storage
 from workers.assets import job_files
 from workers.energy import EnergyLedger, LedgerServer
 from workers.memory import RENDER_MEMORY
-from workers.meters import choose_meter, node_power_figures
+from workers.meters import choose_meter, gpu_memory_mib, node_power_figures
 from workers.renderers import BLENDER
 from workers.renderers.blender import find_blender
 from workers.runner import install_termination_handler, run_message
@@ -59,6 +62,10 @@ class NodeConfig:
     tags: list[str] = field(default_factory=list)
     gpus: int = 0
     region: str = "guizhou"
+    # OpenJD capabilities beyond the standard amounts (``capabilities``): what the
+    # operator gave (--amount, --attr) over what was detected.
+    amounts: dict[str, float] = field(default_factory=dict)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
 
     def report(self, running: int, ledger: EnergyLedger | None = None) -> NodeReport:
         return NodeReport(
@@ -74,7 +81,80 @@ class NodeConfig:
             region=self.region,
             energy_method=ledger.method if ledger else None,
             power_watts=ledger.power_watts if ledger else 0.0,
+            capabilities={"amounts": dict(self.amounts), "attributes": dict(self.attributes)},
         )
+
+
+OS_FAMILIES = {"linux": "linux", "windows": "windows", "darwin": "macos"}
+CPU_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def detect_capabilities(gpus: int) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """OpenJD's standard capabilities of this host that its heartbeat does not carry
+    already (cores, memory and GPUs it does): the GPUs' memory, the OS family and the
+    CPU architecture, in OpenJD's words."""
+    amounts: dict[str, float] = {}
+    if gpus:
+        amounts[GPU_MEMORY_MIB] = gpu_memory_mib()
+    system, machine = platform.system().lower(), platform.machine().lower()
+    attributes = {
+        OS_FAMILY: [OS_FAMILIES.get(system, system)],
+        CPU_ARCH: [CPU_ARCHES.get(machine, machine)],
+    }
+    return amounts, attributes
+
+
+_CAPABILITY = re.compile(r"(?:attr|amount)(?:\.[A-Za-z_][A-Za-z0-9_-]*)+")
+
+
+def operator_capabilities(
+    attrs: list[str], amounts: list[str]
+) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """``--amount NAME=N`` and ``--attr NAME=VALUE`` (repeated for several values) as
+    capabilities; a NAME without OpenJD's ``amount.``/``attr.`` prefix gets it.
+    ``ValueError`` says which one does not read."""
+    given_amounts: dict[str, float] = {}
+    for text in amounts:
+        name, value = _named(text, "amount")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--amount {text}: {value!r} is not a number") from None
+        if not 0 <= number < float("inf"):
+            raise ValueError(f"--amount {text}: an amount is a number >= 0")
+        given_amounts[name] = number
+    given_attributes: dict[str, list[str]] = {}
+    for text in attrs:
+        name, value = _named(text, "attr")
+        if not value.strip():
+            raise ValueError(f"--attr {text}: give a value, NAME=VALUE")
+        given_attributes.setdefault(name, []).append(value.strip())
+    return given_amounts, given_attributes
+
+
+def _named(text: str, prefix: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    name = name.strip()
+    if not name.startswith(prefix + "."):
+        name = f"{prefix}.{name}"
+    if not equals or not _CAPABILITY.fullmatch(name) or not name.startswith(prefix + "."):
+        raise ValueError(
+            f"--{prefix} {text}: write NAME=VALUE, NAME like {prefix}.studio.licences "
+            "(letters, digits, _ and - between dots)"
+        )
+    return name, value
+
+
+def with_capabilities(
+    node: NodeConfig, amounts: dict[str, float], attributes: dict[str, list[str]]
+) -> NodeConfig:
+    """The node with what was detected, under what the operator gave."""
+    found_amounts, found_attributes = detect_capabilities(node.gpus)
+    return dataclasses.replace(
+        node,
+        amounts={**found_amounts, **amounts},
+        attributes={**found_attributes, **attributes},
+    )
 
 
 def equip_blender(settings: Settings, node: NodeConfig) -> NodeConfig:

@@ -1,1 +1,1 @@
-"""The API's routers: jobs (studio), nodes (farm), system (health and metrics)."""
+"""The API's routers: jobs and templates (studio), nodes (farm), system (health and metrics)."""

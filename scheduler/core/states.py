@@ -26,7 +26,7 @@ transactions can never store a move the tables forbid. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import TypeVar
 
@@ -160,4 +160,21 @@ def derive_job_state(
         return JobState.SUSPENDED
     if count[ChunkState.DISPATCHED] or count[ChunkState.RUNNING] or count[ChunkState.DONE]:
         return JobState.RUNNING
+    return JobState.QUEUED
+
+
+def overall_state(states: Sequence[JobState]) -> JobState:
+    """The state of jobs submitted as one (an OpenJD template's steps): failed once one
+    failed (its dependants wait, visibly); once all are final, cancelled if one was,
+    else done; running while one runs; suspended if every unfinished one is; else
+    queued."""
+    if JobState.FAILED in states:
+        return JobState.FAILED
+    if all(state.is_final for state in states):
+        return JobState.CANCELLED if JobState.CANCELLED in states else JobState.DONE
+    if JobState.RUNNING in states:
+        return JobState.RUNNING
+    unfinished = [state for state in states if not state.is_final]
+    if all(state == JobState.SUSPENDED for state in unfinished):
+        return JobState.SUSPENDED
     return JobState.QUEUED

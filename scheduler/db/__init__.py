@@ -20,6 +20,7 @@ from scheduler.db.tables import (
     Studio,
     StudioBlob,
     Subscription,
+    TemplateRow,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Studio",
     "StudioBlob",
     "Subscription",
+    "TemplateRow",
     "create_tables",
     "make_engine",
 ]

@@ -25,6 +25,9 @@ class Studio(SQLModel, table=True):
     # Whether its jobs may run the Python scripts inside their scenes (an operator's
     # grant, `renderfarm studio scripts`; the farm's RENDERFARM_ALLOW_SCENE_SCRIPTS too).
     allow_scene_scripts: bool = False
+    # Whether it may submit OpenJD job templates, whose commands run on the nodes (an
+    # operator's grant, `renderfarm studio templates`; on in the embedded farm).
+    allow_templates: bool = False
     # An operator's bounds on what the studio may ask (None: none), `renderfarm studio
     # quota`: jobs and frames waiting at once, and API requests per second.
     max_queued_jobs: int | None = None
@@ -67,6 +70,19 @@ class ApiKey(SQLModel, table=True):
     revoked_at: float | None = None
 
 
+class TemplateRow(SQLModel, table=True):
+    """An OpenJD job template as a studio submitted it: its jobs, one per step, refer to
+    it (``JobRow.template_id``), and it is read, listed and cancelled as one."""
+
+    __tablename__ = "templates"
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id", index=True)
+    name: str = Field(max_length=200)  # the job's name, as the template resolved it
+    parameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    submitted_at: float
+
+
 class JobRow(SQLModel, table=True):
     """A job: what the studio submitted, and where the farm has got with it.
 
@@ -99,6 +115,9 @@ class JobRow(SQLModel, table=True):
     min_memory_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     min_gpus: int = 0
     required_tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # sorted
+    # An OpenJD step's hostRequirements beyond those (scheduler/core/placement.py: Host).
+    host_requirements: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    template_id: int | None = Field(default=None, foreign_key="templates.id", index=True)
     dependency_mode: str = Field("job", max_length=8)  # the field "dependency": job | frame
     on_dependency_failure: str = Field("wait", max_length=8)  # wait | fail
     timeout: float  # the job's, or the farm's default
@@ -270,6 +289,9 @@ class NodeRow(SQLModel, table=True):
     memory_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
     gpus: int = 0
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    # What OpenJD's hostRequirements are matched against: {"amounts": {name: number},
+    # "attributes": {name: [values]}}, as the node detected and was told (placement.py).
+    capabilities: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     region: str = Field(default="", max_length=64)
     energy_method: str | None = Field(default=None, max_length=32)
     power_watts: float = 0.0  # IT power over the last sampling interval

@@ -26,7 +26,14 @@ from scheduler.core.dependencies import (
 )
 from scheduler.core.fairshare import PoolTerms
 from scheduler.core.frames import FrameRange
-from scheduler.core.placement import NO_REQUIREMENTS, NodeView, Requirements, can_ever_run
+from scheduler.core.placement import (
+    NO_REQUIREMENTS,
+    Capabilities,
+    HostRequirements,
+    NodeView,
+    Requirements,
+    can_ever_run,
+)
 from scheduler.core.policy import (
     Assignment,
     DispatchSnapshot,
@@ -273,6 +280,7 @@ def _live_nodes(
             memory_bytes=row.memory_bytes,
             gpus=row.gpus,
             tags=frozenset(row.tags or ()),
+            capabilities=Capabilities.of(row.cores, row.memory_bytes, row.gpus, row.capabilities),
         )
         for row in rows
     ]
@@ -280,7 +288,11 @@ def _live_nodes(
 
 def _needs(job: JobRow) -> Requirements:
     return Requirements(
-        job.min_cores, job.min_memory_bytes, job.min_gpus, frozenset(job.required_tags or ())
+        job.min_cores,
+        job.min_memory_bytes,
+        job.min_gpus,
+        frozenset(job.required_tags or ()),
+        HostRequirements.from_json(job.host_requirements),
     )
 
 

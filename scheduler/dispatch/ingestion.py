@@ -17,6 +17,7 @@ is retried like any failure); the frames it did report validly are recorded.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -368,6 +369,33 @@ def _number_or_none(value: Any) -> float | None:
         return None
 
 
+MAX_CAPABILITIES = 64  # names a node reports, at most; as many values per attribute
+
+
+def _capabilities(reported: Any) -> dict[str, Any]:
+    """What a node reported of its capabilities, as much of it as reads: names and
+    values are short text, amounts finite numbers, within bounds."""
+    reported = reported if isinstance(reported, dict) else {}
+    amounts, attributes = reported.get("amounts"), reported.get("attributes")
+    kept_amounts = {
+        name[:100]: number
+        for name, value in list(amounts.items() if isinstance(amounts, dict) else ())[
+            :MAX_CAPABILITIES
+        ]
+        if isinstance(name, str)
+        and (number := _number_or_none(value)) is not None
+        and math.isfinite(number)
+    }
+    kept_attributes = {
+        name[:100]: [str(v)[:100] for v in values[:MAX_CAPABILITIES]]
+        for name, values in list(attributes.items() if isinstance(attributes, dict) else ())[
+            :MAX_CAPABILITIES
+        ]
+        if isinstance(name, str) and isinstance(values, list)
+    }
+    return {"amounts": kept_amounts, "attributes": kept_attributes}
+
+
 MAX_JOB_WARNINGS = 50
 
 
@@ -433,6 +461,7 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
         node.region = str(report.region)[:64]
         node.energy_method = str(report.energy_method)[:32] if report.energy_method else None
         node.power_watts = _number_or_none(report.power_watts) or 0.0
+        node.capabilities = _capabilities(report.capabilities)
         node.state = "online"
         node.last_heartbeat = now
         session.add(node)

@@ -128,6 +128,20 @@ def worker(
     tag: Annotated[
         list[str] | None, typer.Option(help="a tag jobs can require (repeatable)")
     ] = None,
+    attr: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="an OpenJD attribute the node has, NAME=VALUE (repeatable; e.g. "
+            "attr.studio.software=houdini); OS family and CPU architecture are detected"
+        ),
+    ] = None,
+    amount: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="an OpenJD amount the node has, NAME=N (repeatable; e.g. "
+            "amount.studio.licences=2); vCPUs, memory, GPUs and GPU memory are detected"
+        ),
+    ] = None,
     gpus: Annotated[
         int | None,
         typer.Option(min=0, help="GPUs this node offers to jobs; default: what NVML finds"),
@@ -173,7 +187,7 @@ def worker(
 
     from workers.meters import MeterUnavailable, count_gpus
     from workers.metrics import WORKER_REGISTRY
-    from workers.node import NodeConfig, start_worker
+    from workers.node import NodeConfig, operator_capabilities, start_worker, with_capabilities
     from workers.renderers.blender import BlenderUnavailable
     from workers.sandbox import SandboxUnavailable
 
@@ -203,6 +217,11 @@ def worker(
         gpus=gpus if gpus is not None else count_gpus(),
         region=settings.region,
     )
+    try:
+        node = with_capabilities(node, *operator_capabilities(attr or [], amount or []))
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     if metrics_port:
         start_http_server(metrics_port, registry=WORKER_REGISTRY)
     try:
@@ -251,11 +270,20 @@ def studio_create(
             help="whether its jobs may run the scripts inside their scenes",
         ),
     ] = False,
+    templates: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-templates/--no-templates",
+            help="whether it may submit OpenJD job templates (default: "
+            "RENDERFARM_NEW_STUDIO_TEMPLATES; else yes on the embedded SQLite, no on a server)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create a studio and print its API key (shown once)."""
     with _reported():
         service = _studio_service()
-        _studio, key = service.create_studio(name, weight, scene_scripts)
+        _studio, key = service.create_studio(name, weight, scene_scripts, templates)
     typer.echo(key)
     if scene_scripts:
         _warn_if_scripts_off(service.settings)
@@ -280,6 +308,22 @@ def studio_scripts(
     typer.echo(f"{studio.name}: scene scripts {_allowed(studio.allow_scene_scripts)}")
     if allow:
         _warn_if_scripts_off(service.settings)
+
+
+@studio_app.command("templates")
+def studio_templates(
+    name: str,
+    allow: Annotated[
+        bool,
+        typer.Option("--allow/--forbid", help="let the studio submit OpenJD job templates"),
+    ],
+) -> None:
+    """Allow or forbid a studio to submit OpenJD job templates, whose commands the nodes
+    run (as the user of their --run-as, where given). Templates accepted before keep
+    running (cancel them to stop them)."""
+    with _reported():
+        studio = _studio_service().set_templates(name, allow)
+    typer.echo(f"{studio.name}: templates {_allowed(studio.allow_templates)}")
 
 
 UNFINISHED_HELP = "unfinished jobs at once (0: no bound)"
@@ -312,12 +356,14 @@ def _quota(studio: Any) -> str:
 
 @studio_app.command("list")
 def studio_list() -> None:
-    """Every studio, its fair-share weight, and whether its scene scripts may run."""
+    """Every studio, its fair-share weight, whether its scene scripts may run and
+    whether it may submit templates, and its quota."""
     service = _studio_service()
     for studio in service.list_studios():
         typer.echo(
             f"{studio.name}: weight {studio.weight:g}, "
-            f"scene scripts {_allowed(studio.allow_scene_scripts)}, {_quota(studio)}"
+            f"scene scripts {_allowed(studio.allow_scene_scripts)}, "
+            f"templates {_allowed(studio.allow_templates)}, {_quota(studio)}"
         )
     _warn_if_scripts_off(service.settings)
 

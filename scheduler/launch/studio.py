@@ -2,6 +2,7 @@
 
     renderfarm login --api URL --key KEY        writes the profile the other commands read
     renderfarm submit SCENE.blend --frames 1-250 [--chunk-size 10] [--wait] ...
+    renderfarm submit TEMPLATE.yaml -p NAME=VALUE ... [--wait]   an OpenJD job template
     renderfarm jobs                             the studio's jobs, newest first
     renderfarm watch JOB                        live progress until the job ends, per frame
     renderfarm download JOB [--to DIR]          every finished frame, streamed to files
@@ -13,7 +14,8 @@ The API's URL and key come from ``--api``/``--key``, else ``RENDERFARM_API_URL``
 
 ``submit`` finds the scene's files with blender-asset-tracer (without starting Blender),
 sends only the contents the farm lacks (small files batched in tars, large ones
-streamed), names them in a manifest and submits a ``blender`` job on it.
+streamed), names them in a manifest and submits a ``blender`` job on it. Given a
+template (.yaml, .yml, .json), it submits it to ``POST /v1/templates``: a job per step.
 
 Exit status: 0 done; 1 the API refused or could not be reached, or a watched job failed
 or was cancelled; 2 a problem with what was asked (no key, files outside the project).
@@ -591,11 +593,26 @@ def login(
     typer.echo(f"logged in to {profile.api_url}; profile saved in {path}")
 
 
+TEMPLATE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def submit(
     scene: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="the .blend file")
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="the .blend file, or an OpenJD job template (.yaml, .yml, .json)",
+        ),
     ],
-    frames: Annotated[str, typer.Option(help="frames to render: 1-250, 1-100x2, 1,5,9")],
+    frames: Annotated[
+        str | None, typer.Option(help="frames to render: 1-250, 1-100x2, 1,5,9 (a scene's)")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="a template's job parameter, NAME=VALUE (repeatable)"),
+    ] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="frames per chunk")] = 1,
     engine: Annotated[
         str | None, typer.Option(help="CYCLES, BLENDER_EEVEE_NEXT or BLENDER_WORKBENCH")
@@ -621,7 +638,14 @@ def submit(
     key: KeyOption = None,
 ) -> None:
     """Send a Blender scene and the files it needs (only those the farm lacks), then
-    submit a job rendering it."""
+    submit a job rendering it; or submit an OpenJD job template with its parameters
+    (``-p NAME=VALUE``): a job per step."""
+    if scene.suffix.lower() in TEMPLATE_SUFFIXES:
+        terms = {"chunk_size": chunk_size, "priority": priority, "pool": pool}
+        submit_template(scene, param or [], terms, wait, api, key)
+        return
+    if frames is None:
+        _fail("give the frames to render: --frames 1-250", 2)
     size = parse_resolution(resolution) if resolution else None
     with _api(api, key) as client:
         found = find_scene_files(scene, project)
@@ -658,6 +682,38 @@ def submit(
         if wait:
             ended = watch_job(client, job["id"])
             raise typer.Exit(0 if ended["state"] == "done" else 1)
+
+
+def submit_template(
+    path: Path,
+    params: list[str],
+    terms: dict[str, Any],
+    wait: bool,
+    api: str | None,
+    key: str | None,
+) -> None:
+    """Submit the template in ``path`` (its text: YAML or JSON) with these parameters;
+    with ``wait``, watch its steps' jobs in order."""
+    parameters: dict[str, str] = {}
+    for text in params:
+        name, equals, value = text.partition("=")
+        if not equals or not name.strip():
+            _fail(f"-p {text}: write NAME=VALUE", 2)
+        parameters[name.strip()] = value
+    try:
+        document = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        _fail(f"{path}: {error}", 2)
+    body = {"template": document, "parameters": parameters}
+    body |= {name: value for name, value in terms.items() if value is not None}
+    with _api(api, key) as client:
+        template = client.call("POST", "/v1/templates", json=body)
+        typer.echo(f"template {template['id']} submitted: {template['name']}")
+        for job in template["jobs"]:
+            typer.echo(f"  job {job['id']}: {job['name']}, {job['frame_count']} tasks")
+        if wait:
+            ended = [watch_job(client, job["id"])["state"] for job in template["jobs"]]
+            raise typer.Exit(0 if all(state == "done" for state in ended) else 1)
 
 
 def jobs(

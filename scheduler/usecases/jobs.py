@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from scheduler.core.bounds import COUNT_MAX, FRAME_MAX, FRAME_MIN
 from scheduler.core.chunks import plan_rows
-from scheduler.core.frames import FrameSpecError, parse_frame_runs
+from scheduler.core.frames import FrameRange, FrameSpecError, parse_frame_runs
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import (
     ApiKey,
@@ -42,6 +42,7 @@ from scheduler.db import (
     NodeRow,
     Studio,
     Subscription,
+    TemplateRow,
 )
 from scheduler.db.engine import read_only, reads_never_wait, single_statements
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
@@ -49,7 +50,8 @@ from scheduler.errors import Conflict, InvalidRequest, NotFound, TooMany, Unauth
 from scheduler.settings import Settings
 from scheduler.usecases.billing import EnergyTotals, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_job, load_progress
-from scheduler.usecases.submissions import JobRequest
+from scheduler.usecases.submissions import JobRequest, JobTerms
+from scheduler.usecases.templates import TemplateRequest, plan_template
 from scheduler.wire.messages import attempt_log_path
 from scheduler.wire.progress import FrameProgress, progress_board
 
@@ -70,6 +72,14 @@ class JobDetail:
     progress: JobProgress  # with the bill so far (its energy)
     depends_on: list[int] = field(default_factory=list)
     currency: str = "CNY"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateDetail:
+    """An OpenJD template's submission and its jobs, one per step in the template's order."""
+
+    template: TemplateRow
+    jobs: list[JobDetail]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +117,17 @@ class StudioService:
     # Studios and keys ------------------------------------------------------------------
 
     def create_studio(
-        self, name: str, weight: float = 1.0, allow_scene_scripts: bool = False
+        self,
+        name: str,
+        weight: float = 1.0,
+        allow_scene_scripts: bool = False,
+        allow_templates: bool | None = None,
     ) -> tuple[Studio, str]:
-        """A new studio and its first key; the key is returned once and stored hashed."""
+        """A new studio and its first key; the key is returned once and stored hashed.
+        Whether it may submit OpenJD templates: as asked, else the farm's default
+        (``Settings.templates_for_new_studios``)."""
+        if allow_templates is None:
+            allow_templates = self.settings.templates_for_new_studios
         name = name.strip()
         if not name or len(name) > 100:
             raise InvalidRequest("name", "a studio name has 1 to 100 characters")
@@ -120,6 +138,7 @@ class StudioService:
                 name=name,
                 weight=weight,
                 allow_scene_scripts=allow_scene_scripts,
+                allow_templates=allow_templates,
                 created_at=self.clock(),
             )
             session.add(studio)
@@ -160,6 +179,11 @@ class StudioService:
         """An operator allows (or forbids) the scripts inside a studio's scenes to run, for
         the jobs that ask (``allow_scripts``); the farm's switch must allow them too."""
         return self._update_studio(studio_name, allow_scene_scripts=allowed)
+
+    def set_templates(self, studio_name: str, allowed: bool) -> Studio:
+        """An operator allows (or forbids) a studio to submit OpenJD templates, whose
+        commands its nodes run (as ``RENDERFARM_RUN_AS``'s user, where set)."""
+        return self._update_studio(studio_name, allow_templates=allowed)
 
     def set_quota(
         self,
@@ -294,77 +318,16 @@ class StudioService:
             runs = parse_frame_runs(request.frames, max_frames=self.settings.max_frames_per_job)
         except FrameSpecError as error:
             raise InvalidRequest("frames", str(error)) from None
-        if request.chunk_size > self.settings.max_chunk_size:
-            raise InvalidRequest(
-                "chunk_size", f"at most {self.settings.max_chunk_size} frames per chunk"
-            )
-        now = self.clock()
-        frame_count = sum(len(run) for run in runs)
-        # A few rows whatever the job's size: its first chunks, then blocks that the
-        # scheduler cuts as it dispatches (scheduler/core/chunks.py).
-        rows = plan_rows(runs, request.chunk_size, CHUNKS_CUT_AT_SUBMISSION)
+        self._check_chunk_size(request.chunk_size)
         with Session(self.engine) as session:
-            pools = self.known_pools(session)
-            if request.pool not in pools:
-                raise InvalidRequest(
-                    "pool", f"unknown pool {request.pool!r}; known pools: {sorted(pools)}"
-                )
-            for dependency in set(request.depends_on):
-                other = session.get(JobRow, dependency)
-                if other is None or other.studio_id != studio_id:
-                    raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
+            self._check_pool(session, request.pool)
+            self._check_depends_on(session, studio_id, request.depends_on)
             if getattr(request.renderer, "allow_scripts", False):
                 self._check_scene_scripts(session, studio_id)
-            self._check_quota(session, studio_id, frame_count)
-            if request.manifest is not None:
-                manifest = session.get(ManifestRow, request.manifest)
-                if manifest is None or manifest.studio_id != studio_id:
-                    raise InvalidRequest(
-                        "manifest", f"no manifest {request.manifest} of this studio"
-                    )
-            if request.limits:
-                known = set(session.exec(select(Limit.name)).all())
-                unknown = sorted(set(request.limits) - known)
-                if unknown:
-                    raise InvalidRequest(  # (the farm's other limits are not a studio's to list)
-                        "limits", f"unknown limit(s) {unknown}: ask the farm's operator"
-                    )
-            job = JobRow.model_validate(
-                request.columns(),
-                update={
-                    "studio_id": studio_id,
-                    "frames": ",".join(map(str, runs)),
-                    "frame_count": frame_count,
-                    "max_attempts": request.max_attempts or self.settings.default_max_attempts,
-                    "timeout": request.timeout or self.settings.frame_timeout,
-                    "state": JobState.QUEUED,
-                    "submitted_at": now,
-                },
-            )
-            session.add(job)
-            session.flush()
-            assert job.id is not None
-            for dependency in sorted(set(request.depends_on)):
-                session.add(JobDependency(job_id=job.id, depends_on=dependency))
-            session.execute(
-                insert(ChunkRow),
-                [
-                    {
-                        "job_id": job.id,
-                        "position": row.position,
-                        "pool": request.pool,
-                        "first_frame": row.frames.start,
-                        "last_frame": row.frames.end,
-                        "step": row.frames.step,
-                        "frame_count": len(row.frames),
-                        "chunks": row.chunks,
-                        "state": ChunkState.QUEUED,
-                        "attempts": 0,
-                        "retry_base": 0,
-                        "failures": 0,
-                    }
-                    for row in rows
-                ],
+            self._check_quota(session, studio_id, sum(len(run) for run in runs))
+            self._check_files_and_limits(session, studio_id, request)
+            job = self._insert_job(
+                session, studio_id, request.columns(), runs, sorted(set(request.depends_on))
             )
             if keep is not None:
                 keep(session, self._detail(session, job))
@@ -372,12 +335,149 @@ class StudioService:
             session.refresh(job)
             return job
 
+    def submit_template(
+        self,
+        studio_id: int,
+        request: TemplateRequest,
+        keep: Callable[[Session, TemplateDetail], None] | None = None,
+    ) -> TemplateDetail:
+        """Create an OpenJD template's jobs, one per step (scheduler/usecases/templates.py),
+        with their chunks and the dependencies between them, in one transaction, or
+        nothing; ``keep`` as for ``submit_job``. A step that depends on no other step
+        waits for the request's ``depends_on``."""
+        self._check_chunk_size(request.chunk_size)
+        with Session(self.engine) as session:
+            self._check_templates_allowed(session, studio_id)
+            name, steps = plan_template(request, self.settings.max_frames_per_job)
+            self._check_pool(session, request.pool)
+            self._check_depends_on(session, studio_id, request.depends_on)
+            self._check_quota(
+                session, studio_id, sum(step.frame_count for step in steps), jobs=len(steps)
+            )
+            self._check_files_and_limits(session, studio_id, request)
+            template = TemplateRow(
+                studio_id=studio_id,
+                name=name[:200],
+                parameters=dict(request.parameters),
+                submitted_at=self.clock(),
+            )
+            session.add(template)
+            session.flush()
+            jobs: list[JobRow] = []
+            for step in steps:
+                after = [jobs[i].id for i in step.after]  # a step comes after those it needs
+                columns = {**step.columns(request), "template_id": template.id}
+                depends_on = sorted(set(request.depends_on)) if not step.after else []
+                jobs.append(self._insert_job(session, studio_id, columns, step.runs, depends_on))
+                for other in after:
+                    assert other is not None and jobs[-1].id is not None
+                    session.add(JobDependency(job_id=jobs[-1].id, depends_on=other))
+            session.flush()
+            if keep is not None:
+                keep(session, self._template_detail(session, template))
+            session.commit()
+            return self._template_detail(session, template)  # read afresh, as committed
+
+    def _check_templates_allowed(self, session: Session, studio_id: int) -> None:
+        """A template's commands run on the nodes as the studio wrote them: only a
+        studio an operator allowed submits templates (a 422 that says how)."""
+        studio = session.get(Studio, studio_id)
+        if studio is None or not studio.allow_templates:
+            name = studio.name if studio is not None else studio_id
+            raise InvalidRequest(
+                "template",
+                f"studio {name!r} may not submit OpenJD templates: an operator must allow "
+                f"them first (renderfarm studio templates {shlex.quote(str(name))} --allow)",
+            )
+
+    def _check_chunk_size(self, chunk_size: int) -> None:
+        if chunk_size > self.settings.max_chunk_size:
+            raise InvalidRequest(
+                "chunk_size", f"at most {self.settings.max_chunk_size} frames per chunk"
+            )
+
+    def _check_pool(self, session: Session, pool: str) -> None:
+        pools = self.known_pools(session)
+        if pool not in pools:
+            raise InvalidRequest("pool", f"unknown pool {pool!r}; known pools: {sorted(pools)}")
+
+    def _check_depends_on(self, session: Session, studio_id: int, jobs: Iterable[int]) -> None:
+        for dependency in set(jobs):
+            other = session.get(JobRow, dependency)
+            if other is None or other.studio_id != studio_id:
+                raise InvalidRequest("depends_on", f"no job {dependency} of this studio")
+
+    def _check_files_and_limits(self, session: Session, studio_id: int, terms: JobTerms) -> None:
+        if terms.manifest is not None:
+            manifest = session.get(ManifestRow, terms.manifest)
+            if manifest is None or manifest.studio_id != studio_id:
+                raise InvalidRequest("manifest", f"no manifest {terms.manifest} of this studio")
+        if terms.limits:
+            known = set(session.exec(select(Limit.name)).all())
+            unknown = sorted(set(terms.limits) - known)
+            if unknown:
+                raise InvalidRequest(  # (the farm's other limits are not a studio's to list)
+                    "limits", f"unknown limit(s) {unknown}: ask the farm's operator"
+                )
+
+    def _insert_job(
+        self,
+        session: Session,
+        studio_id: int,
+        columns: dict[str, Any],
+        runs: list[FrameRange],
+        depends_on: list[int],
+    ) -> JobRow:
+        """A job of these columns, its dependencies and its first chunks (a few rows
+        whatever its size: the scheduler cuts the rest from blocks as it dispatches,
+        scheduler/core/chunks.py). The caller checked the columns."""
+        job = JobRow.model_validate(
+            columns,
+            update={
+                "studio_id": studio_id,
+                "frames": ",".join(map(str, runs)),
+                "frame_count": sum(len(run) for run in runs),
+                "max_attempts": columns.get("max_attempts") or self.settings.default_max_attempts,
+                "timeout": columns.get("timeout") or self.settings.frame_timeout,
+                "state": JobState.QUEUED,
+                "submitted_at": self.clock(),
+            },
+        )
+        session.add(job)
+        session.flush()
+        assert job.id is not None
+        for dependency in depends_on:
+            session.add(JobDependency(job_id=job.id, depends_on=dependency))
+        rows = plan_rows(runs, job.chunk_size, CHUNKS_CUT_AT_SUBMISSION)
+        session.execute(
+            insert(ChunkRow),
+            [
+                {
+                    "job_id": job.id,
+                    "position": row.position,
+                    "pool": job.pool,
+                    "first_frame": row.frames.start,
+                    "last_frame": row.frames.end,
+                    "step": row.frames.step,
+                    "frame_count": len(row.frames),
+                    "chunks": row.chunks,
+                    "state": ChunkState.QUEUED,
+                    "attempts": 0,
+                    "retry_base": 0,
+                    "failures": 0,
+                }
+                for row in rows
+            ],
+        )
+        return job
+
     # Reading ---------------------------------------------------------------------------
 
-    def _check_quota(self, session: Session, studio_id: int, frames: int) -> None:
-        """Refuse (429) a job past the studio's bounds on unfinished jobs and queued
-        frames. The studio's row is locked first, so that simultaneous submissions
-        count each other (PostgreSQL; SQLite runs one writer at a time)."""
+    def _check_quota(self, session: Session, studio_id: int, frames: int, jobs: int = 1) -> None:
+        """Refuse (429) ``jobs`` new jobs of ``frames`` in all past the studio's bounds
+        on unfinished jobs and queued frames. The studio's row is locked first, so that
+        simultaneous submissions count each other (PostgreSQL; SQLite runs one writer
+        at a time)."""
         studio = session.exec(select(Studio).where(Studio.id == studio_id).with_for_update()).one()
         if studio.max_queued_jobs is not None:
             unfinished = session.exec(
@@ -388,10 +488,11 @@ class StudioService:
                     col(JobRow.state).not_in([s.value for s in JobState if s.is_final]),
                 )
             ).one()
-            if unfinished + 1 > studio.max_queued_jobs:
+            if unfinished + jobs > studio.max_queued_jobs:
                 raise TooMany(
                     f"this studio has {unfinished} unfinished jobs, its quota is "
-                    f"{studio.max_queued_jobs}: submit once some are done",
+                    f"{studio.max_queued_jobs}: {jobs} more do not fit; submit once some "
+                    "are done",
                     QUOTA_RETRY_SECONDS,
                 )
         if studio.max_queued_frames is not None:
@@ -618,6 +719,78 @@ class StudioService:
         session.commit()
         session.refresh(job)
         return self._detail(session, job)
+
+    def get_template(self, studio_id: int, template_id: int) -> TemplateDetail:
+        with self._reading() as session:
+            return self._template_detail(
+                session, self._own_template(session, studio_id, template_id)
+            )
+
+    def list_templates(
+        self, studio_id: int, limit: int, offset: int
+    ) -> tuple[list[TemplateDetail], int]:
+        """The studio's templates, the latest first, each with its jobs."""
+        with self._reading() as session:
+            mine = TemplateRow.studio_id == studio_id
+            total = session.exec(select(func.count()).select_from(TemplateRow).where(mine)).one()
+            templates = session.exec(
+                select(TemplateRow)
+                .where(mine)
+                .order_by(col(TemplateRow.id).desc())
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return [self._template_detail(session, t) for t in templates], total
+
+    def cancel_template(self, studio_id: int, template_id: int) -> TemplateDetail:
+        """Cancel every unfinished job of the template (as ``cancel_job`` does each)."""
+        with Session(self.engine) as session:
+            template = self._own_template(session, studio_id, template_id)
+            ids = session.exec(select(JobRow.id).where(JobRow.template_id == template_id)).all()
+            jobs = [
+                job for job in lock_jobs(session, [i for i in ids if i is not None])
+                if not JobState(job.state).is_final
+            ]  # fmt: skip
+            if not jobs:
+                raise Conflict(f"template {template_id}'s jobs are all finished already")
+            for job in jobs:
+                move_chunks(
+                    session,
+                    ChunkState.CANCELLED,
+                    (ChunkState.QUEUED, ChunkState.DISPATCHED, ChunkState.RUNNING),
+                    job=job.id,
+                    values={"finished_at": self.clock()},
+                )
+                job.cancelled = True
+                session.add(job)
+            session.flush()
+            refresh_job_states(session, jobs, self.clock())
+            session.commit()
+            return self._template_detail(session, template)
+
+    def _own_template(self, session: Session, studio_id: int, template_id: int) -> TemplateRow:
+        template = session.get(TemplateRow, template_id)
+        if template is None or template.studio_id != studio_id:
+            raise NotFound(f"no template {template_id}")
+        return template
+
+    def _template_detail(self, session: Session, template: TemplateRow) -> TemplateDetail:
+        jobs = list(
+            session.exec(
+                select(JobRow).where(JobRow.template_id == template.id).order_by(col(JobRow.id))
+            )
+        )
+        ids = [job.id for job in jobs if job.id is not None]
+        progress = load_progress(session, jobs)
+        deps = _dependencies_of(session, ids)
+        return TemplateDetail(
+            template,
+            [
+                JobDetail(job, progress[job.id], deps.get(job.id, []), self.settings.currency)
+                for job in jobs
+                if job.id is not None
+            ],
+        )
 
     def _detail(self, session: Session, job: JobRow) -> JobDetail:
         assert job.id is not None

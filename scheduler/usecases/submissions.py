@@ -112,26 +112,15 @@ class NodeRequirements(BaseModel):
         )
 
 
-class JobFields(BaseModel, Generic[RendererT]):
-    """A job's fields as a studio submits them: each declared once, with its type, range
-    and meaning. ``JobRequest`` (the API's JobCreate) accepts them; the API's JobPublic
-    shows them as stored, beside what the farm adds. Requests forbid unknown fields, so
-    a typo ("priorty") is an error naming the field instead of an ignored setting.
-    """
+class JobTerms(BaseModel):
+    """How the farm runs a job's chunks, whatever makes them: the fields a job
+    (``JobFields``) and an OpenJD template's jobs (``TemplateRequest``) share."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Text = Field(min_length=1, max_length=NAME_MAX)
-    frames: Text = Field(
-        min_length=1,
-        max_length=FRAME_SPEC_MAX,
-        description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
-        examples=["1-240"],
-    )
     chunk_size: Count = Field(1, description="frames per chunk (one renderer command)")
     priority: Priority = 50
     pool: Label = "cpu"
-    renderer: RendererT
     max_attempts: int | None = Field(None, ge=1, le=100)
     max_failed_frames: Count | None = Field(
         None, description="stop the job once this many frames failed every attempt"
@@ -147,20 +136,37 @@ class JobFields(BaseModel, Generic[RendererT]):
         max_length=16,
         description="named farm-wide limits (licences) each chunk takes one of",
     )
-    requirements: NodeRequirements = Field(default_factory=NodeRequirements)
     depends_on: list[RowRef] = Field(
         default_factory=list, max_length=32, description="jobs of this studio to wait for"
-    )
-    dependency: DependencyMode = Field(
-        DependencyMode.JOB, description="job: start when they are done; frame: frame by frame"
-    )
-    on_dependency_failure: OnDependencyFailure = Field(
-        OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
     )
     manifest: RowRef | None = Field(
         None,
         description="the files the job needs, laid out in its folder on every node "
         "(POST /v1/manifests); the renderer's paths are relative to that folder",
+    )
+
+
+class JobFields(JobTerms, Generic[RendererT]):
+    """A job's fields as a studio submits them: each declared once, with its type, range
+    and meaning. ``JobRequest`` (the API's JobCreate) accepts them; the API's JobPublic
+    shows them as stored, beside what the farm adds. Requests forbid unknown fields, so
+    a typo ("priorty") is an error naming the field instead of an ignored setting.
+    """
+
+    name: Text = Field(min_length=1, max_length=NAME_MAX)
+    frames: Text = Field(
+        min_length=1,
+        max_length=FRAME_SPEC_MAX,
+        description="frames to render: 1-240, 1-100x2,150, 1,5,9 or OpenJD 1-100:2",
+        examples=["1-240"],
+    )
+    renderer: RendererT
+    requirements: NodeRequirements = Field(default_factory=NodeRequirements)
+    dependency: DependencyMode = Field(
+        DependencyMode.JOB, description="job: start when they are done; frame: frame by frame"
+    )
+    on_dependency_failure: OnDependencyFailure = Field(
+        OnDependencyFailure.WAIT, description="wait (visibly) or fail when one of them fails"
     )
 
 
@@ -209,9 +215,18 @@ class JobRequest(JobFields[RendererSpec]):
         ignores the other columns. ``depends_on`` is not a column: the caller adds it."""
         return {
             **job.model_dump(),
-            "renderer": {"kind": job.renderer, **job.renderer_settings},
+            "renderer": _renderer_shown(job),
             "limits": list(job.limits or ()),
             "dependency": job.dependency_mode,
             "requirements": NodeRequirements.of(job),
             "manifest": job.manifest_id,
         }
+
+
+def _renderer_shown(job: JobRow) -> dict[str, Any]:
+    """A job's renderer as the studio reads it: kind and settings; an OpenJD step's
+    without its template, which its template's page shows once (GET /v1/templates/ID)."""
+    if job.renderer == "openjd":
+        shown = {k: v for k, v in job.renderer_settings.items() if k != "template"}
+        return {"kind": job.renderer, **shown}
+    return {"kind": job.renderer, **job.renderer_settings}

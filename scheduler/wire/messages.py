@@ -165,6 +165,9 @@ class NodeReport:
     region: str = ""
     energy_method: str | None = None  # None: the node does not meter energy
     power_watts: float = 0.0  # IT power over the node's last sampling interval
+    # For OpenJD's hostRequirements: {"amounts": {name: number}, "attributes": {name:
+    # [values]}}, detected at start and given by the operator (workers/node.py).
+    capabilities: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,8 +15,8 @@ A step's tasks are numbered:
   across its versions, so a task's parameters are computed where the job's chunks are
   dispatched (``tasks_of``), from the template stored with the job, never on a node.
 
-``hostRequirements`` are kept as OpenJD states them (``HostRequirements``) and matched
-against what a node reports with ``HostRequirements.met_by``.
+``hostRequirements`` are kept as OpenJD states them (``HostRequirements``, in the pure
+core's placement, which matches them against what each node reports of itself).
 
 No I/O: openjd-model and PyYAML. In ``wire``, not the pure core (openjd-model is built
 on pydantic): the scheduler plans and dispatches with it, and the nodes read templates.
@@ -25,9 +25,10 @@ on pydantic): the scheduler plans and dispatches with it, and the nodes read tem
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -44,6 +45,7 @@ from openjd.model import (
 )
 
 from scheduler.core.frames import FrameSpecError, format_frame_spec, parse_frame_runs
+from scheduler.core.placement import GPUS, MEMORY_MIB, MIB, VCPU, HostRequirements, lower
 
 SUPPORTED_EXTENSIONS = ("TASK_CHUNKING",)
 _TEMPLATE_DIR = PurePosixPath("/")  # templates reach the farm as documents, not files
@@ -151,36 +153,6 @@ def _text(value: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class HostRequirements:
-    """A step's ``hostRequirements``: amounts as [min, max] (max None: unbounded) and
-    attributes as any-of and all-of value sets, by capability name."""
-
-    amounts: Mapping[str, tuple[Decimal, Decimal | None]] = field(default_factory=dict)
-    any_of: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    all_of: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-    def met_by(self, amounts: Mapping[str, float], attributes: Mapping[str, Iterable[str]]) -> bool:
-        """Whether a host with these capabilities may run the step: every amount within
-        its bounds (a host that does not report one has none of it), every attribute
-        with one of ``any_of`` and all of ``all_of`` (values compared in lower case, as
-        OpenJD writes its standard ones: ``linux``, ``x86_64``)."""
-        for name, (low, high) in self.amounts.items():
-            have = Decimal(str(amounts.get(name, 0)))
-            if have < low or (high is not None and have > high):
-                return False
-        for name, wanted in self.any_of.items():
-            if not wanted & _values(attributes.get(name, ())):
-                return False
-        return all(
-            wanted <= _values(attributes.get(name, ())) for name, wanted in self.all_of.items()
-        )
-
-
-def _values(found: Iterable[str]) -> frozenset[str]:
-    return frozenset(value.lower() for value in found)
-
-
-@dataclass(frozen=True, slots=True)
 class StepPlan:
     """A step as the farm schedules it: a job of its own whose frames are the step's
     task numbers (``numbering``), cut into chunks of ``chunk_size``."""
@@ -256,14 +228,26 @@ def _requirements(host: Any) -> HostRequirements:
         return HostRequirements()
     amounts = {
         a.name: (
-            Decimal(a.min if a.min is not None else 0),
-            None if a.max is None else Decimal(a.max),
+            float(a.min if a.min is not None else 0),
+            None if a.max is None else float(a.max),
         )
         for a in host.amounts or ()
     }
-    any_of = {a.name: _values(a.anyOf) for a in host.attributes or () if a.anyOf}
-    all_of = {a.name: _values(a.allOf) for a in host.attributes or () if a.allOf}
+    any_of = {a.name: lower(a.anyOf) for a in host.attributes or () if a.anyOf}
+    all_of = {a.name: lower(a.allOf) for a in host.attributes or () if a.allOf}
     return HostRequirements(amounts, any_of, all_of)
+
+
+def minimums(needs: HostRequirements) -> tuple[int, int, int]:
+    """The cores, memory (bytes) and GPUs a step needs at least, as the farm's own
+    requirements of a job state them (what its page shows; placement matches all of
+    ``needs`` besides)."""
+    low = {name: low for name, (low, _high) in needs.amounts.items()}
+    return (
+        math.ceil(low.get(VCPU, 0)),
+        math.ceil(low.get(MEMORY_MIB, 0) * MIB),
+        math.ceil(low.get(GPUS, 0)),
+    )
 
 
 TaskParameters = dict[str, tuple[str, str]]  # name -> (OpenJD type, value as text)

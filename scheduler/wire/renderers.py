@@ -162,14 +162,17 @@ def field_error(model: BaseModel, loc: tuple[str | int, ...], message: str) -> V
 
 class OpenJdRenderer(RendererSettings):
     """A step of an Open Job Description template (scheduler/wire/openjd.py), run on the
-    node in an openjd-sessions Session. Not in ``AnyRenderer`` yet: studios will submit
-    templates, not these settings, and the scheduler gives each chunk its tasks
-    (``ChunkMessage.tasks``)."""
+    node in an openjd-sessions Session. Not in ``AnyRenderer``: studios submit templates
+    (POST /v1/templates), which make these settings for each step's job, and the
+    scheduler gives each chunk its tasks (``ChunkMessage.tasks``)."""
 
     kind: Literal["openjd"]
-    template: dict[str, Any] = Field(description="the job template, as a JSON object")
+    template: dict[str, Any] | str = Field(
+        description="the job template: a JSON object, or its YAML text"
+    )
     parameters: dict[str, str] = Field(default_factory=dict, description="job parameter values")
     step: int = Field(0, ge=0, description="the step's position in the template")
+    step_name: str = Field("", description="the step's name")
 
 
 AnyRenderer = BuiltinRenderer | NoopRenderer | BlenderRenderer  # the registry

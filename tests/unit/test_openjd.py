@@ -4,7 +4,6 @@ the tasks openjd-model's own StepParameterSpaceIterator yields; errors say where
 from __future__ import annotations
 
 from collections import Counter
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,8 +11,8 @@ from openjd.model import StepParameterSpaceIterator
 
 from scheduler.core.chunks import plan_chunks
 from scheduler.core.frames import parse_frame_spec
+from scheduler.core.placement import HostRequirements
 from scheduler.wire.openjd import (
-    HostRequirements,
     Problem,
     StepTasks,
     TemplateError,
@@ -289,7 +288,7 @@ def test_host_requirements_as_a_table(requirements: dict[str, Any], met: bool) -
 
 def test_custom_capabilities_are_matched_by_name() -> None:
     wanted = HostRequirements(
-        amounts={"amount.studio.licences": (Decimal(2), None)},
+        amounts={"amount.studio.licences": (2.0, None)},
         all_of={"attr.studio.apps": frozenset({"houdini", "nuke"})},
     )
     assert wanted.met_by({"amount.studio.licences": 3}, {"attr.studio.apps": ["Nuke", "houdini"]})
