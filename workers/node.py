@@ -135,6 +135,9 @@ def operator_capabilities(
 def _named(text: str, prefix: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
     name = name.strip()
+    other = "attr" if prefix == "amount" else "amount"
+    if name.startswith(other + "."):
+        raise ValueError(f"--{prefix} {text}: {name} is an {other}: give it with --{other}")
     if not name.startswith(prefix + "."):
         name = f"{prefix}.{name}"
     if not equals or not _CAPABILITY.fullmatch(name) or not name.startswith(prefix + "."):

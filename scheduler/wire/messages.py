@@ -387,7 +387,12 @@ def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
         region=_field(data, "region", where, _is_str, "a string", ""),
         energy_method=_field(data, "energy_method", where, _is_str, "a string", None, True),
         power_watts=_field(data, "power_watts", where, _is_number, "a number", 0.0),
+        capabilities=_field(data, "capabilities", where, _is_dict, "an object", {}),
     )
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
 
 
 def _field(

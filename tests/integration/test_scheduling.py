@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import pytest
 import redis
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import NotFound
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.templates import TemplateRequest
 from scheduler.wire.broker import CeleryBroker
 from scheduler.wire.celery_app import make_celery
 from scheduler.wire.events import EventConsumer, EventPublisher
@@ -194,31 +195,68 @@ def test_a_jobs_one_statement_read_agrees_with_the_listing(
         studios.get_job(studio_id, job_id + 1)
 
 
-def test_an_openjd_steps_chunks_carry_their_tasks(
-    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
-) -> None:
-    # Until templates are submitted over the API, the step's job row is written here.
-    job_id = submit(studios, studio_id, "1-4", chunk_size=2)
-    step = {
-        "name": "Render",
+def _template(*steps: dict[str, Any]) -> TemplateRequest:
+    document = {"specificationVersion": "jobtemplate-2023-09", "name": "t", "steps": list(steps)}
+    return TemplateRequest.model_validate({"template": document, "chunk_size": 2})
+
+
+def _step(name: str, **more: Any) -> dict[str, Any]:
+    return {
+        "name": name,
         "parameterSpace": {
             "taskParameterDefinitions": [{"name": "F", "type": "INT", "range": "1-4"}]
         },
         "script": {"actions": {"onRun": {"command": "true", "args": ["{{Task.Param.F}}"]}}},
+        **more,
     }
-    template = {"specificationVersion": "jobtemplate-2023-09", "name": "t", "steps": [step]}
-    with Session(engine) as session:
-        job = session.get(JobRow, job_id)
-        assert job is not None
-        job.renderer, job.renderer_settings = "openjd", {"template": template, "step": 0}
-        session.add(job)
-        session.commit()
+
+
+def test_an_openjd_steps_chunks_carry_their_tasks(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    studios.set_templates("pixar-east", True)
+    studios.submit_template(studio_id, _template(_step("Render")))
     scheduler.ingest([heartbeat(slots=2)])
     sent = sorted(scheduler.dispatch_tick(), key=lambda m: m.frames)
     assert [m.tasks for m in sent] == [
         [{"frames": [f], "parameters": {"F": ["INT", str(f)]}} for f in m.frames] for m in sent
     ]
     assert [m.frames for m in sent] == [[1, 2], [3, 4]]
+    assert {m.renderer for m in sent} == {"openjd"}
+
+
+def test_an_openjd_step_goes_to_the_nodes_whose_capabilities_meet_its_host_requirements(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    studios.set_templates("pixar-east", True)
+    needs = {
+        "amounts": [{"name": "amount.studio.licences", "min": 1}],
+        "attributes": [{"name": "attr.worker.os.family", "anyOf": ["windows"]}],
+    }
+    [detail] = studios.submit_template(
+        studio_id, _template(_step("Comp", hostRequirements=needs))
+    ).jobs
+    assert detail.job.id is not None
+    linux = {
+        "amounts": {"amount.studio.licences": 2},
+        "attributes": {"attr.worker.os.family": ["linux"]},
+    }
+    scheduler.ingest([heartbeat("linux-node", slots=2, capabilities=linux)])
+    assert scheduler.dispatch_tick() == []
+    message = studios.get_job(studio_id, detail.job.id).job.message or ""
+    assert message.startswith(
+        "no live node of pool cpu has amount.studio.licences 1+, "
+        "attr.worker.os.family one of ['windows']"
+    ), message
+    unlicensed = {"attributes": {"attr.worker.os.family": ["Windows"]}}
+    scheduler.ingest([heartbeat("windows-free", slots=2, capabilities=unlicensed)])
+    assert scheduler.dispatch_tick() == []
+    windows = {"amounts": {"amount.studio.licences": 1}, "attributes": unlicensed["attributes"]}
+    scheduler.ingest([heartbeat("windows-node", slots=1, capabilities=windows)])
+    sent = scheduler.dispatch_tick()
+    assert sent, studios.get_job(studio_id, detail.job.id).job.message
+    assert {m.node for m in sent} == {"windows-node"}
+    assert studios.get_job(studio_id, detail.job.id).job.message is None
 
 
 def test_a_lost_nodes_chunks_go_to_another_node_and_its_late_events_are_ignored(
