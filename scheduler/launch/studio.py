@@ -613,6 +613,15 @@ def submit(
         list[str] | None,
         typer.Option("--param", "-p", help="a template's job parameter, NAME=VALUE (repeatable)"),
     ] = None,
+    attach: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            exists=True,
+            help="a template's files: this folder's files are sent (those the farm lacks) "
+            "and laid out on the nodes; PATH parameters under it are mapped there",
+        ),
+    ] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="frames per chunk")] = 1,
     engine: Annotated[
         str | None, typer.Option(help="CYCLES, BLENDER_EEVEE_NEXT or BLENDER_WORKBENCH")
@@ -642,7 +651,7 @@ def submit(
     (``-p NAME=VALUE``): a job per step."""
     if scene.suffix.lower() in TEMPLATE_SUFFIXES:
         terms = {"chunk_size": chunk_size, "priority": priority, "pool": pool}
-        submit_template(scene, param or [], terms, wait, api, key)
+        submit_template(scene, param or [], attach, terms, wait, api, key)
         return
     if frames is None:
         _fail("give the frames to render: --frames 1-250", 2)
@@ -687,13 +696,15 @@ def submit(
 def submit_template(
     path: Path,
     params: list[str],
+    attach: Path | None,
     terms: dict[str, Any],
     wait: bool,
     api: str | None,
     key: str | None,
 ) -> None:
-    """Submit the template in ``path`` (its text: YAML or JSON) with these parameters;
-    with ``wait``, watch its steps' jobs in order."""
+    """Submit the template in ``path`` (its text: YAML or JSON) with these parameters,
+    and the files of the folder ``attach`` (its path on this machine is the files' root,
+    mapped to the nodes'); with ``wait``, watch its steps' jobs in order."""
     parameters: dict[str, str] = {}
     for text in params:
         name, equals, value = text.partition("=")
@@ -704,9 +715,18 @@ def submit_template(
         document = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         _fail(f"{path}: {error}", 2)
-    body = {"template": document, "parameters": parameters}
+    body: dict[str, Any] = {"template": document, "parameters": parameters}
     body |= {name: value for name, value in terms.items() if value is not None}
     with _api(api, key) as client:
+        if attach is not None:
+            folder = _absolute(attach)
+            files = describe_files(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
+            body["manifest"], sent = send_files(client, files)
+            body["files_root"] = str(folder)
+            typer.echo(
+                f"sent {sent.files} files, {size_text(sent.bytes)}; {sent.unchanged} unchanged "
+                f"(from {folder})"
+            )
         template = client.call("POST", "/v1/templates", json=body)
         typer.echo(f"template {template['id']} submitted: {template['name']}")
         for job in template["jobs"]:

@@ -13,12 +13,20 @@ together or not at all, and read and cancelled as one (``TemplateRow``).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
-from scheduler.core.bounds import text_problem
+from scheduler.core.bounds import PATH_MAX, text_problem
 from scheduler.core.frames import FrameRange, FrameSpecError, parse_frame_runs
 from scheduler.core.placement import HostRequirements
 from scheduler.errors import InvalidRequest
@@ -32,6 +40,7 @@ from scheduler.wire.openjd import (
     plan_steps,
     read_template,
 )
+from scheduler.wire.renderers import field_error
 
 TEMPLATE_MAX = 128 * 1024  # characters of a template (as JSON), stored with each step's job
 PARAMETERS_MAX = 64
@@ -77,6 +86,13 @@ Document = Annotated[
 ]
 
 
+def path_format(root: str) -> str:
+    """OpenJD's name for the kind of path ``root`` is: WINDOWS for ``C:\\x``, ``\\\\host\\x``
+    or a path with backslashes; else POSIX."""
+    windows = re.match(r"^[A-Za-z]:[\\/]", root) or root.startswith("\\\\") or "\\" in root
+    return "WINDOWS" if windows else "POSIX"
+
+
 class TemplateRequest(JobTerms):
     """An OpenJD job template to run, with its job parameters' values and the farm's
     terms for every step's job (``chunk_size``: values per chunk of a step whose tasks
@@ -91,11 +107,33 @@ class TemplateRequest(JobTerms):
         max_length=PARAMETERS_MAX,
         description="the template's job parameter values, by name",
     )
+    files_root: Annotated[Text, StringConstraints(min_length=1, max_length=PATH_MAX)] | None = (
+        Field(
+            None,
+            description="where the manifest's files are on the studio's machines, such as "
+            "/mnt/show/sh010 or C:\\show\\sh010: PATH parameters under it are rewritten "
+            "to where the node lays the files out (OpenJD path mapping); needs a manifest",
+        )
+    )
     tags: list[Tag] = Field(
         default_factory=list,
         max_length=32,
         description="node tags every step requires, besides its hostRequirements",
     )
+
+    @model_validator(mode="after")
+    def _files_root_with_files(self) -> TemplateRequest:
+        root = self.files_root
+        if root is None:
+            return self
+        if self.manifest is None:
+            raise field_error(
+                self, ("files_root",), "it names where a manifest's files are: give one"
+            )
+        windows = path_format(root) == "WINDOWS"
+        if not re.match(r"^([A-Za-z]:\\|\\\\)" if windows else "^/", root):
+            raise field_error(self, ("files_root",), f"an absolute path, not {root!r}")
+        return self
 
 
 # The request's terms that are a step's job's columns as they are.
@@ -166,12 +204,20 @@ def plan_template(request: TemplateRequest, max_frames: int) -> tuple[str, list[
                     "parameters": {k: str(v) for k, v in request.parameters.items()},
                     "step": plan.index,
                     "step_name": plan.name,
+                    **_path_mapping(request.files_root),
                 },
                 host=plan.requirements,
                 after=sorted(position[name] for name in plan.depends_on),
             )
         )
     return job.name, steps
+
+
+def _path_mapping(root: str | None) -> dict[str, Any]:
+    """The settings that map the studio's files root to where a node lays them out."""
+    if root is None:
+        return {}
+    return {"files_root": root, "files_root_format": path_format(root)}
 
 
 def _located(problem: Problem) -> tuple[tuple[str | int, ...], str]:

@@ -173,6 +173,10 @@ class OpenJdRenderer(RendererSettings):
     parameters: dict[str, str] = Field(default_factory=dict, description="job parameter values")
     step: int = Field(0, ge=0, description="the step's position in the template")
     step_name: str = Field("", description="the step's name")
+    files_root: str | None = Field(
+        None, description="the studio's path of the job's files, mapped to the node's"
+    )
+    files_root_format: Literal["POSIX", "WINDOWS"] = "POSIX"
 
 
 AnyRenderer = BuiltinRenderer | NoopRenderer | BlenderRenderer  # the registry

@@ -185,6 +185,18 @@ def test_a_template_as_a_json_object_with_its_tasks_chunked_by_the_template(
         (lambda b: b.update(pool="nowhere"), ["body", "pool"], "unknown pool"),
         (lambda b: b.update(limits=["houdini"]), ["body", "limits"], "unknown limit"),
         (lambda b: b.update(depends_on=[999]), ["body", "depends_on"], "no job 999"),
+        (lambda b: b.update(files_root="/mnt/sh010"), ["body", "files_root"], "give one"),
+        (
+            lambda b: b.update(files_root="sh010", manifest=1),
+            ["body", "files_root"],
+            "an absolute path",
+        ),
+        (
+            lambda b: b.update(files_root="D:show", manifest=1),
+            ["body", "files_root"],
+            "an absolute path",
+        ),
+        (lambda b: b.update(manifest=7), ["body", "manifest"], "no manifest 7"),
     ],
 )
 def test_a_template_that_does_not_hold_is_a_422_at_its_path_and_makes_nothing(
