@@ -19,10 +19,9 @@ from scheduler.core.bounds import BYTES_MAX, PATH_MAX
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState, overall_state
 from scheduler.usecases.billing import EnergyTotals
-from scheduler.usecases.jobs import FrameStatus, JobDetail, TemplateDetail
+from scheduler.usecases.jobs import FrameProgress, FrameStatus, JobDetail, TemplateDetail
 from scheduler.usecases.submissions import Finite, JobFields, JobRequest, Priority, Text
 from scheduler.usecases.templates import TemplateRequest
-from scheduler.wire.progress import FrameProgress
 
 
 class JobCreate(JobRequest):
@@ -220,6 +219,11 @@ class FramePublic(BaseModel):
         "renderer reports (Blender's) or its task's openjd_progress (OpenJD's); null when not "
         "running or unknown",
     )
+    error: str | None = Field(
+        None,
+        description="why the last attempt at it failed (an OpenJD task's openjd_fail line, a "
+        "renderer's exit), while it is not rendered",
+    )
     status_line: str | None = Field(
         None,
         description="what a running frame's renderer last said it is doing (an OpenJD task's "
@@ -247,6 +251,7 @@ class FramePublic(BaseModel):
             log_url=f"{base}/log" if status.log else None,
             progress=progress.fraction if progress is not None else None,
             status_line=progress.status_line if progress is not None else None,
+            error=status.error,
         )
 
 

@@ -33,6 +33,7 @@ from scheduler.core.frames import FrameRange, FrameSpecError, parse_frame_runs
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import (
     ApiKey,
+    AttemptRow,
     ChunkRow,
     FrameResultRow,
     JobDependency,
@@ -53,7 +54,8 @@ from scheduler.usecases.progress import JobProgress, load_job, load_progress
 from scheduler.usecases.submissions import JobRequest, JobTerms
 from scheduler.usecases.templates import TemplateRequest, plan_template
 from scheduler.wire.messages import attempt_log_path
-from scheduler.wire.progress import FrameProgress, progress_board
+from scheduler.wire.progress import FrameProgress as FrameProgress  # the API reads it here
+from scheduler.wire.progress import progress_board
 
 KEY_PREFIX = "rf_"
 
@@ -98,6 +100,7 @@ class FrameStatus:
     facility_joules: float | None = None
     cost: float | None = None
     co2_grams: float | None = None
+    error: str | None = None  # why its chunk's last attempt failed, while not rendered
 
 
 class StudioService:
@@ -589,13 +592,18 @@ class StudioService:
                         )
                     )
                 }
+                errors = _last_errors(session, [chunk for chunk, _ in batch])
                 for chunk, frame in batch:
                     if state is not None and frame in results:
                         continue  # rendered by an earlier attempt: done, not in ``state``
                     if skip:
                         skip -= 1
                         continue
-                    page.append(_frame_status(job_id, chunk, frame, results.get(frame)))
+                    page.append(
+                        _frame_status(
+                            job_id, chunk, frame, results.get(frame), errors.get(chunk.id)
+                        )
+                    )
             return page
 
     def running_progress(
@@ -623,7 +631,8 @@ class StudioService:
                     FrameResultRow.job_id == job_id, FrameResultRow.frame == frame
                 )
             ).first()
-            return _frame_status(job_id, chunk, frame, result)
+            error = _last_errors(session, [chunk]).get(chunk.id)
+            return _frame_status(job_id, chunk, frame, result, error)
 
     def finished_outputs(self, studio_id: int, job_id: int) -> list[tuple[int, str]]:
         """(frame, output file relative to storage) of the job's finished frames that
@@ -858,8 +867,30 @@ def _frames_after(
 ROWS_PAGE = 500  # chunk rows read at a time by a frame listing
 
 
+def _last_errors(session: Session, chunks: Iterable[ChunkRow]) -> dict[int | None, str]:
+    """Why each chunk's last attempt failed, for those whose last attempt did (a chunk
+    queued again after a failure, or failed for good): by chunk id."""
+    last = {chunk.id: chunk.attempts for chunk in chunks if chunk.failures and chunk.id}
+    if not last:
+        return {}
+    rows = session.exec(
+        select(AttemptRow.chunk_id, AttemptRow.number, AttemptRow.error).where(
+            col(AttemptRow.chunk_id).in_(list(last)), AttemptRow.state == "failed"
+        )
+    )
+    return {
+        chunk_id: error
+        for chunk_id, number, error in rows
+        if error is not None and last.get(chunk_id) == number
+    }
+
+
 def _frame_status(
-    job_id: int, chunk: ChunkRow | None, frame: int, result: FrameResultRow | None
+    job_id: int,
+    chunk: ChunkRow | None,
+    frame: int,
+    result: FrameResultRow | None,
+    error: str | None = None,
 ) -> FrameStatus:
     if result is not None:
         return FrameStatus(
@@ -889,6 +920,7 @@ def _frame_status(
         cpu_seconds=None,
         output=None,
         log=attempt_log_path(job_id, chunk.id, chunk.attempts) if chunk.attempts else None,
+        error=error,
     )
 
 

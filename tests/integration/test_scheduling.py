@@ -107,6 +107,8 @@ def test_failures_retry_after_a_pause_up_to_max_attempts_then_fail_the_job(
         [event("started", first), event("failed", first, error="segfault", exit_code=139)]
     )
     assert scheduler.dispatch_tick() == []  # the retry waits 5 s
+    [waiting] = studios.list_frames(studio_id, job_id)
+    assert (waiting.state, waiting.error) == ("queued", "segfault")  # the studio sees why
     clock.now += 5.0
     scheduler.ingest([heartbeat(slots=1)])
     second = scheduler.dispatch_tick()[0]
@@ -116,8 +118,10 @@ def test_failures_retry_after_a_pause_up_to_max_attempts_then_fail_the_job(
     assert detail.job.state == "failed"
     assert "failed every attempt" in (detail.job.message or "")
     assert [a.state for a in rows(engine, AttemptRow)] == ["failed", "failed"]
+    assert studios.frame_status(studio_id, job_id, 1).error == "segfault again"
 
     studios.retry_job(studio_id, job_id)
+    assert studios.frame_status(studio_id, job_id, 1).error is None  # a fresh start
     third = scheduler.dispatch_tick()[0]
     assert third.attempt == 3
     scheduler.ingest([finished(third)])
