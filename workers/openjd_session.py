@@ -14,6 +14,11 @@ environments entered are not exited: a cancelled session runs nothing more. Ever
 process of the session runs in its own process group, which openjd-sessions kills.
 
 The session's own log (its banners, and every line its actions print) goes to ``log``.
+
+``env`` is what the session's actions get on top of the node's environment, where a
+value of None unsets the variable (openjd-sessions starts an action with this
+process's environment plus these, or, as another ``user``, with that user's login
+environment plus these): how the node's secrets are kept from a template.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ class StepSession:
         session_id: str,
         root: Path,
         log: LogOut,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         user: SessionUser | None = None,
         cancel_grace: timedelta = timedelta(seconds=10),
         on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
@@ -106,7 +111,8 @@ class StepSession:
                 job_name=self.job.name,
                 user=self.user,
                 callback=self._callback,
-                os_env_vars=self.env,
+                # None unsets a variable: openjd-sessions' actions take it so
+                os_env_vars=self.env,  # type: ignore[arg-type]
                 session_root_directory=self.root,
             ) as session:
                 with self._lock:

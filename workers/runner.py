@@ -556,7 +556,7 @@ def _render_in_session(
         on_status = functools.partial(_count_task, counts) if counts is not None else None
         try:
             session, tasks = renderer.session(
-                message, root, stamped, renderer_environment(), on_status
+                message, root, stamped, session_environment(), on_status
             )
         except ValueError as error:
             shutil.rmtree(root, ignore_errors=True)
@@ -622,6 +622,24 @@ def _count_task(counts: ChunkProgress, frames: Sequence[int], status: ActionStat
     done = round(min(100.0, max(0.0, percent))) if math.isfinite(percent) else 0
     for frame in frames:
         counts.update(frame, done, 100, status.status_message)
+
+
+# A value that carries a password in a URL (``redis://:secret@host``, ``user:pw@``):
+# a broker's or database's address, whatever the variable's name.
+URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@")
+
+
+def session_environment(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """What an OpenJD session's actions get: the renderer's environment, less values
+    that carry a URL's password; every variable left out is named with None (unset),
+    as openjd-sessions starts an action with this process's environment plus these."""
+    source = os.environ if environ is None else environ
+    kept = {
+        name: value
+        for name, value in renderer_environment(source).items()
+        if not URL_PASSWORD.search(value)
+    }
+    return {**dict.fromkeys(name for name in source if name not in kept), **kept}
 
 
 def _task_reports(task: TaskDone, cpu: float, energy: AttemptMeter) -> list[FrameReport]:

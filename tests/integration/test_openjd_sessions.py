@@ -370,3 +370,43 @@ def test_a_running_tasks_progress_and_status_line_reach_the_board(
     assert not node.is_alive()
     assert isinstance(decode_event(events[-1]), FinishedEvent)
     assert broker.hgetall(PROGRESS_KEY.format(job_id=message.job_id)) == {}  # cleared at the end
+
+
+ENVIRONMENT_TEMPLATE = """
+specificationVersion: jobtemplate-2023-09
+name: Environment
+parameterDefinitions:
+- {name: Out, type: STRING}
+steps:
+- name: Print
+  parameterSpace:
+    taskParameterDefinitions:
+    - {name: Frame, type: INT, range: "1"}
+  script:
+    actions:
+      onRun: {command: sh, args: ["-c", "env | sed 's/^/env: /'"]}
+"""
+
+
+def test_a_sessions_actions_get_none_of_the_nodes_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """openjd-sessions starts an action with the worker's environment plus the session's:
+    the node's credential, the farm's settings and a broker URL with its password must
+    be unset there, not merely left out; what renderers need stays."""
+    secrets = {
+        "RENDERFARM_NODE_TOKEN": "node-token-8c1d0e9f2a7b",
+        "RENDERFARM_BROKER_URL": "redis://:broker-pw-41af@127.0.0.1:6379/0",
+        "CELERY_BROKER_URL": "redis://default:broker-pw-41af@127.0.0.1:6379/0",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-77e0",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OCIO", "/studio/config.ocio")  # a renderer's, which it keeps
+    message = openjd_message(yaml.safe_load(ENVIRONMENT_TEMPLATE), tmp_path, "1")
+    assert run_chunk(message, tmp_path, "node-1", lambda _event: None)
+    log = (tmp_path / message.log_path).read_text()
+    environment = [line for line in log.splitlines() if line.startswith("env: ")]
+    assert "env: OCIO=/studio/config.ocio" in environment, log
+    assert [line for line in environment if line.split("=")[0][5:] in secrets] == []
+    assert not any(value in log for value in secrets.values())

@@ -29,12 +29,13 @@ class OpenJdSessions:
         message: ChunkMessage,
         root: Path,
         log: LogOut,
-        env: dict[str, str],
+        env: dict[str, str | None],
         on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
     ) -> tuple[StepSession, list[Task]]:
         """The chunk's session (not started) and its tasks; ``ValueError`` says why a
         chunk cannot run (its settings, its template, its tasks). ``on_status`` hears
-        its actions' statuses, with their tasks' frames."""
+        its actions' statuses, with their tasks' frames; ``env`` is its commands' (None:
+        unset)."""
         from scheduler.wire.openjd import TemplateError, instantiate, read_template
         from workers.openjd_session import StepSession
 
