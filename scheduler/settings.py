@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     allow_scene_scripts: bool = Field(
         False, description="whether jobs may run the Python scripts inside their scenes"
     )
+    run_as: str | None = Field(
+        None,
+        description="the unprivileged user a node runs OpenJD templates' commands as, "
+        "through sudo (the node refuses to start if it cannot); None: as the node's user",
+    )
     new_studio_templates: bool | None = Field(
         None,
         description="whether a new studio may submit OpenJD templates (an operator changes "

@@ -8,7 +8,8 @@ running. The energy ledger (workers/energy.py) runs in the main process too, and
 render slots reach it over a Unix socket. Blender is looked for once, as the node
 starts (``equip_blender``): the render slots, forked from the main process, render with
 the one it found, and the node advertises its ``blender-<major>.<minor>`` tag. The
-renderers' sandbox is decided then too (``equip_sandbox``, workers/sandbox.py).
+renderers' sandbox is decided then too (``equip_sandbox``, workers/sandbox.py), and
+whom OpenJD templates' commands run as (``equip_run_as``, workers/job_user.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from scheduler.wire.progress import ProgressBoard
 from scheduler.wire.storage import open_storage
 from workers.assets import job_files
 from workers.energy import EnergyLedger, LedgerServer
+from workers.job_user import equip_job_user
 from workers.memory import RENDER_MEMORY
 from workers.meters import choose_meter, gpu_memory_mib, node_power_figures
 from workers.renderers import BLENDER
@@ -204,9 +206,22 @@ def equip_sandbox(settings: Settings, node: NodeConfig) -> None:
     SANDBOX.use(find_sandbox(settings.sandbox, hidden, runtime))
 
 
+def equip_run_as(settings: Settings, node: NodeConfig) -> None:
+    """Whom OpenJD templates' commands run as (``RunAsUnavailable`` if the node cannot
+    run them as ``settings.run_as``, or its own files are open to that user): its data
+    folder, storage root and cache, the ``.env`` beside it, a broker's Unix socket."""
+    files = [Path(".env")]
+    broker = settings.effective_broker_url
+    if broker.startswith("redis+socket://"):
+        files.append(Path(broker.removeprefix("redis+socket://")))
+    folders = [settings.data_dir, settings.storage_root, cache_root(settings, node)]
+    equip_job_user(settings.run_as, folders, files)
+
+
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
     node = equip_blender(settings, node)
     equip_sandbox(settings, node)
+    equip_run_as(settings, node)
     equip_memory(settings, node)
     app = make_celery(settings, main=f"renderfarm-node-{node.name}")
     answer_active_readably()  # `celery inspect active` shows "job 12 chunk 345 ..."

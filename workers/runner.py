@@ -44,7 +44,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +69,7 @@ from scheduler.wire.messages import (
 from scheduler.wire.progress import TIMEOUT as PROGRESS_TIMEOUT
 from scheduler.wire.progress import Board, ChunkProgress
 from workers.assets import FetchError, JobFiles, Outputs, open_written
+from workers.job_user import JOB_USER
 from workers.memory import (
     RENDER_MEMORY,
     out_of_memory_message,
@@ -544,20 +544,23 @@ def _render_in_session(
 
     log_path = storage / message.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="renderfarm-openjd-"))
+    try:
+        root = renderer.session_root()
+    except OSError as error:
+        raise RenderFailed(f"openjd: {error}") from None
     reported: list[FrameReport] = []
     counts = ChunkProgress(progress, message.job_id, message.attempt, node) if progress else None
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(
             f"renderfarm: node {node} attempt {message.attempt} of chunk {message.chunk_id}, "
-            f"tasks {message.frames[0]}..{message.frames[-1]}, in an OpenJD session\n"
+            f"tasks {message.frames[0]}..{message.frames[-1]}, in an OpenJD session"
+            f"{_run_as_words()}\n"
         )
         stamped = _Stamped(log)
         on_status = functools.partial(_count_task, counts) if counts is not None else None
+        env = session_environment(other_user=JOB_USER.user is not None)
         try:
-            session, tasks = renderer.session(
-                message, root, stamped, session_environment(), on_status
-            )
+            session, tasks = renderer.session(message, root, stamped, env, on_status)
         except ValueError as error:
             shutil.rmtree(root, ignore_errors=True)
             raise RenderFailed(f"openjd: {error}") from None
@@ -613,6 +616,12 @@ def _render_in_session(
     return [metered.get(r.frame, r) for r in reported]
 
 
+def _run_as_words() -> str:
+    """For the attempt's log: whom the session's commands run as, if not the node."""
+    user = JOB_USER.user
+    return f" as {user.name}" if user is not None else ""
+
+
 def _count_task(counts: ChunkProgress, frames: Sequence[int], status: ActionStatus) -> None:
     """A task's ``openjd_progress`` (a percentage: ``done`` of 100) and ``openjd_status``
     line, as each of its frames' count; an environment's action (no frames) has none."""
@@ -627,19 +636,30 @@ def _count_task(counts: ChunkProgress, frames: Sequence[int], status: ActionStat
 # A value that carries a password in a URL (``redis://:secret@host``, ``user:pw@``):
 # a broker's or database's address, whatever the variable's name.
 URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@")
+# Who the node's user is: a job user's login sets its own (sudo -i), which these must
+# not replace (HOME=/root would leave the user without a home it can write to).
+LOGIN_VARIABLES = ("HOME", "USER", "LOGNAME", "SHELL", "MAIL", "PWD", "OLDPWD")
 
 
-def session_environment(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+def session_environment(
+    environ: Mapping[str, str] | None = None, other_user: bool = False
+) -> dict[str, str | None]:
     """What an OpenJD session's actions get: the renderer's environment, less values
     that carry a URL's password; every variable left out is named with None (unset),
-    as openjd-sessions starts an action with this process's environment plus these."""
+    as openjd-sessions starts an action with this process's environment plus these.
+    For ``other_user`` (a job user), the node user's login variables are not passed
+    on: neither set nor unset, they stay the job user's own."""
     source = os.environ if environ is None else environ
     kept = {
         name: value
         for name, value in renderer_environment(source).items()
         if not URL_PASSWORD.search(value)
     }
-    return {**dict.fromkeys(name for name in source if name not in kept), **kept}
+    session = {**dict.fromkeys(name for name in source if name not in kept), **kept}
+    if other_user:
+        for name in [*LOGIN_VARIABLES, *(n for n in source if n.startswith("XDG_"))]:
+            session.pop(name, None)
+    return session
 
 
 def _task_reports(task: TaskDone, cpu: float, energy: AttemptMeter) -> list[FrameReport]:

@@ -7,6 +7,7 @@
     renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R] [--events]
                       [--blender PATH]   Blender: PATH, else on PATH, else the bpy module
                       [--sandbox MODE]   renderers in bubblewrap: auto, bwrap (required), off
+                      [--run-as USER]    OpenJD templates' commands as this unprivileged user
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm studio scripts NAME --allow|--forbid   scripts inside its scenes may run
@@ -172,6 +173,14 @@ def worker(
             "(required) or off (default: RENDERFARM_SANDBOX, else auto)"
         ),
     ] = None,
+    run_as: Annotated[
+        str | None,
+        typer.Option(
+            "--run-as",
+            help="run OpenJD templates' commands as this unprivileged user, through sudo "
+            "(default: RENDERFARM_RUN_AS, else as the node's own user)",
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
     events: Annotated[
         bool,
@@ -185,6 +194,7 @@ def worker(
     """Run a render node: a Celery worker on its own queue (node.<name>)."""
     from prometheus_client import start_http_server
 
+    from workers.job_user import RunAsUnavailable
     from workers.meters import MeterUnavailable, count_gpus
     from workers.metrics import WORKER_REGISTRY
     from workers.node import NodeConfig, operator_capabilities, start_worker, with_capabilities
@@ -201,6 +211,7 @@ def worker(
             ("max_watts", max_watts),
             ("blender", blender),
             ("sandbox", sandbox),
+            ("run_as", run_as),
         )
         if value is not None
     }
@@ -234,6 +245,9 @@ def worker(
         raise typer.Exit(2) from None
     except SandboxUnavailable as error:  # --sandbox bwrap on a node where it does not run
         console.print(f"[red]sandbox: {error}[/red]")
+        raise typer.Exit(2) from None
+    except RunAsUnavailable as error:  # --run-as USER that this node cannot run as
+        console.print(f"[red]run as {settings.run_as}: {error}[/red]")
         raise typer.Exit(2) from None
 
 

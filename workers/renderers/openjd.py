@@ -4,25 +4,52 @@
 The template and its parameter values come with the job's settings; each frame's task
 parameters come with the chunk (``ChunkMessage.tasks``), computed by the scheduler: a
 node never derives them itself, as openjd-model's order may differ between versions.
+
+With a job user (workers/job_user.py), the session's commands run as them, and each
+attempt's session root (``session_root``) is the node's folder, mode 0710 and of the
+user's own group: the user passes through it to its session's working directory
+(openjd-sessions makes that 0770, of the same group), and cannot list it. Without one,
+the root is 0700: the node's own.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scheduler.wire.messages import ChunkMessage
 from scheduler.wire.renderers import OpenJdRenderer
+from workers.job_user import JOB_USER
 
 if TYPE_CHECKING:  # openjd's packages are imported when a node first runs a template
     from openjd.sessions import ActionStatus
 
     from workers.openjd_session import LogOut, StepSession, Task
 
+ROOT_MODE_SHARED = 0o710  # a session root with a job user: its group passes, never lists
+
 
 class OpenJdSessions:
     model = OpenJdRenderer
+
+    def session_root(self) -> Path:
+        """A new folder of the node's for one attempt's session, closed to others but,
+        with a job user, passable (not listable) by the job user's group. ``OSError``
+        if it cannot be made so."""
+        root = Path(tempfile.mkdtemp(prefix="renderfarm-openjd-"))  # 0700, the node's
+        user = JOB_USER.user
+        if user is None:
+            return root
+        try:
+            shutil.chown(root, group=user.group)
+            root.chmod(ROOT_MODE_SHARED)
+        except (OSError, LookupError) as error:
+            shutil.rmtree(root, ignore_errors=True)
+            raise OSError(f"its session folder is not {user.name}'s to reach: {error}") from None
+        return root
 
     def session(
         self,
@@ -34,8 +61,10 @@ class OpenJdSessions:
     ) -> tuple[StepSession, list[Task]]:
         """The chunk's session (not started) and its tasks; ``ValueError`` says why a
         chunk cannot run (its settings, its template, its tasks). ``on_status`` hears
-        its actions' statuses, with their tasks' frames; ``env`` is its commands' (None:
-        unset)."""
+        its actions' statuses, with their tasks' frames; its commands run as the node's
+        job user, if it has one, with ``env`` (None: unset)."""
+        from openjd.sessions import PosixSessionUser
+
         from scheduler.wire.openjd import TemplateError, instantiate, read_template
         from workers.openjd_session import StepSession
 
@@ -50,8 +79,10 @@ class OpenJdSessions:
         if sorted(f for frames, _ in pairs for f in frames) != sorted(message.frames):
             raise ValueError("the chunk's tasks do not cover its frames, each once")
         session_id = f"chunk-{message.chunk_id}-attempt-{message.attempt}"
+        job_user = JOB_USER.user
+        user = PosixSessionUser(job_user.name, group=job_user.group) if job_user else None
         session = StepSession(
-            job, settings.step, session_id, root, log, env=env, on_status=on_status
+            job, settings.step, session_id, root, log, env=env, user=user, on_status=on_status
         )
         return session, pairs
 
