@@ -40,6 +40,9 @@ from openjd.sessions import LOG, ActionState, ActionStatus, Session, SessionStat
 Task = tuple[Sequence[int], Mapping[str, tuple[str, str]]]
 
 
+KILL_WAIT_SECONDS = 10.0  # how long a dying session waits for its killed action to end
+
+
 class LogOut(Protocol):
     """Where a session's log lines go: a text file, or anything written to like one."""
 
@@ -128,13 +131,21 @@ class StepSession:
         self._cancelled.set()
         self._cancel_running()
 
-    def _cancel_running(self) -> None:
+    def _cancel_running(self, grace: timedelta | None = None) -> None:
         with self._lock:
             session = self._session
             if session is None or session.state != SessionState.RUNNING:
                 return
             with contextlib.suppress(RuntimeError):  # it ended meanwhile
-                session.cancel_action(time_limit=self.cancel_grace)
+                session.cancel_action(time_limit=self.cancel_grace if grace is None else grace)
+
+    def _kill_running(self) -> None:
+        """Kill the running action at once and wait (a little) for it to be gone. In a
+        Celery pool process, a revoke's SIGTERM is billiard's: it raises SystemExit in
+        the thread waiting here, and nothing of the session may outlive the process."""
+        self._cancelled.set()
+        self._cancel_running(grace=timedelta(0))
+        self._ended.wait(KILL_WAIT_SECONDS)
 
     def _run(
         self, session: Session, tasks: Sequence[Task], done: Callable[[TaskDone], None]
@@ -191,7 +202,11 @@ class StepSession:
         result = start()
         if self._cancelled.is_set():  # cancelled while it was starting
             self._cancel_running()
-        self._ended.wait()
+        try:
+            self._ended.wait()
+        except BaseException:  # this process is ending (Celery's revoke terminates it)
+            self._kill_running()
+            raise
         status = self._status
         assert status is not None
         if status.state == ActionState.SUCCESS:
