@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from openjd.model import Job, ParameterValue, ParameterValueType
-from openjd.sessions import LOG, ActionState, ActionStatus, Session, SessionState, SessionUser
+from openjd.sessions import (
+    LOG,
+    ActionState,
+    ActionStatus,
+    PathMappingRule,
+    Session,
+    SessionState,
+    SessionUser,
+)
 
 # (the frames it renders, name -> (OpenJD type, value)): a frame, or a CHUNK[INT]'s run
 Task = tuple[Sequence[int], Mapping[str, tuple[str, str]]]
@@ -84,6 +92,7 @@ class StepSession:
         user: SessionUser | None = None,
         cancel_grace: timedelta = timedelta(seconds=10),
         on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
+        path_mapping: Sequence[PathMappingRule] = (),
     ) -> None:
         self.job = job
         self.step = job.steps[step_index]
@@ -94,6 +103,7 @@ class StepSession:
         self.user = user
         self.cancel_grace = cancel_grace
         self.on_status = on_status
+        self.path_mapping = list(path_mapping)
         self._ended = threading.Event()
         self._status: ActionStatus | None = None
         self._frames: Sequence[int] = ()  # the running action's task's
@@ -116,6 +126,7 @@ class StepSession:
                 callback=self._callback,
                 # None unsets a variable: openjd-sessions' actions take it so
                 os_env_vars=self.env,  # type: ignore[arg-type]
+                path_mapping_rules=self.path_mapping or None,
                 session_root_directory=self.root,
             ) as session:
                 with self._lock:

@@ -378,7 +378,9 @@ def render(
             progress,
         )  # fmt: skip
     if isinstance(renderer, OpenJdSessions):
-        return _render_in_session(message, storage, node, renderer, emit, energy, region, progress)
+        return _render_in_session(
+            message, storage, node, renderer, emit, energy, region, progress, files
+        )
     in_process: InProcessRenderer = renderer  # type: ignore[assignment]
     energy.begin(os.getpid())
     try:
@@ -534,12 +536,15 @@ def _render_in_session(
     energy: AttemptMeter,
     region: str,
     progress: Board | None = None,
+    files: Path | None = None,
 ) -> list[FrameReport]:
     """Run the chunk's OpenJD tasks in one session: a frame per task done, as it is done;
     the time limits of the chunk (``limit_breached``) cancel the session. Its actions
     are the worker's children: their energy is the worker's tree's, their CPU time the
     kernel's accounting of waited-for children, task by task. A running task's
-    ``openjd_progress`` and ``openjd_status`` lines go to ``progress`` for its frames."""
+    ``openjd_progress`` and ``openjd_status`` lines go to ``progress`` for its frames.
+    The job's files (``files``, its manifest laid out) move into the session's root,
+    where its actions may read them and its PATH values are mapped to them."""
     from workers.openjd_session import SessionCancelled, TaskFailed
 
     log_path = storage / message.log_path
@@ -560,7 +565,11 @@ def _render_in_session(
         on_status = functools.partial(_count_task, counts) if counts is not None else None
         env = session_environment(other_user=JOB_USER.user is not None)
         try:
-            session, tasks = renderer.session(message, root, stamped, env, on_status)
+            job_files = renderer.take_files(files, root) if files is not None else None
+            session, tasks = renderer.session(message, root, stamped, env, on_status, job_files)
+        except OSError as error:
+            shutil.rmtree(root, ignore_errors=True)
+            raise RenderFailed(f"openjd: the job's files: {error}") from None
         except ValueError as error:
             shutil.rmtree(root, ignore_errors=True)
             raise RenderFailed(f"openjd: {error}") from None

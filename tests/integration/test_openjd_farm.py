@@ -4,6 +4,7 @@ openjd-sessions Sessions, with their progress, failures and cancel seen by the s
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,59 @@ def test_a_cancelled_template_leaves_no_process_on_its_nodes(
     wait_for(lambda: not sleepers(), 60, "the tasks' processes to end")
     time.sleep(1.0)  # nothing starts again
     assert sleepers() == []
+
+
+# A PATH parameter names a plate as it is on the studio's machines; the task reads it
+# where the node laid the job's files out.
+COMP = """
+specificationVersion: jobtemplate-2023-09
+name: comp
+parameterDefinitions:
+- {name: Plate, type: PATH}
+- {name: Out, type: PATH}
+steps:
+- name: Comp
+  script:
+    actions:
+      onRun:
+        command: sh
+        args: ["-c", "cat '{{Param.Plate}}' > '{{RawParam.Out}}/comp.txt'; echo '{{Param.Plate}}'"]
+"""
+
+
+def test_a_templates_files_are_laid_out_on_the_node_and_its_paths_mapped_to_them(
+    client: TestClient,
+    studio_key: dict[str, str],
+    scheduler_loop: None,
+    processes: Processes,
+    tmp_path: Path,
+) -> None:
+    plate = b"plate A of sh010\n"
+    files = {"path": "plates/a.txt", "size": len(plate), "hash": hashlib.sha256(plate).hexdigest()}
+    body = {"files": [{**files, "mtime": 1.0e9}]}
+    assert client.post("/v1/assets/missing", json=body, headers=studio_key).status_code == 200
+    assert (
+        client.put(f"/v1/blobs/{files['hash']}", content=plate, headers=studio_key).status_code
+        == 201
+    )
+    manifest = client.post("/v1/manifests", json=body, headers=studio_key).json()["id"]
+    out = tmp_path / "out"
+    out.mkdir()
+    processes.worker("node-1", slots=1)
+    template = submit(
+        client,
+        studio_key,
+        {
+            "template": COMP,
+            "parameters": {"Plate": "/mnt/show/sh010/plates/a.txt", "Out": str(out)},
+            "manifest": manifest,
+            "files_root": "/mnt/show/sh010",
+        },
+    )
+    done = wait_for(lambda: ended(client, studio_key, template["id"]), 60, "the template")
+    assert done["state"] == "done", processes.log("node-1")
+    assert (out / "comp.txt").read_bytes() == plate
+    job = done["jobs"][0]["id"]
+    log = client.get(f"/v1/jobs/{job}/frames/1/log", headers=studio_key).text
+    mapped = [line for line in log.splitlines() if line.endswith("/files/plates/a.txt")]
+    assert mapped, log  # the task saw the node's path, not the studio's

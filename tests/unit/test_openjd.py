@@ -310,3 +310,29 @@ def test_step_tasks_reads_a_template_once_and_refuses_settings_that_do_not_read(
     assert tasks.of(1, other, 5, [7]) == [{"frames": [7], "parameters": {"Frame": ["INT", "7"]}}]
     assert tasks.of(2, {**settings, "template": {"name": "broken"}}, 5, [1]) is None
     assert tasks.of(3, {**settings, "step": 4}, 5, [1]) is None
+
+
+@pytest.mark.parametrize(
+    ("root", "given", "expected"),
+    [
+        ("/mnt/show/sh010", "/mnt/show/sh010/plates/a.exr", "/node/s/files/plates/a.exr"),
+        ("C:\\show\\sh010", "C:\\show\\sh010\\plates\\a.exr", "/node/s/files/plates/a.exr"),
+        ("\\\\nas\\show", "\\\\nas\\show\\sh010\\a.exr", "/node/s/files/sh010/a.exr"),
+        ("/mnt/show/sh010", "/mnt/other/a.exr", None),  # not under the root: as given
+    ],
+)
+def test_a_studio_path_under_its_files_root_maps_to_the_nodes_files(
+    root: str, given: str, expected: str | None
+) -> None:
+    from pathlib import PurePosixPath
+
+    from scheduler.usecases.templates import path_format
+    from scheduler.wire.renderers import OpenJdRenderer
+    from workers.renderers.openjd import _path_mapping
+
+    settings = OpenJdRenderer(
+        kind="openjd", template={}, files_root=root, files_root_format=path_format(root)
+    )  # type: ignore[arg-type]
+    [rule] = _path_mapping(settings, PurePosixPath("/node/s/files"))  # type: ignore[arg-type]
+    changed, result = rule.apply(path=given)
+    assert (result if changed else None) == expected

@@ -14,10 +14,11 @@ the root is 0700: the node's own.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from scheduler.wire.messages import ChunkMessage
@@ -25,10 +26,11 @@ from scheduler.wire.renderers import OpenJdRenderer
 from workers.job_user import JOB_USER
 
 if TYPE_CHECKING:  # openjd's packages are imported when a node first runs a template
-    from openjd.sessions import ActionStatus
+    from openjd.sessions import ActionStatus, PathMappingRule
 
     from workers.openjd_session import LogOut, StepSession, Task
 
+FILES_FOLDER = "files"  # the job's files in a session's root
 ROOT_MODE_SHARED = 0o710  # a session root with a job user: its group passes, never lists
 
 
@@ -51,6 +53,26 @@ class OpenJdSessions:
             raise OSError(f"its session folder is not {user.name}'s to reach: {error}") from None
         return root
 
+    def take_files(self, files: Path, root: Path) -> Path:
+        """The job's files, laid out for this attempt in ``files``, moved into the
+        session's root (``root/files``), where its actions read them: with a job user,
+        given to the user's group to read (its folders to pass). The files are links to
+        the node's cache, whose own folder no job user passes: what the group may read
+        is only what a session's folder shows it, and it goes with the session."""
+        dest = root / FILES_FOLDER
+        shutil.move(files, dest)
+        user = JOB_USER.user
+        if user is None:
+            return dest
+        for folder, _folders, names in os.walk(dest):
+            shutil.chown(folder, group=user.group)
+            os.chmod(folder, 0o750)
+            for name in names:
+                path = os.path.join(folder, name)
+                shutil.chown(path, group=user.group)
+                os.chmod(path, 0o640)
+        return dest
+
     def session(
         self,
         message: ChunkMessage,
@@ -58,11 +80,13 @@ class OpenJdSessions:
         log: LogOut,
         env: dict[str, str | None],
         on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
+        files: Path | None = None,
     ) -> tuple[StepSession, list[Task]]:
         """The chunk's session (not started) and its tasks; ``ValueError`` says why a
         chunk cannot run (its settings, its template, its tasks). ``on_status`` hears
         its actions' statuses, with their tasks' frames; its commands run as the node's
-        job user, if it has one, with ``env`` (None: unset)."""
+        job user, if it has one, with ``env`` (None: unset). With the job's ``files``
+        and a ``files_root``, PATH values under the root map to the files."""
         from openjd.sessions import PosixSessionUser
 
         from scheduler.wire.openjd import TemplateError, instantiate, read_template
@@ -82,9 +106,27 @@ class OpenJdSessions:
         job_user = JOB_USER.user
         user = PosixSessionUser(job_user.name, group=job_user.group) if job_user else None
         session = StepSession(
-            job, settings.step, session_id, root, log, env=env, user=user, on_status=on_status
-        )
+            job, settings.step, session_id, root, log, env=env, user=user, on_status=on_status,
+            path_mapping=_path_mapping(settings, files),
+        )  # fmt: skip
         return session, pairs
+
+
+def _path_mapping(settings: OpenJdRenderer, files: Path | None) -> list[PathMappingRule]:
+    """The studio's files root, mapped to where this node laid the job's files out."""
+    from openjd.sessions import PathFormat, PathMappingRule
+
+    if settings.files_root is None or files is None:
+        return []
+    windows = settings.files_root_format == "WINDOWS"
+    source = PureWindowsPath(settings.files_root) if windows else PurePosixPath(settings.files_root)
+    return [
+        PathMappingRule(
+            source_path_format=PathFormat(settings.files_root_format),
+            source_path=source,
+            destination_path=files,
+        )
+    ]
 
 
 def _task(task: object) -> Task:
