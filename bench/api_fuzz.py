@@ -53,6 +53,9 @@ CHECKED_BEYOND_THE_SCHEMA = {
     "PUT /v1/blobs/{blob_hash}": "the body's SHA-256 is the one in the path",
     "POST /v1/blobs": "the body is a tar whose members are named by their SHA-256",
     "GET /v1/studios/me/usage": "since is not after until",
+    "POST /v1/templates": "the template is a valid OpenJD job template (openjd-model's "
+    "rules, which its JSON schema cannot state), its parameter values meet their "
+    "constraints, and the farm's limits, pools, manifests and jobs as for POST /v1/jobs",
 }
 
 
@@ -194,7 +197,9 @@ def main() -> None:
         engine = make_engine(settings.effective_database_url)
         app = create_app(settings, engine)
         service = StudioService(engine, settings)
-        studio, key = service.create_studio(f"fuzz-{uuid.uuid4().hex[:8]}")  # a shared database too
+        studio, key = service.create_studio(  # a shared database too
+            f"fuzz-{uuid.uuid4().hex[:8]}", allow_templates=True
+        )
         assert studio.id is not None
         service.submit_job(
             studio.id,

@@ -31,7 +31,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     farm = settings.model_copy(update={"node_token": SecretStr(NODE_TOKEN)})
     app = create_app(farm, engine)
     service = StudioService(engine, farm)
-    studio, key = service.create_studio("fuzz-east")
+    studio, key = service.create_studio("fuzz-east", allow_templates=True)
     assert studio.id is not None
     service.submit_job(  # so that small ids find a job
         studio.id,

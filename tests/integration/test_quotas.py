@@ -61,7 +61,8 @@ def test_a_studio_past_its_queued_frames_waits(
         assert client.post("/v1/jobs", json=job("1-40"), headers=east).status_code == 201
     operator("studio", "quota", "east")  # no bound given: removed
     assert (
-        "east: weight 1, scene scripts not allowed, no quota" in operator("studio", "list").stdout
+        "east: weight 1, scene scripts not allowed, templates not allowed, no quota"
+        in operator("studio", "list").stdout
     )
 
 

@@ -84,8 +84,8 @@ def test_a_job_runs_scene_scripts_only_where_an_operator_allowed_its_studio(
         assert client.post("/v1/jobs", json=PLAIN, headers=east).status_code == 201
     listing = operator("studio", "list")
     assert listing.stdout.splitlines() == [
-        "east: weight 1, scene scripts not allowed, no quota",
-        "west studio: weight 1, scene scripts allowed, no quota",
+        "east: weight 1, scene scripts not allowed, templates not allowed, no quota",
+        "west studio: weight 1, scene scripts allowed, templates not allowed, no quota",
     ]
     assert listing.stderr == ""
 
@@ -102,7 +102,9 @@ def test_the_farm_switch_off_forbids_scene_scripts_to_every_studio(
         assert "RENDERFARM_ALLOW_SCENE_SCRIPTS" in refused.text
         assert client.post("/v1/jobs", json=PLAIN, headers=east).status_code == 201
     listing = operator("studio", "list")
-    assert listing.stdout == "east: weight 1, scene scripts allowed, no quota\n"
+    assert (
+        listing.stdout == "east: weight 1, scene scripts allowed, templates not allowed, no quota\n"
+    )
     assert "RENDERFARM_ALLOW_SCENE_SCRIPTS is off" in listing.stderr
 
 

@@ -299,3 +299,39 @@ def test_hostile_template_bodies_are_refused_cleanly(
         )
         assert answer.status_code == 422, (body.keys(), answer.text)
     assert rows(engine) == (0, 0, 0)
+
+
+def test_an_operator_allows_and_forbids_templates_from_the_command_line(
+    client: TestClient, engine: Engine, settings: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from scheduler.launch.cli import app as cli
+
+    env = {
+        "RENDERFARM_DATABASE_URL": settings.effective_database_url,
+        "RENDERFARM_DATA_DIR": str(settings.data_dir),
+    }
+
+    def operator(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    east = {"Authorization": f"Bearer {operator('studio', 'create', 'east').strip()}"}
+    body = {"template": TWO_STEPS}
+    assert client.post("/v1/templates", json=body, headers=east).status_code == 422
+    assert operator("studio", "templates", "east", "--allow") == "east: templates allowed\n"
+    assert client.post("/v1/templates", json=body, headers=east).status_code == 201
+    west = operator("studio", "create", "west", "--allow-templates").strip()
+    assert (
+        client.post(
+            "/v1/templates", json=body, headers={"Authorization": f"Bearer {west}"}
+        ).status_code
+        == 201
+    )
+    operator("studio", "templates", "east", "--forbid")
+    assert client.post("/v1/templates", json=body, headers=east).status_code == 422
+    assert "west: weight 1, scene scripts not allowed, templates allowed" in operator(
+        "studio", "list"
+    )
