@@ -10,7 +10,9 @@ environment: the same step with a step environment whose onEnter and onExit run
 ``done``; rounds alternate the three. Prints tasks/s, template/noop, and the extra
 milliseconds per session that the environment costs: on the farm, and measured alone
 (sessions of C ``true`` tasks run one after another in this process, with and without
-the environment, alternated: the farm's own noise left out).
+the environment, alternated: the farm's own noise left out). And the submission of a
+step of a million tasks against a job of a million frames (in this process, SQLite):
+milliseconds per POST and the chunk rows written (a few: the rest are blocks).
 
     python bench/templates.py                         # 200 tasks, chunks of 10, 3 rounds
     python bench/templates.py --tasks 400 --chunk-size 20 --slots 2 --rounds 3 --json
@@ -67,6 +69,51 @@ def session_seconds(document: dict[str, Any], tasks: int, root: Path) -> float:
     return time.perf_counter() - started
 
 
+def million(tmp: Path) -> dict[str, float]:
+    """A template whose step has a million tasks against a job of a million frames,
+    submitted to the API in this process (SQLite): seconds per POST and rows written."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func
+    from sqlmodel import Session, select
+
+    from api.app import create_app
+    from scheduler.db import ChunkRow, create_tables, make_engine
+    from scheduler.usecases.jobs import StudioService
+
+    settings = Settings(data_dir=tmp / "million")
+    settings.data_dir.mkdir()
+    engine = make_engine(settings.effective_database_url)
+    create_tables(engine)
+    key = StudioService(engine, settings).create_studio("bench", allow_templates=True)[1]
+    document = template(1_000_000, False)
+    bodies = {
+        "template": ("/v1/templates", {"template": document, "chunk_size": 10}),
+        "job": (
+            "/v1/jobs",
+            {"name": "j", "frames": "1-1000000", "chunk_size": 10, "renderer": {"kind": "noop"}},
+        ),
+    }
+    figures: dict[str, float] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings, engine)) as client:
+        for kind, (path, body) in bodies.items():
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                answer = client.post(path, json=body, headers=headers)
+                times.append(time.perf_counter() - started)
+                answer.raise_for_status()
+            made = answer.json()
+            job_id = made["jobs"][0]["id"] if kind == "template" else made["id"]
+            with Session(engine) as session:
+                rows = session.exec(
+                    select(func.count()).select_from(ChunkRow).where(ChunkRow.job_id == job_id)
+                ).one()
+            figures[f"million_{kind}_post_ms"] = 1000 * statistics.median(times)
+            figures[f"million_{kind}_chunk_rows"] = rows
+    return figures
+
+
 def timed(farm: LocalFarm, client: httpx.Client, submit: tuple[str, dict[str, Any]]) -> float:
     """Seconds from the POST to its jobs being done."""
     path, body = submit
@@ -117,6 +164,7 @@ def main() -> None:
         for _ in range(10 * args.rounds):
             for environment in (False, True):
                 alone[environment].append(session_seconds(template(size, environment), size, root))
+        submissions = million(Path(tmp))
     rate = {kind: [n / s for s in values] for kind, values in seconds.items()}
     sessions = -(-n // size)
     extra_ms = [
@@ -141,6 +189,8 @@ def main() -> None:
         "rounds_tasks_per_s": {
             kind: [round(r, 1) for r in values] for kind, values in rate.items()
         },
+        **submissions,
+        **submissions,
     }
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -155,6 +205,9 @@ def main() -> None:
     print(
         f"  environment, alone   {figures['environment_ms_per_session_alone']:8.1f} ms per session"
     )
+    for kind in ("template", "job"):
+        post, rows = figures[f"million_{kind}_post_ms"], figures[f"million_{kind}_chunk_rows"]
+        print(f"  a million-task {kind:8s} POST {post:7.0f} ms, {rows:.0f} chunk rows")
 
 
 if __name__ == "__main__":
