@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from scheduler.db import FrameResultRow
+from scheduler.db import AttemptRow, FrameResultRow
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from tests.conftest import Processes, wait_for
@@ -183,6 +183,7 @@ def test_a_two_step_template_renders_on_real_nodes_once_per_session_in_order(
 def test_a_tasks_progress_and_failure_reach_the_studio(
     client: TestClient,  # first: its app migrates the database before the loop starts
     studio_key: dict[str, str],
+    engine: Engine,
     scheduler_loop: None,
     processes: Processes,
     tmp_path: Path,
@@ -207,6 +208,9 @@ def test_a_tasks_progress_and_failure_reach_the_studio(
     [failed] = client.get(f"/v1/jobs/{broken['id']}/frames", headers=studio_key).json()
     assert failed["state"] == "failed"
     assert "the plates of sh030 are missing" in (failed["error"] or ""), failed
+    with Session(engine) as session:  # what the failed task used is counted, as waste
+        [attempt] = session.exec(select(AttemptRow).where(AttemptRow.job_id == broken["id"]))
+    assert attempt.state == "failed" and attempt.energy_joules is not None
 
 
 def test_a_cancelled_template_leaves_no_process_on_its_nodes(
