@@ -351,7 +351,9 @@ class StudioService:
         self._check_chunk_size(request.chunk_size)
         with Session(self.engine) as session:
             self._check_templates_allowed(session, studio_id)
-            name, steps = plan_template(request, self.settings.max_frames_per_job)
+            name, steps = plan_template(
+                request, self.settings.max_frames_per_job, self.settings.max_chunk_size
+            )
             self._check_pool(session, request.pool)
             self._check_depends_on(session, studio_id, request.depends_on)
             self._check_quota(

@@ -176,7 +176,9 @@ class StepJob:
         }
 
 
-def plan_template(request: TemplateRequest, max_frames: int) -> tuple[str, list[StepJob]]:
+def plan_template(
+    request: TemplateRequest, max_frames: int, max_chunk_size: int
+) -> tuple[str, list[StepJob]]:
     """The template's name (as its parameters resolve it) and its steps' jobs, in the
     template's order; ``InvalidRequest`` with openjd-model's messages, each at the path
     of what it names (``template.steps.0.script``, ``parameters.Frames``)."""
@@ -188,6 +190,16 @@ def plan_template(request: TemplateRequest, max_frames: int) -> tuple[str, list[
     position = {plan.name: plan.index for plan in plans}
     steps = []
     for plan in plans:
+        if plan.chunk_size > max_chunk_size:  # a CHUNK[INT]'s defaultTaskCount
+            raise InvalidRequest.at(
+                [
+                    (
+                        ("template", "steps", plan.index, "parameterSpace"),
+                        f"{plan.name}: chunks of {plan.chunk_size} tasks; the farm runs at "
+                        f"most {max_chunk_size} per chunk",
+                    )
+                ]
+            )
         try:
             runs = parse_frame_runs(plan.frames, max_frames=max_frames)
         except FrameSpecError as error:

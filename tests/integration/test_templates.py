@@ -216,6 +216,38 @@ def test_a_template_that_does_not_hold_is_a_422_at_its_path_and_makes_nothing(
     assert rows(engine) == (0, 0, 0)
 
 
+def test_a_chunk_int_step_whose_chunks_are_larger_than_the_farm_runs_is_refused(
+    client: TestClient, studio: dict[str, str], engine: Engine
+) -> None:
+    space = {
+        "taskParameterDefinitions": [
+            {
+                "name": "F",
+                "type": "CHUNK[INT]",
+                "range": "1-100000",
+                "chunks": {"defaultTaskCount": 5000, "rangeConstraint": "CONTIGUOUS"},
+            }
+        ]
+    }
+    step = {
+        "name": "Sim",
+        "parameterSpace": space,
+        "script": {"actions": {"onRun": {"command": "true"}}},
+    }
+    document = {
+        "specificationVersion": "jobtemplate-2023-09",
+        "extensions": ["TASK_CHUNKING"],
+        "name": "sim",
+        "steps": [step],
+    }
+    answer = client.post("/v1/templates", json={"template": document}, headers=studio)
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == ["body", "template", "steps", 0, "parameterSpace"]
+    assert "at most 1000 per chunk" in problem["msg"]
+    assert rows(engine) == (0, 0, 0)
+
+
 def test_only_a_studio_an_operator_allowed_submits_templates(
     client: TestClient, service: StudioService, engine: Engine
 ) -> None:
