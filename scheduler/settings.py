@@ -138,8 +138,9 @@ class Settings(BaseSettings):
     )
     run_as: str | None = Field(
         None,
-        description="the unprivileged user a node runs OpenJD templates' commands as, "
-        "through sudo (the node refuses to start if it cannot); None: as the node's user",
+        description="the unprivileged user(s) a node runs OpenJD templates' commands as, "
+        "through sudo: USER, or USER,USER,... to give each session running at once a user "
+        "of its own (the node refuses to start if it cannot); None: as the node's user",
     )
     new_studio_templates: bool | None = Field(
         None,

@@ -1,5 +1,5 @@
 """Whom a node runs studios' OpenJD template commands as (``renderfarm worker --run-as
-USER``, ``RENDERFARM_RUN_AS``).
+USER[,USER...]``, ``RENDERFARM_RUN_AS``).
 
 A template is a studio's code. With a job user, openjd-sessions runs its actions as that
 user (``sudo -u USER -i``), so the node's own files are out of their reach by their
@@ -19,15 +19,18 @@ to start (``RunAsUnavailable``, which says what to do) where:
   a broker's Unix socket. A path is closed when some folder on the way to it does not
   let the user pass, or it does not let the user read it (or connect, for a socket).
 
-The user's own group keeps any third user out of the sessions' folders. All sessions of
-a node run as the one user: what separates them from each other is that a session's
-root cannot be listed (workers/renderers/openjd.py), so another session's folder is
-found only by its random name, not that the user is another.
+The user's own group keeps any third user out of the sessions' folders. A session's
+root cannot be listed (workers/renderers/openjd.py), so another session's folder is not
+found by its name; but sessions running at once as one user could find each other's
+through their processes (``/proc``), so a node may have several users (``--run-as
+a,b``), each of its own group, and each running session holds one no other session
+holds (``NodeJobUser.claim``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -37,8 +40,9 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 30.0  # seconds the start-up check of sudo may take
 PROBE_SLEEP = 3  # seconds the check's command runs, where this node cannot end it sooner
+CLAIM_WAIT_SECONDS = 24 * 3600.0  # a session waits this long for a job user to be free
 
 
 class RunAsUnavailable(Exception):
@@ -90,30 +95,101 @@ class JobUser:
 
 
 class NodeJobUser:
-    """Whom this node runs templates' commands as; the node says as it starts
-    (``equip_job_user``), before its render slots fork. None: as the node's own user."""
+    """Whom this node runs templates' commands as: one of its job users per running
+    session (``claim``). The node says as it starts (``equip_job_user``), before its
+    render slots fork; no users: as the node's own user.
+
+    Sessions that run at once as one user can reach each other's folders (through the
+    processes /proc shows to their own user), so each session claims a user no other
+    session of the node holds: a lock (``flock``) on a file of the node's per user,
+    which every slot's process shares and the kernel releases with its holder. Where
+    all are held (fewer users than slots), the session waits for one."""
 
     def __init__(self) -> None:
-        self.user: JobUser | None = None
+        self.users: list[JobUser] = []
+        self.locks: Path | None = None
 
-    def use(self, user: JobUser | None) -> None:
-        self.user = user
+    def use(self, users: Sequence[JobUser], locks: Path | None = None) -> None:
+        self.users = list(users)
+        self.locks = locks
+
+    @property
+    def user(self) -> JobUser | None:
+        """The first job user (what the node names in its log); None without one."""
+        return self.users[0] if self.users else None
+
+    @contextlib.contextmanager
+    def claim(self, wait: float = CLAIM_WAIT_SECONDS) -> Iterator[JobUser | None]:
+        """A job user no other session of this node holds while this one runs; None
+        without job users. ``RunAsUnavailable`` if none frees within ``wait`` s."""
+        if not self.users:
+            yield None
+            return
+        if len(self.users) == 1 or self.locks is None:
+            yield self.users[0]
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            for user in self.users:
+                held = _try_lock(self.locks / f"{user.name}.lock")
+                if held is None:
+                    continue
+                try:
+                    yield user
+                finally:
+                    os.close(held)  # the lock goes with the descriptor
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(u.name for u in self.users)
+                raise RunAsUnavailable(f"every job user ({names}) runs a session")
+            time.sleep(0.05)
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor holding ``path``'s exclusive lock, or None if it is held."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 JOB_USER = NodeJobUser()
 
 
 def equip_job_user(
-    run_as: str | None, folders: Iterable[Path] = (), files: Iterable[Path] = ()
+    run_as: str | None,
+    folders: Iterable[Path] = (),
+    files: Iterable[Path] = (),
+    slots: int = 1,
 ) -> None:
-    """Run templates' commands as ``run_as`` once it is checked (``find_job_user``) and
-    the node's own ``folders`` and ``files`` are closed to them (``close_private``); for
-    None, as the node's own user. ``RunAsUnavailable`` says why not."""
-    user = find_job_user(run_as) if run_as else None
-    if user is not None:
+    """Run templates' commands as the users ``run_as`` names (``a`` or ``a,b,c``), once
+    each is checked (``find_job_user``) and the node's own ``folders`` and ``files``
+    are closed to them (``close_private``); for None, as the node's own user. With
+    fewer users than ``slots``, sessions wait for a user (the node says so at start).
+    ``RunAsUnavailable`` says why not."""
+    names = [name.strip() for name in (run_as or "").split(",") if name.strip()]
+    if len(set(names)) != len(names):
+        raise RunAsUnavailable(f"a user is named twice in {run_as!r}")
+    users = [find_job_user(name) for name in names]
+    if len({user.group for user in users}) != len(users):
+        raise RunAsUnavailable(
+            "two of the job users share a group, which would share their sessions' "
+            "folders: give each its own (useradd gives a user a group of its name)"
+        )
+    for user in users:
         close_private(user, folders, files)
         log.info("openjd: templates' commands run as %s (group %s)", user.name, user.group)
-    JOB_USER.use(user)
+    if users and len(users) < slots:
+        log.warning(
+            "openjd: %d job user(s) for %d slots: a template's session waits for a user "
+            "no other session holds (give as many users as slots: --run-as a,b,...)",
+            len(users), slots,
+        )  # fmt: skip
+    locks = Path(tempfile.mkdtemp(prefix="renderfarm-run-as-")) if len(users) > 1 else None
+    JOB_USER.use(users, locks)
 
 
 def find_job_user(name: str, timeout: float = PROBE_TIMEOUT) -> JobUser:

@@ -215,7 +215,7 @@ def equip_run_as(settings: Settings, node: NodeConfig) -> None:
     if broker.startswith("redis+socket://"):
         files.append(Path(broker.removeprefix("redis+socket://")))
     folders = [settings.data_dir, settings.storage_root, cache_root(settings, node)]
-    equip_job_user(settings.run_as, folders, files)
+    equip_job_user(settings.run_as, folders, files, node.slots)
 
 
 def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:

@@ -69,7 +69,7 @@ from scheduler.wire.messages import (
 from scheduler.wire.progress import TIMEOUT as PROGRESS_TIMEOUT
 from scheduler.wire.progress import Board, ChunkProgress
 from workers.assets import FetchError, JobFiles, Outputs, open_written
-from workers.job_user import JOB_USER
+from workers.job_user import JOB_USER, JobUser, RunAsUnavailable
 from workers.memory import (
     RENDER_MEMORY,
     out_of_memory_message,
@@ -545,12 +545,34 @@ def _render_in_session(
     ``openjd_progress`` and ``openjd_status`` lines go to ``progress`` for its frames.
     The job's files (``files``, its manifest laid out) move into the session's root,
     where its actions may read them and its PATH values are mapped to them."""
+    try:
+        with JOB_USER.claim() as user:
+            return _render_session_as(
+                user, message, storage, node, renderer, emit, energy, region, progress, files
+            )
+    except RunAsUnavailable as error:
+        raise RenderFailed(f"openjd: {error}") from None
+
+
+def _render_session_as(
+    user: JobUser | None,
+    message: ChunkMessage,
+    storage: Path,
+    node: str,
+    renderer: OpenJdSessions,
+    emit: Emit,
+    energy: AttemptMeter,
+    region: str,
+    progress: Board | None,
+    files: Path | None,
+) -> list[FrameReport]:
+    """``_render_in_session`` with a job user this session holds (None: the node's)."""
     from workers.openjd_session import SessionCancelled, TaskFailed
 
     log_path = storage / message.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        root = renderer.session_root()
+        root = renderer.session_root(user)
     except OSError as error:
         raise RenderFailed(f"openjd: {error}") from None
     reported: list[FrameReport] = []
@@ -559,14 +581,16 @@ def _render_in_session(
         log.write(
             f"renderfarm: node {node} attempt {message.attempt} of chunk {message.chunk_id}, "
             f"tasks {message.frames[0]}..{message.frames[-1]}, in an OpenJD session"
-            f"{_run_as_words()}\n"
+            f"{_run_as_words(user)}\n"
         )
         stamped = _Stamped(log)
         on_status = functools.partial(_count_task, counts) if counts is not None else None
-        env = session_environment(other_user=JOB_USER.user is not None)
+        env = session_environment(other_user=user is not None)
         try:
-            job_files = renderer.take_files(files, root) if files is not None else None
-            session, tasks = renderer.session(message, root, stamped, env, on_status, job_files)
+            job_files = renderer.take_files(files, root, user) if files is not None else None
+            session, tasks = renderer.session(
+                message, root, stamped, env, on_status, job_files, user
+            )
         except OSError as error:
             shutil.rmtree(root, ignore_errors=True)
             raise RenderFailed(f"openjd: the job's files: {error}") from None
@@ -625,9 +649,8 @@ def _render_in_session(
     return [metered.get(r.frame, r) for r in reported]
 
 
-def _run_as_words() -> str:
+def _run_as_words(user: JobUser | None) -> str:
     """For the attempt's log: whom the session's commands run as, if not the node."""
-    user = JOB_USER.user
     return f" as {user.name}" if user is not None else ""
 
 

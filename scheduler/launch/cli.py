@@ -7,7 +7,7 @@
     renderfarm worker --pool cpu --slots 2 [--name NODE] [--tag T]... [--region R] [--events]
                       [--blender PATH]   Blender: PATH, else on PATH, else the bpy module
                       [--sandbox MODE]   renderers in bubblewrap: auto, bwrap (required), off
-                      [--run-as USER]    OpenJD templates' commands as this unprivileged user
+                      [--run-as USER,..] OpenJD templates' commands as unprivileged users
     renderfarm studio create NAME        prints a new studio's API key
     renderfarm studio weight|terms ...   fair share: weights, guaranteed and burst slots
     renderfarm studio scripts NAME --allow|--forbid   scripts inside its scenes may run
@@ -177,8 +177,9 @@ def worker(
         str | None,
         typer.Option(
             "--run-as",
-            help="run OpenJD templates' commands as this unprivileged user, through sudo "
-            "(default: RENDERFARM_RUN_AS, else as the node's own user)",
+            help="run OpenJD templates' commands as this unprivileged user, through sudo; "
+            "USER,USER,... gives each session running at once a user of its own, so that "
+            "they cannot see each other (default: RENDERFARM_RUN_AS, else the node's user)",
         ),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",

@@ -47,6 +47,7 @@ from workers.runner import run_chunk
 pytestmark = pytest.mark.integration
 
 USER = "renderfarm-job"
+OTHER_USER = "renderfarm-job2"  # a second slot's
 TOKEN = "node-token-3f9a1c77e5d2b804"  # stands for the node's credential
 PASSWORD = "broker-password-5be21d0c"  # the broker's, in its URL
 
@@ -65,9 +66,15 @@ def require_run_as() -> None:
         if os.environ.get("RENDERFARM_REQUIRE_RUN_AS") == "1":
             pytest.fail(f"RENDERFARM_REQUIRE_RUN_AS=1 but {why}")
         pytest.skip(why)
-    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
-        shell = ["--shell", "/bin/bash"]  # one that runs sudo's -c command in its place
-        subprocess.run(["useradd", "--system", "--no-create-home", *shell, USER], check=True)
+    require_user(USER)
+
+
+def require_user(name: str) -> None:
+    """The user ``name``, created where it is missing, with bash as its shell (one that
+    runs sudo's -c command in its place)."""
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        shell = ["--shell", "/bin/bash"]
+        subprocess.run(["useradd", "--system", "--no-create-home", *shell, name], check=True)
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
     try:
         yield node
     finally:
-        JOB_USER.use(None)
+        JOB_USER.use([])
         shutil.rmtree(host, ignore_errors=True)
 
 
@@ -285,10 +292,9 @@ def _targets(node: Node, other_root: Path) -> dict[str, str]:
     }
 
 
-# One job user runs all a node's sessions: a session can find another's folder through
-# the processes of that session, whose working directory and command line /proc shows
-# to their own user, and then read it. Closing this takes a user per slot (or a sandbox
-# around each session's commands); until then this test documents the limit.
+# Sessions of one job user can find each other's folders through their processes,
+# whose working directory /proc shows to their own user. With a user per session
+# (--run-as a,b), a session holds a user no other session of the node holds.
 FINDER = """
 specificationVersion: jobtemplate-2023-09
 name: Finder
@@ -312,13 +318,11 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    reason="sessions of one job user can reach each other's folders through /proc",
-    strict=True,
-)
-def test_a_session_cannot_reach_a_concurrent_sessions_folder_through_its_processes(
+def test_sessions_at_once_hold_users_of_their_own_and_cannot_reach_each_other(
     node: Node,
 ) -> None:
+    require_user(OTHER_USER)
+    equip_job_user(f"{USER},{OTHER_USER}", [node.data, node.storage, node.cache], [], slots=2)
     gate = node.host / "gate"
     keeper = chunk(KEEPER, {"Gate": str(gate)}, [1], chunk_id=1)
     other = threading.Thread(
@@ -332,7 +336,33 @@ def test_a_session_cannot_reach_a_concurrent_sessions_folder_through_its_process
     finally:
         gate.touch()
         other.join(60)
-    assert f"kept by {USER}" not in log_of(node, finder)
+    assert f"as {USER}" in log_of(node, keeper).splitlines()[0]
+    assert f"as {OTHER_USER}" in log_of(node, finder).splitlines()[0]
+    assert "kept by" not in log_of(node, finder)
+    assert "found no other session's secret" in log_of(node, finder)
+
+
+def test_with_one_user_sessions_at_once_can_reach_each_other_so_the_node_warns(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What one user for several slots leaves open, and why the node says so."""
+    with caplog.at_level("WARNING"):
+        equip_job_user(USER, [node.data, node.storage, node.cache], [], slots=2)
+    assert "1 job user(s) for 2 slots" in caplog.text
+    gate = node.host / "gate"
+    keeper = chunk(KEEPER, {"Gate": str(gate)}, [1], chunk_id=1)
+    other = threading.Thread(
+        target=run_chunk, args=(keeper, node.storage, "node-1", lambda _: None), daemon=True
+    )
+    other.start()
+    try:
+        wait_for(lambda: _session_folder(node, keeper), 30, "the other session's folder")
+        finder = chunk(FINDER, {}, [1], chunk_id=2)
+        assert run_chunk(finder, node.storage, "node-1", lambda _: None)
+    finally:
+        gate.touch()
+        other.join(60)
+    assert f"kept by {USER}" in log_of(node, finder)
 
 
 def test_a_run_as_session_past_its_time_limit_leaves_no_process_of_the_job_user(

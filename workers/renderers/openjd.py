@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from scheduler.wire.messages import ChunkMessage
 from scheduler.wire.renderers import OpenJdRenderer
-from workers.job_user import JOB_USER
+from workers.job_user import JobUser
 
 if TYPE_CHECKING:  # openjd's packages are imported when a node first runs a template
     from openjd.sessions import ActionStatus, PathMappingRule
@@ -37,12 +37,11 @@ ROOT_MODE_SHARED = 0o710  # a session root with a job user: its group passes, ne
 class OpenJdSessions:
     model = OpenJdRenderer
 
-    def session_root(self) -> Path:
+    def session_root(self, user: JobUser | None = None) -> Path:
         """A new folder of the node's for one attempt's session, closed to others but,
         with a job user, passable (not listable) by the job user's group. ``OSError``
         if it cannot be made so."""
         root = Path(tempfile.mkdtemp(prefix="renderfarm-openjd-"))  # 0700, the node's
-        user = JOB_USER.user
         if user is None:
             return root
         try:
@@ -53,7 +52,7 @@ class OpenJdSessions:
             raise OSError(f"its session folder is not {user.name}'s to reach: {error}") from None
         return root
 
-    def take_files(self, files: Path, root: Path) -> Path:
+    def take_files(self, files: Path, root: Path, user: JobUser | None = None) -> Path:
         """The job's files, laid out for this attempt in ``files``, moved into the
         session's root (``root/files``), where its actions read them: with a job user,
         given to the user's group to read (its folders to pass). The files are links to
@@ -61,7 +60,6 @@ class OpenJdSessions:
         is only what a session's folder shows it, and it goes with the session."""
         dest = root / FILES_FOLDER
         shutil.move(files, dest)
-        user = JOB_USER.user
         if user is None:
             return dest
         for folder, _folders, names in os.walk(dest):
@@ -81,6 +79,7 @@ class OpenJdSessions:
         env: dict[str, str | None],
         on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
         files: Path | None = None,
+        job_user: JobUser | None = None,
     ) -> tuple[StepSession, list[Task]]:
         """The chunk's session (not started) and its tasks; ``ValueError`` says why a
         chunk cannot run (its settings, its template, its tasks). ``on_status`` hears
@@ -103,7 +102,6 @@ class OpenJdSessions:
         if sorted(f for frames, _ in pairs for f in frames) != sorted(message.frames):
             raise ValueError("the chunk's tasks do not cover its frames, each once")
         session_id = f"chunk-{message.chunk_id}-attempt-{message.attempt}"
-        job_user = JOB_USER.user
         user = PosixSessionUser(job_user.name, group=job_user.group) if job_user else None
         session = StepSession(
             job, settings.step, session_id, root, log, env=env, user=user, on_status=on_status,
