@@ -77,14 +77,55 @@ def read_template(document: Mapping[str, Any] | str) -> JobTemplate:
             document = yaml.safe_load(document)
         except yaml.YAMLError as error:
             raise TemplateError([Problem((), f"not YAML: {error}")]) from None
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise TemplateError([Problem((), _TOO_DEEP)]) from None
     if not isinstance(document, Mapping):
         raise TemplateError([Problem((), "a job template is an object")])
+    too_complex = _too_complex(document)
+    if too_complex is not None:
+        raise TemplateError([Problem((), too_complex)])
     try:
         return decode_job_template(
             template=dict(document), supported_extensions=SUPPORTED_EXTENSIONS
         )
     except DecodeValidationError as error:
         raise TemplateError(problems_of(str(error))) from None
+
+
+MAX_DEPTH = 32  # a template's nesting; OpenJD's own needs about 10
+MAX_VALUES = 200_000  # values in a template as openjd-model walks it (aliases expanded)
+_TOO_DEEP = f"a job template nests at most {MAX_DEPTH} levels of objects and lists"
+_TOO_BIG = f"a job template holds at most {MAX_VALUES} values (YAML aliases count each time)"
+
+
+def _too_complex(document: object) -> str | None:
+    """Why openjd-model must not walk ``document`` (it recurses, and copies what YAML
+    aliases share once per use): nested deeper than ``MAX_DEPTH`` (or a cycle of
+    aliases), or more than ``MAX_VALUES`` values once aliases are expanded."""
+    levels: list[list[object]] = [[document]]
+    while True:
+        children = {
+            id(child): child
+            for value in levels[-1]
+            for child in _children(value)
+            if isinstance(child, Mapping | list)
+        }
+        if not children:
+            break
+        if len(levels) > MAX_DEPTH:
+            return _TOO_DEEP
+        levels.append(list(children.values()))
+    sizes: dict[int, int] = {}
+    for level in reversed(levels):  # the deepest first: a value's children are known
+        for value in level:
+            sizes[id(value)] = 1 + sum(sizes.get(id(child), 1) for child in _children(value))
+    return _TOO_BIG if sizes[id(document)] > MAX_VALUES else None
+
+
+def _children(value: object) -> Iterable[object]:
+    if isinstance(value, Mapping):
+        return list(value.values())
+    return value if isinstance(value, list) else ()
 
 
 def instantiate(template: JobTemplate, values: Mapping[str, object]) -> Job:

@@ -3,6 +3,7 @@ the tasks openjd-model's own StepParameterSpaceIterator yields; errors say where
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -336,3 +337,26 @@ def test_a_studio_path_under_its_files_root_maps_to_the_nodes_files(
     [rule] = _path_mapping(settings, PurePosixPath("/node/s/files"))  # type: ignore[arg-type]
     changed, result = rule.apply(path=given)
     assert (result if changed else None) == expected
+
+
+# A billion laughs: nine to the eighth values from a few hundred characters of aliases.
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{inner}'] * 9)}]\n"
+    for inner, name in zip("abcdefg", "bcdefgh", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ("x: " + "[" * 5000 + "]" * 5000, "nests at most"),  # PyYAML's own recursion
+        ({"a": json.loads("[" * 40 + "]" * 40)}, "nests at most"),
+        ("name: &a [*a]", "nests at most"),  # an alias that holds itself
+        (LAUGHS, "at most 200000 values"),
+    ],
+)
+def test_a_template_too_deep_or_too_big_for_openjd_model_to_walk_is_refused(
+    document: object, words: str
+) -> None:
+    with pytest.raises(TemplateError, match=words):
+        read_template(document)  # type: ignore[arg-type]
