@@ -90,7 +90,7 @@ class StepSession:
         log: LogOut,
         env: Mapping[str, str | None] | None = None,
         user: SessionUser | None = None,
-        cancel_grace: timedelta = timedelta(seconds=10),
+        cancel_grace: timedelta | None = None,
         on_status: Callable[[Sequence[int], ActionStatus], None] | None = None,
         path_mapping: Sequence[PathMappingRule] = (),
     ) -> None:
@@ -148,7 +148,8 @@ class StepSession:
             if session is None or session.state != SessionState.RUNNING:
                 return
             with contextlib.suppress(RuntimeError):  # it ended meanwhile
-                session.cancel_action(time_limit=self.cancel_grace if grace is None else grace)
+                limit = grace if grace is not None else self.cancel_grace  # None: the template's
+                session.cancel_action(time_limit=limit)
 
     def _kill_running(self) -> None:
         """Kill the running action at once and wait (a little) for it to be gone. In a

@@ -410,3 +410,62 @@ def test_a_sessions_actions_get_none_of_the_nodes_secrets(
     assert "env: OCIO=/studio/config.ocio" in environment, log
     assert [line for line in environment if line.split("=")[0][5:] in secrets] == []
     assert not any(value in log for value in secrets.values())
+
+
+NOTIFIED = """
+specificationVersion: jobtemplate-2023-09
+name: Notified
+parameterDefinitions:
+- {name: Out, type: STRING}
+steps:
+- name: Save
+  parameterSpace:
+    taskParameterDefinitions:
+    - {name: Frame, type: INT, range: "1"}
+  script:
+    actions:
+      onRun:
+        command: "{{Task.File.Save}}"
+        cancelation: CANCELATION
+    embeddedFiles:
+    - name: Save
+      type: TEXT
+      runnable: true
+      data: |
+        #!/bin/bash
+        trap 'echo "saved on notice" > "{{Param.Out}}/notice"; exit 1' TERM
+        echo ready > "{{Param.Out}}/ready"
+        while true; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize(
+    ("cancelation", "notified"),
+    [
+        ("{mode: NOTIFY_THEN_TERMINATE, notifyPeriodInSeconds: 20}", True),
+        ("{mode: TERMINATE}", False),
+    ],
+)
+def test_a_cancel_goes_as_the_template_says_notify_then_terminate_or_terminate(
+    tmp_path: Path, cancelation: str, notified: bool
+) -> None:
+    template = yaml.safe_load(NOTIFIED.replace("CANCELATION", cancelation))
+    job, tasks = step_tasks(template, tmp_path, "1")
+    (tmp_path / "sessions").mkdir()
+    session = session_of(job, tmp_path / "sessions", io.StringIO())
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.run(tasks, lambda _done: None)
+        except BaseException as error:
+            raised.append(error)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    wait_for(lambda: (tmp_path / "ready").exists(), 30, "the task to start")
+    session.cancel()
+    runner.join(15)  # within the notify period: the task ends on the notice, or is killed
+    assert not runner.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], SessionCancelled)
+    assert (tmp_path / "notice").exists() is notified
