@@ -49,6 +49,7 @@ Task = tuple[Sequence[int], Mapping[str, tuple[str, str]]]
 
 
 KILL_WAIT_SECONDS = 10.0  # how long a dying session waits for its killed action to end
+DEFAULT_NOTIFY_SECONDS = 120.0  # OpenJD's notify period where a template gives none
 
 
 class LogOut(Protocol):
@@ -151,13 +152,35 @@ class StepSession:
                 limit = grace if grace is not None else self.cancel_grace  # None: the template's
                 session.cancel_action(time_limit=limit)
 
-    def _kill_running(self) -> None:
-        """Kill the running action at once and wait (a little) for it to be gone. In a
-        Celery pool process, a revoke's SIGTERM is billiard's: it raises SystemExit in
-        the thread waiting here, and nothing of the session may outlive the process."""
+    def _stop_running(self) -> None:
+        """This process is ending while an action runs: in a Celery pool process, a
+        revoke's SIGTERM (the studio cancelled, or the chunk was taken back) is
+        billiard's, which raises SystemExit in the thread waiting here. Cancel the
+        action as its template says (notify, then terminate after its notify period),
+        wait for it, and kill at once what is left: nothing of the session may outlive
+        the process."""
         self._cancelled.set()
-        self._cancel_running(grace=timedelta(0))
-        self._ended.wait(KILL_WAIT_SECONDS)
+        self._cancel_running()
+        if not self._ended.wait(self._notify_seconds() + KILL_WAIT_SECONDS):
+            self._cancel_running(grace=timedelta(0))
+            self._ended.wait(KILL_WAIT_SECONDS)
+
+    def _notify_seconds(self) -> float:
+        """The longest notify period of the session's actions (OpenJD's default is 120 s
+        where a template asks to be notified without saying how long); 0: terminate."""
+        environments = [*(self.job.jobEnvironments or ()), *(self.step.stepEnvironments or ())]
+        actions: list[Any] = [self.step.script.actions.onRun]
+        for environment in environments:
+            script = environment.script
+            if script is not None:
+                actions += [script.actions.onEnter, script.actions.onExit]
+        periods = [0.0]
+        for action in actions:
+            cancelation = getattr(action, "cancelation", None)
+            if str(getattr(cancelation, "mode", "")).endswith("NOTIFY_THEN_TERMINATE"):
+                period = getattr(cancelation, "notifyPeriodInSeconds", None)
+                periods.append(float(period) if period is not None else DEFAULT_NOTIFY_SECONDS)
+        return max(periods)
 
     def _run(
         self, session: Session, tasks: Sequence[Task], done: Callable[[TaskDone], None]
@@ -217,7 +240,7 @@ class StepSession:
         try:
             self._ended.wait()
         except BaseException:  # this process is ending (Celery's revoke terminates it)
-            self._kill_running()
+            self._stop_running()
             raise
         status = self._status
         assert status is not None

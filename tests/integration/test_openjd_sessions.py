@@ -434,7 +434,7 @@ steps:
       data: |
         #!/bin/bash
         trap 'echo "saved on notice" > "{{Param.Out}}/notice"; exit 1' TERM
-        echo ready > "{{Param.Out}}/ready"
+        echo $$ > "{{Param.Out}}/ready"
         while true; do sleep 0.1; done
 """
 
@@ -469,3 +469,38 @@ def test_a_cancel_goes_as_the_template_says_notify_then_terminate_or_terminate(
     assert not runner.is_alive()
     assert len(raised) == 1 and isinstance(raised[0], SessionCancelled)
     assert (tmp_path / "notice").exists() is notified
+
+
+# A Celery pool process as billiard makes it: its SIGTERM (a revoke) raises SystemExit.
+POOL_WORKER = """
+import json, signal, sys
+from pathlib import Path
+from scheduler.wire.messages import ChunkMessage
+from workers.runner import run_chunk
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(-(256 - signum)))
+message = ChunkMessage.from_dict(json.loads(sys.argv[1]))
+run_chunk(message, Path(sys.argv[2]), "node-1", lambda event: None)
+"""
+
+
+def test_a_revoked_attempt_notifies_its_task_as_the_template_says_then_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    template = yaml.safe_load(
+        NOTIFIED.replace("CANCELATION", "{mode: NOTIFY_THEN_TERMINATE, notifyPeriodInSeconds: 20}")
+    )
+    message = openjd_message(template, tmp_path, "1")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", POOL_WORKER, json.dumps(message.to_dict()), str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        wait_for(lambda: (tmp_path / "ready").exists(), 30, "the task to start")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) != 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert (tmp_path / "notice").read_text() == "saved on notice\n"  # it was told first
+    task = int((tmp_path / "ready").read_text())
+    wait_for(lambda: not psutil.pid_exists(task), 10, "the task's process to be gone")
