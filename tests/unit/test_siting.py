@@ -1,0 +1,183 @@
+"""Placement that weighs cost and carbon, as tables and properties: never a missed
+deadline that was feasible; never costlier than ``fastest`` when signals are flat."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.core.energy import RegionFigures
+from scheduler.core.signals import HOUR, DailyCurve, RegionSignals
+from scheduler.core.siting import (
+    FASTEST,
+    SAFETY_SECONDS,
+    PlacementPolicy,
+    frame_cost,
+    plan_start,
+    rank_regions,
+    run_seconds,
+)
+from tests.unit.test_signals import TARIFF, at
+
+HYDRO = RegionFigures(pue=1.2, price_per_kwh=0.35, carbon_g_per_kwh=24.0)
+COAL = RegionFigures(pue=1.5, price_per_kwh=0.30, carbon_g_per_kwh=800.0)
+EAST = RegionFigures(pue=1.4, price_per_kwh=0.9, carbon_g_per_kwh=536.6)
+FIGURES = {"guizhou-hydro": HYDRO, "coal-hall": COAL, "shanghai": EAST}
+JOULES = {"guizhou-hydro": 900.0, "coal-hall": 1000.0, "shanghai": 800.0}
+
+
+@pytest.mark.parametrize(
+    ("policy", "order"),
+    [
+        ("fastest", []),  # no preference: the emptiest node, as ever
+        ("cheapest", ["guizhou-hydro", "coal-hall", "shanghai"]),
+        ("greenest", ["guizhou-hydro", "shanghai", "coal-hall"]),
+    ],
+)
+def test_regions_ranked_by_each_policy(policy: str, order: list[str]) -> None:
+    assert rank_regions(PlacementPolicy.named(policy), JOULES, FIGURES) == order
+
+
+def test_a_frames_cost_is_its_energy_times_pue_price_and_carbon() -> None:
+    cost = frame_cost(3_600_000.0, HYDRO)  # 1 kWh of IT energy
+    assert cost.cost == pytest.approx(1.2 * 0.35)
+    assert cost.co2_grams == pytest.approx(1.2 * 24.0)
+
+
+def test_unmeasured_regions_are_ranked_with_the_measured_mean() -> None:
+    ranked = rank_regions(PlacementPolicy.named("cheapest"), {"coal-hall": 1000.0}, FIGURES)
+    assert ranked[0] == "guizhou-hydro"
+
+
+@pytest.mark.parametrize("bad", [(0, 0, 0), (-1, 1, 0), (float("nan"), 1, 1), (1, float("inf"), 0)])
+def test_weights_that_do_not_hold_are_refused(bad: tuple[float, float, float]) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        PlacementPolicy(*bad)
+
+
+figures = st.builds(
+    RegionFigures,
+    pue=st.floats(1.0, 3.0),
+    price_per_kwh=st.floats(0.01, 5.0),
+    carbon_g_per_kwh=st.floats(1.0, 1500.0),
+)
+
+
+@given(
+    regions=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), figures, min_size=1),
+    joules=st.floats(1.0, 1e7),
+    cost=st.floats(0, 1),
+    carbon=st.floats(0, 1),
+)
+def test_the_first_region_is_never_worse_than_any_fastest_could_pick(
+    regions: dict[str, RegionFigures], joules: float, cost: float, carbon: float
+) -> None:
+    """With flat signals and the same energy per frame everywhere, the region a costing
+    policy prefers costs no more (in its own weights) than any region ``fastest`` might
+    put the frame in."""
+    policy = PlacementPolicy(time=0.0, cost=cost + 0.01, carbon=carbon)
+    ranked = rank_regions(policy, dict.fromkeys(regions, joules), regions)
+    first = frame_cost(joules, regions[ranked[0]])
+    for other in regions.values():
+        costs = frame_cost(joules, other)
+        assert policy.cost * first.cost + policy.carbon * first.co2_grams <= (
+            policy.cost * costs.cost + policy.carbon * costs.co2_grams
+        ) * (1 + 1e-9) or (policy.cost > 0 and policy.carbon > 0)
+
+
+def tariffed(name: str = "east") -> RegionSignals:
+    return RegionSignals(name, 1.4, TARIFF, DailyCurve.flat(536.6))
+
+
+def test_work_with_room_before_its_deadline_waits_for_the_valley() -> None:
+    now = at(1, 9)  # peak
+    deadline = at(2, 9)
+    plan = plan_start(
+        PlacementPolicy.named("cheapest"), now, deadline, 100, 60.0, 10, [tariffed()], 1e6
+    )
+    assert plan.start == at(1, 23)  # the night's valley, not the flat hours from 11:00
+    assert plan.waits(now) and plan.reason == "waits for a 75% cheaper window"
+    assert plan.latest is not None and plan.start <= plan.latest
+
+
+def test_a_long_run_waits_for_the_night_valley() -> None:
+    now = at(1, 19)  # evening peak
+    plan = plan_start(
+        PlacementPolicy.named("cheapest"), now, at(2, 12), 60, 3600.0, 10, [tariffed()], 1e6
+    )
+    assert plan.start == at(1, 23)  # six hours from 23:00 are all valley but one
+    assert "cheaper" in plan.reason
+
+
+def test_fastest_and_jobs_without_a_deadline_start_now() -> None:
+    now = at(1, 9)
+    assert plan_start(FASTEST, now, at(2, 9), 100, 60, 10, [tariffed()], 1e6).start == now
+    greenest = PlacementPolicy.named("cheapest")
+    assert plan_start(greenest, now, None, 100, 60, 10, [tariffed()], 1e6).start == now
+
+
+def test_a_job_that_can_no_longer_wait_starts_now() -> None:
+    now = at(1, 9)
+    tight = now + run_seconds(100, 60.0, 10)  # exactly the time it needs
+    assert (
+        plan_start(
+            PlacementPolicy.named("cheapest"), now, tight, 100, 60.0, 10, [tariffed()], 1e6
+        ).start
+        == now
+    )
+    late = now + 60  # already too late: start at once, and say nothing of waiting
+    plan = plan_start(
+        PlacementPolicy.named("cheapest"), now, late, 100, 60.0, 10, [tariffed()], 1e6
+    )
+    assert plan.start == now and not plan.waits(now)
+
+
+@settings(deadline=None)
+@given(
+    hour=st.floats(0, 48),
+    frames=st.integers(0, 5000),
+    frame_seconds=st.floats(0, 3600),
+    slots=st.integers(1, 64),
+    slack_hours=st.floats(-12, 72),
+    cost=st.floats(0, 1),
+    carbon=st.floats(0, 1),
+)
+def test_a_deadline_that_was_feasible_is_met(
+    hour: float,
+    frames: int,
+    frame_seconds: float,
+    slots: int,
+    slack_hours: float,
+    cost: float,
+    carbon: float,
+) -> None:
+    """Whatever the policy, a job started when planned and run as measured ends by its
+    deadline whenever it could have (started now); and it never waits past its latest
+    start."""
+    now = at(1, 0) + hour * HOUR
+    needed = run_seconds(frames, frame_seconds, slots)
+    deadline = now + needed + slack_hours * HOUR
+    policy = PlacementPolicy(time=0.1, cost=cost, carbon=carbon)
+    profile = DailyCurve.hourly([800.0 - 30 * h for h in range(24)])
+    regions = [tariffed(), RegionSignals("west", 1.2, DailyCurve.flat(0.5), profile)]
+    plan = plan_start(policy, now, deadline, frames, frame_seconds, slots, regions, 1e6)
+    assert plan.start >= now
+    if deadline - needed >= now:  # it could meet its deadline
+        assert plan.start + needed <= deadline + 1e-6
+    else:
+        assert plan.start == now
+
+
+@given(hour=st.floats(0, 48), slack_hours=st.floats(0, 72), cost=st.floats(0, 1))
+def test_with_flat_signals_nothing_waits(hour: float, slack_hours: float, cost: float) -> None:
+    now = at(1, 0) + hour * HOUR
+    flat = RegionSignals.flat("west", HYDRO)
+    deadline = now + run_seconds(100, 60, 4) + slack_hours * HOUR
+    policy = PlacementPolicy(time=0, cost=cost + 0.01, carbon=1 - cost)
+    assert plan_start(policy, now, deadline, 100, 60, 4, [flat], 1e6).start == now
+
+
+def test_the_safety_margin_is_in_the_latest_start() -> None:
+    assert run_seconds(0, 60, 4) == SAFETY_SECONDS
+    assert run_seconds(8, 60, 4) == 2 * 60 * 1.25 + SAFETY_SECONDS
