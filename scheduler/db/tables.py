@@ -122,6 +122,9 @@ class JobRow(SQLModel, table=True):
     on_dependency_failure: str = Field("wait", max_length=8)  # wait | fail
     timeout: float  # the job's, or the farm's default
     stall_timeout: float | None = None
+    deadline: float | None = None  # when the studio needs it done
+    # The placement policy's weights, {"time", "cost", "carbon"}; None: fastest.
+    placement: dict[str, float] | None = Field(default=None, sa_column=Column(JSON))
     state: str = Field(index=True, max_length=16)
     message: str | None = None
     suspended: bool = False
@@ -236,6 +239,10 @@ class FrameResultRow(SQLModel, table=True):
     facility_joules: float | None = None  # x the region's PUE
     cost: float | None = None  # in the farm's currency
     co2_grams: float | None = None
+    # The region's figures it was billed with, at its finish (they change over the day).
+    pue: float | None = None
+    price_per_kwh: float | None = None
+    carbon_g_per_kwh: float | None = None
 
 
 class FrameTotal(SQLModel, table=True):
@@ -275,6 +282,11 @@ class Region(SQLModel, table=True):
     carbon_g_per_kwh: float
     source: str = ""  # where the figures come from
     updated_at: float
+    # Over the day, in local hours (scheduler/core/signals.py): [[from_hour, price], ...]
+    # in place of price_per_kwh, [[from_hour, gCO2/kWh], ...] in place of carbon_g_per_kwh.
+    tariff: list[list[float]] | None = Field(default=None, sa_column=Column(JSON))
+    carbon_profile: list[list[float]] | None = Field(default=None, sa_column=Column(JSON))
+    utc_offset_hours: float = Field(default=8.0, sa_column_kwargs={"server_default": "8"})
 
 
 class NodeRow(SQLModel, table=True):

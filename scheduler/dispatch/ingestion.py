@@ -66,7 +66,10 @@ from scheduler.wire.messages import (
 log = logging.getLogger(__name__)
 
 VANISHED_GRACE_SECONDS = 2.0
-_BILL_COLUMNS = ("region", "energy_method", "it_joules", "facility_joules", "cost", "co2_grams")
+_BILL_COLUMNS = (
+    "region", "energy_method", "it_joules", "facility_joules", "cost", "co2_grams", "pue",
+    "price_per_kwh", "carbon_g_per_kwh",
+)  # fmt: skip
 RetryTiming = tuple[float, float]  # (first wait, longest wait), seconds
 NO_VALID_RESULT = "the node reported no valid frame result"
 

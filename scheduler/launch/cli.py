@@ -450,6 +450,23 @@ def region_set(
     price: Annotated[float | None, typer.Option(help="electricity price per kWh")] = None,
     carbon: Annotated[float | None, typer.Option(help="grid carbon intensity, gCO2/kWh")] = None,
     source: Annotated[str | None, typer.Option(help="where the figures come from")] = None,
+    tariff: Annotated[
+        str | None,
+        typer.Option(
+            help="a time-of-use price, HOUR:PRICE steps in local hours from 0, such as "
+            "0:0.25,8:1.0,11:0.6,18:1.0,22:0.25 (in place of --price; '' for flat again)"
+        ),
+    ] = None,
+    carbon_profile: Annotated[
+        str | None,
+        typer.Option(
+            help="grid carbon over the day, HOUR:GCO2 steps from 0 (in place of --carbon; '' "
+            "for flat again)"
+        ),
+    ] = None,
+    utc_offset: Annotated[
+        float | None, typer.Option(help="the region's local time, hours from UTC (China: 8)")
+    ] = None,
 ) -> None:
     """Create or change a region; frames already billed keep their bills."""
     import time
@@ -460,7 +477,10 @@ def region_set(
 
     service = _studio_service()
     with _reported(), Session(service.engine) as session:
-        region = set_region(session, name, time.time(), pue, price, carbon, source)
+        region = set_region(
+            session, name, time.time(), pue, price, carbon, source,
+            _steps("--tariff", tariff), _steps("--carbon-profile", carbon_profile), utc_offset,
+        )  # fmt: skip
         session.commit()
         typer.echo(_region_line(region, service.settings.currency))
 
@@ -512,11 +532,35 @@ def nodes() -> None:
         )
 
 
+def _steps(option: str, text: str | None) -> list[tuple[float, float]] | None:
+    """``HOUR:VALUE,HOUR:VALUE`` as steps; None where not given, [] for ''."""
+    from scheduler.errors import InvalidRequest
+
+    if text is None:
+        return None
+    steps = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        hour, colon, value = part.partition(":")
+        try:
+            steps.append((float(hour), float(value)))
+        except ValueError:
+            raise InvalidRequest(option, f"{part!r} is not HOUR:VALUE") from None
+        if not colon:
+            raise InvalidRequest(option, f"{part!r} is not HOUR:VALUE")
+    return steps
+
+
 def _region_line(region: Any, currency: str) -> str:
+    price = _curve_text(region.tariff) or f"{region.price_per_kwh:g}"
+    carbon = _curve_text(region.carbon_profile) or f"{region.carbon_g_per_kwh:g}"
     return (
-        f"{region.name}: PUE {region.pue:g}, {region.price_per_kwh:g} {currency}/kWh, "
-        f"{region.carbon_g_per_kwh:g} gCO2/kWh ({region.source or 'no source given'})"
+        f"{region.name}: PUE {region.pue:g}, {price} {currency}/kWh, {carbon} gCO2/kWh, "
+        f"UTC{region.utc_offset_hours:+g} ({region.source or 'no source given'})"
     )
+
+
+def _curve_text(steps: list[list[float]] | None) -> str:
+    return ",".join(f"{h:g}h:{v:g}" for h, v in steps) if steps else ""
 
 
 @app.command()

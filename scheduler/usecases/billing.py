@@ -1,7 +1,8 @@
 """Bills of energy, cost and carbon: made per frame at ingestion, summed per job and day.
 
 A frame's bill is computed once, from the IT joules its node metered and its region's
-figures at that moment (``scheduler.core.energy.bill_for``), and stored with the frame;
+figures at the moment it finished (its tariff hour, its carbon profile's hour:
+``scheduler.core.signals``), and stored with the frame with the figures it used;
 totals are sums of stored bills, so they never change after the fact. The billing day
 is the frame's finish date in the farm's billing time zone (``billing_timezone``,
 Asia/Shanghai by default: the studios' day, not UTC's).
@@ -19,11 +20,16 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import bindparam, func, select
 from sqlmodel import Session, col
 
-from scheduler.core.energy import RegionFigures, bill_for
+from scheduler.core.energy import bill_for
 from scheduler.core.rollups import attempts_change, totals_change
+from scheduler.core.signals import RegionSignals
 from scheduler.db import AttemptTotal, FrameResultRow, FrameTotal
 from scheduler.db.engine import insert_or
-from scheduler.usecases.regions import UNKNOWN_REGION, add_unknown_region, load_regions
+from scheduler.usecases.regions import (
+    UNKNOWN_SIGNALS,
+    add_unknown_region,
+    load_signals,
+)
 
 
 class FrameBiller:
@@ -35,14 +41,14 @@ class FrameBiller:
 
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
-        self._regions: dict[str, RegionFigures] = {}
+        self._regions: dict[str, RegionSignals] = {}
 
     def load_regions(self, session: Session, names: Iterable[str], now: float) -> None:
         """Load the figures of every region; record the unknown among ``names``."""
         if not self._regions:
-            self._regions = load_regions(session)
+            self._regions = load_signals(session)
         for name in sorted(set(names) - set(self._regions)):
-            self._regions[name] = add_unknown_region(session, name, now)
+            self._regions[name] = RegionSignals.flat(name, add_unknown_region(session, name, now))
 
     def bill(self, region: str, it_joules: float | None, finished_at: float) -> dict[str, Any]:
         """The billing columns of a frame row (its region's figures were loaded)."""
@@ -53,12 +59,21 @@ class FrameBiller:
             "facility_joules": None,
             "cost": None,
             "co2_grams": None,
+            "pue": None,
+            "price_per_kwh": None,
+            "carbon_g_per_kwh": None,
         }
         if it_joules is None:
             return columns
-        bill = bill_for(it_joules, self._regions.get(region, UNKNOWN_REGION))
+        figures = self._regions.get(region, UNKNOWN_SIGNALS).at(finished_at)
+        bill = bill_for(it_joules, figures)
         columns.update(
-            facility_joules=bill.facility_joules, cost=bill.cost, co2_grams=bill.co2_grams
+            facility_joules=bill.facility_joules,
+            cost=bill.cost,
+            co2_grams=bill.co2_grams,
+            pue=figures.pue,
+            price_per_kwh=figures.price_per_kwh,
+            carbon_g_per_kwh=figures.carbon_g_per_kwh,
         )
         return columns
 

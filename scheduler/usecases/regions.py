@@ -31,6 +31,7 @@ import math
 from sqlmodel import Session, select
 
 from scheduler.core.energy import RegionFigures
+from scheduler.core.signals import DailyCurve, RegionSignals
 from scheduler.db import Region
 from scheduler.errors import InvalidRequest
 
@@ -46,6 +47,35 @@ def load_regions(session: Session) -> dict[str, RegionFigures]:
         row.name: RegionFigures(row.pue, row.price_per_kwh, row.carbon_g_per_kwh)
         for row in session.exec(select(Region))
     }
+
+
+def load_signals(session: Session) -> dict[str, RegionSignals]:
+    """Every region's figures over the day (``signals_of``)."""
+    return {row.name: signals_of(row) for row in session.exec(select(Region))}
+
+
+def signals_of(row: Region) -> RegionSignals:
+    """A region's PUE, its tariff (else its flat price) and its hourly carbon profile
+    (else its flat figure), in its local hours."""
+    offset = row.utc_offset_hours
+    price = _curve(row.tariff, offset) or DailyCurve(((0.0, row.price_per_kwh),), offset)
+    carbon = _curve(row.carbon_profile, offset) or DailyCurve(
+        ((0.0, row.carbon_g_per_kwh),), offset
+    )
+    return RegionSignals(row.name, row.pue, price, carbon, source=row.source)
+
+
+def _curve(steps: list[list[float]] | None, offset: float) -> DailyCurve | None:
+    if not steps:
+        return None
+    try:
+        return DailyCurve(tuple((float(h), float(v)) for h, v in steps), offset)
+    except (ValueError, TypeError):  # stored by hand, wrongly: the flat figure holds
+        log.warning("a region's stored curve %r does not read; its flat figure holds", steps)
+        return None
+
+
+UNKNOWN_SIGNALS = RegionSignals.flat("unknown", UNKNOWN_REGION)
 
 
 def add_unknown_region(session: Session, name: str, now: float) -> RegionFigures:
@@ -79,8 +109,13 @@ def set_region(
     price_per_kwh: float | None = None,
     carbon_g_per_kwh: float | None = None,
     source: str | None = None,
+    tariff: list[tuple[float, float]] | None = None,
+    carbon_profile: list[tuple[float, float]] | None = None,
+    utc_offset_hours: float | None = None,
 ) -> Region:
     """Create or change a region; figures not given keep their value (new: UNKNOWN_REGION's).
+    A ``tariff`` or ``carbon_profile`` (``(from_hour, value)`` steps in the region's local
+    hours) replaces the flat price or carbon figure; an empty one goes back to it.
 
     Frames already rendered keep the bills they were given.
     """
@@ -104,6 +139,19 @@ def set_region(
         region.carbon_g_per_kwh = carbon_g_per_kwh
     if source is not None:
         region.source = source
+    if utc_offset_hours is not None:
+        if not -12 <= utc_offset_hours <= 14:
+            raise InvalidRequest("utc_offset_hours", f"-12 to 14 hours, got {utc_offset_hours}")
+        region.utc_offset_hours = utc_offset_hours
+    for field, steps in (("tariff", tariff), ("carbon_profile", carbon_profile)):
+        if steps is None:
+            continue
+        if steps:
+            try:
+                DailyCurve(tuple(steps), region.utc_offset_hours)
+            except ValueError as error:
+                raise InvalidRequest(field, str(error)) from None
+        setattr(region, field, [[float(h), float(v)] for h, v in steps] or None)
     region.updated_at = now
     session.add(region)
     return region

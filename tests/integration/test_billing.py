@@ -93,6 +93,32 @@ def test_a_regions_new_figures_bill_new_frames_only(
     assert frames[2].cost == pytest.approx(1.2 * 1.0)
 
 
+def test_a_frame_is_billed_at_its_regions_tariff_hour_and_keeps_the_figures_it_used(
+    scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
+    engine: Engine, clock: Clock,
+) -> None:  # fmt: skip
+    job_id = submit(studios, studio_id, "1-2")
+    one, two = sent(scheduler, fake_broker)
+    with Session(engine) as session:
+        set_region(
+            session, "guizhou", clock(), tariff=[(0, 0.2), (8, 1.0), (22, 0.2)],
+            carbon_profile=[(0, 300.0), (12, 600.0)],
+        )  # fmt: skip
+        session.commit()
+    midnight = dt.datetime(2026, 12, 1, tzinfo=SHANGHAI).timestamp()
+    clock.now = midnight + 3 * 3600  # 03:00 in Guizhou: the valley, the night's carbon
+    scheduler.ingest([event("finished", one, region="guizhou", results=[report(1, 3.6e6)])])
+    clock.now = midnight + 14 * 3600  # 14:00: the day's price and carbon
+    scheduler.ingest([event("finished", two, region="guizhou", results=[report(2, 3.6e6)])])
+    frames = {r.frame: r for r in rows(engine, FrameResultRow, job_id=job_id)}
+    assert (frames[1].pue, frames[1].price_per_kwh, frames[1].carbon_g_per_kwh) == (1.2, 0.2, 300)
+    assert frames[1].cost == pytest.approx(1.2 * 0.2)
+    assert (frames[2].price_per_kwh, frames[2].carbon_g_per_kwh) == (1.0, 600)
+    assert frames[2].co2_grams == pytest.approx(1.2 * 600)
+    with Session(engine) as session, pytest.raises(InvalidRequest, match="daily curve"):
+        set_region(session, "guizhou", clock(), tariff=[(3, 0.2)])
+
+
 def test_the_last_frames_energy_is_completed_by_finished(
     scheduler: Scheduler, fake_broker: RecordingBroker, studios: StudioService, studio_id: int,
     engine: Engine,
