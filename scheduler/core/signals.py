@@ -60,12 +60,11 @@ class DailyCurve:
     def integral(self, start: float, end: float) -> float:
         """The value integrated over ``[start, end]``, in value x seconds: whole days at
         once, so a span of months costs no more than a span of hours."""
-        return self._since_epoch(end) - self._since_epoch(start)
-
-    def _since_epoch(self, t: float) -> float:
-        shifted = t + self.utc_offset_hours * HOUR
-        days, into = divmod(shifted, DAY)
-        return days * self._within_day(DAY) + self._within_day(into)
+        offset = self.utc_offset_hours * HOUR
+        first_day, into_first = divmod(start + offset, DAY)
+        last_day, into_last = divmod(end + offset, DAY)
+        whole = (last_day - first_day) * self._within_day(DAY)  # few days: exact enough
+        return whole + self._within_day(into_last) - self._within_day(into_first)
 
     def _within_day(self, seconds: float) -> float:
         total, hours = 0.0, seconds / HOUR
