@@ -8,11 +8,14 @@ from ``JobRequest.columns()``.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +37,7 @@ from scheduler.core.bounds import (
     text_problem,
 )
 from scheduler.core.dependencies import DependencyMode, OnDependencyFailure
+from scheduler.core.siting import FASTEST, POLICIES, PlacementPolicy
 from scheduler.db import JobRow
 from scheduler.wire.renderers import GPU_DEVICES, BlenderRenderer, RendererSpec, field_error
 
@@ -112,6 +116,34 @@ class NodeRequirements(BaseModel):
         )
 
 
+PolicyName = Literal["fastest", "cheapest", "greenest"]
+
+
+class PlacementWeights(BaseModel):
+    """Weights between finishing soon, cost and grid carbon (at least one above 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: Finite = Field(0.0, ge=0, le=1000)
+    cost: Finite = Field(0.0, ge=0, le=1000)
+    carbon: Finite = Field(0.0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> PlacementWeights:
+        if self.time + self.cost + self.carbon <= 0:
+            raise ValueError("give at least one weight above 0")
+        return self
+
+
+def placement_shown(weights: dict[str, float] | None) -> PolicyName | dict[str, float]:
+    """A job's stored placement as the studio gave it: a policy's name, else weights."""
+    if weights is None:
+        return "fastest"
+    policy = PlacementPolicy(**weights)
+    named = [name for name, known in POLICIES.items() if known == policy]
+    return named[0] if named else dict(weights)  # type: ignore[return-value]
+
+
 class JobTerms(BaseModel):
     """How the farm runs a job's chunks, whatever makes them: the fields a job
     (``JobFields``) and an OpenJD template's jobs (``TemplateRequest``) share."""
@@ -144,6 +176,30 @@ class JobTerms(BaseModel):
         description="the files the job needs, laid out in its folder on every node "
         "(POST /v1/manifests); the renderer's paths are relative to that folder",
     )
+    deadline: AwareDatetime | None = Field(
+        None,
+        description="when the studio needs it done (with a time zone): a job placed for "
+        "cost or carbon may wait for a cheaper or cleaner window, and starts in time",
+    )
+    placement: PolicyName | PlacementWeights = Field(
+        "fastest",
+        description="fastest (the emptiest node, now), cheapest or greenest (the region "
+        "and hour with the lowest cost or grid carbon per frame), or weights between them",
+    )
+
+    def placement_columns(self) -> dict[str, Any]:
+        """The job's deadline (seconds since the epoch) and placement weights (None:
+        fastest)."""
+        placement = self.placement
+        weights = (
+            POLICIES[placement]
+            if isinstance(placement, str)
+            else PlacementPolicy(placement.time, placement.cost, placement.carbon)
+        )
+        return {
+            "deadline": self.deadline.timestamp() if self.deadline is not None else None,
+            "placement": None if weights == FASTEST else dataclasses.asdict(weights),
+        }
 
 
 class JobFields(JobTerms, Generic[RendererT]):
@@ -171,7 +227,9 @@ class JobFields(JobTerms, Generic[RendererT]):
 
 
 # The fields whose columns are named or shaped otherwise (see JobRequest.columns).
-_RENAMED = {"renderer", "requirements", "depends_on", "dependency", "manifest"}
+_RENAMED = {
+    "renderer", "requirements", "depends_on", "dependency", "manifest", "deadline", "placement"
+}  # fmt: skip
 
 
 class JobRequest(JobFields[RendererSpec]):
@@ -205,6 +263,7 @@ class JobRequest(JobFields[RendererSpec]):
             "limits": sorted(set(self.limits)),
             "dependency_mode": self.dependency.value,
             "manifest_id": self.manifest,
+            **self.placement_columns(),
             **self.requirements.columns(),
         }
 
@@ -220,6 +279,12 @@ class JobRequest(JobFields[RendererSpec]):
             "dependency": job.dependency_mode,
             "requirements": NodeRequirements.of(job),
             "manifest": job.manifest_id,
+            "deadline": (
+                dt.datetime.fromtimestamp(job.deadline, dt.UTC)
+                if job.deadline is not None
+                else None
+            ),
+            "placement": placement_shown(job.placement),
         }
 
 
@@ -230,3 +295,7 @@ def _renderer_shown(job: JobRow) -> dict[str, Any]:
         shown = {k: v for k, v in job.renderer_settings.items() if k != "template"}
         return {"kind": job.renderer, **shown}
     return {"kind": job.renderer, **job.renderer_settings}
+
+
+def _moment(seconds: float | None) -> dt.datetime | None:
+    return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)

@@ -173,6 +173,7 @@ class StepJob:
             "dependency_mode": "job",
             "on_dependency_failure": "wait",
             "manifest_id": request.manifest,
+            **request.placement_columns(),
         }
 
 

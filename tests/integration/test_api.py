@@ -334,3 +334,28 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/frames", "/v1/nodes"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_a_job_carries_its_deadline_and_placement(
+    client: TestClient, studio: dict[str, str]
+) -> None:
+    body = job_body(deadline="2026-12-02T09:00:00+08:00", placement="greenest")
+    made = client.post("/v1/jobs", json=body, headers=studio)
+    assert made.status_code == 201, made.text
+    job = made.json()
+    assert job["deadline"] == "2026-12-02T01:00:00Z" and job["placement"] == "greenest"
+    weights = {"time": 0.2, "cost": 1.0, "carbon": 0.5}
+    weighted = client.post("/v1/jobs", json=job_body(placement=weights), headers=studio).json()
+    assert weighted["placement"] == weights and weighted["deadline"] is None
+    plain = client.post("/v1/jobs", json=job_body(), headers=studio).json()
+    assert plain["placement"] == "fastest"
+    for bad, where in [
+        ({"deadline": "2026-12-02T09:00:00"}, ["body", "deadline"]),  # no time zone
+        ({"placement": "cleanest"}, ["body", "placement"]),
+        ({"placement": {"time": 0, "cost": 0, "carbon": 0}}, ["body", "placement"]),
+        ({"placement": {"cost": -1}}, ["body", "placement"]),
+        ({"placement": {"cost": 1, "speed": 1}}, ["body", "placement"]),
+    ]:
+        refused = client.post("/v1/jobs", json=job_body(**bad), headers=studio)
+        assert refused.status_code == 422, (bad, refused.text)
+        assert any(p["loc"][: len(where)] == where for p in refused.json()["detail"]), refused.text
