@@ -165,12 +165,16 @@ class NodeView:
     gpus: int = 0
     tags: frozenset[str] = field(default_factory=frozenset)
     capabilities: Capabilities = field(default_factory=Capabilities)
+    region: str = ""
 
     def hardware(self) -> Hardware:
-        return (self.pool, self.cores, self.memory_bytes, self.gpus, self.tags, self.capabilities)
+        return (
+            self.pool, self.cores, self.memory_bytes, self.gpus, self.tags, self.capabilities,
+            self.region,
+        )  # fmt: skip
 
 
-Hardware = tuple[str, int, int, int, frozenset[str], Capabilities]
+Hardware = tuple[str, int, int, int, frozenset[str], Capabilities, str]
 
 
 def matches(node: NodeView, needs: Requirements) -> bool:
@@ -212,18 +216,30 @@ class Placement:
     def room(self, pool: str) -> int:
         return self._room.get(pool, 0)
 
-    def place(self, pool: str, needs: Requirements, avoid: Collection[str] = ()) -> str | None:
-        """A matching node with room, the emptiest first; None if there is none now."""
-        best: tuple[int, str, list[tuple[int, str]]] | None = None
+    def place(
+        self,
+        pool: str,
+        needs: Requirements,
+        avoid: Collection[str] = (),
+        prefer: Sequence[str] = (),
+    ) -> str | None:
+        """A matching node with room, the emptiest first; None if there is none now.
+        With ``prefer`` (regions, best first: scheduler/core/siting.py), a node of an
+        earlier region first, the emptiest of it; then of any other region."""
+        rank = {region: index for index, region in enumerate(prefer)}
+        best: tuple[int, int, str, list[tuple[int, str]]] | None = None
         for key, heap in self._heaps.items():
             if key[0] != pool or not heap or not matches(self._sample[key], needs):
                 continue
             top = _first_not_in(heap, avoid)
-            if top is not None and (best is None or top < best[:2]):
-                best = (*top, heap)
+            if top is None:
+                continue
+            ranked = (rank.get(key[6], len(rank)), *top)
+            if best is None or ranked < best[:3]:
+                best = (*ranked, heap)
         if best is None:
             return None
-        free, name, heap = best
+        _rank, free, name, heap = best
         if heap[0] == (free, name):
             heapq.heappop(heap)
         else:  # the emptiest node was avoided: take the one chosen from within

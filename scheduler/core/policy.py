@@ -51,6 +51,7 @@ class JobCandidate:
     limits: tuple[str, ...] = ()  # named farm-wide limits each of its chunks takes one of
     needs: Requirements = NO_REQUIREMENTS  # what a node must have to render it
     avoid: frozenset[str] = frozenset()  # nodes on which it failed too often
+    prefer: tuple[str, ...] = ()  # regions, best first, for its placement policy (siting.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
             job, chunk = picked
             if job.job_id in unplaced or not fits_limits(job.limits, snapshot.limits, used):
                 continue  # this job waits (a node, a licence); the studio's others may go
-            node = placement.place(pool, job.needs, job.avoid)
+            node = placement.place(pool, job.needs, job.avoid, job.prefer)
             if node is None:
                 unplaced.add(job.job_id)
                 continue

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Integer, bindparam, func
 from sqlalchemy import select as sql_select
@@ -62,6 +63,7 @@ from scheduler.db.transitions import (
     open_attempts,
     refresh_job_states,
 )
+from scheduler.dispatch.siting import WAITS_FOR_WINDOW, JobSiting, Siting, waiting_message
 from scheduler.wire.messages import ChunkMessage, attempt_log_path, output_pattern_for
 from scheduler.wire.openjd import StepTasks
 
@@ -192,6 +194,7 @@ def load_dispatch_snapshot(
     settings: DispatchSettings,
     buffer_for: Callable[[str], int],
     passes: Mapping[tuple[int, str], float],
+    siting: Siting | None = None,
 ) -> tuple[DispatchSnapshot, dict[int, JobRow], HeldJobs]:
     """Live nodes and their room, studios' shares, and the next queued chunks of the
     jobs that may dispatch; and why the others wait. Reads, but for cutting the chunks
@@ -210,6 +213,7 @@ def load_dispatch_snapshot(
     jobs = session.exec(_DISPATCHABLE_JOBS, params={"pools": list(room)}).all()
     dependencies = _dependencies(session, jobs)
     avoid = _blocklists(session, jobs, settings.node_blocklist_after)
+    sited = siting.decide(session, jobs, nodes, now) if siting is not None else {}
     candidates: list[JobCandidate] = []
     # Chunks are loaded in the policy's own job order, and no more per studio and pool
     # than the pool has room for: a tick's cost follows the free slots, not the backlog.
@@ -224,6 +228,9 @@ def load_dispatch_snapshot(
         waits_for = dependencies.get(job.id)
         if waits_for and not _gate_open(job, waits_for, held_jobs):
             continue
+        site = sited.get(job.id)
+        if not _time_to_start(job, site, now, settings, held_jobs):
+            continue
         if waits_for and job.dependency_mode == DependencyMode.FRAME:
             queued = _frames_ready_chunks(session, job, waits_for, wanted, now)
         else:
@@ -233,7 +240,8 @@ def load_dispatch_snapshot(
             )
         loaded[(job.studio_id, job.pool)] += len(queued)
         if queued:
-            candidates.append(_candidate(job, queued, avoid.get(job.id, frozenset())))
+            prefer = site.prefer if site is not None else ()
+            candidates.append(_candidate(job, queued, avoid.get(job.id, frozenset()), prefer))
     studios = list({job.studio_id for job in candidates})
     weights: dict[int, float] = {}
     terms: dict[tuple[int, str], PoolTerms] = {}
@@ -260,6 +268,7 @@ def load_dispatch_snapshot(
 class DispatchSettings(Protocol):
     node_timeout: float
     node_blocklist_after: int
+    billing_timezone: str  # the farm's local time, for the times a message names
 
 
 def _live_nodes(
@@ -281,6 +290,7 @@ def _live_nodes(
             gpus=row.gpus,
             tags=frozenset(row.tags or ()),
             capabilities=Capabilities.of(row.cores, row.memory_bytes, row.gpus, row.capabilities),
+            region=row.region,
         )
         for row in rows
     ]
@@ -516,8 +526,26 @@ def save_dispatch(
     return messages
 
 
+def _time_to_start(
+    job: JobRow, site: JobSiting | None, now: float, settings: DispatchSettings, held: HeldJobs
+) -> bool:
+    """Whether a job placed for cost or carbon goes now, or waits for its window (its
+    message says until when, and by when it must start to meet its deadline)."""
+    plan = site.start if site is not None else None
+    if plan is None or not plan.waits(now):
+        _note_held(job, WAITS_FOR_WINDOW, None, held)
+        return True
+    _note_held(
+        job, WAITS_FOR_WINDOW, waiting_message(plan, ZoneInfo(settings.billing_timezone)), held
+    )
+    return False
+
+
 def _candidate(
-    job: JobRow, queued: Iterable[QueuedChunk], avoid: frozenset[str] = frozenset()
+    job: JobRow,
+    queued: Iterable[QueuedChunk],
+    avoid: frozenset[str] = frozenset(),
+    prefer: tuple[str, ...] = (),
 ) -> JobCandidate:
     assert job.id is not None
     return JobCandidate(
@@ -529,4 +557,5 @@ def _candidate(
         tuple(job.limits or ()),
         _needs(job),
         avoid,
+        prefer,
     )

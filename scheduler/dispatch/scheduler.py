@@ -32,6 +32,7 @@ from scheduler.dispatch.ingestion import (
     split_events,
 )
 from scheduler.dispatch.reconciling import close_stale_attempts, mark_lost_nodes, requeue_unclaimed
+from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
@@ -53,6 +54,7 @@ class Scheduler:
         self.rates = CompletionRate()
         # Fair-share stride passes, carried between ticks; a restart starts them afresh.
         self.passes: dict[tuple[int, str], float] = {}
+        self.siting = Siting()  # placement policies' figures, kept half a minute
 
     def dispatch_tick(self) -> list[ChunkMessage]:
         """Fill each node's queue up to its free slots; returns what was sent."""
@@ -65,6 +67,7 @@ class Scheduler:
                 self.settings,
                 lambda pool: self._buffer(pool, now),
                 self.passes,
+                self.siting,
             )
             save_held_jobs(session, held, now)
             assignments = plan_dispatch(snapshot, now)

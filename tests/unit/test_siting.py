@@ -181,3 +181,17 @@ def test_with_flat_signals_nothing_waits(hour: float, slack_hours: float, cost: 
 def test_the_safety_margin_is_in_the_latest_start() -> None:
     assert run_seconds(0, 60, 4) == SAFETY_SECONDS
     assert run_seconds(8, 60, 4) == 2 * 60 * 1.25 + SAFETY_SECONDS
+
+
+def test_placement_prefers_the_regions_ranked_first_then_any() -> None:
+    from scheduler.core.placement import NodeView, Placement, Requirements
+
+    nodes = [
+        NodeView("east-1", "cpu", free=5, region="shanghai"),
+        NodeView("west-1", "cpu", free=1, region="guizhou-hydro"),
+    ]
+    placement = Placement(nodes)
+    prefer = ("guizhou-hydro", "shanghai")
+    assert placement.place("cpu", Requirements(), prefer=prefer) == "west-1"
+    assert placement.place("cpu", Requirements(), prefer=prefer) == "east-1"  # west is full
+    assert Placement(nodes).place("cpu", Requirements()) == "east-1"  # fastest: the emptiest

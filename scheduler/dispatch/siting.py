@@ -1,0 +1,154 @@
+"""The placement policies of jobs, applied at dispatch (scheduler/core/siting.py): for each
+job placed for cost or carbon, its regions best first, and whether it waits for a
+cheaper or cleaner window before its deadline.
+
+What it reads, and keeps for ``ttl`` seconds (a tick's cost must not grow with a job's
+rendered frames): the regions' signals, and per job and region the mean IT joules and
+render seconds of its rendered frames. A job with no frame yet is planned with the
+mean of the others measured in the same regions, else one joule (any positive figure
+ranks regions by their price and carbon alone), and its frame time bounded by its own
+time limit per frame, the longest a frame may take: so a wait never risks a deadline
+that measured frames would have met.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, func
+from sqlalchemy import select as sql_select
+from sqlmodel import Session, col
+
+from scheduler.core.placement import NodeView
+from scheduler.core.signals import RegionSignals
+from scheduler.core.siting import PlacementPolicy, StartPlan, plan_start, rank_regions
+from scheduler.db import ChunkRow, FrameResultRow, JobRow
+from scheduler.usecases.regions import UNKNOWN_SIGNALS, load_signals
+
+WAITS_FOR_WINDOW = "waits for a"  # how the message of a time-shifted job begins
+
+_MEASURED = (
+    sql_select(
+        col(FrameResultRow.job_id),
+        col(FrameResultRow.region),
+        func.avg(FrameResultRow.it_joules),
+        func.avg(FrameResultRow.render_seconds),
+    )
+    .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
+    .group_by(col(FrameResultRow.job_id), col(FrameResultRow.region))
+)
+_LEFT = (
+    sql_select(col(ChunkRow.job_id), func.coalesce(func.sum(ChunkRow.frame_count), 0))
+    .where(
+        col(ChunkRow.job_id).in_(bindparam("ids", expanding=True)),
+        col(ChunkRow.state) == "queued",
+    )
+    .group_by(col(ChunkRow.job_id))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSiting:
+    prefer: tuple[str, ...]  # regions, best first
+    start: StartPlan | None  # None: no deadline to plan against
+
+
+@dataclass(slots=True)
+class _Measured:
+    joules: dict[str, float] = field(default_factory=dict)  # by region
+    seconds: float | None = None  # mean render seconds of its frames
+
+
+class Siting:
+    """The policies' decisions for a tick's jobs, from figures kept ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._signals: tuple[float, dict[str, RegionSignals]] | None = None
+        self._measured: dict[int, tuple[float, _Measured]] = {}
+
+    def decide(
+        self, session: Session, jobs: Sequence[JobRow], nodes: Sequence[NodeView], now: float
+    ) -> dict[int, JobSiting]:
+        placed = [job for job in jobs if job.placement and job.id is not None]
+        if not placed:
+            return {}
+        signals = self._load_signals(session)
+        measured = self._load_measured(session, [job.id for job in placed if job.id])
+        left = dict(session.execute(_LEFT, {"ids": [job.id for job in placed]}).all())
+        decided = {}
+        for job in placed:
+            assert job.id is not None and job.placement is not None
+            policy = PlacementPolicy(**job.placement)
+            pool_regions = sorted({n.region for n in nodes if n.pool == job.pool})
+            regions = {r: signals.get(r, UNKNOWN_SIGNALS) for r in pool_regions}
+            joules = measured[job.id].joules
+            prefer = rank_regions(policy, joules, {r: s.at(now) for r, s in regions.items()})
+            decided[job.id] = JobSiting(
+                tuple(prefer), self._start(job, policy, now, left, measured, regions, nodes)
+            )
+        return decided
+
+    def _start(
+        self,
+        job: JobRow,
+        policy: PlacementPolicy,
+        now: float,
+        left: dict[int, int],
+        measured: dict[int, _Measured],
+        regions: dict[str, RegionSignals],
+        nodes: Sequence[NodeView],
+    ) -> StartPlan | None:
+        if job.deadline is None or job.started_at is not None:
+            return None  # work under way is not held back
+        assert job.id is not None
+        seen = measured[job.id]
+        frame_seconds = seen.seconds or job.timeout  # unmeasured: its limit bounds a frame
+        slots = sum(max(1, n.free) for n in nodes if n.pool == job.pool)
+        known = [j for j in seen.joules.values() if j]
+        joules = sum(known) / len(known) if known else 1.0
+        return plan_start(
+            policy, now, job.deadline, int(left.get(job.id, 0)), frame_seconds, slots,
+            list(regions.values()), joules,
+        )  # fmt: skip
+
+    def _load_signals(self, session: Session) -> dict[str, RegionSignals]:
+        if self._signals is None or self.clock() - self._signals[0] > self.ttl:
+            self._signals = (self.clock(), load_signals(session))
+        return self._signals[1]
+
+    def _load_measured(self, session: Session, ids: list[int]) -> dict[int, _Measured]:
+        stale = [i for i in ids if i not in self._measured or self._expired(i)]
+        if stale:
+            found = {i: _Measured() for i in stale}
+            counts: dict[int, list[float]] = {}
+            for job_id, region, joules, seconds in session.execute(_MEASURED, {"ids": stale}):
+                if joules is not None:
+                    found[job_id].joules[region] = float(joules)
+                if seconds is not None:
+                    counts.setdefault(job_id, []).append(float(seconds))
+            for job_id, seconds_list in counts.items():
+                found[job_id].seconds = max(seconds_list)
+            for job_id, value in found.items():
+                self._measured[job_id] = (self.clock(), value)
+        if len(self._measured) > 4 * max(1, len(ids)) + 1000:  # forget finished jobs'
+            self._measured = {i: self._measured[i] for i in ids}
+        return {i: self._measured[i][1] for i in ids}
+
+    def _expired(self, job_id: int) -> bool:
+        return self.clock() - self._measured[job_id][0] > self.ttl
+
+
+def waiting_message(plan: StartPlan, zone: dt.tzinfo) -> str:
+    """Why a job waits and when it starts: "waits for a 75% cheaper window: starts at
+    23:00, by 02:10 at the latest to meet its deadline" (the farm's billing time zone)."""
+    start = dt.datetime.fromtimestamp(plan.start, zone)
+    text = f"{plan.reason}: starts at {start:%Y-%m-%d %H:%M %Z}"
+    if plan.latest is not None:
+        latest = dt.datetime.fromtimestamp(plan.latest, zone)
+        text += f", by {latest:%Y-%m-%d %H:%M} at the latest to meet its deadline"
+    return text

@@ -1,0 +1,114 @@
+"""Placement that weighs cost and carbon, at dispatch, against a real database: a job
+placed ``cheapest`` or ``greenest`` goes first to the nodes of the region whose frame
+costs least now; one whose deadline allows waits for a cheaper window, saying until
+when, and starts then; ``fastest`` and a deadline too near to wait start at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from scheduler.dispatch.scheduler import Scheduler
+from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.regions import set_region
+from tests.integration.conftest import Clock, heartbeat, submit
+
+pytestmark = pytest.mark.integration
+
+CST = dt.timezone(dt.timedelta(hours=8))
+MIDNIGHT = dt.datetime(2026, 12, 1, tzinfo=CST).timestamp()  # Guizhou's, and Shanghai's
+
+
+def regions(engine: Engine, clock: Clock) -> None:
+    with Session(engine) as session:
+        set_region(session, "shanghai", clock(), pue=1.4, price_per_kwh=0.9, carbon_g_per_kwh=580)
+        set_region(
+            session, "guizhou-hydro", clock(), pue=1.2, price_per_kwh=0.35,
+            carbon_g_per_kwh=24,
+        )  # fmt: skip
+        set_region(
+            session, "night-tariff", clock(), pue=1.2, carbon_g_per_kwh=500,
+            tariff=[(0, 0.2), (8, 1.2), (22, 0.2)],
+        )  # fmt: skip
+        session.commit()
+
+
+def nodes(scheduler: Scheduler, *placed: tuple[str, str]) -> None:
+    scheduler.ingest([heartbeat(name, slots=2, region=region) for name, region in placed])
+
+
+@pytest.mark.parametrize("policy", ["cheapest", "greenest"])
+def test_a_job_goes_first_to_the_region_whose_frame_costs_least(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock,
+    policy: str,
+) -> None:  # fmt: skip
+    regions(engine, clock)
+    submit(studios, studio_id, "1-5", placement=policy)
+    nodes(scheduler, ("east-1", "shanghai"), ("west-1", "guizhou-hydro"))
+    sent = scheduler.dispatch_tick()
+    # west-1's room (2 slots + a buffer of 1) fills first; what is left goes east
+    assert [m.node for m in sent] == ["west-1"] * 3 + ["east-1"] * 2
+
+
+def test_fastest_takes_the_emptiest_node_whatever_its_region(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    regions(engine, clock)
+    submit(studios, studio_id, "1")
+    scheduler.ingest(
+        [
+            heartbeat("east-1", slots=4, region="shanghai"),
+            heartbeat("west-1", slots=1, region="guizhou-hydro"),
+        ]
+    )
+    [sent] = scheduler.dispatch_tick()
+    assert sent.node == "east-1"
+
+
+def test_a_job_with_room_before_its_deadline_waits_for_the_night_tariff(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    regions(engine, clock)
+    clock.now = MIDNIGHT + 9 * 3600  # 09:00, the day price
+    deadline = dt.datetime.fromtimestamp(MIDNIGHT + 33 * 3600, CST)  # 09:00 tomorrow
+    job_id = submit(
+        studios, studio_id, "1-4", placement="cheapest", deadline=deadline.isoformat(),
+        timeout=600,
+    )  # fmt: skip
+    nodes(scheduler, ("night-1", "night-tariff"))
+    assert scheduler.dispatch_tick() == []
+    message = studios.get_job(studio_id, job_id).job.message or ""
+    assert message.startswith("waits for a 83% cheaper window: starts at 2026-12-01 22:00"), message
+    assert "at the latest to meet its deadline" in message
+    clock.now = MIDNIGHT + 22 * 3600 + 1  # the valley
+    nodes(scheduler, ("night-1", "night-tariff"))
+    sent = scheduler.dispatch_tick()
+    assert len(sent) == 3  # 2 slots and a buffer of 1
+    assert studios.get_job(studio_id, job_id).job.message is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"placement": "fastest"}, "fastest never waits"),
+        ({"placement": "cheapest"}, "no deadline: nothing to plan against"),
+        ({"placement": "cheapest", "deadline_hours": 1}, "too near to wait"),
+    ],
+)
+def test_jobs_that_cannot_or_need_not_wait_start_now(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock,
+    extra: dict[str, Any], why: str,
+) -> None:  # fmt: skip
+    regions(engine, clock)
+    clock.now = MIDNIGHT + 9 * 3600
+    fields: dict[str, Any] = {"placement": extra["placement"], "timeout": 600}
+    if "deadline_hours" in extra:
+        deadline = clock.now + extra["deadline_hours"] * 3600
+        fields["deadline"] = dt.datetime.fromtimestamp(deadline, CST).isoformat()
+    submit(studios, studio_id, "1-4", **fields)
+    nodes(scheduler, ("night-1", "night-tariff"))
+    assert len(scheduler.dispatch_tick()) == 3, why
