@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         min_length=16,
         description="the secret nodes show the API's /v1/internal routes (16+ characters)",
     )
+    carbon_feed_url: str | None = Field(
+        None,
+        description="a carbon intensity forecast in the Carbon Aware SDK's shape, "
+        "{location} standing for a region's feed_location (else its name), such as "
+        "http://carbon-aware:8080/emissions/forecasts/current?location={location}",
+    )
+    carbon_feed_seconds: float = Field(900.0, ge=10, description="how often the feed is read")
     allow_scene_scripts: bool = Field(
         False, description="whether jobs may run the Python scripts inside their scenes"
     )

@@ -287,6 +287,12 @@ class Region(SQLModel, table=True):
     tariff: list[list[float]] | None = Field(default=None, sa_column=Column(JSON))
     carbon_profile: list[list[float]] | None = Field(default=None, sa_column=Column(JSON))
     utc_offset_hours: float = Field(default=8.0, sa_column_kwargs={"server_default": "8"})
+    # A carbon feed's forecast (scheduler/dispatch/carbon_feed.py): [[start, seconds,
+    # gCO2/kWh], ...], over the profile where it has values; when it last came; and the
+    # feed's name for the region (None: the region's own).
+    feed_location: str | None = Field(default=None, max_length=64)
+    forecast: list[list[float]] | None = Field(default=None, sa_column=Column(JSON))
+    forecast_at: float | None = None
 
 
 class NodeRow(SQLModel, table=True):

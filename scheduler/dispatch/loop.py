@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from scheduler.db import create_tables, make_engine
 from scheduler.dispatch import metrics
+from scheduler.dispatch.carbon_feed import CarbonFeed
 from scheduler.dispatch.leader import LeaderLock
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
@@ -50,6 +51,12 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     leader = LeaderLock(redis_from_url(settings.effective_broker_url), settings.leader_ttl)
     last_reconcile = last_stale = 0.0
     failures = 0  # in a row
+    if settings.carbon_feed_url:
+        feed = CarbonFeed(engine, settings.carbon_feed_url)
+        threading.Thread(
+            target=feed.run, args=(settings.carbon_feed_seconds, stop), name="carbon-feed",
+            daemon=True,
+        ).start()  # fmt: skip
     log.info(
         "scheduler running: broker %s, database %s",
         _safe(settings.effective_broker_url),

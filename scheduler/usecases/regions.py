@@ -31,7 +31,7 @@ import math
 from sqlmodel import Session, select
 
 from scheduler.core.energy import RegionFigures
-from scheduler.core.signals import DailyCurve, RegionSignals
+from scheduler.core.signals import DailyCurve, Forecast, ForecastPoint, RegionSignals
 from scheduler.db import Region
 from scheduler.errors import InvalidRequest
 
@@ -62,7 +62,10 @@ def signals_of(row: Region) -> RegionSignals:
     carbon = _curve(row.carbon_profile, offset) or DailyCurve(
         ((0.0, row.carbon_g_per_kwh),), offset
     )
-    return RegionSignals(row.name, row.pue, price, carbon, source=row.source)
+    forecast = Forecast(
+        tuple(ForecastPoint(float(a), float(b), float(v)) for a, b, v in row.forecast or ())
+    )
+    return RegionSignals(row.name, row.pue, price, carbon, forecast, source=row.source)
 
 
 def _curve(steps: list[list[float]] | None, offset: float) -> DailyCurve | None:

@@ -1,6 +1,7 @@
 """Placement by cost and carbon: a region's signals over the day (regions.tariff, a
 time-of-use price; regions.carbon_profile, hourly grid carbon; regions.utc_offset_hours,
-its local time), a job's deadline and placement policy (jobs.deadline, jobs.placement),
+its local time; regions.forecast from a carbon feed, when it came, and the feed's name
+for the region), a job's deadline and placement policy (jobs.deadline, jobs.placement),
 and the figures each frame was billed with (frame_results.pue, price_per_kwh,
 carbon_g_per_kwh).
 
@@ -25,6 +26,9 @@ COLUMNS: dict[str, list[sa.Column[object]]] = {
         sa.Column("tariff", sa.JSON(), nullable=True),
         sa.Column("carbon_profile", sa.JSON(), nullable=True),
         sa.Column("utc_offset_hours", sa.Float(), nullable=False, server_default="8"),
+        sa.Column("feed_location", sa.String(length=64), nullable=True),
+        sa.Column("forecast", sa.JSON(), nullable=True),
+        sa.Column("forecast_at", sa.Float(), nullable=True),
     ],
     "jobs": [
         sa.Column("deadline", sa.Float(), nullable=True),
