@@ -66,6 +66,10 @@ class EnergyPublic(EnergyFigures):
     frames_metered: int = Field(description="frames whose energy is known (all, normally)")
     render_seconds: float
     per_frame: EnergyFigures | None = Field(description="the mean of the metered frames")
+    saved: Saved | None = Field(
+        description="what the farm's placement saved against rendering the same frames "
+        "at once in the studio's home region (null where the studio names none)"
+    )
 
     @classmethod
     def of(cls, totals: EnergyTotals, currency: str) -> EnergyPublic:
@@ -76,6 +80,27 @@ class EnergyPublic(EnergyFigures):
             frames_metered=n,
             render_seconds=totals.render_seconds,
             per_frame=_figures(totals, n) if n else None,
+            saved=Saved.of(totals) if totals.baselined_frames else None,
+        )
+
+
+class Saved(BaseModel):
+    """The baseline's facility energy, cost and carbon less the farm's, for the frames
+    that have one (negative: the placement cost more)."""
+
+    frames: int
+    facility_kwh: float
+    cost: float
+    co2_grams: float
+
+    @classmethod
+    def of(cls, totals: EnergyTotals) -> Saved:
+        return cls(
+            frames=totals.baselined_frames,
+            facility_kwh=(totals.baseline_facility_joules - totals.compared_facility_joules)
+            / JOULES_PER_KWH,
+            cost=totals.baseline_cost - totals.compared_cost,
+            co2_grams=totals.baseline_co2_grams - totals.compared_co2_grams,
         )
 
 

@@ -33,6 +33,9 @@ class Studio(SQLModel, table=True):
     max_queued_jobs: int | None = None
     max_queued_frames: int | None = None
     requests_per_second: int | None = None
+    # Where the studio's own machines would render (`renderfarm studio region`): the
+    # counterfactual its bills compare the farm's placement with.
+    home_region: str | None = Field(default=None, max_length=64)
 
 
 class Subscription(SQLModel, table=True):
@@ -243,6 +246,11 @@ class FrameResultRow(SQLModel, table=True):
     pue: float | None = None
     price_per_kwh: float | None = None
     carbon_g_per_kwh: float | None = None
+    # The same IT energy in the studio's home region at the job's submission (what the
+    # placement saved is the difference); None where the studio names no home region.
+    baseline_facility_joules: float | None = None
+    baseline_cost: float | None = None
+    baseline_co2_grams: float | None = None
 
 
 class FrameTotal(SQLModel, table=True):

@@ -27,6 +27,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from scheduler.core.energy import RegionFigures
 from scheduler.core.frames import format_frame_spec
 from scheduler.core.policy import (
     chunk_state_after_event,
@@ -68,7 +69,8 @@ log = logging.getLogger(__name__)
 VANISHED_GRACE_SECONDS = 2.0
 _BILL_COLUMNS = (
     "region", "energy_method", "it_joules", "facility_joules", "cost", "co2_grams", "pue",
-    "price_per_kwh", "carbon_g_per_kwh",
+    "price_per_kwh", "carbon_g_per_kwh", "baseline_facility_joules", "baseline_cost",
+    "baseline_co2_grams",
 )  # fmt: skip
 RetryTiming = tuple[float, float]  # (first wait, longest wait), seconds
 NO_VALID_RESULT = "the node reported no valid frame result"
@@ -76,8 +78,8 @@ NO_VALID_RESULT = "the node reported no valid frame result"
 _CHUNKS_OF_EVENTS = sql_select(
     col(ChunkRow.id), col(ChunkRow.job_id), col(ChunkRow.pool), col(ChunkRow.state),
     col(ChunkRow.attempts), col(ChunkRow.failures), col(ChunkRow.dispatched_at),
-    col(JobRow.max_attempts), col(JobRow.studio_id), col(ChunkRow.first_frame),
-    col(ChunkRow.last_frame), col(ChunkRow.step),
+    col(JobRow.max_attempts), col(JobRow.studio_id), col(JobRow.submitted_at),
+    col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step),
 ).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
     col(ChunkRow.id).in_(bindparam("ids", expanding=True))
 )  # fmt: skip
@@ -146,11 +148,11 @@ def apply_chunk_events(
     chunks: dict[int, _ChunkView] = {}
     max_attempts: dict[int, int] = {}
     loaded = session.execute(_CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)})
-    for cid, job_id, pool, state, attempts, failures, sent, allowed, studio, *span in loaded:
-        first, last, step = span
+    for cid, job_id, pool, state, attempts, failures, sent, allowed, studio, *rest in loaded:
+        submitted, first, last, step = rest
         chunks[cid] = _ChunkView(
             cid, job_id, studio, pool, ChunkState(state), attempts, failures, sent,
-            range(first, last + 1, step), read_state=ChunkState(state),
+            range(first, last + 1, step), read_state=ChunkState(state), submitted_at=submitted,
         )  # fmt: skip
         max_attempts[job_id] = allowed
     # (job, frame) -> (row id, attempt, IT joules) of the frames already recorded.
@@ -161,6 +163,11 @@ def apply_chunk_events(
         )
     }
     biller.load_regions(session, _billed_regions(events), now)
+    biller.load_homes(session, {chunk.studio_id for chunk in chunks.values()})
+
+    def baseline_of(chunk: _ChunkView) -> RegionFigures | None:
+        return biller.baseline(chunk.studio_id, chunk.submitted_at)
+
     restated: list[dict[str, Any]] = []  # recorded frames whose energy "finished" completes
     attempt_changes: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
     pending: dict[tuple[int, int], dict[str, Any]] = {}  # frame rows to insert
@@ -242,7 +249,7 @@ def apply_chunk_events(
                 # The last frame's energy grows in "finished" by the renderer's exit.
                 row_id, by_attempt, joules = known
                 if by_attempt == attempt_no and report.energy_joules != joules:
-                    bill = biller.bill(region, report.energy_joules, at)
+                    bill = biller.bill(region, report.energy_joules, at, baseline_of(chunk))
                     bill.pop("day")
                     bill["energy_method"] = _method_of(report)
                     if row_id is None:  # recorded earlier in this very batch
@@ -264,7 +271,7 @@ def apply_chunk_events(
                 "cpu_seconds": report.cpu_seconds,
                 "finished_at": at,
                 "energy_method": _method_of(report),
-                **biller.bill(region, report.energy_joules, at),
+                **biller.bill(region, report.energy_joules, at, baseline_of(chunk)),
             }
         chunk.applied += 1
     moved_first = save_chunk_changes(
@@ -513,4 +520,5 @@ class _ChunkView:
     ended: int = 0  # attempts of it that ended in this batch
     failed_for_good: bool = False
     latencies: list[float] = field(default_factory=list)  # sent -> started, seconds
+    submitted_at: float = 0.0  # its job's: when the baseline would have rendered it
     warnings: list[str] = field(default_factory=list)  # its renderer's, for the studio

@@ -325,6 +325,20 @@ def studio_scripts(
         _warn_if_scripts_off(service.settings)
 
 
+@studio_app.command("region")
+def studio_region(
+    name: str,
+    region: Annotated[
+        str | None, typer.Argument(help="a region the farm knows; none given: forget it")
+    ] = None,
+) -> None:
+    """Name where a studio's own machines would render: its bills then say what the
+    farm's placement saved against rendering there at once."""
+    with _reported():
+        studio = _studio_service().set_home_region(name, region)
+    typer.echo(f"{studio.name}: home region {studio.home_region or 'none'}")
+
+
 @studio_app.command("templates")
 def studio_templates(
     name: str,

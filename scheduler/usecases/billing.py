@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlmodel import Session, col
 
-from scheduler.core.energy import bill_for
+from scheduler.core.energy import RegionFigures, bill_for
 from scheduler.core.rollups import attempts_change, totals_change
 from scheduler.core.signals import RegionSignals
-from scheduler.db import AttemptTotal, FrameResultRow, FrameTotal
+from scheduler.db import AttemptTotal, FrameResultRow, FrameTotal, Studio
 from scheduler.db.engine import insert_or
 from scheduler.usecases.regions import (
     UNKNOWN_SIGNALS,
@@ -42,6 +42,7 @@ class FrameBiller:
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
         self._regions: dict[str, RegionSignals] = {}
+        self._homes: dict[int, str | None] = {}
 
     def load_regions(self, session: Session, names: Iterable[str], now: float) -> None:
         """Load the figures of every region; record the unknown among ``names``."""
@@ -50,8 +51,32 @@ class FrameBiller:
         for name in sorted(set(names) - set(self._regions)):
             self._regions[name] = RegionSignals.flat(name, add_unknown_region(session, name, now))
 
-    def bill(self, region: str, it_joules: float | None, finished_at: float) -> dict[str, Any]:
-        """The billing columns of a frame row (its region's figures were loaded)."""
+    def load_homes(self, session: Session, studio_ids: Iterable[int]) -> None:
+        """The home regions of these studios, for the baselines of their frames."""
+        ids = sorted(set(studio_ids) - set(self._homes))
+        if ids:
+            found = session.execute(
+                select(col(Studio.id), col(Studio.home_region)).where(col(Studio.id).in_(ids))
+            )
+            self._homes.update({studio: home for studio, home in found})
+
+    def baseline(self, studio_id: int, submitted_at: float) -> RegionFigures | None:
+        """The figures of the studio's home region when the job was submitted: where
+        and when its frames would have rendered without the farm's placement."""
+        home = self._homes.get(studio_id)
+        if home is None:
+            return None
+        return self._regions.get(home, UNKNOWN_SIGNALS).at(submitted_at)
+
+    def bill(
+        self,
+        region: str,
+        it_joules: float | None,
+        finished_at: float,
+        baseline: RegionFigures | None = None,
+    ) -> dict[str, Any]:
+        """The billing columns of a frame row (its region's figures were loaded), with
+        the ``baseline`` bill of the same energy where one is given."""
         columns: dict[str, Any] = {
             "day": dt.datetime.fromtimestamp(finished_at, self.zone).date(),
             "region": region,
@@ -62,9 +87,19 @@ class FrameBiller:
             "pue": None,
             "price_per_kwh": None,
             "carbon_g_per_kwh": None,
+            "baseline_facility_joules": None,
+            "baseline_cost": None,
+            "baseline_co2_grams": None,
         }
         if it_joules is None:
             return columns
+        if baseline is not None:
+            other = bill_for(it_joules, baseline)
+            columns.update(
+                baseline_facility_joules=other.facility_joules,
+                baseline_cost=other.cost,
+                baseline_co2_grams=other.co2_grams,
+            )
         figures = self._regions.get(region, UNKNOWN_SIGNALS).at(finished_at)
         bill = bill_for(it_joules, figures)
         columns.update(
@@ -87,6 +122,15 @@ class EnergyTotals:
     facility_joules: float = 0.0
     cost: float = 0.0
     co2_grams: float = 0.0
+    # The frames with a baseline (a studio home region): the baseline's figures, and
+    # the same frames' own (what was saved is the difference).
+    baseline_facility_joules: float = 0.0
+    baseline_cost: float = 0.0
+    baseline_co2_grams: float = 0.0
+    compared_facility_joules: float = 0.0
+    compared_cost: float = 0.0
+    compared_co2_grams: float = 0.0
+    baselined_frames: int = 0
 
     def __add__(self, other: EnergyTotals) -> EnergyTotals:
         return EnergyTotals(
@@ -98,6 +142,11 @@ class EnergyTotals:
 
 
 def totals_columns() -> tuple[Any, ...]:
+    baselined = col(FrameResultRow.baseline_cost).is_not(None)
+
+    def compared(column: Any) -> Any:
+        return func.coalesce(func.sum(case((baselined, column), else_=None)), 0.0)
+
     return (
         func.count(),
         func.count(col(FrameResultRow.it_joules)),
@@ -106,14 +155,22 @@ def totals_columns() -> tuple[Any, ...]:
         func.coalesce(func.sum(FrameResultRow.facility_joules), 0.0),
         func.coalesce(func.sum(FrameResultRow.cost), 0.0),
         func.coalesce(func.sum(FrameResultRow.co2_grams), 0.0),
+        func.coalesce(func.sum(FrameResultRow.baseline_facility_joules), 0.0),
+        func.coalesce(func.sum(FrameResultRow.baseline_cost), 0.0),
+        func.coalesce(func.sum(FrameResultRow.baseline_co2_grams), 0.0),
+        compared(FrameResultRow.facility_joules),
+        compared(FrameResultRow.cost),
+        compared(FrameResultRow.co2_grams),
+        func.count(col(FrameResultRow.baseline_cost)),
     )
 
 
 def totals_of(row: Sequence[Any]) -> EnergyTotals:
-    frames, metered, seconds, it, facility, cost, co2 = row
+    frames, metered, seconds, it, facility, cost, co2, *compared, baselined = row
+    b_facility, b_cost, b_co2, c_facility, c_cost, c_co2 = (float(v) for v in compared)
     return EnergyTotals(
         int(frames), int(metered), float(seconds), float(it), float(facility), float(cost),
-        float(co2),
+        float(co2), b_facility, b_cost, b_co2, c_facility, c_cost, c_co2, int(baselined),
     )  # fmt: skip
 
 

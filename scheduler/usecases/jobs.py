@@ -41,6 +41,7 @@ from scheduler.db import (
     Limit,
     ManifestRow,
     NodeRow,
+    Region,
     Studio,
     Subscription,
     TemplateRow,
@@ -187,6 +188,16 @@ class StudioService:
         """An operator allows (or forbids) a studio to submit OpenJD templates, whose
         commands its nodes run (as ``RENDERFARM_RUN_AS``'s user, where set)."""
         return self._update_studio(studio_name, allow_templates=allowed)
+
+    def set_home_region(self, studio_name: str, region: str | None) -> Studio:
+        """An operator names where a studio's own machines would render (a region the
+        farm knows): its jobs' bills then say what the farm's placement saved."""
+        if region is not None:
+            with self._reading() as session:
+                if session.get(Region, region) is None:
+                    known = sorted(session.exec(select(Region.name)).all())
+                    raise InvalidRequest("region", f"no region {region!r}; known: {known}")
+        return self._update_studio(studio_name, home_region=region)
 
     def set_quota(
         self,

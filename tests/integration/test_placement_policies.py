@@ -13,9 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from scheduler.dispatch.scheduler import Scheduler
+from scheduler.errors import InvalidRequest
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.regions import set_region
-from tests.integration.conftest import Clock, heartbeat, submit
+from scheduler.wire.messages import FrameReport
+from tests.integration.conftest import Clock, event, heartbeat, submit
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +114,37 @@ def test_jobs_that_cannot_or_need_not_wait_start_now(
     submit(studios, studio_id, "1-4", **fields)
     nodes(scheduler, ("night-1", "night-tariff"))
     assert len(scheduler.dispatch_tick()) == 3, why
+
+
+def test_the_bill_says_what_placement_saved_against_the_studios_home_region(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    regions(engine, clock)
+    studios.set_home_region("pixar-east", "shanghai")
+    job_id = submit(studios, studio_id, "1-2", placement="greenest")
+    nodes(scheduler, ("west-1", "guizhou-hydro"))
+    one, two = scheduler.dispatch_tick()
+    scheduler.ingest(
+        [
+            event("finished", one, "west-1", region="guizhou-hydro", results=[frame(1, 3.6e6)]),
+            event("finished", two, "west-1", region="guizhou-hydro", results=[frame(2, None)]),
+        ]
+    )
+    energy = studios.get_job(studio_id, job_id).progress.energy
+    assert energy.baselined_frames == 1  # the unmetered frame has no bill to compare
+    # 1 kWh of IT energy: 1.4 kWh, 0.9/kWh and 580 g/kWh in Shanghai, against 1.2 kWh,
+    # 0.35/kWh and 24 g/kWh in the hydro hall.
+    assert energy.baseline_cost - energy.compared_cost == pytest.approx(1.4 * 0.9 - 1.2 * 0.35)
+    assert energy.baseline_co2_grams - energy.compared_co2_grams == pytest.approx(
+        1.4 * 580 - 1.2 * 24
+    )
+    from api.schemas import EnergyPublic
+
+    saved = EnergyPublic.of(energy, "CNY").saved
+    assert saved is not None and saved.facility_kwh == pytest.approx(0.2)
+    with pytest.raises(InvalidRequest, match="no region 'atlantis'"):
+        studios.set_home_region("pixar-east", "atlantis")
+
+
+def frame(number: int, joules: float | None) -> FrameReport:
+    return FrameReport(number, None, 2.0, 1.8, energy_joules=joules, energy_method="rapl")

@@ -2,8 +2,9 @@
 time-of-use price; regions.carbon_profile, hourly grid carbon; regions.utc_offset_hours,
 its local time; regions.forecast from a carbon feed, when it came, and the feed's name
 for the region), a job's deadline and placement policy (jobs.deadline, jobs.placement),
-and the figures each frame was billed with (frame_results.pue, price_per_kwh,
-carbon_g_per_kwh).
+the figures each frame was billed with (frame_results.pue, price_per_kwh,
+carbon_g_per_kwh), and what it would have cost in its studio's own region at once
+(frame_results.baseline_*, studios.home_region).
 
 Revision ID: 0018
 Revises: 0017
@@ -38,7 +39,11 @@ COLUMNS: dict[str, list[sa.Column[object]]] = {
         sa.Column("pue", sa.Float(), nullable=True),
         sa.Column("price_per_kwh", sa.Float(), nullable=True),
         sa.Column("carbon_g_per_kwh", sa.Float(), nullable=True),
+        sa.Column("baseline_facility_joules", sa.Float(), nullable=True),
+        sa.Column("baseline_cost", sa.Float(), nullable=True),
+        sa.Column("baseline_co2_grams", sa.Float(), nullable=True),
     ],
+    "studios": [sa.Column("home_region", sa.String(length=64), nullable=True)],
 }
 
 
