@@ -127,6 +127,19 @@ class FarmCollector(Collector):
             "Grid CO2 emitted for the facility energy of the frames rendered.",
             labels=where,
         )
+        saved = {
+            name: GaugeMetricFamily(
+                f"renderfarm_placement_saved_{metric}",
+                f"{what} saved by placement against rendering the same frames at once in "
+                "their studios' home regions (negative where it cost more).",
+                labels=[*where, "currency"] if name == "cost" else where,
+            )
+            for name, metric, what in (
+                ("facility_joules", "facility_energy_joules", "Facility energy"),
+                ("cost", "energy_cost", "Energy cost"),
+                ("co2_grams", "carbon_dioxide_grams", "Grid CO2"),
+            )
+        }
         # Running totals (scheduler/core/rollups.py): a few rows per (pool, region,
         # method), whatever the number of frames ever rendered.
         totals: dict[tuple[str, str, str], dict[str, float]] = {}
@@ -155,7 +168,10 @@ class FarmCollector(Collector):
             facility.add_metric([pool, region], place.get("facility_joules", 0.0))
             cost.add_metric([pool, region, self.currency], place.get("cost", 0.0))
             co2.add_metric([pool, region], place.get("co2_grams", 0.0))
-        yield from (rendered, seconds, cpu, energy, it, facility, cost, co2)
+            for name, family in saved.items():
+                labels = [pool, region, self.currency] if name == "cost" else [pool, region]
+                family.add_metric(labels, place.get(f"saved_{name}", 0.0))
+        yield from (rendered, seconds, cpu, energy, it, facility, cost, co2, *saved.values())
 
     def _failures(self, session: Session) -> Iterator[Metric]:
         failed = CounterMetricFamily(

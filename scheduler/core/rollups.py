@@ -37,6 +37,10 @@ def frame_measures(frame: Mapping[str, Any]) -> dict[str, float]:
     for bound in RENDER_SECONDS_BUCKETS:
         if seconds <= bound:
             measures[bucket("render_seconds", bound)] = 1.0
+    if frame.get("baseline_cost") is not None:  # what placement saved on this frame
+        for name in ("facility_joules", "cost", "co2_grams"):
+            saved = float(frame.get(f"baseline_{name}") or 0.0) - float(frame.get(name) or 0.0)
+            measures[f"saved_{name}"] = saved
     joules = frame.get("it_joules")
     if joules is not None:
         measures["metered"] = 1.0

@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -117,8 +118,9 @@ def test_jobs_that_cannot_or_need_not_wait_start_now(
 
 
 def test_the_bill_says_what_placement_saved_against_the_studios_home_region(
-    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
-) -> None:
+    client: TestClient, scheduler: Scheduler, studios: StudioService, studio_id: int,
+    engine: Engine, clock: Clock,
+) -> None:  # fmt: skip
     regions(engine, clock)
     studios.set_home_region("pixar-east", "shanghai")
     job_id = submit(studios, studio_id, "1-2", placement="greenest")
@@ -144,6 +146,13 @@ def test_the_bill_says_what_placement_saved_against_the_studios_home_region(
     assert saved is not None and saved.facility_kwh == pytest.approx(0.2)
     with pytest.raises(InvalidRequest, match="no region 'atlantis'"):
         studios.set_home_region("pixar-east", "atlantis")
+    # /metrics, per pool and region, from the running totals
+    metrics = client.get("/metrics").text
+    line = (
+        'renderfarm_placement_saved_energy_cost{currency="CNY",pool="cpu",region="guizhou-hydro"}'
+    )
+    [value] = [float(row.split()[-1]) for row in metrics.splitlines() if row.startswith(line)]
+    assert value == pytest.approx(1.4 * 0.9 - 1.2 * 0.35)
 
 
 def frame(number: int, joules: float | None) -> FrameReport:
