@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -575,6 +576,66 @@ def _region_line(region: Any, currency: str) -> str:
 
 def _curve_text(steps: list[list[float]] | None) -> str:
     return ",".join(f"{h:g}h:{v:g}" for h, v in steps) if steps else ""
+
+
+@app.command()
+def plan(
+    workload: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="a CSV of shots (see the README)")
+    ],
+    farm: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="regions and their slots (YAML)")
+    ],
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="fastest, cheapest or greenest (repeatable; default: all three)"),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="when the plan starts, ISO 8601 with a time zone (default: now)"),
+    ] = None,
+    chart: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="a PNG or SVG of busy slots and carbon")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the reports as JSON")] = False,
+) -> None:
+    """Simulate the farm rendering a workload under each placement policy, side by side:
+    makespan, utilisation, energy, cost, CO2 and deadlines missed. Nothing is rendered."""
+    import datetime as dt
+    import json
+
+    from scheduler.core.planner import compare
+    from scheduler.core.siting import POLICIES
+    from scheduler.usecases import plans
+
+    names = policy or list(POLICIES)
+    with _reported():
+        unknown = [name for name in names if name not in POLICIES]
+        if unknown:
+            raise _invalid("policy", f"unknown {unknown}; known: {list(POLICIES)}")
+        try:
+            began = dt.datetime.fromisoformat(start) if start else dt.datetime.now(dt.UTC)
+        except ValueError as error:
+            raise _invalid("start", str(error)) from None
+        if began.tzinfo is None:
+            raise _invalid("start", "give a time zone, such as +08:00")
+        shots = plans.read_workload(workload.read_text(encoding="utf-8"))
+        regions = plans.read_farm(farm.read_text(encoding="utf-8"))
+        reports = compare(shots, regions, names, began.timestamp())
+        if chart is not None:
+            plans.chart(reports, regions, began.timestamp(), str(chart))
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        typer.echo(plans.table(reports, Settings().currency))
+    if chart is not None:
+        typer.echo(f"chart: {chart}")
+
+
+def _invalid(field: str, message: str) -> Exception:
+    from scheduler.errors import InvalidRequest
+
+    return InvalidRequest(field, message)
 
 
 @app.command()

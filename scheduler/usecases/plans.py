@@ -1,0 +1,177 @@
+"""Plans: a workload and a farm read from a studio's files (a CSV of shots, a YAML or
+JSON farm), simulated under each placement policy (scheduler/core/planner.py), and
+reported side by side, as a table, JSON, or a chart of busy slots and grid carbon.
+
+Workload CSV, one shot a row (a header row names the columns; the last two optional)::
+
+    shot,frames,seconds_per_frame,joules_per_frame,submit_hours,deadline_hours
+    sq010_sh010,240,180,45000,0,48
+
+Farm (YAML or JSON)::
+
+    regions:
+      - {name: guizhou-hydro, slots: 200, pue: 1.2, price: 0.35, carbon: 24}
+      - name: shanghai
+        slots: 40
+        pue: 1.4
+        tariff: [[0, 0.3], [8, 1.1], [22, 0.3]]        # HOUR, price; in place of price
+        carbon_profile: [[0, 520], [10, 580]]          # HOUR, gCO2/kWh; of carbon
+        utc_offset_hours: 8
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from scheduler.core.planner import PlanReport, Shot, SimRegion, carbon_over_time
+from scheduler.core.signals import HOUR, DailyCurve, RegionSignals
+from scheduler.errors import InvalidRequest
+
+MAX_SHOTS = 100_000
+MAX_FRAMES = 10_000_000  # a plan's frames in all: a feature film is 150,000 or so
+
+
+def read_workload(text: str) -> list[Shot]:
+    """The shots of a workload CSV; ``InvalidRequest`` names the row and column."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise InvalidRequest("workload", "a CSV with a header row and a row per shot")
+    if len(rows) > MAX_SHOTS:
+        raise InvalidRequest("workload", f"at most {MAX_SHOTS} shots")
+    shots = []
+    for number, row in enumerate(rows, start=2):
+        where = f"workload line {number}"
+        deadline = _number(row, "deadline_hours", where, required=False)
+        shots.append(
+            Shot(
+                name=(row.get("shot") or f"line {number}").strip()[:200],
+                frames=int(_number(row, "frames", where, integer=True) or 0),
+                seconds_per_frame=_number(row, "seconds_per_frame", where) or 0.0,
+                joules_per_frame=_number(row, "joules_per_frame", where) or 0.0,
+                submit_at=(_number(row, "submit_hours", where, required=False) or 0.0) * HOUR,
+                deadline=deadline * HOUR if deadline is not None else None,
+            )
+        )
+    if sum(shot.frames for shot in shots) > MAX_FRAMES:
+        raise InvalidRequest("workload", f"at most {MAX_FRAMES} frames in all")
+    return shots
+
+
+def _number(
+    row: Mapping[str, str | None],
+    column: str,
+    where: str,
+    required: bool = True,
+    integer: bool = False,
+) -> float | None:
+    text = (row.get(column) or "").strip()
+    if not text:
+        if required:
+            raise InvalidRequest("workload", f"{where}: no {column}")
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequest("workload", f"{where}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (integer and (value != int(value) or value < 1)):
+        kind = "a whole number of at least 1" if integer else "a number of at least 0"
+        raise InvalidRequest("workload", f"{where}: {column} is {kind}, not {text!r}")
+    return value
+
+
+def read_farm(text: str) -> list[SimRegion]:
+    """The regions of a farm file (YAML or JSON); ``InvalidRequest`` says what is wrong."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidRequest("farm", f"not YAML or JSON: {error}") from None
+    regions = document.get("regions") if isinstance(document, dict) else None
+    if not isinstance(regions, list) or not regions:
+        raise InvalidRequest("farm", "a farm has regions: [{name, slots, pue, ...}, ...]")
+    return [_region(item, index) for index, item in enumerate(regions)]
+
+
+def _region(item: Any, index: int) -> SimRegion:
+    where = f"regions[{index}]"
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise InvalidRequest("farm", f"{where}: a region has a name")
+    try:
+        offset = float(item.get("utc_offset_hours", 8))
+        price = _curve(item, "tariff", "price", offset)
+        carbon = _curve(item, "carbon_profile", "carbon", offset)
+        slots, pue = int(item["slots"]), float(item["pue"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidRequest("farm", f"{where} ({item['name']}): {error}") from None
+    if slots < 0 or not 1 <= pue < math.inf:
+        raise InvalidRequest("farm", f"{where}: slots at least 0, a PUE at least 1")
+    return SimRegion(RegionSignals(item["name"], pue, price, carbon), slots)
+
+
+def _curve(item: Mapping[str, Any], steps: str, flat: str, offset: float) -> DailyCurve:
+    if item.get(steps):
+        return DailyCurve(tuple((float(h), float(v)) for h, v in item[steps]), offset)
+    return DailyCurve(((0.0, float(item[flat])),), offset)
+
+
+def table(reports: Sequence[PlanReport], currency: str) -> str:
+    """The reports side by side, the first as the baseline."""
+    head = (
+        f"{'policy':<10} {'makespan':>10} {'use':>6} {'MWh':>9} {currency:>11} {'tCO2':>8} missed"
+    )
+    lines = [head]
+    for report in reports:
+        lines.append(
+            f"{report.policy:<10} {report.makespan_seconds / HOUR:>9.1f}h "
+            f"{report.utilisation:>6.1%} {report.facility_kwh / 1000:>9.2f} "
+            f"{report.cost:>11,.0f} {report.co2_grams / 1e6:>8.2f} {report.deadlines_missed:>6}"
+        )
+    if len(reports) > 1 and reports[0].cost > 0 and reports[0].co2_grams > 0:
+        base = reports[0]
+        for report in reports[1:]:
+            lines.append(
+                f"{report.policy} against {base.policy}: cost {report.cost / base.cost - 1:+.1%}, "
+                f"CO2 {report.co2_grams / base.co2_grams - 1:+.1%}"
+            )
+    return "\n".join(lines)
+
+
+def chart(
+    reports: Sequence[PlanReport], regions: Sequence[SimRegion], start: float, path: str
+) -> None:
+    """Busy slots per policy and each region's grid carbon over the plan, as a PNG or
+    SVG (by the file's name). Needs matplotlib (``pip install 'renderfarm[plan]'``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InvalidRequest(
+            "chart", "a chart needs matplotlib: pip install 'renderfarm[plan]'"
+        ) from None
+    end = start + max((r.makespan_seconds for r in reports), default=HOUR)
+    figure, (slots_axis, carbon_axis) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
+    for report in reports:
+        times = [(t - start) / HOUR for t, _ in report.busy] + [(end - start) / HOUR]
+        busy = [b for _, b in report.busy] + [report.busy[-1][1]]
+        slots_axis.step(times, busy, where="post", label=report.policy)
+    slots_axis.set_ylabel("busy slots")
+    slots_axis.legend(loc="upper right")
+    samples = carbon_over_time(regions, start, end)
+    for region in regions:
+        name = region.signals.name
+        carbon_axis.plot(
+            [(t - start) / HOUR for t, _ in samples], [v[name] for _, v in samples], label=name
+        )
+    carbon_axis.set_ylabel("grid gCO2/kWh")
+    carbon_axis.set_xlabel("hours from the start")
+    carbon_axis.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,122 @@
+"""renderfarm plan: a workload CSV and a farm file simulated under each policy, side by
+side, with a chart; files that do not read are refused naming the line and column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scheduler.errors import InvalidRequest
+from scheduler.launch.cli import app as cli
+from scheduler.usecases.plans import read_farm, read_workload
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples/plans"
+START = "2026-12-01T09:00:00+08:00"  # the day price: cheapest waits for the night's
+
+
+def plan(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "plan",
+            "--workload",
+            str(EXAMPLES / "film.csv"),
+            "--farm",
+            str(EXAMPLES / "farm.yaml"),
+            "--start",
+            START,
+            *args,
+        ],
+    )
+    return result.exit_code, result.output
+
+
+def test_the_example_film_is_planned_under_each_policy_with_a_chart(tmp_path: Path) -> None:
+    chart = tmp_path / "plan.png"
+    status, said = plan("--chart", str(chart))
+    assert status == 0, said
+    lines = said.splitlines()
+    assert lines[0].split()[:2] == ["policy", "makespan"]
+    assert [line.split()[0] for line in lines[1:4]] == ["fastest", "cheapest", "greenest"]
+    assert "cheapest against fastest: cost -" in said  # the valley is cheaper
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "plan.svg"
+    assert plan("--chart", str(svg), "--policy", "greenest")[0] == 0
+    assert svg.read_text().lstrip().startswith("<?xml")
+
+
+def test_the_reports_as_json_add_up_and_meet_every_deadline() -> None:
+    status, said = plan("--json")
+    assert status == 0, said
+    reports = {r["policy"]: r for r in json.loads(said)}
+    frames = sum(
+        int(line.split(",")[1]) for line in (EXAMPLES / "film.csv").read_text().split()[1:]
+    )
+    for report in reports.values():
+        assert report["frames"] == frames == sum(report["frames_by_region"].values())
+        assert report["deadlines_missed"] == 0
+    assert reports["cheapest"]["cost"] < reports["fastest"]["cost"]
+    assert reports["greenest"]["co2_grams"] <= reports["fastest"]["co2_grams"]
+
+
+HEAD = "shot,frames,seconds_per_frame,joules_per_frame\n"
+
+
+@pytest.mark.parametrize(
+    ("csv", "words"),
+    [
+        ("", "a header row"),
+        (
+            HEAD + "a,10,x,1\n",
+            "line 2: seconds_per_frame 'x'",
+        ),
+        (HEAD + "a,0,1,1\n", "line 2: frames is a whole"),
+        (HEAD + "a,2.5,1,1\n", "frames is a whole"),
+        (
+            HEAD + "a,3,1,-1\n",
+            "joules_per_frame is a number",
+        ),
+        ("shot,frames,seconds_per_frame\na,3,1\n", "line 2: no joules_per_frame"),
+        (HEAD + "a,3,nan,1\n", "seconds_per_frame is"),
+    ],
+)
+def test_a_workload_that_does_not_read_is_refused_naming_the_line(csv: str, words: str) -> None:
+    with pytest.raises(InvalidRequest, match=words):
+        read_workload(csv)
+
+
+@pytest.mark.parametrize(
+    ("farm", "words"),
+    [
+        ("regions: []", "a farm has regions"),
+        ("{not yaml", "not YAML"),
+        ("regions: [{slots: 1, pue: 1.2, price: 1, carbon: 1}]", "a region has a name"),
+        ("regions: [{name: a, slots: 1, pue: 0.5, price: 1, carbon: 1}]", "a PUE at least 1"),
+        ("regions: [{name: a, slots: 1, pue: 1.2, carbon: 1}]", "price"),
+        (
+            "regions: [{name: a, slots: 1, pue: 1.2, price: 1, carbon: 1, tariff: [[3, 1]]}]",
+            "hour 0",
+        ),
+    ],
+)
+def test_a_farm_that_does_not_read_is_refused_saying_what(farm: str, words: str) -> None:
+    with pytest.raises(InvalidRequest, match=words):
+        read_farm(farm)
+
+
+def test_bad_options_are_a_message_not_a_traceback() -> None:
+    for args, words in [
+        (["--policy", "cleanest"], "unknown ['cleanest']"),
+        (["--start", "2026-12-01T09:00:00"], "give a time zone"),
+    ]:
+        result = CliRunner().invoke(
+            cli,
+            ["plan", "--workload", str(EXAMPLES / "film.csv"), "--farm",
+             str(EXAMPLES / "farm.yaml"), *args],
+        )  # fmt: skip
+        assert result.exit_code == 1 and words in result.output, result.output
