@@ -89,9 +89,12 @@ def simulate(
     policy: PlacementPolicy,
     policy_name: str,
     start: float,
+    overhead: float = 0.0,
 ) -> PlanReport:
     """Render the shots on the regions' slots under ``policy``, from ``start`` (an
-    instant: the signals' clock), and report."""
+    instant: the signals' clock), and report. ``overhead``: seconds a slot is held per
+    frame beyond its render (the farm's dispatch and event round trip: about a
+    scheduler tick), so the makespan is the farm's, the utilisation the renders'."""
     if not regions or sum(r.slots for r in regions) <= 0:
         raise ValueError("a farm to plan on has at least one render slot")
     free = {r.signals.name: r.slots for r in regions}
@@ -137,7 +140,7 @@ def simulate(
                 candidate.left -= 1
                 candidate.running += 1
                 seconds = candidate.shot.seconds_per_frame
-                end = clock + seconds
+                end = clock + seconds + overhead
                 bill = bill_for(candidate.shot.joules_per_frame, signals[where].at(end))
                 facility += bill.facility_joules
                 cost += bill.cost
@@ -207,9 +210,12 @@ def compare(
     regions: Sequence[SimRegion],
     policies: Sequence[str],
     start: float,
+    overhead: float = 0.0,
 ) -> list[PlanReport]:
     """The workload simulated once per named policy, side by side."""
-    return [simulate(shots, regions, PlacementPolicy.named(n), n, start) for n in policies]
+    return [
+        simulate(shots, regions, PlacementPolicy.named(n), n, start, overhead) for n in policies
+    ]
 
 
 def carbon_over_time(

@@ -597,6 +597,14 @@ def plan(
     chart: Annotated[
         Path | None, typer.Option(dir_okay=False, help="a PNG or SVG of busy slots and carbon")
     ] = None,
+    overhead: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="seconds a slot waits between frames: the dispatch and its event's return "
+            "(default: RENDERFARM_TICK_SECONDS, about what the farm takes)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the reports as JSON")] = False,
 ) -> None:
     """Simulate the farm rendering a workload under each placement policy, side by side:
@@ -621,7 +629,8 @@ def plan(
             raise _invalid("start", "give a time zone, such as +08:00")
         shots = plans.read_workload(workload.read_text(encoding="utf-8"))
         regions = plans.read_farm(farm.read_text(encoding="utf-8"))
-        reports = compare(shots, regions, names, began.timestamp())
+        wait = overhead if overhead is not None else Settings().tick_seconds
+        reports = compare(shots, regions, names, began.timestamp(), wait)
         if chart is not None:
             plans.chart(reports, regions, began.timestamp(), str(chart))
     if as_json:
