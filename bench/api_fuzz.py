@@ -53,6 +53,8 @@ CHECKED_BEYOND_THE_SCHEMA = {
     "PUT /v1/blobs/{blob_hash}": "the body's SHA-256 is the one in the path",
     "POST /v1/blobs": "the body is a tar whose members are named by their SHA-256",
     "GET /v1/studios/me/usage": "since is not after until",
+    "POST /v1/plans": "a workload with shots (or a studio that rendered jobs), a farm with "
+    "slots (or live nodes), at most 200,000 frames, a region's curves that hold",
     "POST /v1/templates": "the template is a valid OpenJD job template (openjd-model's "
     "rules, which its JSON schema cannot state), its parameter values meet their "
     "constraints, and the farm's limits, pools, manifests and jobs as for POST /v1/jobs",

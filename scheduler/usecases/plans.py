@@ -22,16 +22,26 @@ Farm (YAML or JSON)::
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import func
+from sqlalchemy import select as sql_select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
 
-from scheduler.core.planner import PlanReport, Shot, SimRegion, carbon_over_time
+from scheduler.core.planner import PlanReport, Shot, SimRegion, carbon_over_time, compare
 from scheduler.core.signals import HOUR, DailyCurve, RegionSignals
+from scheduler.db import FrameResultRow, JobRow, NodeRow
 from scheduler.errors import InvalidRequest
+from scheduler.settings import Settings
+from scheduler.usecases.regions import UNKNOWN_REGION, load_signals
+from scheduler.usecases.submissions import PolicyName
 
 MAX_SHOTS = 100_000
 MAX_FRAMES = 10_000_000  # a plan's frames in all: a feature film is 150,000 or so
@@ -175,3 +185,135 @@ def chart(
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+# Plans over the API (POST /v1/plans) ---------------------------------------------------
+
+MAX_API_FRAMES = 200_000  # frames a plan over the API simulates, per policy
+ALL_POLICIES: tuple[PolicyName, ...] = ("fastest", "cheapest", "greenest")
+
+
+class ShotSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    frames: int = Field(ge=1, le=MAX_API_FRAMES)
+    seconds_per_frame: float = Field(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)
+    joules_per_frame: float = Field(ge=0, le=1e12, allow_inf_nan=False)
+    submit_hours: float = Field(0.0, ge=0, le=24 * 365, allow_inf_nan=False)
+    deadline_hours: float | None = Field(None, ge=0, le=24 * 365, allow_inf_nan=False)
+
+    def shot(self) -> Shot:
+        deadline = self.deadline_hours * HOUR if self.deadline_hours is not None else None
+        return Shot(
+            self.name, self.frames, self.seconds_per_frame, self.joules_per_frame,
+            self.submit_hours * HOUR, deadline,
+        )  # fmt: skip
+
+
+class RegionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    slots: int = Field(ge=0, le=1_000_000)
+    pue: float = Field(ge=1, le=10, allow_inf_nan=False)
+    price: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)
+    carbon: float = Field(0.0, ge=0, le=10_000, allow_inf_nan=False)
+    tariff: list[tuple[float, float]] | None = Field(None, max_length=48)
+    carbon_profile: list[tuple[float, float]] | None = Field(None, max_length=48)
+    utc_offset_hours: float = Field(8.0, ge=-12, le=14)
+
+    def region(self) -> SimRegion:
+        try:
+            return _region(self.model_dump(), 0)
+        except InvalidRequest as error:
+            raise InvalidRequest("farm", f"{self.name}: {error.message}") from None
+
+
+class PlanRequest(BaseModel):
+    """A workload and a farm to simulate under each policy. The workload is shots, or
+    ``"past"``: the studio's rendered jobs (each a shot of its frames, their mean render
+    seconds and IT joules). The farm is regions with their slots, or none: the farm's
+    own regions, each with the slots of its live nodes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workload: list[ShotSpec] | Literal["past"] = Field(max_length=10_000)
+    farm: list[RegionSpec] | None = Field(None, max_length=64)
+    policies: list[PolicyName] = Field(
+        default_factory=lambda: list(ALL_POLICIES), min_length=1, max_length=3
+    )
+    start: AwareDatetime | None = Field(None, description="default: now")
+    overhead: float | None = Field(
+        None, ge=0, le=3600, allow_inf_nan=False,
+        description="seconds a slot waits between frames (default: a scheduler tick)",
+    )  # fmt: skip
+
+
+def past_workload(session: Session, studio_id: int, limit: int = 1000) -> list[Shot]:
+    """The studio's latest rendered jobs as shots: frames, mean seconds and joules."""
+    rows = session.execute(
+        sql_select(
+            col(JobRow.name),
+            func.count(),
+            func.avg(FrameResultRow.render_seconds),
+            func.avg(FrameResultRow.it_joules),
+        )
+        .join(FrameResultRow, col(FrameResultRow.job_id) == col(JobRow.id))
+        .where(col(JobRow.studio_id) == studio_id)
+        .group_by(col(JobRow.id), col(JobRow.name))
+        .order_by(col(JobRow.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        Shot(str(name), int(frames), float(seconds or 0.0), float(joules or 0.0))
+        for name, frames, seconds, joules in rows
+    ]
+
+
+def live_farm(session: Session, since: float) -> list[SimRegion]:
+    """The farm's regions with the render slots of their live nodes."""
+    slots: dict[str, int] = {}
+    for region, count in session.execute(
+        sql_select(col(NodeRow.region), func.sum(NodeRow.slots))
+        .where(col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= since)
+        .group_by(col(NodeRow.region))
+    ):
+        slots[str(region)] = int(count or 0)
+    signals = load_signals(session)
+    return [
+        SimRegion(signals.get(name) or RegionSignals.flat(name, UNKNOWN_REGION), count)
+        for name, count in sorted(slots.items())
+    ]
+
+
+def plan_for(
+    engine: Engine, settings: Settings, studio_id: int, body: PlanRequest, now: float
+) -> dict[str, Any]:
+    """A plan over the API: the request's workload and farm (or the studio's past jobs,
+    the farm's live slots) simulated under each of its policies."""
+    with Session(engine) as session:
+        shots = (
+            past_workload(session, studio_id)
+            if body.workload == "past"
+            else [spec.shot() for spec in body.workload]
+        )
+        farm = (
+            [spec.region() for spec in body.farm]
+            if body.farm is not None
+            else live_farm(session, now - settings.node_timeout)
+        )
+    if not shots:
+        raise InvalidRequest("workload", "no shots: this studio has no rendered job yet")
+    if sum(shot.frames for shot in shots) > MAX_API_FRAMES:
+        raise InvalidRequest("workload", f"at most {MAX_API_FRAMES} frames over the API")
+    if sum(region.slots for region in farm) <= 0:
+        raise InvalidRequest("farm", "no render slot: give regions with slots, or start nodes")
+    start = body.start.timestamp() if body.start is not None else now
+    overhead = body.overhead if body.overhead is not None else settings.tick_seconds
+    reports = compare(shots, farm, body.policies, start, overhead)
+    return {
+        "start": dt.datetime.fromtimestamp(start, dt.UTC).isoformat(),
+        "currency": settings.currency,
+        "reports": [report.as_dict() for report in reports],
+    }

@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from scheduler.errors import InvalidRequest
 from scheduler.launch.cli import app as cli
+from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.plans import read_farm, read_workload
 
 pytestmark = pytest.mark.integration
@@ -120,3 +123,81 @@ def test_bad_options_are_a_message_not_a_traceback() -> None:
              str(EXAMPLES / "farm.yaml"), *args],
         )  # fmt: skip
         assert result.exit_code == 1 and words in result.output, result.output
+
+
+# POST /v1/plans ----------------------------------------------------------------------
+
+FARM = [
+    {"name": "guizhou-hydro", "slots": 8, "pue": 1.2, "price": 0.35, "carbon": 24},
+    {"name": "shanghai", "slots": 8, "pue": 1.4, "tariff": [[0, 0.35], [8, 1.1]], "carbon": 560},
+]
+
+
+def test_a_plan_over_the_api_compares_the_policies(client: TestClient, key: dict[str, str]) -> None:
+    body = {
+        "workload": [
+            {"name": "sh010", "frames": 40, "seconds_per_frame": 60, "joules_per_frame": 2e5,
+             "deadline_hours": 12},
+        ],
+        "farm": FARM,
+        "start": START,
+    }  # fmt: skip
+    answer = client.post("/v1/plans", json=body, headers=key)
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()
+    assert plan["currency"] == "CNY" and plan["start"] == "2026-12-01T01:00:00+00:00"
+    reports = {r["policy"]: r for r in plan["reports"]}
+    assert set(reports) == {"fastest", "cheapest", "greenest"}
+    assert all(r["frames"] == 40 and r["deadlines_missed"] == 0 for r in reports.values())
+    assert reports["greenest"]["co2_grams"] < reports["fastest"]["co2_grams"] * 1.0001
+
+
+def test_a_plan_of_the_studios_past_jobs_on_the_farms_own_nodes(
+    client: TestClient, key: dict[str, str], studios: StudioService, engine: Engine
+) -> None:
+    refused = client.post("/v1/plans", json={"workload": "past", "farm": FARM}, headers=key)
+    assert refused.status_code == 422 and "no rendered job yet" in refused.text
+    no_nodes = client.post(
+        "/v1/plans",
+        json={"workload": [{"name": "a", "frames": 1, "seconds_per_frame": 1,
+                            "joules_per_frame": 1}]},
+        headers=key,
+    )  # fmt: skip
+    assert no_nodes.status_code == 422 and "no render slot" in no_nodes.text
+
+
+def shot(**changed: object) -> dict[str, object]:
+    return {"name": "a", "frames": 1, "seconds_per_frame": 1, "joules_per_frame": 1, **changed}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"workload": []},
+        {"workload": "future"},
+        {
+            "workload": [
+                {"name": "a", "frames": 300_000, "seconds_per_frame": 1, "joules_per_frame": 1}
+            ]
+        },
+        {
+            "workload": [
+                {"name": "a", "frames": 1, "seconds_per_frame": "NaN", "joules_per_frame": 1}
+            ],
+            "farm": FARM,
+        },
+        {"workload": "past", "farm": [{"name": "x", "slots": 1, "pue": 0.5}]},
+        {"workload": "past", "policies": ["cleanest"]},
+        {"workload": "past", "start": "2026-12-01T09:00:00"},
+    ],
+)
+def test_a_plan_that_does_not_hold_is_a_422(
+    client: TestClient, key: dict[str, str], body: dict[str, object]
+) -> None:
+    answer = client.post("/v1/plans", json=body, headers=key)
+    assert answer.status_code == 422, answer.text
+
+
+@pytest.fixture
+def key(studios: StudioService) -> dict[str, str]:
+    return {"Authorization": f"Bearer {studios.create_studio('plan-east')[1]}"}
