@@ -166,6 +166,7 @@ class NodeView:
     tags: frozenset[str] = field(default_factory=frozenset)
     capabilities: Capabilities = field(default_factory=Capabilities)
     region: str = ""
+    slots: int = 1  # its render slots (``free`` counts its queue's buffer too)
 
     def hardware(self) -> Hardware:
         return (

@@ -291,6 +291,7 @@ def _live_nodes(
             tags=frozenset(row.tags or ()),
             capabilities=Capabilities.of(row.cores, row.memory_bytes, row.gpus, row.capabilities),
             region=row.region,
+            slots=row.slots,
         )
         for row in rows
     ]

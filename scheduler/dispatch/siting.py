@@ -4,11 +4,12 @@ cheaper or cleaner window before its deadline.
 
 What it reads, and keeps for ``ttl`` seconds (a tick's cost must not grow with a job's
 rendered frames): the regions' signals, and per job and region the mean IT joules and
-render seconds of its rendered frames. A job with no frame yet is planned with the
-mean of the others measured in the same regions, else one joule (any positive figure
-ranks regions by their price and carbon alone), and its frame time bounded by its own
-time limit per frame, the longest a frame may take: so a wait never risks a deadline
-that measured frames would have met.
+render seconds of its rendered frames. A region where the job has no frame yet is
+ranked with the mean of its measured regions, else one joule (any positive figure ranks
+regions by their price and carbon alone). A job not yet started is planned with its
+frame time bounded by its own time limit per frame, the longest a frame may take, and
+its pool's slots (not counting the nodes' queue buffers): so a wait never risks a
+deadline that the job's frames could meet.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class Siting:
         assert job.id is not None
         seen = measured[job.id]
         frame_seconds = seen.seconds or job.timeout  # unmeasured: its limit bounds a frame
-        slots = sum(max(1, n.free) for n in nodes if n.pool == job.pool)
+        slots = sum(n.slots for n in nodes if n.pool == job.pool)  # its whole pool's
         known = [j for j in seen.joules.values() if j]
         joules = sum(known) / len(known) if known else 1.0
         return plan_start(

@@ -79,14 +79,16 @@ def test_a_job_with_room_before_its_deadline_waits_for_the_night_tariff(
     clock.now = MIDNIGHT + 9 * 3600  # 09:00, the day price
     deadline = dt.datetime.fromtimestamp(MIDNIGHT + 33 * 3600, CST)  # 09:00 tomorrow
     job_id = submit(
-        studios, studio_id, "1-4", placement="cheapest", deadline=deadline.isoformat(),
+        studios, studio_id, "1-6", placement="cheapest", deadline=deadline.isoformat(),
         timeout=600,
     )  # fmt: skip
     nodes(scheduler, ("night-1", "night-tariff"))
     assert scheduler.dispatch_tick() == []
     message = studios.get_job(studio_id, job_id).job.message or ""
     assert message.startswith("waits for a 83% cheaper window: starts at 2026-12-01 22:00"), message
-    assert "at the latest to meet its deadline" in message
+    # 6 frames of at most 600 s on the pool's 2 slots (not its queue's 3 places): three
+    # waves of 750 s with the margin, and 300 s more, before 09:00 tomorrow
+    assert "by 2026-12-02 08:17 at the latest to meet its deadline" in message, message
     clock.now = MIDNIGHT + 22 * 3600 + 1  # the valley
     nodes(scheduler, ("night-1", "night-tariff"))
     sent = scheduler.dispatch_tick()
