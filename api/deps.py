@@ -138,6 +138,12 @@ async def get_studio(
 StudioDep = Annotated[Studio, Depends(get_studio)]
 
 
+def own_id(studio: Studio) -> int:
+    """The id of the studio behind the request (a stored studio always has one)."""
+    assert studio.id is not None
+    return studio.id
+
+
 async def read_in_thread(request: Request, read: Callable[..., T], *args: Any) -> T:
     """``read(*args)`` in a thread of its own pool of ``RENDERFARM_API_READ_THREADS``: not
     the threadpool's 40, where more readers than the cores serve contend for the GIL and

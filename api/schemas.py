@@ -302,6 +302,17 @@ class Problem(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+# What a studio's routes may answer besides their own success (their routers' responses).
+STUDIO_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
+    401: {"model": Problem},
+    404: {"model": Problem},
+    413: {"model": Problem, "description": "the body is larger than the farm takes"},
+    422: {"model": Problem},
+    429: {"model": Problem, "description": "past the studio's quota or request rate"},
+}
+
+
 def _time(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 

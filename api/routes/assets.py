@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AssetsDep, BlobHash, KnownQuery, RowId, StudioDep
+from api.deps import AssetsDep, BlobHash, KnownQuery, RowId, StudioDep, own_id
 from api.files import receive_body
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
 from api.schemas import (
@@ -47,14 +47,9 @@ router = APIRouter(
 )
 
 
-def _id(studio: StudioDep) -> int:
-    assert studio.id is not None
-    return studio.id
-
-
 @router.post("/v1/assets/missing", response_model=MissingPublic)
 def missing(body: ManifestIn, studio: StudioDep, assets: AssetsDep) -> MissingPublic:
-    found = assets.missing(_id(studio), body.entries())
+    found = assets.missing(own_id(studio), body.entries())
     return MissingPublic(missing=found.hashes, bytes=found.bytes)
 
 
@@ -72,7 +67,7 @@ async def put_blob(
     assets: AssetsDep,
 ) -> BlobPublic:
     """Send one content, its SHA-256 in the path; the body is the bytes, streamed."""
-    studio_id = _id(studio)
+    studio_id = own_id(studio)
     assets.check_hash(blob_hash)
     owned = await run_in_threadpool(assets.owned_size, studio_id, blob_hash)
     if owned is not None:
@@ -112,7 +107,7 @@ async def post_blobs(request: Request, studio: StudioDep, assets: AssetsDep) -> 
                 spool.write(piece)
 
             await receive_body(request, write)
-        stored, refused = await run_in_threadpool(assets.receive_batch, _id(studio), path)
+        stored, refused = await run_in_threadpool(assets.receive_batch, own_id(studio), path)
     finally:
         path.unlink(missing_ok=True)
     return BatchPublic(
@@ -132,12 +127,13 @@ def create_manifest(
 ) -> ManifestPublic | Response:
     """Describe a job's files. With an ``Idempotency-Key``, a retry of the same request
     gets the first answer again and makes no second manifest (as ``POST /v1/jobs``)."""
+    studio_id = own_id(studio)
     if idempotency_key is not None:
         return answer_keyed(
-            keys, _id(studio), idempotency_key, request, body,
-            lambda keep: assets.create_manifest(_id(studio), body.entries(), keep), _manifest_body,
+            keys, studio_id, idempotency_key, request, body,
+            lambda keep: assets.create_manifest(studio_id, body.entries(), keep), _manifest_body,
         )  # fmt: skip
-    return ManifestPublic.of(assets.create_manifest(_id(studio), body.entries()))
+    return ManifestPublic.of(assets.create_manifest(studio_id, body.entries()))
 
 
 def _manifest_body(manifest: ManifestRow) -> dict[str, Any]:
@@ -146,7 +142,7 @@ def _manifest_body(manifest: ManifestRow) -> dict[str, Any]:
 
 @router.get("/v1/manifests/{manifest_id}", response_model=ManifestDetail)
 def get_manifest(manifest_id: RowId, studio: StudioDep, assets: AssetsDep) -> ManifestDetail:
-    manifest, files = assets.manifest(_id(studio), manifest_id)
+    manifest, files = assets.manifest(own_id(studio), manifest_id)
     return ManifestDetail(
         **ManifestPublic.of(manifest).model_dump(),
         entries=[

@@ -20,11 +20,12 @@ from api.deps import (
     ServiceDep,
     StoredFilesDep,
     StudioDep,
+    own_id,
     read_in_thread,
 )
 from api.files import file_response
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
-from api.schemas import FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
+from api.schemas import STUDIO_ERRORS, FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
 from scheduler.core.bounds import FRAME_MAX, FRAME_MIN
 from scheduler.core.states import ChunkState, JobState
 from scheduler.errors import NotFound
@@ -39,20 +40,8 @@ router = APIRouter(
     prefix="/v1/jobs",
     tags=["jobs"],
     dependencies=[KnownQuery],
-    responses={
-        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
-        401: {"model": Problem},
-        404: {"model": Problem},
-        413: {"model": Problem, "description": "the body is larger than the farm takes"},
-        422: {"model": Problem},
-        429: {"model": Problem, "description": "past the studio's quota or request rate"},
-    },
+    responses=STUDIO_ERRORS,
 )
-
-
-def _id(studio: StudioDep) -> int:
-    assert studio.id is not None
-    return studio.id
 
 
 @router.post(
@@ -75,12 +64,12 @@ def submit_job(
     and kept nothing: a retry with its key is taken afresh. Keys are kept 24 hours."""
     if idempotency_key is not None:
         return answer_keyed(
-            keys, _id(studio), idempotency_key, request, body,
-            lambda keep: service.submit_job(_id(studio), body, keep), _public,
+            keys, own_id(studio), idempotency_key, request, body,
+            lambda keep: service.submit_job(own_id(studio), body, keep), _public,
         )  # fmt: skip
-    job = service.submit_job(_id(studio), body)
+    job = service.submit_job(own_id(studio), body)
     assert job.id is not None
-    return JobPublic.of(service.get_job(_id(studio), job.id))
+    return JobPublic.of(service.get_job(own_id(studio), job.id))
 
 
 def _public(detail: JobDetail) -> dict[str, Any]:
@@ -95,7 +84,7 @@ def list_jobs(
     limit: int = Query(50, ge=1, le=500),
     offset: Offset = 0,
 ) -> JobPage:
-    details, total = service.list_jobs(_id(studio), state, limit, offset)
+    details, total = service.list_jobs(own_id(studio), state, limit, offset)
     return JobPage(
         items=[JobPublic.of(d) for d in details], total=total, limit=limit, offset=offset
     )
@@ -109,35 +98,35 @@ async def get_job(
     # cannot wait (engine.py: reads_never_wait), else in a thread of the read pool.
     # JobPublic.of has validated it: it is written out as it is, not validated again.
     if service.reads_never_wait:
-        detail = service.get_job(_id(studio), job_id)
+        detail = service.get_job(own_id(studio), job_id)
     else:
-        detail = await read_in_thread(request, service.get_job, _id(studio), job_id)
+        detail = await read_in_thread(request, service.get_job, own_id(studio), job_id)
     return Response(JobPublic.of(detail).model_dump_json(), media_type="application/json")
 
 
 @router.patch("/{job_id}", response_model=JobPublic)
 def patch_job(job_id: RowId, body: JobPatch, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.set_priority(_id(studio), job_id, body.priority))
+    return JobPublic.of(service.set_priority(own_id(studio), job_id, body.priority))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": Problem}})
 def cancel_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.cancel_job(_id(studio), job_id))
+    return JobPublic.of(service.cancel_job(own_id(studio), job_id))
 
 
 @router.post("/{job_id}/suspend", response_model=JobPublic, responses={409: {"model": Problem}})
 def suspend_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.suspend_job(_id(studio), job_id))
+    return JobPublic.of(service.suspend_job(own_id(studio), job_id))
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, responses={409: {"model": Problem}})
 def resume_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.resume_job(_id(studio), job_id))
+    return JobPublic.of(service.resume_job(own_id(studio), job_id))
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": Problem}})
 def retry_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.retry_job(_id(studio), job_id))
+    return JobPublic.of(service.retry_job(own_id(studio), job_id))
 
 
 @router.get("/{job_id}/frames", response_model=list[FramePublic])
@@ -161,7 +150,7 @@ def list_frames(
     """The job's frames in ascending order, a page at a time (``after``, ``limit``); a
     running frame's ``progress`` is what its node last said of it (volatile, from
     Redis: read once per listing, and null if Redis does not answer)."""
-    frames = service.list_frames(_id(studio), job_id, offset, limit, state, after)
+    frames = service.list_frames(own_id(studio), job_id, offset, limit, state, after)
     progress = service.running_progress(job_id, frames)
     return [FramePublic.of(job_id, f, progress.get(f.frame)) for f in frames]
 
@@ -170,7 +159,7 @@ def list_frames(
 def frame_output(
     job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, files: StoredFilesDep
 ) -> Response:
-    status_ = service.frame_status(_id(studio), job_id, frame)
+    status_ = service.frame_status(own_id(studio), job_id, frame)
     if status_.output is None:
         raise NotFound(f"frame {frame} of job {job_id} has no output yet (it is {status_.state})")
     stored = files.stored(status_.output)
@@ -182,7 +171,7 @@ def frame_thumbnail(
     job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, files: StoredFilesDep
 ) -> Response:
     """A JPEG about 256 px wide, made from the frame on first request and kept."""
-    status_ = service.frame_status(_id(studio), job_id, frame)
+    status_ = service.frame_status(own_id(studio), job_id, frame)
     if status_.output is None:
         raise NotFound(
             f"frame {frame} of job {job_id} is {status_.state}: it has a thumbnail once it is done"
@@ -199,7 +188,7 @@ def job_output(
     format: Literal["zip", "tar"] = Query("zip", description="the archive's format"),
 ) -> StreamingResponse:
     """Every finished frame of the job in one archive, written as it is sent."""
-    outputs = [output for _frame, output in service.finished_outputs(_id(studio), job_id)]
+    outputs = [output for _frame, output in service.finished_outputs(own_id(studio), job_id)]
     if not outputs:
         raise NotFound(f"job {job_id} has no finished frames yet")
     members = files.each(outputs)  # each opened as the archive reaches it
@@ -215,7 +204,7 @@ def job_output(
 def frame_log(
     job_id: RowId, frame: FrameNumber, studio: StudioDep, service: ServiceDep, files: StoredFilesDep
 ) -> Response:
-    status_ = service.frame_status(_id(studio), job_id, frame)
+    status_ = service.frame_status(own_id(studio), job_id, frame)
     if status_.log is None:
         raise NotFound(f"frame {frame} of job {job_id} has not started, so it has no log")
     return file_response(files.stored(status_.log), "text/plain; charset=utf-8")

@@ -8,21 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import KnownQuery, ServiceDep, StudioDep
-from api.schemas import Problem
+from api.deps import KnownQuery, ServiceDep, StudioDep, own_id
+from api.schemas import STUDIO_ERRORS
 from scheduler.usecases.plans import PlanRequest, plan_for
 
 router = APIRouter(
     prefix="/v1/plans",
     tags=["plans"],
     dependencies=[KnownQuery],
-    responses={
-        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
-        401: {"model": Problem},
-        413: {"model": Problem, "description": "the body is larger than the farm takes"},
-        422: {"model": Problem},
-        429: {"model": Problem, "description": "past the studio's request rate"},
-    },
+    responses={code: answer for code, answer in STUDIO_ERRORS.items() if code != 404},
 )
 
 
@@ -30,5 +24,4 @@ router = APIRouter(
 def make_plan(body: PlanRequest, studio: StudioDep, service: ServiceDep) -> dict[str, Any]:
     """Simulate and report per policy: makespan, utilisation, facility kWh, cost, gCO2,
     deadlines missed and frames per region. At most 200,000 frames per policy."""
-    assert studio.id is not None
-    return plan_for(service.engine, service.settings, studio.id, body, service.clock())
+    return plan_for(service.engine, service.settings, own_id(studio), body, service.clock())

@@ -11,29 +11,17 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
 
-from api.deps import KnownQuery, Offset, RowId, ServiceDep, StudioDep
+from api.deps import KnownQuery, Offset, RowId, ServiceDep, StudioDep, own_id
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
-from api.schemas import Problem, TemplateCreate, TemplatePage, TemplatePublic
+from api.schemas import STUDIO_ERRORS, Problem, TemplateCreate, TemplatePage, TemplatePublic
 from scheduler.usecases.jobs import TemplateDetail
 
 router = APIRouter(
     prefix="/v1/templates",
     tags=["templates"],
     dependencies=[KnownQuery],
-    responses={
-        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
-        401: {"model": Problem},
-        404: {"model": Problem},
-        413: {"model": Problem, "description": "the body is larger than the farm takes"},
-        422: {"model": Problem},
-        429: {"model": Problem, "description": "past the studio's quota or request rate"},
-    },
+    responses=STUDIO_ERRORS,
 )
-
-
-def _id(studio: StudioDep) -> int:
-    assert studio.id is not None
-    return studio.id
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TemplatePublic)
@@ -52,10 +40,10 @@ def submit_template(
     ``Idempotency-Key`` as for jobs."""
     if idempotency_key is not None:
         return answer_keyed(
-            keys, _id(studio), idempotency_key, request, body,
-            lambda keep: service.submit_template(_id(studio), body, keep), _public,
+            keys, own_id(studio), idempotency_key, request, body,
+            lambda keep: service.submit_template(own_id(studio), body, keep), _public,
         )  # fmt: skip
-    return TemplatePublic.of(service.submit_template(_id(studio), body))
+    return TemplatePublic.of(service.submit_template(own_id(studio), body))
 
 
 def _public(detail: TemplateDetail) -> dict[str, Any]:
@@ -69,7 +57,7 @@ def list_templates(
     limit: int = Query(20, ge=1, le=100),
     offset: Offset = 0,
 ) -> TemplatePage:
-    details, total = service.list_templates(_id(studio), limit, offset)
+    details, total = service.list_templates(own_id(studio), limit, offset)
     return TemplatePage(
         items=[TemplatePublic.of(d) for d in details], total=total, limit=limit, offset=offset
     )
@@ -77,7 +65,7 @@ def list_templates(
 
 @router.get("/{template_id}", response_model=TemplatePublic)
 def get_template(template_id: RowId, studio: StudioDep, service: ServiceDep) -> TemplatePublic:
-    return TemplatePublic.of(service.get_template(_id(studio), template_id))
+    return TemplatePublic.of(service.get_template(own_id(studio), template_id))
 
 
 @router.post(
@@ -85,4 +73,4 @@ def get_template(template_id: RowId, studio: StudioDep, service: ServiceDep) -> 
 )
 def cancel_template(template_id: RowId, studio: StudioDep, service: ServiceDep) -> TemplatePublic:
     """Cancel every unfinished job of the template."""
-    return TemplatePublic.of(service.cancel_template(_id(studio), template_id))
+    return TemplatePublic.of(service.cancel_template(own_id(studio), template_id))

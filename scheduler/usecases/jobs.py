@@ -286,14 +286,10 @@ class StudioService:
                 "this farm does not run scripts inside scenes "
                 "(an operator allows them with RENDERFARM_ALLOW_SCENE_SCRIPTS)",
             )
-        studio = session.get(Studio, studio_id)
-        if studio is None or not studio.allow_scene_scripts:
-            name = studio.name if studio is not None else studio_id
-            raise InvalidRequest(
-                "renderer.allow_scripts",
-                f"studio {name!r} may not run scripts inside scenes: an operator must allow "
-                f"them first (renderfarm studio scripts {shlex.quote(str(name))} --allow)",
-            )
+        _check_grant(
+            session, studio_id, "allow_scene_scripts", "renderer.allow_scripts",
+            "run scripts inside scenes", "scripts",
+        )  # fmt: skip
 
     def _studio_named(self, session: Session, name: str) -> Studio:
         studio = session.exec(select(Studio).where(Studio.name == name)).first()
@@ -397,14 +393,10 @@ class StudioService:
     def _check_templates_allowed(self, session: Session, studio_id: int) -> None:
         """A template's commands run on the nodes as the studio wrote them: only a
         studio an operator allowed submits templates (a 422 that says how)."""
-        studio = session.get(Studio, studio_id)
-        if studio is None or not studio.allow_templates:
-            name = studio.name if studio is not None else studio_id
-            raise InvalidRequest(
-                "template",
-                f"studio {name!r} may not submit OpenJD templates: an operator must allow "
-                f"them first (renderfarm studio templates {shlex.quote(str(name))} --allow)",
-            )
+        _check_grant(
+            session, studio_id, "allow_templates", "template", "submit OpenJD templates",
+            "templates",
+        )  # fmt: skip
 
     def _check_chunk_size(self, chunk_size: int) -> None:
         if chunk_size > self.settings.max_chunk_size:
@@ -831,6 +823,21 @@ class StudioService:
 
 
 FRAME_PAGE = 10_000  # frames read at a time when a listing has no limit
+
+
+def _check_grant(
+    session: Session, studio_id: int, grant: str, field: str, doing: str, command: str
+) -> None:
+    """Refuse (422 at ``field``) what a studio may do only with an operator's ``grant``
+    (a Studio column), saying which ``renderfarm studio COMMAND`` gives it."""
+    studio = session.get(Studio, studio_id)
+    if studio is None or not getattr(studio, grant):
+        name = studio.name if studio is not None else studio_id
+        raise InvalidRequest(
+            field,
+            f"studio {name!r} may not {doing}: an operator must allow them first "
+            f"(renderfarm studio {command} {shlex.quote(str(name))} --allow)",
+        )
 
 
 def _chunk_holding(session: Session, job_id: int, frame: int) -> ChunkRow | None:

@@ -318,11 +318,9 @@ steps:
 """
 
 
-def test_sessions_at_once_hold_users_of_their_own_and_cannot_reach_each_other(
-    node: Node,
-) -> None:
-    require_user(OTHER_USER)
-    equip_job_user(f"{USER},{OTHER_USER}", [node.data, node.storage, node.cache], [], slots=2)
+def _finder_beside_keeper(node: Node) -> tuple[ChunkMessage, ChunkMessage]:
+    """A keeper session and, while it runs, a finder session on the same node; both
+    messages, for their logs."""
     gate = node.host / "gate"
     keeper = chunk(KEEPER, {"Gate": str(gate)}, [1], chunk_id=1)
     other = threading.Thread(
@@ -336,6 +334,15 @@ def test_sessions_at_once_hold_users_of_their_own_and_cannot_reach_each_other(
     finally:
         gate.touch()
         other.join(60)
+    return keeper, finder
+
+
+def test_sessions_at_once_hold_users_of_their_own_and_cannot_reach_each_other(
+    node: Node,
+) -> None:
+    require_user(OTHER_USER)
+    equip_job_user(f"{USER},{OTHER_USER}", [node.data, node.storage, node.cache], [], slots=2)
+    keeper, finder = _finder_beside_keeper(node)
     assert f"as {USER}" in log_of(node, keeper).splitlines()[0]
     assert f"as {OTHER_USER}" in log_of(node, finder).splitlines()[0]
     assert "kept by" not in log_of(node, finder)
@@ -349,19 +356,7 @@ def test_with_one_user_sessions_at_once_can_reach_each_other_so_the_node_warns(
     with caplog.at_level("WARNING"):
         equip_job_user(USER, [node.data, node.storage, node.cache], [], slots=2)
     assert "1 job user(s) for 2 slots" in caplog.text
-    gate = node.host / "gate"
-    keeper = chunk(KEEPER, {"Gate": str(gate)}, [1], chunk_id=1)
-    other = threading.Thread(
-        target=run_chunk, args=(keeper, node.storage, "node-1", lambda _: None), daemon=True
-    )
-    other.start()
-    try:
-        wait_for(lambda: _session_folder(node, keeper), 30, "the other session's folder")
-        finder = chunk(FINDER, {}, [1], chunk_id=2)
-        assert run_chunk(finder, node.storage, "node-1", lambda _: None)
-    finally:
-        gate.touch()
-        other.join(60)
+    _keeper, finder = _finder_beside_keeper(node)
     assert f"kept by {USER}" in log_of(node, finder)
 
 

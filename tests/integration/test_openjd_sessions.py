@@ -91,6 +91,23 @@ def template() -> dict[str, Any]:
     return yaml.safe_load(TEMPLATE)  # type: ignore[no-any-return]
 
 
+def run_in_thread(
+    session: StepSession, tasks: list[Any]
+) -> tuple[threading.Thread, list[BaseException]]:
+    """The session running in a thread of its own (started), and what it raises."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.run(tasks, lambda _done: None)
+        except BaseException as error:
+            raised.append(error)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    return runner, raised
+
+
 def session_of(job: Any, root: Path, log: io.StringIO, **extra: Any) -> StepSession:
     return StepSession(job, 0, f"test-{time.monotonic_ns()}", root, log, **extra)
 
@@ -133,16 +150,7 @@ def test_a_cancelled_session_leaves_no_process(template: dict[str, Any], tmp_pat
     job, tasks = step_tasks(template, tmp_path, "5-6")
     (tmp_path / "sessions").mkdir()
     session = session_of(job, tmp_path / "sessions", io.StringIO())
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            session.run(tasks, lambda _done: None)
-        except BaseException as error:
-            raised.append(error)
-
-    runner = threading.Thread(target=run)
-    runner.start()
+    runner, raised = run_in_thread(session, tasks)
     deadline = time.monotonic() + 30
     while not sleepers() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -453,16 +461,7 @@ def test_a_cancel_goes_as_the_template_says_notify_then_terminate_or_terminate(
     job, tasks = step_tasks(template, tmp_path, "1")
     (tmp_path / "sessions").mkdir()
     session = session_of(job, tmp_path / "sessions", io.StringIO())
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            session.run(tasks, lambda _done: None)
-        except BaseException as error:
-            raised.append(error)
-
-    runner = threading.Thread(target=run)
-    runner.start()
+    runner, raised = run_in_thread(session, tasks)
     wait_for(lambda: (tmp_path / "ready").exists(), 30, "the task to start")
     session.cancel()
     runner.join(15)  # within the notify period: the task ends on the notice, or is killed
