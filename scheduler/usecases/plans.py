@@ -41,7 +41,7 @@ from scheduler.db import FrameResultRow, JobRow, NodeRow
 from scheduler.errors import InvalidRequest
 from scheduler.settings import Settings
 from scheduler.usecases.regions import UNKNOWN_REGION, load_signals
-from scheduler.usecases.submissions import PolicyName
+from scheduler.usecases.submissions import PolicyName, Text
 
 MAX_SHOTS = 100_000
 MAX_FRAMES = 10_000_000  # a plan's frames in all: a feature film is 150,000 or so
@@ -196,7 +196,7 @@ ALL_POLICIES: tuple[PolicyName, ...] = ("fastest", "cheapest", "greenest")
 class ShotSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=200)]
     frames: int = Field(ge=1, le=MAX_API_FRAMES)
     seconds_per_frame: float = Field(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)
     joules_per_frame: float = Field(ge=0, le=1e12, allow_inf_nan=False)
@@ -214,7 +214,7 @@ class ShotSpec(BaseModel):
 class RegionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=64)]
     slots: int = Field(ge=0, le=1_000_000)
     pue: float = Field(ge=1, le=10, allow_inf_nan=False)
     price: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)
