@@ -175,17 +175,9 @@ def shot(**changed: object) -> dict[str, object]:
     [
         {"workload": []},
         {"workload": "future"},
-        {
-            "workload": [
-                {"name": "a", "frames": 300_000, "seconds_per_frame": 1, "joules_per_frame": 1}
-            ]
-        },
-        {
-            "workload": [
-                {"name": "a", "frames": 1, "seconds_per_frame": "NaN", "joules_per_frame": 1}
-            ],
-            "farm": FARM,
-        },
+        {"workload": [shot(frames=300_000)]},
+        {"workload": [shot(seconds_per_frame="NaN")], "farm": FARM},
+        {"workload": [shot(name="a\u0000b")], "farm": FARM},
         {"workload": "past", "farm": [{"name": "x", "slots": 1, "pue": 0.5}]},
         {"workload": "past", "policies": ["cleanest"]},
         {"workload": "past", "start": "2026-12-01T09:00:00"},
