@@ -100,6 +100,7 @@ QUOTED_LINES = 6  # of a failed renderer's output, in the failure's message
 Marker = tuple[int, float | None, float | None, str | None]  # frame, seconds, cpu, ext
 Samples = Callable[[bytes], tuple[int, int, int] | None]  # a line -> frame, done, total
 KILL_GRACE_SECONDS = 3.0
+READER_JOIN_SECONDS = 5.0  # a failed attempt's renderer is stopped: its output ends
 STARTED_GRACE_SECONDS = 0.5
 
 # Process groups of renderers running in this process, for the SIGTERM handler.
@@ -439,6 +440,7 @@ def _render_in_child(
         _running_groups.add(child.pid)
         energy.begin(child.pid)
         counts: ChunkProgress | None = None  # the frames' sample counts, for the studio
+        reader: threading.Thread | None = None
         try:
             markers: queue.Queue[Marker | None] = queue.Queue()
             assert child.stdout is not None
@@ -496,6 +498,8 @@ def _render_in_child(
             exit_code = _wait(child, time.perf_counter() + message.timeout)
         finally:
             _running_groups.discard(child.pid)
+            if reader is not None:  # its last lines go to the log before the log closes
+                reader.join(timeout=READER_JOIN_SECONDS)
             if counts is not None:
                 counts.close()
         elapsed = time.perf_counter() - started
