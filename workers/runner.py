@@ -486,6 +486,7 @@ def _render_in_child(
                         output=output,
                         render_seconds=seconds if seconds is not None else now - last_mark,
                         cpu_seconds=cpu if cpu is not None else 0.0,
+                        output_bytes=output_size(storage, output),
                     )
                     report = reported[frame] = energy.frame(report)
                     try:  # the farm has the frame before it hears of it
@@ -512,7 +513,7 @@ def _render_in_child(
         if memory is not None and ran_out_of_memory(tail):
             raise RenderFailed(out_of_memory_message(memory), exit_code)
         raise RenderFailed(_failure(exit_code, tail), exit_code)
-    reports = _complete_reports(message, renderer, reported, elapsed, cpu_total)
+    reports = _complete_reports(message, renderer, reported, elapsed, cpu_total, storage)
     unmarked = [r for r in reports if r.frame not in reported]
     metered = {r.frame: r for r in energy.end(cpu_total, unmarked, last=reports[-1])}
     reports = [metered.get(r.frame, r) for r in reports]
@@ -765,6 +766,7 @@ def _complete_reports(
     reported: dict[int, FrameReport],
     elapsed: float,
     cpu_total: float,
+    storage: Path,
 ) -> list[FrameReport]:
     """Every frame's report; frames the renderer did not time share what is left."""
     unmarked = [f for f in message.frames if f not in reported]
@@ -776,15 +778,27 @@ def _complete_reports(
         if frame in reported:
             reports.append(reported[frame])
             continue
+        output = message.output_for(frame) if renderer.writes_frames else None
         reports.append(
             FrameReport(
                 frame=frame,
-                output=message.output_for(frame) if renderer.writes_frames else None,
+                output=output,
                 render_seconds=wall_left / len(unmarked),
                 cpu_seconds=cpu_left / len(unmarked),
+                output_bytes=output_size(storage, output),
             )
         )
     return reports
+
+
+def output_size(storage: Path, output: str | None) -> int | None:
+    """The size of a frame's file, where it was written (None: no file, or not yet)."""
+    if output is None:
+        return None
+    try:
+        return (storage / output).stat().st_size
+    except OSError:
+        return None
 
 
 def limit_breached(

@@ -232,6 +232,7 @@ class FrameResultRow(SQLModel, table=True):
     node: str
     pool: str = Field(max_length=64)
     output: str | None = None  # relative to the storage root
+    output_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     render_seconds: float
     cpu_seconds: float
     finished_at: float
@@ -301,6 +302,21 @@ class Region(SQLModel, table=True):
     feed_location: str | None = Field(default=None, max_length=64)
     forecast: list[list[float]] | None = Field(default=None, sa_column=Column(JSON))
     forecast_at: float | None = None
+
+
+class RegionLink(SQLModel, table=True):
+    """The network between two regions (a studio's and a render region), the same both
+    ways: stored once, under the names in order (``region_a`` < ``region_b``)."""
+
+    __tablename__ = "region_links"
+
+    region_a: str = Field(primary_key=True, max_length=64)
+    region_b: str = Field(primary_key=True, max_length=64)
+    bandwidth_mbps: float
+    latency_ms: float  # one way
+    price_per_gb: float  # in the farm's currency, per 10^9 bytes moved
+    source: str = ""
+    updated_at: float
 
 
 class NodeRow(SQLModel, table=True):

@@ -267,6 +267,7 @@ def apply_chunk_events(
                 "node": node,
                 "pool": chunk.pool,
                 "output": report.output,
+                "output_bytes": report.output_bytes,
                 "render_seconds": report.render_seconds,
                 "cpu_seconds": report.cpu_seconds,
                 "finished_at": at,

@@ -10,6 +10,10 @@ regions by their price and carbon alone). A job not yet started is planned with 
 frame time bounded by its own time limit per frame, the longest a frame may take, and
 its pool's slots (not counting the nodes' queue buffers): so a wait never risks a
 deadline that the job's frames could meet.
+
+What a job moves is weighed too, where its studio names a home region and links from
+it are configured: its scene (its manifest's size, shared by its frames) and its
+frames' outputs (their measured mean size) over each region's link.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from sqlmodel import Session, col
 
 from scheduler.core.placement import NodeView
 from scheduler.core.signals import RegionSignals
-from scheduler.core.siting import PlacementPolicy, StartPlan, plan_start, rank_regions
-from scheduler.db import ChunkRow, FrameResultRow, JobRow
-from scheduler.usecases.regions import UNKNOWN_SIGNALS, load_signals
+from scheduler.core.siting import (
+    Link,
+    PlacementPolicy,
+    StartPlan,
+    Traffic,
+    plan_start,
+    rank_regions,
+)
+from scheduler.db import ChunkRow, FrameResultRow, JobRow, ManifestRow, Studio
+from scheduler.usecases.regions import UNKNOWN_SIGNALS, links_from, load_links, load_signals
 
 WAITS_FOR_WINDOW = "waits for a"  # how the message of a time-shifted job begins
 
@@ -37,6 +48,7 @@ _MEASURED = (
         col(FrameResultRow.region),
         func.avg(FrameResultRow.it_joules),
         func.avg(FrameResultRow.render_seconds),
+        func.avg(FrameResultRow.output_bytes),
     )
     .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
     .group_by(col(FrameResultRow.job_id), col(FrameResultRow.region))
@@ -48,6 +60,12 @@ _LEFT = (
         col(ChunkRow.state) == "queued",
     )
     .group_by(col(ChunkRow.job_id))
+)
+_TRAFFIC = (
+    sql_select(col(JobRow.id), col(Studio.home_region), col(ManifestRow.size))
+    .join(Studio, col(Studio.id) == col(JobRow.studio_id))
+    .outerjoin(ManifestRow, col(ManifestRow.id) == col(JobRow.manifest_id))
+    .where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
 )
 
 
@@ -61,6 +79,9 @@ class JobSiting:
 class _Measured:
     joules: dict[str, float] = field(default_factory=dict)  # by region
     seconds: float | None = None  # mean render seconds of its frames
+    output_bytes: float = 0.0  # mean size of its frames' outputs
+    home: str | None = None  # its studio's region
+    scene_bytes: float = 0.0  # its manifest's size
 
 
 class Siting:
@@ -70,6 +91,7 @@ class Siting:
         self.ttl = ttl
         self.clock = clock
         self._signals: tuple[float, dict[str, RegionSignals]] | None = None
+        self._links: dict[tuple[str, str], Link] = {}
         self._measured: dict[int, tuple[float, _Measured]] = {}
 
     def decide(
@@ -87,11 +109,17 @@ class Siting:
             policy = PlacementPolicy(**job.placement)
             pool_regions = sorted({n.region for n in nodes if n.pool == job.pool})
             regions = {r: signals.get(r, UNKNOWN_SIGNALS) for r in pool_regions}
-            joules = measured[job.id].joules
-            prefer = rank_regions(policy, joules, {r: s.at(now) for r, s in regions.items()})
-            decided[job.id] = JobSiting(
-                tuple(prefer), self._start(job, policy, now, left, measured, regions, nodes)
-            )
+            seen = measured[job.id]
+            traffic = Traffic(
+                links_from(seen.home, self._links), seen.scene_bytes, job.frame_count,
+                seen.output_bytes,
+            )  # fmt: skip
+            prefer = rank_regions(
+                policy, seen.joules, {r: s.at(now) for r, s in regions.items()}, traffic,
+                seen.seconds or job.timeout,
+            )  # fmt: skip
+            start = self._start(job, policy, now, left, seen, regions, nodes, traffic)
+            decided[job.id] = JobSiting(tuple(prefer), start)
         return decided
 
     def _start(
@@ -100,26 +128,27 @@ class Siting:
         policy: PlacementPolicy,
         now: float,
         left: dict[int, int],
-        measured: dict[int, _Measured],
+        seen: _Measured,
         regions: dict[str, RegionSignals],
         nodes: Sequence[NodeView],
+        traffic: Traffic,
     ) -> StartPlan | None:
         if job.deadline is None or job.started_at is not None:
             return None  # work under way is not held back
         assert job.id is not None
-        seen = measured[job.id]
         frame_seconds = seen.seconds or job.timeout  # unmeasured: its limit bounds a frame
         slots = sum(n.slots for n in nodes if n.pool == job.pool)  # its whole pool's
         known = [j for j in seen.joules.values() if j]
         joules = sum(known) / len(known) if known else 1.0
         return plan_start(
             policy, now, job.deadline, int(left.get(job.id, 0)), frame_seconds, slots,
-            list(regions.values()), joules,
+            list(regions.values()), joules, traffic,
         )  # fmt: skip
 
     def _load_signals(self, session: Session) -> dict[str, RegionSignals]:
         if self._signals is None or self.clock() - self._signals[0] > self.ttl:
             self._signals = (self.clock(), load_signals(session))
+            self._links = load_links(session)
         return self._signals[1]
 
     def _load_measured(self, session: Session, ids: list[int]) -> dict[int, _Measured]:
@@ -127,11 +156,21 @@ class Siting:
         if stale:
             found = {i: _Measured() for i in stale}
             counts: dict[int, list[float]] = {}
-            for job_id, region, joules, seconds in session.execute(_MEASURED, {"ids": stale}):
+            sizes: dict[int, list[float]] = {}
+            for job_id, region, joules, seconds, output in session.execute(
+                _MEASURED, {"ids": stale}
+            ):
                 if joules is not None:
                     found[job_id].joules[region] = float(joules)
                 if seconds is not None:
                     counts.setdefault(job_id, []).append(float(seconds))
+                if output is not None:
+                    sizes.setdefault(job_id, []).append(float(output))
+            for job_id, sizes_list in sizes.items():
+                found[job_id].output_bytes = max(sizes_list)
+            for job_id, home, scene in session.execute(_TRAFFIC, {"ids": stale}):
+                found[job_id].home = home
+                found[job_id].scene_bytes = float(scene or 0)
             for job_id, seconds_list in counts.items():
                 found[job_id].seconds = max(seconds_list)
             for job_id, value in found.items():

@@ -15,6 +15,7 @@
     renderfarm studio list               every studio, its weight, scene scripts and quota
     renderfarm limit set NAME N          a farm-wide limit (licences) jobs can name
     renderfarm region set NAME ...       a region's PUE, electricity price, grid carbon
+    renderfarm region link A B ...       the network between two regions (bandwidth, price)
     renderfarm assets collect            delete stored contents nothing names any more
     renderfarm nodes                     the render nodes, with their host names
 
@@ -511,6 +512,64 @@ def region_list() -> None:
     with Session(service.engine) as session:
         for region in list_regions(session):
             typer.echo(_region_line(region, service.settings.currency))
+
+
+@region_app.command("link")
+def region_link(
+    a: str,
+    b: str,
+    bandwidth_mbps: Annotated[float | None, typer.Option(help="megabits per second")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="one way, milliseconds")] = None,
+    price_per_gb: Annotated[float, typer.Option(help="per 10^9 bytes moved")] = 0.0,
+    source: Annotated[str | None, typer.Option(help="where the figures come from")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="forget the link")] = False,
+) -> None:
+    """Set (or --remove) the network between two regions, the same both ways: a job
+    placed for cost or time pays to move its scene and frames from its studio's home
+    region (renderfarm studio region) over it."""
+    import time
+
+    from sqlmodel import Session
+
+    from scheduler.errors import InvalidRequest
+    from scheduler.usecases.regions import remove_link, set_link
+
+    service = _studio_service()
+    with _reported(), Session(service.engine) as session:
+        if not remove and (bandwidth_mbps is None or latency_ms is None):
+            raise InvalidRequest("link", "give --bandwidth-mbps and --latency-ms (or --remove)")
+        if remove:
+            found = remove_link(session, a, b)
+            session.commit()
+            typer.echo(f"{a} - {b}: {'forgotten' if found else 'no such link'}: near")
+            return
+        assert bandwidth_mbps is not None and latency_ms is not None
+        link = set_link(
+            session, a, b, time.time(), bandwidth_mbps, latency_ms, price_per_gb, source
+        )
+        session.commit()
+        typer.echo(_link_line(link, service.settings.currency))
+
+
+@region_app.command("links")
+def region_links() -> None:
+    """Every link between regions (regions with none between them are near)."""
+    from sqlmodel import Session
+
+    from scheduler.usecases.regions import list_links
+
+    service = _studio_service()
+    with Session(service.engine) as session:
+        for link in list_links(session):
+            typer.echo(_link_line(link, service.settings.currency))
+
+
+def _link_line(link: Any, currency: str) -> str:
+    return (
+        f"{link.region_a} - {link.region_b}: {link.bandwidth_mbps:g} Mbit/s, "
+        f"{link.latency_ms:g} ms, {link.price_per_gb:g} {currency}/GB "
+        f"({link.source or 'no source given'})"
+    )
 
 
 @assets_app.command("collect")

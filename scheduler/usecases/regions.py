@@ -20,7 +20,24 @@ Where the installed figures come from (set your own contract's figures):
   2021-2022) sets for new large data centres in the western hub nodes, Guizhou among
   them; China's average data centre is nearer 1.5;
 - price 0.35 CNY/kWh: an example of the large-industry tariffs that Guizhou offers
-  data centres; contracts differ, so set yours.
+  data centres; contracts differ, so set yours. It is flat: Guizhou's 2026 pricing
+  notice ended peak-valley time-of-use prices for users who buy on the wholesale
+  market, as large data centres do, from March 2026;
+- ``zhejiang``, an east-coast hall near the studios (Hangzhou's), for a studio's home
+  region: PUE 1.25, the plan's cap for new large centres in the eastern hubs; a
+  time-of-use tariff with Zhejiang's periods and ratios for industrial and commercial
+  users from 2026-07-01, spring and autumn (valley 0-7 h and 11-14 h at 0.4x the flat
+  price, peak 16-23 h at 1.85x; summer and winter peaks are shorter, set them if you
+  render then), on an example flat price of 0.65 CNY/kWh; carbon, the national average
+  factor (MEE publishes provincial factors: set Zhejiang's for your year);
+- the link ``zhejiang``-``guizhou`` (and ``-guizhou-hydro``): 15 ms one way, the light
+  time of about 1,500 km of fibre with routing; 1 Gbit/s at 0.5 CNY per GB is an
+  example leased line. Links are the same both ways; regions with none between them
+  are treated as near (nothing is modelled), so set the links of a farm whose studios
+  are far from its halls.
+
+Every installed figure is marked as a default in its ``source`` until an operator sets
+it; every frame's bill records the PUE, price and carbon figure it was billed with.
 """
 
 from __future__ import annotations
@@ -32,7 +49,8 @@ from sqlmodel import Session, select
 
 from scheduler.core.energy import RegionFigures
 from scheduler.core.signals import DailyCurve, Forecast, ForecastPoint, RegionSignals
-from scheduler.db import Region
+from scheduler.core.siting import Link
+from scheduler.db import Region, RegionLink
 from scheduler.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -162,3 +180,63 @@ def set_region(
 
 def list_regions(session: Session) -> list[Region]:
     return list(session.exec(select(Region).order_by(Region.name)))
+
+
+def load_links(session: Session) -> dict[tuple[str, str], Link]:
+    """Every configured link, under both orders of its regions' names."""
+    links = {}
+    for row in session.exec(select(RegionLink)):
+        link = Link(row.bandwidth_mbps, row.latency_ms, row.price_per_gb)
+        links[row.region_a, row.region_b] = links[row.region_b, row.region_a] = link
+    return links
+
+
+def links_from(home: str | None, links: dict[tuple[str, str], Link]) -> dict[str, Link]:
+    """The links from a studio's home region to the others (none without a home)."""
+    return {b: link for (a, b), link in links.items() if a == home}
+
+
+def set_link(
+    session: Session,
+    a: str,
+    b: str,
+    now: float,
+    bandwidth_mbps: float,
+    latency_ms: float,
+    price_per_gb: float,
+    source: str | None = None,
+) -> RegionLink:
+    """Create or change the link between two known regions (the same both ways)."""
+    if a == b:
+        raise InvalidRequest("regions", f"a link joins two regions, not {a!r} to itself")
+    for name in (a, b):
+        if session.get(Region, name) is None:
+            known = sorted(session.exec(select(Region.name)).all())
+            raise InvalidRequest("region", f"no region {name!r}; known: {known}")
+    try:
+        Link(bandwidth_mbps, latency_ms, price_per_gb)
+    except ValueError as error:
+        raise InvalidRequest("link", str(error)) from None
+    first, second = sorted((a, b))
+    row = session.get(RegionLink, (first, second)) or RegionLink(
+        region_a=first, region_b=second, bandwidth_mbps=0, latency_ms=0, price_per_gb=0,
+        updated_at=now,
+    )  # fmt: skip
+    row.bandwidth_mbps, row.latency_ms, row.price_per_gb = bandwidth_mbps, latency_ms, price_per_gb
+    row.source = source if source is not None else row.source
+    row.updated_at = now
+    session.add(row)
+    return row
+
+
+def remove_link(session: Session, a: str, b: str) -> bool:
+    """Forget the link between two regions: they are near again. False: there was none."""
+    row = session.get(RegionLink, tuple(sorted((a, b))))
+    if row is None:
+        return False
+    session.delete(row)
+    return True
+
+
+def list_links(session: Session) -> list[RegionLink]:
+    return list(session.exec(select(RegionLink).order_by(RegionLink.region_a, RegionLink.region_b)))

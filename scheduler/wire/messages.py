@@ -142,6 +142,7 @@ class FrameReport:
     cpu_seconds: float
     energy_joules: float | None = None  # IT energy the node metered for it; None: unmetered
     energy_method: str | None = None  # rapl, nvml, model, or a sum such as "rapl+nvml"
+    output_bytes: int | None = None  # the output's size: what its trip back moves
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -367,6 +368,7 @@ def _read_report(data: Any, where: str) -> FrameReport:
         cpu_seconds=_field(data, "cpu_seconds", where, _is_number, "a number"),
         energy_joules=_energy(data, where),
         energy_method=_field(data, "energy_method", where, _is_str, "a string", None, True),
+        output_bytes=_size(data, where),
     )
 
 
@@ -425,6 +427,16 @@ def _energy(data: Mapping[str, Any], where: str) -> float | None:
     if _is_number(value) and value >= 0:
         return float(value)
     log.error("%s: ignoring an impossible energy figure %r", where, value)
+    return None
+
+
+def _size(data: Mapping[str, Any], where: str) -> int | None:
+    """Bytes, or None: a size no file can have is dropped (logged), not the frame; an
+    older node sends none."""
+    value = data.get("output_bytes")
+    if value is None or (_is_int(value) and value >= 0):
+        return value
+    log.error("%s: ignoring an impossible output size %r", where, value)
     return None
 
 

@@ -331,5 +331,51 @@ def test_operators_set_and_list_regions_from_the_command_line(
     refused = renderfarm("set", "guizhou-gui-an", "--pue", "0.8")
     assert refused.returncode == 1 and "pue" in refused.stdout
     listed = renderfarm("list").stdout.splitlines()
-    assert [line.split(":")[0] for line in listed] == ["guizhou", "guizhou-gui-an", "guizhou-hydro"]
+    assert [line.split(":")[0] for line in listed] == [
+        "guizhou", "guizhou-gui-an", "guizhou-hydro", "zhejiang",
+    ]  # fmt: skip
     assert "2026 power purchase agreement" in listed[1] and "PUE 1.15" in listed[1]
+    # the installed regions say they are defaults and where their figures come from
+    for line in (listed[0], listed[2], listed[3]):
+        assert "(default: " in line, line
+        assert "MEE/NBS" in line or "IPCC" in line, line
+    assert "0h:0.26,7h:0.65,11h:0.26,14h:0.65,16h:1.2025,23h:0.65 CNY/kWh" in listed[3]
+
+
+def test_operators_link_regions_from_the_command_line(settings: Settings, engine: Engine) -> None:
+    def renderfarm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "scheduler.launch.cli", "region", *args],
+            env=farm_env(settings), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    installed = renderfarm("links").stdout.splitlines()
+    assert [line.split(" (")[0] for line in installed] == [
+        "guizhou - zhejiang: 1000 Mbit/s, 15 ms, 0.5 CNY/GB",
+        "guizhou-hydro - zhejiang: 1000 Mbit/s, 15 ms, 0.5 CNY/GB",
+    ]
+    assert all("(default: Hangzhou to Guiyang" in line for line in installed)
+    made = renderfarm(
+        "link", "zhejiang", "guizhou", "--bandwidth-mbps", "10000", "--latency-ms", "14",
+        "--price-per-gb", "0.2", "--source", "2027 carrier contract",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == (
+        "guizhou - zhejiang: 10000 Mbit/s, 14 ms, 0.2 CNY/GB (2027 carrier contract)"
+    )
+    link = ["--bandwidth-mbps", "100", "--latency-ms", "5"]
+    for args, complaint in [
+        (["zhejiang", "mars", *link], "no region 'mars'"),
+        (["zhejiang", "zhejiang", *link], "to itself"),
+        (["zhejiang", "guizhou", "--bandwidth-mbps", "0", "--latency-ms", "5"], "bandwidth"),
+        (["zhejiang", "guizhou", "--bandwidth-mbps", "9", "--latency-ms", "-3"], "latency_ms"),
+        (["zhejiang", "guizhou", "--latency-ms", "5"], "--bandwidth-mbps"),
+    ]:
+        refused = renderfarm("link", *args)
+        assert refused.returncode == 1 and complaint in refused.stdout, (args, refused)
+    assert "2027 carrier contract" in renderfarm("links").stdout  # the refused changed nothing
+    gone = renderfarm("link", "guizhou", "zhejiang", "--remove")
+    assert gone.returncode == 0 and "forgotten" in gone.stdout
+    assert [line.split(":")[0] for line in renderfarm("links").stdout.splitlines()] == [
+        "guizhou-hydro - zhejiang"
+    ]

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from scheduler.db import FrameResultRow, JobRow, ManifestRow
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import InvalidRequest
 from scheduler.usecases.jobs import StudioService
-from scheduler.usecases.regions import set_region
+from scheduler.usecases.regions import set_link, set_region
 from scheduler.wire.messages import FrameReport
 from tests.integration.conftest import Clock, event, heartbeat, submit
 
@@ -155,6 +156,52 @@ def test_the_bill_says_what_placement_saved_against_the_studios_home_region(
     )
     [value] = [float(row.split()[-1]) for row in metrics.splitlines() if row.startswith(line)]
     assert value == pytest.approx(1.4 * 0.9 - 1.2 * 0.35)
+
+
+@pytest.mark.parametrize(
+    ("linked", "heavy", "first"),
+    [
+        (False, "output", "west-1"),  # no link configured: near, the cheap power wins
+        (True, "output", "east-1"),  # 1 GB frames back over a priced link: render near
+        (True, "scene", "east-1"),  # a 20 GB scene for 10 frames: likewise
+        (True, "", "west-1"),  # light traffic: the link costs less than the power saves
+    ],
+)
+def test_what_a_job_moves_over_a_priced_link_weighs_in_its_region(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock,
+    linked: bool, heavy: str, first: str,
+) -> None:  # fmt: skip
+    regions(engine, clock)
+    studios.set_home_region("pixar-east", "shanghai")
+    with Session(engine) as session:
+        if linked:
+            set_link(session, "shanghai", "guizhou-hydro", clock(), 100.0, 15.0, 0.5)
+        session.commit()
+    scheduler.siting.ttl = 0.0  # read what was measured at every tick
+    job_id = submit(studios, studio_id, "1-10", placement="cheapest")
+    if heavy == "scene":
+        with Session(engine) as session:
+            manifest = ManifestRow(studio_id=studio_id, files=1, size=20 * 10**9, created_at=0)
+            session.add(manifest)
+            session.flush()
+            job = session.get(JobRow, job_id)
+            assert job is not None
+            job.manifest_id = manifest.id
+            session.add(job)
+            session.commit()
+    nodes(scheduler, ("west-1", "guizhou-hydro"))
+    one, *_ = scheduler.dispatch_tick()  # only the west is up yet
+    # its first frame: 0.1 kWh of IT energy (0.042 there against 0.126 in Shanghai),
+    # and an output of 1 GB (0.5 to bring back) where the output is heavy
+    size = 10**9 if heavy == "output" else 2 * 10**6
+    report = FrameReport(1, None, 2.0, 1.8, 3.6e5, "rapl", output_bytes=size)
+    scheduler.ingest([event("finished", one, "west-1", region="guizhou-hydro", results=[report])])
+    with Session(engine) as session:
+        [stored] = session.exec(select(FrameResultRow.output_bytes)).all()
+    assert stored == size  # recorded with the frame
+    nodes(scheduler, ("east-1", "shanghai"), ("west-1", "guizhou-hydro"))
+    sent = scheduler.dispatch_tick()
+    assert sent and sent[0].node == first
 
 
 def frame(number: int, joules: float | None) -> FrameReport:

@@ -58,6 +58,9 @@ def test_two_nodes_render_a_job(
         results = session.exec(select(FrameResultRow)).all()
         attempts = session.exec(select(AttemptRow)).all()
     assert len(results) == 8 and all(r.render_seconds > 0 and r.cpu_seconds > 0 for r in results)
+    # each frame's size, as written: what its trip back to a far studio moves
+    sizes = {f.name: f.stat().st_size for f in frames}
+    assert all(r.output_bytes == sizes[Path(r.output or "").name] > 0 for r in results)
     # Metered by the power model (no RAPL on these machines) and billed in guizhou.
     for r in results:
         assert r.energy_method == "model" and r.region == "guizhou" and r.studio_id == studio_id

@@ -36,7 +36,7 @@ ATTEMPT: dict[str, Any] = {
     "chunk_id": 7, "attempt": 2, "job_id": 3, "node": "gz-01", "region": "guizhou",
     "at": 1_700_000_000.5,
 }  # fmt: skip
-METERED = FrameReport(12, "jobs/3/frames/frame_000012.png", 4.5, 4.1, 830.0, "rapl")
+METERED = FrameReport(12, "jobs/3/frames/frame_000012.png", 4.5, 4.1, 830.0, "rapl", 2_481_152)
 UNMETERED = FrameReport(13, None, 0.2, 0.1)
 NODE = NodeReport(
     "gz-01", "cpu", "host-1", 8, 2, 32, 2**36, 1, ["blender"], "guizhou", "rapl", 412.5
@@ -65,7 +65,7 @@ def test_the_envelope_and_the_fields_are_plain_json() -> None:
     assert FrameEvent(**ATTEMPT, result=UNMETERED).to_dict() == {
         "v": 1, "kind": "frame", **ATTEMPT,
         "result": {"frame": 13, "output": None, "render_seconds": 0.2, "cpu_seconds": 0.1,
-                   "energy_joules": None, "energy_method": None},
+                   "energy_joules": None, "energy_method": None, "output_bytes": None},
     }  # fmt: skip
 
 
@@ -140,6 +140,20 @@ def test_an_impossible_energy_figure_is_dropped_not_the_frame(joules: Any) -> No
     report = {**UNMETERED.to_dict(), "energy_joules": joules}
     event = decode_event({"kind": "frame", **ATTEMPT, "result": report})
     assert event == FrameEvent(**ATTEMPT, result=UNMETERED)
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, "2 MB", True])
+def test_an_impossible_output_size_is_dropped_not_the_frame(size: Any) -> None:
+    report = {**METERED.to_dict(), "output_bytes": size}
+    event = decode_event({"kind": "frame", **ATTEMPT, "result": report})
+    assert isinstance(event, FrameEvent) and event.result.output_bytes is None
+    assert event.result.energy_joules == METERED.energy_joules
+
+
+def test_an_older_nodes_report_has_no_output_size() -> None:
+    report = {k: v for k, v in METERED.to_dict().items() if k != "output_bytes"}
+    event = decode_event({"kind": "frame", **ATTEMPT, "result": report})
+    assert isinstance(event, FrameEvent) and event.result.output_bytes is None
 
 
 # Scheduler -> node: the chunk message -------------------------------------------------

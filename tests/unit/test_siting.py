@@ -11,8 +11,11 @@ from scheduler.core.energy import RegionFigures
 from scheduler.core.signals import HOUR, DailyCurve, RegionSignals
 from scheduler.core.siting import (
     FASTEST,
+    NEAR,
     SAFETY_SECONDS,
+    Link,
     PlacementPolicy,
+    Traffic,
     frame_cost,
     plan_start,
     rank_regions,
@@ -48,6 +51,76 @@ def test_a_frames_cost_is_its_energy_times_pue_price_and_carbon() -> None:
 def test_unmeasured_regions_are_ranked_with_the_measured_mean() -> None:
     ranked = rank_regions(PlacementPolicy.named("cheapest"), {"coal-hall": 1000.0}, FIGURES)
     assert ranked[0] == "guizhou-hydro"
+
+
+# Hangzhou to Guiyang over a leased line; the studio's own region is near.
+WEST_LINK = Link(bandwidth_mbps=100.0, latency_ms=15.0, price_per_gb=0.5)
+GB = 1e9
+
+
+def test_a_link_prices_and_times_what_crosses_it() -> None:
+    assert WEST_LINK.cost(2 * GB) == pytest.approx(1.0)
+    assert WEST_LINK.seconds(1.25e7) == pytest.approx(0.015 + 1.0)  # 100 Mbit in 1 s
+    assert NEAR.cost(GB) == 0 and NEAR.seconds(GB) == 0
+
+
+@pytest.mark.parametrize(
+    "bad", [{"bandwidth_mbps": 0}, {"latency_ms": -1}, {"price_per_gb": float("inf")}]
+)
+def test_a_link_that_cannot_be_is_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="link"):
+        Link(**bad)
+
+
+def test_a_frame_pays_its_share_of_the_scene_and_its_output_on_the_wire() -> None:
+    traffic = Traffic({"guizhou-hydro": WEST_LINK}, scene_bytes=10 * GB, frames=100,
+                      output_bytes=0.05 * GB)  # fmt: skip
+    assert traffic.frame_bytes == pytest.approx(0.15 * GB)
+    far = frame_cost(1e6, HYDRO, traffic.link("guizhou-hydro"), traffic.frame_bytes)
+    assert far.cost == pytest.approx(frame_cost(1e6, HYDRO).cost + 0.075)
+    assert traffic.lead_seconds(["shanghai", "guizhou-hydro"]) == pytest.approx(800.015)
+    assert traffic.frame_seconds("shanghai") == 0
+
+
+@pytest.mark.parametrize(
+    ("scene_gb", "first"),
+    [
+        (0.0, "guizhou-hydro"),  # nothing to move: the cheap western power wins
+        (50.0, "shanghai"),  # a heavy scene for few frames: render it near the studio
+    ],
+)
+def test_moving_a_heavy_scene_far_can_cost_more_than_the_power_saves(
+    scene_gb: float, first: str
+) -> None:
+    traffic = Traffic({"guizhou-hydro": WEST_LINK, "coal-hall": WEST_LINK},
+                      scene_bytes=scene_gb * GB, frames=10)  # fmt: skip
+    joules = dict.fromkeys(FIGURES, 3.6e6)  # 1 kWh a frame
+    assert rank_regions(PlacementPolicy.named("cheapest"), joules, FIGURES, traffic)[0] == first
+
+
+def test_a_policy_that_weighs_time_prefers_the_region_nearer_on_the_wire() -> None:
+    traffic = Traffic({"guizhou-hydro": WEST_LINK}, output_bytes=0.5 * GB)  # 40 s back
+    same = {"guizhou-hydro": HYDRO, "shanghai": HYDRO}
+    policy = PlacementPolicy(time=1.0, cost=0.01)
+    joules = dict.fromkeys(same, 1e6)
+    assert rank_regions(policy, joules, same, traffic, frame_seconds=60.0)[0] == "shanghai"
+    assert rank_regions(policy, joules, same, frame_seconds=60.0) == sorted(same)  # alike
+
+
+def test_the_scene_transfer_comes_before_the_latest_start() -> None:
+    now = at(1, 9)
+    traffic = Traffic({"east": WEST_LINK}, scene_bytes=36 * GB, frames=100)  # 48 min
+    plain = plan_start(
+        PlacementPolicy.named("cheapest"), now, at(2, 9), 100, 60.0, 10, [tariffed()], 1e6
+    )
+    moved = plan_start(
+        PlacementPolicy.named("cheapest"), now, at(2, 9), 100, 60.0, 10, [tariffed()], 1e6,
+        traffic,
+    )  # fmt: skip
+    assert plain.latest is not None and moved.latest is not None
+    lead = 36 * GB * 8 / 100e6 + 0.015  # the scene's trip, then each frame's reply's
+    answers = run_seconds(100, 60.0 + 0.015, 10) - run_seconds(100, 60.0, 10)
+    assert plain.latest - moved.latest == pytest.approx(lead + answers)
 
 
 @pytest.mark.parametrize("bad", [(0, 0, 0), (-1, 1, 0), (float("nan"), 1, 1), (1, float("inf"), 0)])
@@ -142,6 +215,7 @@ def test_a_job_that_can_no_longer_wait_starts_now() -> None:
     slack_hours=st.floats(-12, 72),
     cost=st.floats(0, 1),
     carbon=st.floats(0, 1),
+    scene_gb=st.floats(0, 100),
 )
 def test_a_deadline_that_was_feasible_is_met(
     hour: float,
@@ -151,17 +225,23 @@ def test_a_deadline_that_was_feasible_is_met(
     slack_hours: float,
     cost: float,
     carbon: float,
+    scene_gb: float,
 ) -> None:
     """Whatever the policy, a job started when planned and run as measured ends by its
     deadline whenever it could have (started now); and it never waits past its latest
     start."""
     now = at(1, 0) + hour * HOUR
-    needed = run_seconds(frames, frame_seconds, slots)
-    deadline = now + needed + slack_hours * HOUR
     policy = PlacementPolicy(time=0.1, cost=cost, carbon=carbon)
     profile = DailyCurve.hourly([800.0 - 30 * h for h in range(24)])
     regions = [tariffed(), RegionSignals("west", 1.2, DailyCurve.flat(0.5), profile)]
-    plan = plan_start(policy, now, deadline, frames, frame_seconds, slots, regions, 1e6)
+    # the scene's trip west and each frame's back (1 s) are part of what it needs
+    traffic = Traffic({"west": WEST_LINK}, scene_bytes=scene_gb * GB, frames=max(1, frames),
+                      output_bytes=1.25e7 - 1875)  # fmt: skip
+    needed = traffic.lead_seconds(["west"]) + run_seconds(
+        frames, frame_seconds + traffic.frame_seconds("west"), slots
+    )
+    deadline = now + needed + slack_hours * HOUR
+    plan = plan_start(policy, now, deadline, frames, frame_seconds, slots, regions, 1e6, traffic)
     assert plan.start >= now
     if deadline - needed >= now:  # it could meet its deadline
         assert plan.start + needed <= deadline + 1e-6
