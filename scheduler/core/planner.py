@@ -5,8 +5,11 @@ to cheaper or cleaner windows within deadlines), so that policies can be compare
 by side on a workload before a frame is rendered.
 
 A workload is shots (a job each): frames, seconds and IT joules per frame, when the
-shot is submitted and its deadline. A farm is regions, each with its signals (PUE,
-tariff, carbon) and its render slots. Shots are served in submission order (the
+shot is submitted and its deadline, and what it moves (its scene, each frame's output).
+A farm is regions, each with its signals (PUE, tariff, carbon), its render slots and
+its link to the studio (near where none is given): a shot's first frame in a region
+waits for its scene there, every frame's slot is held while its output goes back, and
+both are paid for by the GB. Shots are served in submission order (the
 farm's order for one studio at one priority), each frame on a free slot of the best
 region for its policy, or of any region for ``fastest``; a shot whose plan says wait
 waits until its start. The report per policy: makespan, utilisation, facility kWh,
@@ -26,7 +29,15 @@ from dataclasses import dataclass, field
 
 from scheduler.core.energy import JOULES_PER_KWH, bill_for
 from scheduler.core.signals import RegionSignals
-from scheduler.core.siting import PlacementPolicy, plan_start, rank_regions
+from scheduler.core.siting import (
+    NEAR,
+    STAYS,
+    Link,
+    PlacementPolicy,
+    Traffic,
+    plan_start,
+    rank_regions,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +48,15 @@ class Shot:
     joules_per_frame: float
     submit_at: float = 0.0  # seconds after the plan's start
     deadline: float | None = None  # seconds after the plan's start
+    scene_bytes: float = 0.0  # what each region it renders in needs first
+    output_bytes: float = 0.0  # each frame's, back to the studio
 
 
 @dataclass(frozen=True, slots=True)
 class SimRegion:
     signals: RegionSignals
     slots: int  # render slots in all (nodes x slots each)
+    link: Link = NEAR  # to the studio
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,8 @@ class PlanReport:
     co2_grams: float
     deadlines_missed: int
     frames_by_region: dict[str, int]
+    moved_bytes: float = 0.0  # over the links: scenes to far regions, frames back
+    transfer_cost: float = 0.0  # of moving them (``cost`` is the energy's)
     # (time, busy slots) at each change, and (time, mean grid carbon of the busy slots)
     busy: list[tuple[float, int]] = field(default_factory=list)
 
@@ -70,7 +86,13 @@ class PlanReport:
             "co2_grams": self.co2_grams,
             "deadlines_missed": self.deadlines_missed,
             "frames_by_region": dict(self.frames_by_region),
+            "moved_bytes": self.moved_bytes,
+            "transfer_cost": self.transfer_cost,
         }
+
+    @property
+    def total_cost(self) -> float:
+        return self.cost + self.transfer_cost
 
 
 @dataclass(slots=True)
@@ -81,6 +103,8 @@ class _ShotState:
     running: int = 0
     ready_at: float = 0.0  # when it may start (its submission, or its planned window)
     finished_at: float = 0.0
+    traffic: Traffic = STAYS
+    scene_at: dict[str, float] = field(default_factory=dict)  # its arrival, by region
 
 
 def simulate(
@@ -99,8 +123,12 @@ def simulate(
         raise ValueError("a farm to plan on has at least one render slot")
     free = {r.signals.name: r.slots for r in regions}
     signals = {r.signals.name: r.signals for r in regions}
+    links = {r.signals.name: r.link for r in regions if r.link != NEAR}
     total_slots = sum(free.values())
-    states = [_ShotState(shot, i, shot.frames) for i, shot in enumerate(shots)]
+    states = [
+        _ShotState(shot, i, shot.frames, traffic=_traffic(shot, links))
+        for i, shot in enumerate(shots)
+    ]
     waiting: deque[_ShotState] = deque()  # submitted, in submission order
     events: list[tuple[float, int, int, str]] = []  # (time, kind, shot index, region)
     for index, state in enumerate(states):
@@ -108,7 +136,7 @@ def simulate(
     busy_now = 0
     busy: list[tuple[float, int]] = [(start, 0)]
     frames_by_region = dict.fromkeys(free, 0)
-    facility = cost = co2 = busy_seconds = 0.0
+    facility = cost = co2 = busy_seconds = moved = transfer_cost = 0.0
     clock = start
     while events:
         clock, kind, index, region = heapq.heappop(events)
@@ -130,7 +158,7 @@ def simulate(
                 break
             if candidate.ready_at > clock:
                 continue
-            order = _regions_for(candidate.shot, policy, signals, clock)
+            order = _regions_for(candidate, policy, signals, clock)
             while candidate.left > 0:
                 where = next((r for r in order if free[r] > 0), None)
                 if where is None:
@@ -140,7 +168,18 @@ def simulate(
                 candidate.left -= 1
                 candidate.running += 1
                 seconds = candidate.shot.seconds_per_frame
-                end = clock + seconds + overhead
+                link = candidate.traffic.link(where)
+                scene = candidate.shot.scene_bytes
+                far = link != NEAR
+                if where not in candidate.scene_at:  # the region's first frame sends it
+                    candidate.scene_at[where] = clock + (link.seconds(scene) if scene else 0)
+                    moved += scene if far else 0.0
+                    transfer_cost += link.cost(scene)
+                output = candidate.shot.output_bytes  # back, after the render
+                moved += output if far else 0.0
+                transfer_cost += link.cost(output)
+                began = max(clock, candidate.scene_at[where])  # with the scene there
+                end = began + seconds + (link.seconds(output) if output else 0.0) + overhead
                 bill = bill_for(candidate.shot.joules_per_frame, signals[where].at(end))
                 facility += bill.facility_joules
                 cost += bill.cost
@@ -168,6 +207,8 @@ def simulate(
         co2_grams=co2,
         deadlines_missed=missed,
         frames_by_region=frames_by_region,
+        moved_bytes=moved,
+        transfer_cost=transfer_cost,
         busy=busy,
     )
 
@@ -188,19 +229,28 @@ def _plan(
     deadline = start + shot.deadline if shot.deadline is not None else None
     plan = plan_start(
         policy, now, deadline, shot.frames, shot.seconds_per_frame, slots,
-        [r.signals for r in regions], shot.joules_per_frame,
+        [r.signals for r in regions], shot.joules_per_frame, state.traffic,
     )  # fmt: skip
     state.ready_at = plan.start
 
 
+def _traffic(shot: Shot, links: dict[str, Link]) -> Traffic:
+    if not links or not (shot.scene_bytes or shot.output_bytes):
+        return STAYS
+    return Traffic(links, shot.scene_bytes, shot.frames, shot.output_bytes)
+
+
 def _regions_for(
-    shot: Shot, policy: PlacementPolicy, signals: dict[str, RegionSignals], now: float
+    state: _ShotState, policy: PlacementPolicy, signals: dict[str, RegionSignals], now: float
 ) -> list[str]:
     """The regions a frame of the shot may go to now, best first (all, for fastest)."""
+    shot = state.shot
     ranked = rank_regions(
         policy,
         dict.fromkeys(signals, shot.joules_per_frame),
         {name: s.at(now) for name, s in signals.items()},
+        state.traffic,
+        shot.seconds_per_frame,
     )
     return ranked or sorted(signals)
 

@@ -2,15 +2,21 @@
 JSON farm), simulated under each placement policy (scheduler/core/planner.py), and
 reported side by side, as a table, JSON, or a chart of busy slots and grid carbon.
 
-Workload CSV, one shot a row (a header row names the columns; the last two optional)::
+Workload CSV, one shot a row (a header row names the columns; the last four optional:
+when it comes, its deadline, its scene's size and each frame's output's)::
 
-    shot,frames,seconds_per_frame,joules_per_frame,submit_hours,deadline_hours
-    sq010_sh010,240,180,45000,0,48
+    shot,frames,seconds_per_frame,joules_per_frame,submit_hours,deadline_hours,scene_gb,output_mb
+    sq010_sh010,240,180,45000,0,48,12,25
 
-Farm (YAML or JSON)::
+Farm (YAML or JSON), each region with its link to the studio (none: near)::
 
     regions:
-      - {name: guizhou-hydro, slots: 200, pue: 1.2, price: 0.35, carbon: 24}
+      - name: guizhou-hydro
+        slots: 200
+        pue: 1.2
+        price: 0.35
+        carbon: 24
+        link: {bandwidth_mbps: 1000, latency_ms: 15, price_per_gb: 0.5}
       - name: shanghai
         slots: 40
         pue: 1.4
@@ -37,12 +43,14 @@ from sqlmodel import Session, col
 
 from scheduler.core.planner import PlanReport, Shot, SimRegion, carbon_over_time, compare
 from scheduler.core.signals import HOUR, DailyCurve, RegionSignals
-from scheduler.db import FrameResultRow, JobRow, NodeRow
+from scheduler.core.siting import NEAR, Link
+from scheduler.db import FrameResultRow, JobRow, ManifestRow, NodeRow, Studio
 from scheduler.errors import InvalidRequest
 from scheduler.settings import Settings
-from scheduler.usecases.regions import UNKNOWN_REGION, load_signals
+from scheduler.usecases.regions import UNKNOWN_REGION, links_from, load_links, load_signals
 from scheduler.usecases.submissions import PolicyName, Text
 
+GB, MB = 1e9, 1e6
 MAX_SHOTS = 100_000
 MAX_FRAMES = 10_000_000  # a plan's frames in all: a feature film is 150,000 or so
 
@@ -66,6 +74,8 @@ def read_workload(text: str) -> list[Shot]:
                 joules_per_frame=_number(row, "joules_per_frame", where) or 0.0,
                 submit_at=(_number(row, "submit_hours", where, required=False) or 0.0) * HOUR,
                 deadline=deadline * HOUR if deadline is not None else None,
+                scene_bytes=(_number(row, "scene_gb", where, required=False) or 0.0) * GB,
+                output_bytes=(_number(row, "output_mb", where, required=False) or 0.0) * MB,
             )
         )
     if sum(shot.frames for shot in shots) > MAX_FRAMES:
@@ -116,11 +126,27 @@ def _region(item: Any, index: int) -> SimRegion:
         price = _curve(item, "tariff", "price", offset)
         carbon = _curve(item, "carbon_profile", "carbon", offset)
         slots, pue = int(item["slots"]), float(item["pue"])
+        link = _link(item.get("link"))
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidRequest("farm", f"{where} ({item['name']}): {error}") from None
     if slots < 0 or not 1 <= pue < math.inf:
         raise InvalidRequest("farm", f"{where}: slots at least 0, a PUE at least 1")
-    return SimRegion(RegionSignals(item["name"], pue, price, carbon), slots)
+    return SimRegion(RegionSignals(item["name"], pue, price, carbon), slots, link)
+
+
+def _link(item: Any) -> Link:
+    if item is None:
+        return NEAR
+    if not isinstance(item, dict):
+        raise TypeError("link: {bandwidth_mbps, latency_ms, price_per_gb}")
+    unknown = set(item) - {"bandwidth_mbps", "latency_ms", "price_per_gb"}
+    if unknown:
+        raise ValueError(f"link: unknown {sorted(unknown)}")
+    return Link(
+        float(item["bandwidth_mbps"]),
+        float(item.get("latency_ms", 0.0)),
+        float(item.get("price_per_gb", 0.0)),
+    )
 
 
 def _curve(item: Mapping[str, Any], steps: str, flat: str, offset: float) -> DailyCurve:
@@ -130,22 +156,27 @@ def _curve(item: Mapping[str, Any], steps: str, flat: str, offset: float) -> Dai
 
 
 def table(reports: Sequence[PlanReport], currency: str) -> str:
-    """The reports side by side, the first as the baseline."""
+    """The reports side by side, the first as the baseline: energy and its cost, then
+    what moving scenes and frames over the links cost; compared on both together."""
     head = (
-        f"{'policy':<10} {'makespan':>10} {'use':>6} {'MWh':>9} {currency:>11} {'tCO2':>8} missed"
+        f"{'policy':<10} {'makespan':>10} {'use':>6} {'MWh':>9} {currency:>11} {'tCO2':>8} "
+        f"{'moved TB':>9} {'transfer':>10} missed"
     )
     lines = [head]
     for report in reports:
         lines.append(
             f"{report.policy:<10} {report.makespan_seconds / HOUR:>9.1f}h "
             f"{report.utilisation:>6.1%} {report.facility_kwh / 1000:>9.2f} "
-            f"{report.cost:>11,.0f} {report.co2_grams / 1e6:>8.2f} {report.deadlines_missed:>6}"
+            f"{report.cost:>11,.0f} {report.co2_grams / 1e6:>8.2f} "
+            f"{report.moved_bytes / 1e12:>9.2f} {report.transfer_cost:>10,.0f} "
+            f"{report.deadlines_missed:>6}"
         )
-    if len(reports) > 1 and reports[0].cost > 0 and reports[0].co2_grams > 0:
+    if len(reports) > 1 and reports[0].total_cost > 0 and reports[0].co2_grams > 0:
         base = reports[0]
         for report in reports[1:]:
             lines.append(
-                f"{report.policy} against {base.policy}: cost {report.cost / base.cost - 1:+.1%}, "
+                f"{report.policy} against {base.policy}: cost "
+                f"{report.total_cost / base.total_cost - 1:+.1%} (energy and transfer), "
                 f"CO2 {report.co2_grams / base.co2_grams - 1:+.1%}"
             )
     return "\n".join(lines)
@@ -202,13 +233,25 @@ class ShotSpec(BaseModel):
     joules_per_frame: float = Field(ge=0, le=1e12, allow_inf_nan=False)
     submit_hours: float = Field(0.0, ge=0, le=24 * 365, allow_inf_nan=False)
     deadline_hours: float | None = Field(None, ge=0, le=24 * 365, allow_inf_nan=False)
+    scene_gb: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False)
+    output_mb: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False)
 
     def shot(self) -> Shot:
         deadline = self.deadline_hours * HOUR if self.deadline_hours is not None else None
         return Shot(
             self.name, self.frames, self.seconds_per_frame, self.joules_per_frame,
-            self.submit_hours * HOUR, deadline,
+            self.submit_hours * HOUR, deadline, self.scene_gb * GB, self.output_mb * MB,
         )  # fmt: skip
+
+
+class LinkSpec(BaseModel):
+    """The network between the studio and a region."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bandwidth_mbps: float = Field(gt=0, le=1e7, allow_inf_nan=False)
+    latency_ms: float = Field(0.0, ge=0, le=60_000, allow_inf_nan=False)
+    price_per_gb: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
 
 
 class RegionSpec(BaseModel):
@@ -222,6 +265,7 @@ class RegionSpec(BaseModel):
     tariff: list[tuple[float, float]] | None = Field(None, max_length=48)
     carbon_profile: list[tuple[float, float]] | None = Field(None, max_length=48)
     utc_offset_hours: float = Field(8.0, ge=-12, le=14)
+    link: LinkSpec | None = Field(None, description="to the studio; none: near")
 
     def region(self) -> SimRegion:
         try:
@@ -251,28 +295,40 @@ class PlanRequest(BaseModel):
 
 
 def past_workload(session: Session, studio_id: int, limit: int = 1000) -> list[Shot]:
-    """The studio's latest rendered jobs as shots: frames, mean seconds and joules."""
+    """The studio's latest rendered jobs as shots: frames, mean seconds and joules, its
+    scene's size and its frames' mean output size."""
     rows = session.execute(
         sql_select(
             col(JobRow.name),
             func.count(),
             func.avg(FrameResultRow.render_seconds),
             func.avg(FrameResultRow.it_joules),
+            func.max(ManifestRow.size),
+            func.avg(FrameResultRow.output_bytes),
         )
         .join(FrameResultRow, col(FrameResultRow.job_id) == col(JobRow.id))
+        .outerjoin(ManifestRow, col(ManifestRow.id) == col(JobRow.manifest_id))
         .where(col(JobRow.studio_id) == studio_id)
         .group_by(col(JobRow.id), col(JobRow.name))
         .order_by(col(JobRow.id).desc())
         .limit(limit)
     ).all()
     return [
-        Shot(str(name), int(frames), float(seconds or 0.0), float(joules or 0.0))
-        for name, frames, seconds, joules in rows
+        Shot(
+            str(name),
+            int(frames),
+            float(seconds or 0.0),
+            float(joules or 0.0),
+            scene_bytes=float(scene or 0),
+            output_bytes=float(output or 0),
+        )
+        for name, frames, seconds, joules, scene, output in rows
     ]
 
 
-def live_farm(session: Session, since: float) -> list[SimRegion]:
-    """The farm's regions with the render slots of their live nodes."""
+def live_farm(session: Session, since: float, home: str | None = None) -> list[SimRegion]:
+    """The farm's regions with the render slots of their live nodes, and their links
+    to the studio's home region."""
     slots: dict[str, int] = {}
     for region, count in session.execute(
         sql_select(col(NodeRow.region), func.sum(NodeRow.slots))
@@ -281,8 +337,13 @@ def live_farm(session: Session, since: float) -> list[SimRegion]:
     ):
         slots[str(region)] = int(count or 0)
     signals = load_signals(session)
+    links = links_from(home, load_links(session))
     return [
-        SimRegion(signals.get(name) or RegionSignals.flat(name, UNKNOWN_REGION), count)
+        SimRegion(
+            signals.get(name) or RegionSignals.flat(name, UNKNOWN_REGION),
+            count,
+            links.get(name, NEAR),
+        )
         for name, count in sorted(slots.items())
     ]
 
@@ -298,10 +359,12 @@ def plan_for(
             if body.workload == "past"
             else [spec.shot() for spec in body.workload]
         )
+        studio = session.get(Studio, studio_id)
+        home = studio.home_region if studio is not None else None
         farm = (
             [spec.region() for spec in body.farm]
             if body.farm is not None
-            else live_farm(session, now - settings.node_timeout)
+            else live_farm(session, now - settings.node_timeout, home)
         )
     if not shots:
         raise InvalidRequest("workload", "no shots: this studio has no rendered job yet")

@@ -4,6 +4,7 @@ side, with a chart; files that do not read are refused naming the line and colum
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
+from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import InvalidRequest
 from scheduler.launch.cli import app as cli
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.plans import read_farm, read_workload
+from scheduler.wire.messages import FrameReport
+from tests.integration.conftest import Clock, event, heartbeat, submit
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +69,10 @@ def test_the_reports_as_json_add_up_and_meet_every_deadline() -> None:
         assert report["deadlines_missed"] == 0
     assert reports["cheapest"]["cost"] < reports["fastest"]["cost"]
     assert reports["greenest"]["co2_grams"] <= reports["fastest"]["co2_grams"]
+    # Guizhou is far from the studio: its scenes and frames crossed the priced link
+    for report in reports.values():
+        assert report["moved_bytes"] > 0
+        assert report["transfer_cost"] == pytest.approx(report["moved_bytes"] / 1e9 * 0.5)
 
 
 HEAD = "shot,frames,seconds_per_frame,joules_per_frame\n"
@@ -85,6 +93,7 @@ HEAD = "shot,frames,seconds_per_frame,joules_per_frame\n"
             "joules_per_frame is a number",
         ),
         ("shot,frames,seconds_per_frame\na,3,1\n", "line 2: no joules_per_frame"),
+        (HEAD.strip() + ",scene_gb\na,3,1,1,-2\n", "line 2: scene_gb is a number"),
         (HEAD + "a,3,nan,1\n", "seconds_per_frame is"),
     ],
 )
@@ -105,6 +114,17 @@ def test_a_workload_that_does_not_read_is_refused_naming_the_line(csv: str, word
             "regions: [{name: a, slots: 1, pue: 1.2, price: 1, carbon: 1, tariff: [[3, 1]]}]",
             "hour 0",
         ),
+        (
+            "regions: [{name: a, slots: 1, pue: 1.2, price: 1, carbon: 1, "
+            "link: {bandwidth_mbps: 0}}]",
+            "bandwidth is positive",
+        ),
+        (
+            "regions: [{name: a, slots: 1, pue: 1.2, price: 1, carbon: 1, "
+            "link: {bandwidth_mbps: 10, cost: 3}}]",
+            "link: unknown",
+        ),
+        ("regions: [{name: a, slots: 1, pue: 1.2, price: 1, carbon: 1, link: 5}]", "link:"),
     ],
 )
 def test_a_farm_that_does_not_read_is_refused_saying_what(farm: str, words: str) -> None:
@@ -150,6 +170,44 @@ def test_a_plan_over_the_api_compares_the_policies(client: TestClient, key: dict
     assert set(reports) == {"fastest", "cheapest", "greenest"}
     assert all(r["frames"] == 40 and r["deadlines_missed"] == 0 for r in reports.values())
     assert reports["greenest"]["co2_grams"] < reports["fastest"]["co2_grams"] * 1.0001
+    assert all(r["moved_bytes"] == r["transfer_cost"] == 0 for r in reports.values())
+    # the same shot with a 20 GB scene and 50 MB frames, Guizhou over a priced link
+    body["workload"][0].update(scene_gb=20, output_mb=50)  # type: ignore[index]
+    far = {"bandwidth_mbps": 1000, "latency_ms": 15, "price_per_gb": 0.5}
+    body["farm"] = [{**FARM[0], "link": far}, FARM[1]]
+    answer = client.post("/v1/plans", json=body, headers=key)
+    assert answer.status_code == 200, answer.text
+    fastest = answer.json()["reports"][0]
+    west = fastest["frames_by_region"]["guizhou-hydro"]
+    assert west > 0
+    assert fastest["moved_bytes"] == pytest.approx(20e9 + west * 50e6)
+    assert fastest["transfer_cost"] == pytest.approx(fastest["moved_bytes"] / 1e9 * 0.5)
+
+
+def test_a_plan_of_past_jobs_on_the_live_farm_moves_them_from_the_studios_home(
+    client: TestClient, key: dict[str, str], studios: StudioService, scheduler: Scheduler,
+    clock: Clock,
+) -> None:  # fmt: skip
+    """The studio's past job (its frames' measured size) on the farm's live node in
+    Guizhou, from its home region in Zhejiang, over the installed link."""
+    studios.set_home_region("plan-east", "zhejiang")
+    clock.now = time.time()
+    [studio] = [s for s in studios.list_studios() if s.name == "plan-east"]
+    assert studio.id is not None
+    submit(studios, studio.id, "1-2")
+    scheduler.ingest([heartbeat("west-1", slots=2, region="guizhou")])
+    one, two = scheduler.dispatch_tick()
+    for message, frame in ((one, 1), (two, 2)):
+        report = FrameReport(frame, None, 30.0, 29.0, 9000.0, "rapl", output_bytes=10**8)
+        scheduler.ingest([event("finished", message, "west-1", region="guizhou",
+                                results=[report])])  # fmt: skip
+    answer = client.post("/v1/plans", json={"workload": "past"}, headers=key)
+    assert answer.status_code == 200, answer.text
+    fastest = answer.json()["reports"][0]
+    assert fastest["frames_by_region"] == {"guizhou": 2}
+    # two frames of 100 MB back at 0.5 per GB (the job had no scene to send)
+    assert fastest["moved_bytes"] == pytest.approx(2e8)
+    assert fastest["transfer_cost"] == pytest.approx(0.1)
 
 
 def test_a_plan_of_the_studios_past_jobs_on_the_farms_own_nodes(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scheduler.core.energy import RegionFigures, bill_for
 from scheduler.core.planner import Shot, SimRegion, compare, simulate
 from scheduler.core.signals import HOUR, DailyCurve, RegionSignals
-from scheduler.core.siting import FASTEST, PlacementPolicy
+from scheduler.core.siting import FASTEST, Link, PlacementPolicy
 from tests.unit.test_signals import at
 
 HYDRO = RegionSignals.flat("guizhou-hydro", RegionFigures(1.2, 0.35, 24.0))
@@ -72,6 +72,36 @@ def test_a_deadline_no_policy_can_meet_is_counted_missed() -> None:
     shots = [Shot("sh040", frames=100, seconds_per_frame=60, joules_per_frame=1, deadline=60)]
     [report] = compare(shots, [SimRegion(HYDRO, slots=1)], ["greenest"], 0.0)
     assert report.deadlines_missed == 1
+
+
+def test_a_far_region_waits_for_the_scene_and_pays_for_every_byte_moved() -> None:
+    link = Link(bandwidth_mbps=80.0, latency_ms=10.0, price_per_gb=0.5)  # 10 MB/s
+    shots = [
+        Shot("sh050", frames=4, seconds_per_frame=10, joules_per_frame=1,
+             scene_bytes=1e9, output_bytes=1e7),
+    ]  # fmt: skip
+    report = simulate(shots, [SimRegion(HYDRO, slots=2, link=link)], FASTEST, "fastest", 0.0)
+    # two waves of 10 s, each frame 1 s plus the latency to send back, and the first
+    # frame of the region (on one slot) 100 s more for the scene
+    assert report.makespan_seconds == pytest.approx(100 + 2 * (10 + 1.01) + 0.01)
+    assert report.moved_bytes == pytest.approx(1e9 + 4 * 1e7)
+    assert report.transfer_cost == pytest.approx(1.04 * 0.5)
+    assert report.total_cost == pytest.approx(report.cost + report.transfer_cost)
+    near = simulate(shots, [SimRegion(HYDRO, slots=2)], FASTEST, "fastest", 0.0)
+    assert near.transfer_cost == 0 and near.makespan_seconds == pytest.approx(20.0)
+
+
+def test_cheapest_renders_a_heavy_scene_near_the_studio_when_moving_it_costs_more() -> None:
+    far = Link(bandwidth_mbps=1000.0, latency_ms=15.0, price_per_gb=0.5)
+    east = RegionSignals.flat("shanghai", RegionFigures(1.4, 0.9, 580.0))
+    farm = [SimRegion(HYDRO, slots=10, link=far), SimRegion(east, slots=10)]
+    light = [Shot("light", 10, 60, 3.6e6, scene_bytes=1e8)]  # 0.05 to move, 0.84 saved
+    heavy = [Shot("heavy", 10, 60, 3.6e6, scene_bytes=5e10)]  # 25 to move
+    [plan] = compare(light, farm, ["cheapest"], 0.0)
+    assert plan.frames_by_region == {"guizhou-hydro": 10, "shanghai": 0}
+    [plan] = compare(heavy, farm, ["cheapest"], 0.0)
+    assert plan.frames_by_region == {"guizhou-hydro": 0, "shanghai": 10}
+    assert plan.transfer_cost == 0
 
 
 def test_a_farm_without_slots_is_refused() -> None:
