@@ -230,6 +230,7 @@ def _plan(
     plan = plan_start(
         policy, now, deadline, shot.frames, shot.seconds_per_frame, slots,
         [r.signals for r in regions], shot.joules_per_frame, state.traffic,
+        {r.signals.name: r.slots for r in regions},
     )  # fmt: skip
     state.ready_at = plan.start
 

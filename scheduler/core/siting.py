@@ -226,10 +226,13 @@ def plan_start(
     regions: Sequence[RegionSignals],
     joules_per_frame: float,
     traffic: Traffic = STAYS,
+    region_slots: Mapping[str, int] | None = None,
 ) -> StartPlan:
     """The start within the deadline at which the run costs least under the policy.
     The scene's transfer to the farthest region comes before the run, and each frame's
-    trip back is part of its time."""
+    trip back is part of its time. A run's cost is its frames filling the regions best
+    first, each up to its ``region_slots`` for the run's length (unbounded where not
+    given): a window that is cheap only in a small hall is worth only what fits there."""
     if deadline is None:
         return StartPlan(now, None)
     names = [r.name for r in regions]
@@ -240,8 +243,15 @@ def plan_start(
         return StartPlan(now, latest)
     duration = run - SAFETY_SECONDS
     candidates = sorted({now, *(t for r in regions for t in r.changes(now, latest))})
+    waves = math.ceil(max(1, frames_left) / max(1, slots))
+    room = {
+        r.name: region_slots[r.name] * waves if region_slots and r.name in region_slots else None
+        for r in regions
+    }
     costs = {
-        start: _run_cost(regions, start, duration, joules_per_frame, traffic)
+        start: _run_cost(
+            policy, regions, start, duration, joules_per_frame, traffic, max(1, frames_left), room
+        )
         for start in candidates
     }
     best = _best(costs.values())
@@ -254,24 +264,40 @@ def plan_start(
 
 
 def _run_cost(
+    policy: PlacementPolicy,
     regions: Sequence[RegionSignals],
     start: float,
     duration: float,
     joules: float,
     traffic: Traffic,
+    frames: int,
+    room: Mapping[str, int | None],
 ) -> FrameCost:
-    """A frame's cost over the run from ``start``: in the region best for it then
-    (its time is the same at any start, so it is left out)."""
-    costs = [
-        frame_cost(
+    """A frame's mean cost over the run from ``start``: the frames go to the regions
+    best first under the policy, each taking what it has room for (its time is the
+    same at any start, so it is left out)."""
+    costs = {
+        region.name: frame_cost(
             joules,
             mean_over(region, start, start + max(duration, 1.0)),
             traffic.link(region.name),
             traffic.frame_bytes,
         )
         for region in regions
-    ]
-    return FrameCost(min(c.cost for c in costs), min(c.co2_grams for c in costs))
+    }
+    best = _best(costs.values())
+    ranked = sorted(costs, key=lambda n: (_score(policy, costs[n], best), n))
+    left, cost, co2 = frames, 0.0, 0.0
+    for index, name in enumerate(ranked):
+        space = room.get(name)
+        last = index == len(ranked) - 1  # takes what is left, room or not
+        taken = left if space is None or last else min(left, space)
+        cost += taken * costs[name].cost
+        co2 += taken * costs[name].co2_grams
+        left -= taken
+        if left <= 0:
+            break
+    return FrameCost(cost / frames, co2 / frames)
 
 
 def _saving(policy: PlacementPolicy, now: FrameCost, later: FrameCost) -> str:

@@ -137,12 +137,16 @@ class Siting:
             return None  # work under way is not held back
         assert job.id is not None
         frame_seconds = seen.seconds or job.timeout  # unmeasured: its limit bounds a frame
-        slots = sum(n.slots for n in nodes if n.pool == job.pool)  # its whole pool's
+        region_slots: dict[str, int] = {}
+        for node in nodes:
+            if node.pool == job.pool:
+                region_slots[node.region] = region_slots.get(node.region, 0) + node.slots
+        slots = sum(region_slots.values())  # its whole pool's
         known = [j for j in seen.joules.values() if j]
         joules = sum(known) / len(known) if known else 1.0
         return plan_start(
             policy, now, job.deadline, int(left.get(job.id, 0)), frame_seconds, slots,
-            list(regions.values()), joules, traffic,
+            list(regions.values()), joules, traffic, region_slots,
         )  # fmt: skip
 
     def _load_signals(self, session: Session) -> dict[str, RegionSignals]:

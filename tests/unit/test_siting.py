@@ -123,6 +123,22 @@ def test_the_scene_transfer_comes_before_the_latest_start() -> None:
     assert plain.latest - moved.latest == pytest.approx(lead + answers)
 
 
+def test_a_window_cheap_only_in_a_small_hall_is_worth_what_fits_there() -> None:
+    now = at(1, 9)
+    small = tariffed("small-night-hall")  # 75% cheaper at night
+    big = RegionSignals.flat("big-flat-hall", RegionFigures(1.4, 0.6, 536.6))
+    cheapest = PlacementPolicy.named("cheapest")
+    unbounded = plan_start(cheapest, now, at(2, 9), 100, 60.0, 101, [small, big], 1e6)
+    assert unbounded.waits(now)  # as if the small hall could take every frame
+    slots = {"small-night-hall": 1, "big-flat-hall": 100}
+    bounded = plan_start(cheapest, now, at(2, 9), 100, 60.0, 101, [small, big], 1e6,
+                         region_slots=slots)  # fmt: skip
+    assert not bounded.waits(now)  # one frame of a hundred saves too little to wait
+    roomy = {"small-night-hall": 100, "big-flat-hall": 1}
+    assert plan_start(cheapest, now, at(2, 9), 100, 60.0, 101, [small, big], 1e6,
+                      region_slots=roomy).waits(now)  # fmt: skip
+
+
 @pytest.mark.parametrize("bad", [(0, 0, 0), (-1, 1, 0), (float("nan"), 1, 1), (1, float("inf"), 0)])
 def test_weights_that_do_not_hold_are_refused(bad: tuple[float, float, float]) -> None:
     with pytest.raises(ValueError, match="weights"):
