@@ -94,13 +94,15 @@ def test_forecasts_are_stored_used_and_kept_when_the_feed_fails(
         set_region(session, "guizhou", clock(), carbon_g_per_kwh=536.6)
         session.get(Region, "guizhou").feed_location = "CN-GZ"  # type: ignore[union-attr]
         session.commit()
-    state.values = {"CN-GZ": 400.0, "guizhou-hydro": 30.0}
+    state.values = {"CN-GZ": 400.0, "guizhou-hydro": 30.0, "zhejiang": 560.0}
     clock.now = START
     assert CarbonFeed(engine, url, clock=clock).refresh() == {
         "guizhou": None,
         "guizhou-hydro": None,
+        "zhejiang": None,
     }
-    assert set(state.requests) == {"CN-GZ", "guizhou-hydro"}  # each region by its feed name
+    # each region by its feed name
+    assert set(state.requests) == {"CN-GZ", "guizhou-hydro", "zhejiang"}
     with Session(engine) as session:
         guizhou = signals_of(session.get(Region, "guizhou"))  # type: ignore[arg-type]
     assert guizhou.at(START + 600).carbon_g_per_kwh == 400.0
