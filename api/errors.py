@@ -23,6 +23,7 @@ from starlette.routing import Match
 from scheduler.errors import (
     Conflict,
     InvalidRequest,
+    Misconfigured,
     NotFound,
     RenderfarmError,
     TooLarge,
@@ -41,6 +42,7 @@ STATUS = {
     TooLarge: 413,
     Unauthorized: 401,
     Unavailable: 503,
+    Misconfigured: 503,  # the farm's own settings: nothing the studio can fix
     TooMany: 429,
 }
 

@@ -7,7 +7,8 @@
     ├── TooLarge          a file, or a studio's stored bytes, past its limit
     ├── Unauthorized      no key, or an unknown one
     ├── TooMany           past a studio's quota or request rate: retry after a while
-    └── Unavailable       a service the farm needs (its object storage) failed: retry
+    ├── Unavailable       a service the farm needs (its object storage) failed: retry
+    └── Misconfigured     a setting cannot work (a database URL of no known kind): fix it
 
 The API maps each class to one HTTP status in one place (api/errors.py); the CLI
 prints the message. Expected outcomes ("nothing to dispatch") are not errors.
@@ -59,6 +60,10 @@ class Unauthorized(RenderfarmError):
 
 class Unavailable(RenderfarmError):
     pass
+
+
+class Misconfigured(RenderfarmError):
+    """A setting the farm cannot work with; the message names the setting."""
 
 
 class TooMany(RenderfarmError):

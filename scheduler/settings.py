@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -86,8 +86,8 @@ class Settings(BaseSettings):
     # Workers.
     heartbeat_seconds: float = Field(5.0, gt=0)
     region: str = Field("guizhou", max_length=64, description="where this node stands")
-    energy_meter: str = Field(
-        "auto", pattern="^(auto|rapl|model|off)$", description="auto, rapl, model or off"
+    energy_meter: Literal["auto", "rapl", "model", "off"] = Field(
+        "auto", description="auto, rapl, model or off"
     )
     energy_sample_seconds: float = Field(1.0, gt=0, description="node meter sampling interval")
     idle_watts: float | None = Field(
@@ -104,9 +104,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         43_200, ge=60, description="Redis redelivery of unacked messages; above the longest render"
     )
-    sandbox: str = Field(
+    sandbox: Literal["auto", "bwrap", "off"] = Field(
         "auto",
-        pattern="^(auto|bwrap|off)$",
         description="renderers in a bubblewrap sandbox: auto (where bwrap runs), bwrap "
         "(required: the node refuses to start without it) or off",
     )

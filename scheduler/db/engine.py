@@ -32,9 +32,11 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, create_engine
 
 from scheduler.db import tables  # noqa: F401  (registers the tables on the metadata)
+from scheduler.errors import Misconfigured, Unavailable
 
 READ_ONLY = "renderfarm_read_only"  # the execution option of ``read_only(engine)``
 WRITE_LOCK_WAIT = 60.0  # seconds a writer waits for SQLite's write lock, all tries together
@@ -42,11 +44,43 @@ BUSY_TIMEOUT_MS = 10_000  # SQLite's own wait within one try (reads rarely need 
 
 
 def make_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    """The engine of a database URL; ``Misconfigured`` where the URL cannot work (not a
+    URL, a database kind SQLAlchemy does not know, a driver that is not installed)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise Misconfigured(  # not echoed: a malformed URL may still hold a password
+            "RENDERFARM_DATABASE_URL is not a database URL: give sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DATABASE"
+        ) from None
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        return _sqlite_engine(url, parsed.database)
+    except NoSuchModuleError:
+        raise Misconfigured(
+            f"RENDERFARM_DATABASE_URL: SQLAlchemy knows no database kind "
+            f"{parsed.drivername!r}; give sqlite:///PATH or postgresql+psycopg://..."
+        ) from None
+    except ImportError as error:
+        raise Misconfigured(
+            f"RENDERFARM_DATABASE_URL {safe_url(url)} needs the Python driver "
+            f"{error.name or error}, which is not installed (PostgreSQL: "
+            "postgresql+psycopg://..., pip install 'renderfarm[postgres]')"
+        ) from None
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(not a URL)"
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={
@@ -143,7 +177,15 @@ def insert_or(session: Session, table: Any) -> Any:
 
 
 def create_tables(engine: Engine) -> None:
-    """Bring the schema to the newest revision (Alembic); safe to call at every start."""
-    with engine.connect() as connection:
+    """Bring the schema to the newest revision (Alembic); safe to call at every start.
+    ``Unavailable`` where the database does not answer."""
+    try:
+        connection = engine.connect()
+    except OperationalError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise Unavailable(
+            f"cannot reach the database {safe_url(str(engine.url))}: {reason}"
+        ) from None
+    with connection:
         command.upgrade(alembic_config(connection), "head")
         connection.commit()

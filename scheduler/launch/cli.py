@@ -22,7 +22,8 @@
 For studios, over the REST API: renderfarm login, submit SCENE.blend, jobs, watch, download
 and cancel (each with --help).
 
-Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README).
+Settings come from ``RENDERFARM_*`` variables or a ``.env`` file (see README); the
+command's own help (``HELP``) is what a user reads.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -48,18 +50,24 @@ from scheduler.settings import Settings
 if TYPE_CHECKING:
     from scheduler.usecases.jobs import StudioService
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+HELP = """A render farm for film studios: run it, operate it, send it work.
+
+Try it: renderfarm demo. Settings come from RENDERFARM_* variables or a .env
+file in the working folder (the README lists them); each command has --help."""
+RUN, OPERATE = "Run the farm", "Operate the farm"
+
+app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
 studio_app = typer.Typer(help="Manage studios and their API keys.", no_args_is_help=True)
-app.add_typer(studio_app, name="studio")
+app.add_typer(studio_app, name="studio", rich_help_panel=OPERATE)
 limit_app = typer.Typer(help="Named farm-wide limits, such as licences.", no_args_is_help=True)
-app.add_typer(limit_app, name="limit")
+app.add_typer(limit_app, name="limit", rich_help_panel=OPERATE)
 region_app = typer.Typer(
     help="Regions: PUE, electricity price and grid carbon where nodes stand.",
     no_args_is_help=True,
 )
-app.add_typer(region_app, name="region")
+app.add_typer(region_app, name="region", rich_help_panel=OPERATE)
 assets_app = typer.Typer(help="Studios' stored scenes and files.", no_args_is_help=True)
-app.add_typer(assets_app, name="assets")
+app.add_typer(assets_app, name="assets", rich_help_panel=OPERATE)
 for command in studio_commands.COMMANDS:  # the studio's commands, over the REST API
     app.command(rich_help_panel="Studios")(command)
 console = Console()
@@ -69,9 +77,11 @@ def _logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic logs each migration with its whole docstring: the revision numbers say it
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def api(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
@@ -103,7 +113,7 @@ def api(
     uvicorn.run("api.app:from_environment", factory=True, workers=processes, **where)
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def scheduler(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve the scheduler's own metrics on this port")
@@ -123,7 +133,7 @@ def scheduler(
     run_scheduler(Settings(), stop)
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def worker(
     pool: Annotated[str, typer.Option(help="the pool this node renders for")] = "cpu",
     slots: Annotated[int, typer.Option(min=1, help="chunks rendered at once")] = 1,
@@ -218,11 +228,7 @@ def worker(
         )
         if value is not None
     }
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    settings = Settings(**overrides)  # type: ignore[arg-type]
     node = NodeConfig(
         name=name or socket.gethostname().split(".")[0],
         pool=pool,
@@ -262,15 +268,22 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except RenderfarmError as error:
-        console.print(f"[red]{error}[/red]")
+        say_problem(str(error))
         raise typer.Exit(1) from None
+
+
+def say_problem(line: str) -> None:
+    """A problem, in red, as written: no markup read into it, no wrapping."""
+    console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def _studio_service() -> StudioService:
     from scheduler.db import create_tables, make_engine
+    from scheduler.launch.problems import existing_farm
     from scheduler.usecases.jobs import StudioService
 
     settings = Settings()
+    existing_farm(settings)
     engine = make_engine(settings.effective_database_url)
     create_tables(engine)
     return StudioService(engine, settings)
@@ -593,10 +606,11 @@ def assets_collect() -> None:
     )
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def nodes() -> None:
-    """The render nodes as the scheduler last heard from them, with their host names
-    (an operator's view: studios see the nodes over the API without them)."""
+    """The render nodes as the scheduler last heard from them, with their host names.
+
+    An operator's view: studios see the nodes over the API without them."""
     now = time.time()
     for node in _studio_service().list_nodes():
         typer.echo(
@@ -637,7 +651,7 @@ def _curve_text(steps: list[list[float]] | None) -> str:
     return ",".join(f"{h:g}h:{v:g}" for h, v in steps) if steps else ""
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def plan(
     workload: Annotated[
         Path, typer.Option(exists=True, dir_okay=False, help="a CSV of shots (see the README)")
@@ -666,8 +680,9 @@ def plan(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the reports as JSON")] = False,
 ) -> None:
-    """Simulate the farm rendering a workload under each placement policy, side by side:
-    makespan, utilisation, energy, cost, CO2 and deadlines missed. Nothing is rendered."""
+    """Simulate a workload under each placement policy, side by side; nothing renders.
+
+    Makespan, utilisation, energy, cost, CO2, data moved and deadlines missed."""
     import datetime as dt
     import json
 
@@ -706,7 +721,7 @@ def _invalid(field: str, message: str) -> Exception:
     return InvalidRequest(field, message)
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def up(
     workers: Annotated[int, typer.Option(min=1, help="local render nodes")] = 2,
     slots: Annotated[int, typer.Option(min=1, help="slots per node")] = 1,
@@ -714,23 +729,29 @@ def up(
 ) -> None:
     """Run the embedded farm (own Redis, SQLite, local workers) until Ctrl-C."""
     from scheduler.launch.embedded import LocalFarm
+    from scheduler.launch.problems import check_broker, check_port
 
     _logging()
     settings = Settings()
+    check_port(settings.api_host, port or settings.api_port)
+    if settings.broker_url:
+        check_broker(settings.broker_url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     farm = LocalFarm(settings, workers=workers, slots=slots, api_port=port)
     with farm:
-        console.print(f"renderfarm is up: API {farm.api_url} (docs at {farm.api_url}/docs)")
-        console.print(f"logs in {farm.logs}; storage in {settings.storage_root}")
-        console.print("create a studio key with: renderfarm studio create NAME. Ctrl-C stops.")
+        typer.echo(f"renderfarm is up: API {farm.api_url} (docs at {farm.api_url}/docs)")
+        typer.echo(f"logs in {farm.logs}; storage in {settings.storage_root}")
+        typer.echo("create a studio key, from any folder, with:")
+        typer.echo(f"  {_this_farm(settings)} renderfarm studio create NAME")
+        typer.echo("Ctrl-C stops.")
         while not stop.wait(1.0):
             farm.check_children()
         console.print("stopping ...")
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def demo(
     frames: Annotated[str, typer.Option(help="frames to render")] = "1-48",
     width: Annotated[int, typer.Option(min=16)] = 320,
@@ -739,16 +760,48 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, help="local render nodes")] = 2,
 ) -> None:
     """Start the embedded farm, render a sample job with the built-in renderer, stop."""
+    from scheduler.core.frames import parse_frame_spec
+    from scheduler.errors import InvalidRequest
     from scheduler.launch.demo import run_demo
+    from scheduler.launch.problems import check_broker
 
     _logging("WARNING")
-    ok = run_demo(Settings(), frames, width, height, samples, workers, console)
+    settings = Settings()
+    try:  # said now, not after the whole farm has started
+        parse_frame_spec(frames, settings.max_frames_per_job)
+    except ValueError as error:
+        raise InvalidRequest("--frames", str(error)) from None
+    if settings.broker_url:
+        check_broker(settings.broker_url)
+    ok = run_demo(settings, frames, width, height, samples, workers, console)
     raise typer.Exit(0 if ok else 1)
 
 
+def _this_farm(settings: Settings) -> str:
+    """The variables that point a command run elsewhere at this farm."""
+    import shlex
+
+    from scheduler.db.engine import safe_url
+
+    if settings.database_url:  # its password hidden: the operator has it
+        url = safe_url(settings.database_url)
+        return f"RENDERFARM_DATABASE_URL={shlex.quote(url)}"
+    return f"RENDERFARM_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}"
+
+
 def main() -> None:
+    """The command, with what a person can fix said in one line (exit status 2)."""
+    from scheduler.launch.problems import explain
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except Exception as error:
+        line = explain(error)
+        if line is None:
+            raise
+        say_problem(line)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

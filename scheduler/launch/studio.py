@@ -646,9 +646,10 @@ def submit(
     api: ApiOption = None,
     key: KeyOption = None,
 ) -> None:
-    """Send a Blender scene and the files it needs (only those the farm lacks), then
-    submit a job rendering it; or submit an OpenJD job template with its parameters
-    (``-p NAME=VALUE``): a job per step."""
+    """Send a Blender scene and submit a job rendering it, or an OpenJD template.
+
+    A scene travels with the files it needs (only those the farm lacks); a template
+    (.yaml, .yml, .json) with its parameters (-p NAME=VALUE) becomes a job per step."""
     if scene.suffix.lower() in TEMPLATE_SUFFIXES:
         terms = {"chunk_size": chunk_size, "priority": priority, "pool": pool}
         submit_template(scene, param or [], attach, terms, wait, api, key)
