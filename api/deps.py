@@ -37,6 +37,7 @@ from scheduler.usecases.assets import AssetService
 from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService, hash_key
 from scheduler.usecases.ratelimit import RateLimiter
+from scheduler.usecases.submissions import Metadata
 
 T = TypeVar("T")
 
@@ -162,6 +163,9 @@ async def read_in_thread(request: Request, read: Callable[..., T], *args: Any) -
 RowId = Annotated[int, Path(ge=1, le=ID_MAX)]
 FrameNumber = Annotated[int, Path(ge=FRAME_MIN, le=FRAME_MAX)]
 Offset = Annotated[int, Query(ge=0, le=COUNT_MAX, description="rows to skip")]
+MetadataQuery = Annotated[
+    Metadata | None, Query(description="only the jobs with this value (exactly)")
+]
 BlobHash = Annotated[str, Path(pattern=SHA256, description="SHA-256 of the content, lowercase hex")]
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from api.deps import (
     FrameNumber,
     KnownQuery,
+    MetadataQuery,
     Offset,
     RowId,
     ServiceDep,
@@ -83,8 +84,15 @@ def list_jobs(
     state: JobState | None = None,
     limit: int = Query(50, ge=1, le=500),
     offset: Offset = 0,
+    show: MetadataQuery = None,
+    sequence: MetadataQuery = None,
+    shot: MetadataQuery = None,
+    artist: MetadataQuery = None,
 ) -> JobPage:
-    details, total = service.list_jobs(own_id(studio), state, limit, offset)
+    """The studio's jobs, newest first; by state, and by its production's metadata."""
+    given = {"show": show, "sequence": sequence, "shot": shot, "artist": artist}
+    metadata = {name: value for name, value in given.items() if value is not None}
+    details, total = service.list_jobs(own_id(studio), state, limit, offset, metadata)
     return JobPage(
         items=[JobPublic.of(d) for d in details], total=total, limit=limit, offset=offset
     )

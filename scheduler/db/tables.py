@@ -96,7 +96,10 @@ class JobRow(SQLModel, table=True):
     """
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_studio_state", "studio_id", "state"),)
+    __table_args__ = (
+        Index("ix_jobs_studio_state", "studio_id", "state"),
+        Index("ix_jobs_studio_show", "studio_id", "show"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studios.id")
@@ -128,6 +131,11 @@ class JobRow(SQLModel, table=True):
     deadline: float | None = None  # when the studio needs it done
     # The placement policy's weights, {"time", "cost", "carbon"}; None: fastest.
     placement: dict[str, float] | None = Field(default=None, sa_column=Column(JSON))
+    # A production's metadata (JobTerms.show ...), as submitted.
+    show: str | None = Field(default=None, max_length=100)
+    sequence: str | None = Field(default=None, max_length=100)
+    shot: str | None = Field(default=None, max_length=100)
+    artist: str | None = Field(default=None, max_length=100)
     state: str = Field(index=True, max_length=16)
     message: str | None = None
     suspended: bool = False

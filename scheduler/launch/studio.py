@@ -560,6 +560,11 @@ KeyOption = Annotated[
     typer.Option("--key", envvar="RENDERFARM_KEY", help="the studio's API key", show_default=False),
 ]
 
+ShowOption = Annotated[str | None, typer.Option(help="the film or series (metadata)")]
+SequenceOption = Annotated[str | None, typer.Option(help="its sequence (metadata)")]
+ShotOption = Annotated[str | None, typer.Option(help="its shot (metadata)")]
+ArtistOption = Annotated[str | None, typer.Option(help="who submits it (metadata)")]
+
 
 @contextlib.contextmanager
 def _api(api_url: str | None, key: str | None) -> Iterator[Api]:
@@ -643,6 +648,10 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="show progress; exit 0 only if the job is done")
     ] = False,
+    show: ShowOption = None,
+    sequence: SequenceOption = None,
+    shot: ShotOption = None,
+    artist: ArtistOption = None,
     api: ApiOption = None,
     key: KeyOption = None,
 ) -> None:
@@ -650,8 +659,9 @@ def submit(
 
     A scene travels with the files it needs (only those the farm lacks); a template
     (.yaml, .yml, .json) with its parameters (-p NAME=VALUE) becomes a job per step."""
+    metadata = {"show": show, "sequence": sequence, "shot": shot, "artist": artist}
     if scene.suffix.lower() in TEMPLATE_SUFFIXES:
-        terms = {"chunk_size": chunk_size, "priority": priority, "pool": pool}
+        terms = {"chunk_size": chunk_size, "priority": priority, "pool": pool, **metadata}
         submit_template(scene, param or [], attach, terms, wait, api, key)
         return
     if frames is None:
@@ -686,7 +696,8 @@ def submit(
             "manifest": manifest_id,
             "requirements": {"tags": [BLENDER_TAG]},
         }
-        body |= {k: v for k, v in (("priority", priority), ("pool", pool)) if v is not None}
+        terms = {"priority": priority, "pool": pool, **metadata}
+        body |= {k: v for k, v in terms.items() if v is not None}
         job = client.call("POST", "/v1/jobs", json=body)
         typer.echo(f"job {job['id']} submitted: {job['name']}, {job['frame_count']} frames")
         if wait:
@@ -742,18 +753,24 @@ def jobs(
         str | None, typer.Option(help="only jobs in this state (queued, running, done...)")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many")] = 50,
+    show: ShowOption = None,
+    sequence: SequenceOption = None,
+    shot: ShotOption = None,
+    artist: ArtistOption = None,
     api: ApiOption = None,
     key: KeyOption = None,
 ) -> None:
-    """The studio's jobs, newest first."""
-    params: dict[str, Any] = {"limit": limit} | ({"state": state} if state else {})
+    """The studio's jobs, newest first (of a show, a shot... where given)."""
+    given = {"state": state, "show": show, "sequence": sequence, "shot": shot, "artist": artist}
+    params: dict[str, Any] = {"limit": limit} | {k: v for k, v in given.items() if v}
     with _api(api, key) as client:
         page = client.call("GET", "/v1/jobs", params=params)
-    table = Table("id", "name", "state", "frames", "failed", "submitted", box=None)
+    table = Table("id", "name", "shot", "state", "frames", "failed", "submitted", box=None)
     for job in page["items"]:
         counts = job["progress"]
+        where = "/".join(job[k] for k in ("show", "sequence", "shot") if job.get(k))
         table.add_row(
-            str(job["id"]), job["name"], job["state"],
+            str(job["id"]), job["name"], where or "-", job["state"],
             f"{counts['frames_done']}/{counts['frames_total']}", str(counts["frames_failed"]),
             job["submitted_at"][:19].replace("T", " "),
         )  # fmt: skip

@@ -18,7 +18,7 @@ import hashlib
 import secrets
 import shlex
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -536,14 +536,23 @@ class StudioService:
         return JobDetail(job, progress, depends_on, self.settings.currency)
 
     def list_jobs(
-        self, studio_id: int, state: JobState | None, limit: int, offset: int
+        self,
+        studio_id: int,
+        state: JobState | None,
+        limit: int,
+        offset: int,
+        metadata: Mapping[str, str] | None = None,
     ) -> tuple[list[JobDetail], int]:
+        """The studio's jobs, newest first, in one state and with these metadata values
+        (``{"show": "Mulan", "shot": "sh020"}``) where given."""
         with self._reading() as session:
-            query = select(JobRow).where(JobRow.studio_id == studio_id)
-            counter = select(func.count()).select_from(JobRow).where(JobRow.studio_id == studio_id)
+            where = [col(JobRow.studio_id) == studio_id]
             if state is not None:
-                query = query.where(JobRow.state == state)
-                counter = counter.where(JobRow.state == state)
+                where.append(col(JobRow.state) == state)
+            for name, value in (metadata or {}).items():
+                where.append(getattr(JobRow, name) == value)
+            query = select(JobRow).where(*where)
+            counter = select(func.count()).select_from(JobRow).where(*where)
             total = session.exec(counter).one()
             jobs = list(
                 session.exec(query.order_by(col(JobRow.id).desc()).offset(offset).limit(limit))

@@ -79,6 +79,9 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1, le=COUNT_MAX), BeforeValidator(_no_bool)]
 RowRef = Annotated[int, Field(ge=1, le=ID_MAX), BeforeValidator(_no_bool)]
 Label = Annotated[Text, Field(min_length=1, max_length=POOL_MAX)]  # a pool's, a limit's name
+METADATA_MAX = 100
+Metadata = Annotated[Text, Field(min_length=1, max_length=METADATA_MAX)]  # a show's name...
+METADATA = ("show", "sequence", "shot", "artist")  # a job's production metadata fields
 Tag = Annotated[Text, Field(min_length=1, max_length=TAG_MAX)]
 Priority = Annotated[
     int, Field(ge=0, le=100), BeforeValidator(_no_bool), Field(description="0 lowest, 100 highest")
@@ -186,6 +189,12 @@ class JobTerms(BaseModel):
         description="fastest (the emptiest node, now), cheapest or greenest (the region "
         "and hour with the lowest cost or grid carbon per frame), or weights between them",
     )
+    # What the job is for, as a production tracks it: shown, listed and filtered by
+    # (GET /v1/jobs?show=...&shot=...), never interpreted by the farm.
+    show: Metadata | None = Field(None, description="the film or series", examples=["Mulan"])
+    sequence: Metadata | None = Field(None, description="its sequence", examples=["sq010"])
+    shot: Metadata | None = Field(None, description="its shot", examples=["sh020"])
+    artist: Metadata | None = Field(None, description="who submitted it", examples=["li.wei"])
 
     def placement_columns(self) -> dict[str, Any]:
         """The job's deadline (seconds since the epoch) and placement weights (None:

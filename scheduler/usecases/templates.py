@@ -30,7 +30,7 @@ from scheduler.core.bounds import PATH_MAX, text_problem
 from scheduler.core.frames import FrameRange, FrameSpecError, parse_frame_runs
 from scheduler.core.placement import HostRequirements
 from scheduler.errors import InvalidRequest
-from scheduler.usecases.submissions import Finite, JobTerms, Tag, Text
+from scheduler.usecases.submissions import METADATA, Finite, JobTerms, Tag, Text
 from scheduler.wire.openjd import (
     Problem,
     StepPlan,
@@ -137,7 +137,10 @@ class TemplateRequest(JobTerms):
 
 
 # The request's terms that are a step's job's columns as they are.
-_TERMS = {"priority", "pool", "max_attempts", "max_failed_frames", "timeout", "stall_timeout"}
+_TERMS = {
+    "priority", "pool", "max_attempts", "max_failed_frames", "timeout", "stall_timeout",
+    *METADATA,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,7 @@ def test_submit_render_download_and_resubmit(
 
     again = renderfarm(
         "submit", str(scene), "--frames", "1-4", "--priority", "10", "--name", "again",
+        "--show", "Mulan 2", "--sequence", "sq010", "--shot", "sh020", "--artist", "li.wei",
         api=url, key=key, home=home,
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
@@ -162,8 +163,11 @@ def test_submit_render_download_and_resubmit(
     listed = renderfarm("jobs", api="", key=None, home=home)
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:] if line}
-    assert rows[str(job_id)][2:4] == ["done", "4/4"]
-    assert rows[str(second)][1:3] == ["again", "cancelled"]
+    assert rows[str(job_id)][2:5] == ["-", "done", "4/4"]
+    assert rows[str(second)][1:6] == ["again", "Mulan", "2/sq010/sh020", "cancelled", "0/4"]
+    of_shot = renderfarm("jobs", "--shot", "sh020", "--artist", "li.wei", api="", key=None,
+                         home=home)  # fmt: skip
+    assert [line.split()[0] for line in of_shot.stdout.splitlines()[1:] if line] == [str(second)]
 
 
 def test_a_texture_outside_the_project_is_refused(blender: Blender, tmp_path: Path) -> None:
