@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import FarmCollector
-from api.routes import assets, internal, jobs, nodes, plans, studios, system, templates
+from api.routes import admin, assets, internal, jobs, nodes, plans, studios, system, templates
 from scheduler import __version__
 from scheduler.db import create_tables, make_engine
 from scheduler.settings import Settings
@@ -17,6 +17,7 @@ from scheduler.usecases.assets import AssetService
 from scheduler.usecases.blobstore import BlobStore, open_storage
 from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.operators import OperatorService
 from scheduler.usecases.ratelimit import RateLimiter
 
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.registry = registry
     app.state.service = StudioService(engine, settings)
+    app.state.operators = OperatorService(engine)
     storage = open_storage(settings)  # a folder, or object storage
     blobs = BlobStore(storage)
     blobs.sweep_spool()  # what a crash of this host's API left half-spooled
@@ -55,6 +57,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(studios.router)
     app.include_router(templates.router)
     app.include_router(plans.router)
+    app.include_router(admin.router)
     app.include_router(system.router)
     manifests = max(settings.max_body_bytes, settings.max_manifest_files * 512)
     app.add_middleware(

@@ -31,11 +31,13 @@ from pydantic import BeforeValidator
 from api.schemas import SHA256
 from scheduler.core.bounds import COUNT_MAX, FRAME_MAX, FRAME_MIN, ID_MAX
 from scheduler.db import Studio
-from scheduler.errors import Unauthorized
+from scheduler.errors import Forbidden, Unauthorized
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
+from scheduler.usecases.audit import Actor
 from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService, hash_key
+from scheduler.usecases.operators import OPERATOR_KEY_PREFIX, OperatorService
 from scheduler.usecases.ratelimit import RateLimiter
 from scheduler.usecases.submissions import Metadata
 
@@ -137,6 +139,41 @@ async def get_studio(
 
 
 StudioDep = Annotated[Studio, Depends(get_studio)]
+
+
+def studio_actor(studio: Studio) -> Actor:
+    """The studio behind the request, as the audit log names who acted."""
+    return Actor.studio(studio.name)
+
+
+_operator_bearer = HTTPBearer(
+    auto_error=False, description="an operator key: `renderfarm operator create NAME`"
+)
+
+
+def get_operator(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_operator_bearer)],
+) -> Actor:
+    """The operator of the bearer key (looked up each time: operators' calls are few, and
+    a revoked key is refused at once). A studio's key is a 403: it is valid, not here."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("send `Authorization: Bearer <operator key>`")
+    key = credentials.credentials
+    if not key.startswith(OPERATOR_KEY_PREFIX):
+        raise Forbidden("a studio key reaches no admin route: use an operator key")
+    operators: OperatorService = request.app.state.operators
+    return Actor.operator(operators.authenticate(key).name)
+
+
+OperatorDep = Annotated[Actor, Depends(get_operator)]
+
+
+async def get_operators(request: Request) -> OperatorService:
+    return request.app.state.operators  # type: ignore[no-any-return]
+
+
+OperatorsDep = Annotated[OperatorService, Depends(get_operators)]
 
 
 def own_id(studio: Studio) -> int:

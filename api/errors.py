@@ -22,6 +22,7 @@ from starlette.routing import Match
 
 from scheduler.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     Misconfigured,
     NotFound,
@@ -41,6 +42,7 @@ STATUS = {
     Conflict: 409,
     TooLarge: 413,
     Unauthorized: 401,
+    Forbidden: 403,
     Unavailable: 503,
     Misconfigured: 503,  # the farm's own settings: nothing the studio can fix
     TooMany: 429,

@@ -10,12 +10,12 @@ unknown renderer is a 422 that lists the known ones.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.core.assets import ManifestEntry
-from scheduler.core.bounds import BYTES_MAX, PATH_MAX
+from scheduler.core.bounds import BYTES_MAX, COUNT_MAX, PATH_MAX
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState, overall_state
 from scheduler.usecases.billing import EnergyTotals
@@ -294,6 +294,17 @@ class NodePublic(BaseModel):
     energy_method: str | None = Field(description="how the node meters energy; None: it does not")
     power_watts: float = Field(description="IT power over its last sampling interval")
     last_heartbeat: datetime
+    admin: str = Field(
+        "enabled",
+        description="an operator's say: enabled; draining (finishes what it has, takes "
+        "nothing new); disabled (takes nothing; its chunks went to other nodes)",
+    )
+
+    @classmethod
+    def of(cls, node: Any) -> Self:
+        values = {n: getattr(node, n) for n in cls.model_fields if n != "last_heartbeat"}
+        values["tags"] = list(node.tags or ())
+        return cls(**values, last_heartbeat=datetime.fromtimestamp(node.last_heartbeat, UTC))
 
 
 class Problem(BaseModel):
@@ -378,3 +389,201 @@ class ManifestPublic(BaseModel):
 
 class ManifestDetail(ManifestPublic):
     entries: list[ManifestFileIn]
+
+
+# The admin API (/v1/admin): operators' views and changes -------------------------------
+
+
+class AdminNode(NodePublic):
+    hostname: str = Field(description="the machine's name (operators only)")
+
+
+class StudioAdmin(BaseModel):
+    name: str
+    weight: float
+    allow_scene_scripts: bool
+    allow_templates: bool
+    max_queued_jobs: int | None
+    max_queued_frames: int | None
+    requests_per_second: int | None
+    home_region: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, studio: Any) -> Self:
+        values = {name: getattr(studio, name) for name in cls.model_fields if name != "created_at"}
+        return cls(**values, created_at=datetime.fromtimestamp(studio.created_at, UTC))
+
+
+class StudioCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False)
+    allow_scene_scripts: bool = False
+    allow_templates: bool | None = Field(None, description="default: the farm's")
+
+
+class StudioCreated(BaseModel):
+    studio: StudioAdmin
+    key: str = Field(description="the studio's key: shown this once, kept only as a hash")
+
+
+class StudioChange(BaseModel):
+    """The studio's settings to change; those not given keep their value. A quota of
+    null removes that bound (send the field to change it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
+    allow_scene_scripts: bool | None = None
+    allow_templates: bool | None = None
+    max_queued_jobs: int | None = Field(None, ge=1, le=COUNT_MAX)
+    max_queued_frames: int | None = Field(None, ge=1, le=COUNT_MAX)
+    requests_per_second: int | None = Field(None, ge=1, le=COUNT_MAX)
+    home_region: str | None = Field(None, min_length=1, max_length=64)
+
+
+class PoolTerms(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    minimum: int = Field(0, ge=0, le=COUNT_MAX, description="slots guaranteed")
+    maximum: int | None = Field(None, ge=0, le=COUNT_MAX, description="slots at most (burst)")
+
+
+class KeyPublic(BaseModel):
+    prefix: str = Field(description="the key's first characters: what names it")
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: Any) -> Self:
+        revoked = key.revoked_at
+        return cls(
+            prefix=key.prefix,
+            created_at=datetime.fromtimestamp(key.created_at, UTC),
+            revoked_at=datetime.fromtimestamp(revoked, UTC) if revoked is not None else None,
+        )
+
+
+class NewKey(BaseModel):
+    key: str = Field(description="shown this once, kept only as a hash")
+
+
+class LimitPublic(BaseModel):
+    name: str
+    capacity: int
+
+
+class LimitChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: int = Field(ge=0, le=COUNT_MAX)
+
+
+class RegionPublic(BaseModel):
+    name: str
+    pue: float
+    price_per_kwh: float
+    carbon_g_per_kwh: float
+    tariff: list[list[float]] | None
+    carbon_profile: list[list[float]] | None
+    utc_offset_hours: float
+    source: str
+
+    @classmethod
+    def of(cls, region: Any) -> Self:
+        return cls(**{name: getattr(region, name) for name in cls.model_fields})
+
+
+class RegionChange(BaseModel):
+    """A region's figures to set; those not given keep their value. A ``tariff`` or
+    ``carbon_profile`` ([[from_hour, value], ...], local hours from 0) replaces the flat
+    price or carbon figure; an empty list goes back to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pue: float | None = Field(None, ge=1, le=10, allow_inf_nan=False)
+    price_per_kwh: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    carbon_g_per_kwh: float | None = Field(None, ge=0, le=10_000, allow_inf_nan=False)
+    source: str | None = Field(None, max_length=2000)
+    tariff: list[tuple[float, float]] | None = Field(None, max_length=48)
+    carbon_profile: list[tuple[float, float]] | None = Field(None, max_length=48)
+    utc_offset_hours: float | None = Field(None, ge=-12, le=14)
+
+
+class LinkPublic(BaseModel):
+    region_a: str
+    region_b: str
+    bandwidth_mbps: float
+    latency_ms: float
+    price_per_gb: float
+    source: str
+
+    @classmethod
+    def of(cls, link: Any) -> Self:
+        return cls(**{name: getattr(link, name) for name in cls.model_fields})
+
+
+class LinkChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bandwidth_mbps: float = Field(gt=0, le=1e7, allow_inf_nan=False)
+    latency_ms: float = Field(ge=0, le=60_000, allow_inf_nan=False)
+    price_per_gb: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
+    source: str | None = Field(None, max_length=2000)
+
+
+class AdminJob(BaseModel):
+    id: int
+    studio: str
+    name: str
+    state: str
+    priority: int
+    pool: str
+    frame_count: int
+    show: str | None
+    sequence: str | None
+    shot: str | None
+    artist: str | None
+    message: str | None
+    submitted_at: datetime
+
+    @classmethod
+    def of(cls, job: Any, studio: str) -> Self:
+        values = {
+            name: getattr(job, name)
+            for name in cls.model_fields
+            if name not in ("studio", "submitted_at")
+        }
+        return cls(
+            **values, studio=studio, submitted_at=datetime.fromtimestamp(job.submitted_at, UTC)
+        )
+
+
+class AdminJobPage(BaseModel):
+    items: list[AdminJob]
+    total: int
+    limit: int
+    offset: int
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    actor_kind: str
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: Any) -> Self:
+        values = {name: getattr(row, name) for name in cls.model_fields if name != "at"}
+        return cls(**values, at=datetime.fromtimestamp(row.at, UTC))
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    total: int
+    limit: int
+    offset: int

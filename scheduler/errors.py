@@ -6,6 +6,7 @@
     ├── Conflict          the request is valid but not in the current state
     ├── TooLarge          a file, or a studio's stored bytes, past its limit
     ├── Unauthorized      no key, or an unknown one
+    ├── Forbidden         a valid key that may not do this (a studio's, on the admin API)
     ├── TooMany           past a studio's quota or request rate: retry after a while
     ├── Unavailable       a service the farm needs (its object storage) failed: retry
     └── Misconfigured     a setting cannot work (a database URL of no known kind): fix it
@@ -55,6 +56,10 @@ class TooLarge(RenderfarmError):
 
 
 class Unauthorized(RenderfarmError):
+    pass
+
+
+class Forbidden(RenderfarmError):
     pass
 
 

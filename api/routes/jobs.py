@@ -23,6 +23,7 @@ from api.deps import (
     StudioDep,
     own_id,
     read_in_thread,
+    studio_actor,
 )
 from api.files import file_response
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
@@ -66,9 +67,10 @@ def submit_job(
     if idempotency_key is not None:
         return answer_keyed(
             keys, own_id(studio), idempotency_key, request, body,
-            lambda keep: service.submit_job(own_id(studio), body, keep), _public,
+            lambda keep: service.submit_job(own_id(studio), body, keep, studio_actor(studio)),
+            _public,
         )  # fmt: skip
-    job = service.submit_job(own_id(studio), body)
+    job = service.submit_job(own_id(studio), body, actor=studio_actor(studio))
     assert job.id is not None
     return JobPublic.of(service.get_job(own_id(studio), job.id))
 
@@ -114,27 +116,28 @@ async def get_job(
 
 @router.patch("/{job_id}", response_model=JobPublic)
 def patch_job(job_id: RowId, body: JobPatch, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.set_priority(own_id(studio), job_id, body.priority))
+    changed = service.set_priority(own_id(studio), job_id, body.priority, studio_actor(studio))
+    return JobPublic.of(changed)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": Problem}})
 def cancel_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.cancel_job(own_id(studio), job_id))
+    return JobPublic.of(service.cancel_job(own_id(studio), job_id, studio_actor(studio)))
 
 
 @router.post("/{job_id}/suspend", response_model=JobPublic, responses={409: {"model": Problem}})
 def suspend_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.suspend_job(own_id(studio), job_id))
+    return JobPublic.of(service.suspend_job(own_id(studio), job_id, studio_actor(studio)))
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, responses={409: {"model": Problem}})
 def resume_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.resume_job(own_id(studio), job_id))
+    return JobPublic.of(service.resume_job(own_id(studio), job_id, studio_actor(studio)))
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": Problem}})
 def retry_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
-    return JobPublic.of(service.retry_job(own_id(studio), job_id))
+    return JobPublic.of(service.retry_job(own_id(studio), job_id, studio_actor(studio)))
 
 
 @router.get("/{job_id}/frames", response_model=list[FramePublic])

@@ -4,8 +4,6 @@ host names (an operator's CLI shows those: `renderfarm nodes`)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter
 
 from api.deps import KnownQuery, ServiceDep, StudioDep
@@ -21,21 +19,4 @@ router = APIRouter(
 
 @router.get("", response_model=list[NodePublic])
 def list_nodes(_studio: StudioDep, service: ServiceDep) -> list[NodePublic]:
-    return [
-        NodePublic(
-            name=node.name,
-            pool=node.pool,
-            state=node.state,
-            slots=node.slots,
-            running=node.running,
-            cores=node.cores,
-            memory_bytes=node.memory_bytes,
-            gpus=node.gpus,
-            tags=list(node.tags),
-            region=node.region,
-            energy_method=node.energy_method,
-            power_watts=node.power_watts,
-            last_heartbeat=datetime.fromtimestamp(node.last_heartbeat, UTC),
-        )
-        for node in service.list_nodes()
-    ]
+    return [NodePublic.of(node) for node in service.list_nodes()]

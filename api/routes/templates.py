@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
 
-from api.deps import KnownQuery, Offset, RowId, ServiceDep, StudioDep, own_id
+from api.deps import KnownQuery, Offset, RowId, ServiceDep, StudioDep, own_id, studio_actor
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
 from api.schemas import STUDIO_ERRORS, Problem, TemplateCreate, TemplatePage, TemplatePublic
 from scheduler.usecases.jobs import TemplateDetail
@@ -41,9 +41,12 @@ def submit_template(
     if idempotency_key is not None:
         return answer_keyed(
             keys, own_id(studio), idempotency_key, request, body,
-            lambda keep: service.submit_template(own_id(studio), body, keep), _public,
+            lambda keep: service.submit_template(own_id(studio), body, keep, studio_actor(studio)),
+            _public,
         )  # fmt: skip
-    return TemplatePublic.of(service.submit_template(own_id(studio), body))
+    return TemplatePublic.of(
+        service.submit_template(own_id(studio), body, actor=studio_actor(studio))
+    )
 
 
 def _public(detail: TemplateDetail) -> dict[str, Any]:
@@ -73,4 +76,5 @@ def get_template(template_id: RowId, studio: StudioDep, service: ServiceDep) -> 
 )
 def cancel_template(template_id: RowId, studio: StudioDep, service: ServiceDep) -> TemplatePublic:
     """Cancel every unfinished job of the template."""
-    return TemplatePublic.of(service.cancel_template(own_id(studio), template_id))
+    cancelled = service.cancel_template(own_id(studio), template_id, studio_actor(studio))
+    return TemplatePublic.of(cancelled)

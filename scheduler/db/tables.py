@@ -73,6 +73,45 @@ class ApiKey(SQLModel, table=True):
     revoked_at: float | None = None
 
 
+class Operator(SQLModel, table=True):
+    """A person (or a tool) who runs the farm: reaches the admin API with its keys."""
+
+    __tablename__ = "operators"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    created_at: float
+
+
+class OperatorKey(SQLModel, table=True):
+    """An operator's key, stored as a SHA-256 hash: the key itself is shown once."""
+
+    __tablename__ = "operator_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    operator_id: int = Field(foreign_key="operators.id", index=True)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=12)
+    created_at: float
+    revoked_at: float | None = None
+
+
+class AuditRow(SQLModel, table=True):
+    """Who changed what, when: an operator's action, or a studio's that changed jobs;
+    written in the transaction of the change it records."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    actor_kind: str = Field(max_length=16)  # operator | studio
+    actor: str = Field(max_length=200)  # its name (an operator's CLI: cli:<user>)
+    action: str = Field(max_length=64)  # studio.create, job.cancel, node.drain ...
+    target: str = Field(max_length=200)  # what it acted on: a studio's name, job 12 ...
+    detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
 class TemplateRow(SQLModel, table=True):
     """An OpenJD job template as a studio submitted it: its jobs, one per step, refer to
     it (``JobRow.template_id``), and it is read, listed and cancelled as one."""
@@ -346,6 +385,11 @@ class NodeRow(SQLModel, table=True):
     energy_method: str | None = Field(default=None, max_length=32)
     power_watts: float = 0.0  # IT power over the last sampling interval
     state: str = Field(max_length=16)  # online | lost
+    # An operator's say: enabled; draining (running chunks finish, none new); disabled
+    # (none new, its running chunks go to other nodes at once).
+    admin: str = Field(
+        default="enabled", max_length=16, sa_column_kwargs={"server_default": "enabled"}
+    )
     last_heartbeat: float
     registered_at: float
 

@@ -483,3 +483,16 @@ def end_queued_chunks(session: Session, job_id: int) -> Moved:
     """The farm gives up on a job's chunks that never started (failure limit, failed
     dependency); ``derive_job_state`` then makes the job failed once nothing runs."""
     return move_chunks(session, ChunkState.CANCELLED, [ChunkState.QUEUED], job=job_id)
+
+
+def requeue_chunks(
+    session: Session, chunk_ids: Sequence[int], expected: Sequence[ChunkState], now: float
+) -> int:
+    """Send chunks back to the queue (a new attempt renders them) if they are still in
+    an ``expected`` state; their jobs' states follow. How many went back."""
+    if not chunk_ids:
+        return 0
+    lock_jobs_of_chunks(session, chunk_ids)
+    moved = move_chunks(session, ChunkState.QUEUED, expected, ids=chunk_ids, values={"node": None})
+    refresh_job_states(session, lock_jobs(session, moved.jobs), now)
+    return len(moved.ids)

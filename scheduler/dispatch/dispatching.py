@@ -71,8 +71,10 @@ STEP_TASKS = StepTasks()  # OpenJD steps' tasks, their templates read once per j
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
 # and keying a statement than SQLite spends running it (see BENCHMARKS.md).
-_LIVE_NODES = select(NodeRow).where(
-    col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= bindparam("since")
+_LIVE_NODES = select(NodeRow).where(  # and taking work: not drained or disabled
+    col(NodeRow.state) == "online",
+    col(NodeRow.last_heartbeat) >= bindparam("since"),
+    col(NodeRow.admin) == "enabled",
 )
 _ACTIVE_BY_NODE = (
     sql_select(col(ChunkRow.node), func.count())

@@ -45,10 +45,10 @@ from scheduler.db.transitions import (
     lock_jobs,
     lock_jobs_of_chunks,
     refresh_job_states,
+    requeue_chunks,
     save_attempt_changes,
     save_chunk_changes,
 )
-from scheduler.dispatch.reconciling import requeue
 from scheduler.usecases.billing import FrameBiller, count_attempts, count_frames
 from scheduler.wire.messages import (
     ChunkEvent,
@@ -499,7 +499,7 @@ def _requeue_vanished(
             node,
             len(vanished),
         )
-        requeue(session, vanished, [ChunkState.RUNNING], now)
+        requeue_chunks(session, vanished, [ChunkState.RUNNING], now)
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -12,13 +12,7 @@ from sqlmodel import Session, col, select
 from scheduler.core.policy import is_node_lost, unclaimed_to_resend
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, NodeRow
-from scheduler.db.transitions import (
-    close_attempts,
-    lock_jobs,
-    lock_jobs_of_chunks,
-    move_chunks,
-    refresh_job_states,
-)
+from scheduler.db.transitions import close_attempts, requeue_chunks
 from scheduler.wire.messages import node_queue, task_id_for
 
 log = logging.getLogger(__name__)
@@ -40,19 +34,7 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
             col(ChunkRow.node).in_(lost), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES)
         )
     ).all()
-    requeue(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
-
-
-def requeue(
-    session: Session, chunk_ids: Sequence[int], expected: Sequence[ChunkState], now: float
-) -> None:
-    """Send chunks back to the queue (a new attempt renders them) if they are still in
-    an ``expected`` state; their jobs' states follow."""
-    if not chunk_ids:
-        return
-    lock_jobs_of_chunks(session, chunk_ids)
-    moved = move_chunks(session, ChunkState.QUEUED, expected, ids=chunk_ids, values={"node": None})
-    refresh_job_states(session, lock_jobs(session, moved.jobs), now)
+    requeue_chunks(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
 
 
 def requeue_unclaimed(
@@ -74,7 +56,7 @@ def requeue_unclaimed(
             log.warning(
                 "queue %s: %d chunk(s) sent but never claimed; sending again", queue, len(resend)
             )
-            requeue(session, resend, [ChunkState.DISPATCHED], now)
+            requeue_chunks(session, resend, [ChunkState.DISPATCHED], now)
 
 
 def close_stale_attempts(session: Session, now: float) -> list[str]:

@@ -29,6 +29,8 @@ command's own help (``HELP``) is what a user reads.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -48,7 +50,9 @@ from scheduler.launch import studio as studio_commands
 from scheduler.settings import Settings
 
 if TYPE_CHECKING:
+    from scheduler.usecases.audit import Actor
     from scheduler.usecases.jobs import StudioService
+    from scheduler.usecases.operators import OperatorService
 
 HELP = """A render farm for film studios: run it, operate it, send it work.
 
@@ -68,6 +72,10 @@ region_app = typer.Typer(
 app.add_typer(region_app, name="region", rich_help_panel=OPERATE)
 assets_app = typer.Typer(help="Studios' stored scenes and files.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets", rich_help_panel=OPERATE)
+operator_app = typer.Typer(help="Operators and their keys for the admin API.", no_args_is_help=True)
+app.add_typer(operator_app, name="operator", rich_help_panel=OPERATE)
+node_app = typer.Typer(help="Drain, disable or enable a render node.", no_args_is_help=True)
+app.add_typer(node_app, name="node", rich_help_panel=OPERATE)
 for command in studio_commands.COMMANDS:  # the studio's commands, over the REST API
     app.command(rich_help_panel="Studios")(command)
 console = Console()
@@ -277,6 +285,19 @@ def say_problem(line: str) -> None:
     console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
+def _me() -> Actor:
+    """The operator at this terminal, as the audit log names them."""
+    from scheduler.usecases.audit import Actor
+
+    return Actor.command_line()
+
+
+def _operators(service: StudioService) -> OperatorService:
+    from scheduler.usecases.operators import OperatorService
+
+    return OperatorService(service.engine)
+
+
 def _studio_service() -> StudioService:
     from scheduler.db import create_tables, make_engine
     from scheduler.launch.problems import existing_farm
@@ -313,7 +334,7 @@ def studio_create(
     """Create a studio and print its API key (shown once)."""
     with _reported():
         service = _studio_service()
-        _studio, key = service.create_studio(name, weight, scene_scripts, templates)
+        _studio, key = service.create_studio(name, weight, scene_scripts, templates, _me())
     typer.echo(key)
     if scene_scripts:
         _warn_if_scripts_off(service.settings)
@@ -334,7 +355,7 @@ def studio_scripts(
     before keep what they asked for (cancel them to stop their scripts)."""
     with _reported():
         service = _studio_service()
-        studio = service.set_scene_scripts(name, allow)
+        studio = service.set_scene_scripts(name, allow, _me())
     typer.echo(f"{studio.name}: scene scripts {_allowed(studio.allow_scene_scripts)}")
     if allow:
         _warn_if_scripts_off(service.settings)
@@ -350,7 +371,7 @@ def studio_region(
     """Name where a studio's own machines would render: its bills then say what the
     farm's placement saved against rendering there at once."""
     with _reported():
-        studio = _studio_service().set_home_region(name, region)
+        studio = _studio_service().set_home_region(name, region, _me())
     typer.echo(f"{studio.name}: home region {studio.home_region or 'none'}")
 
 
@@ -366,7 +387,7 @@ def studio_templates(
     run (as the user of their --run-as, where given). Templates accepted before keep
     running (cancel them to stop them)."""
     with _reported():
-        studio = _studio_service().set_templates(name, allow)
+        studio = _studio_service().set_templates(name, allow, _me())
     typer.echo(f"{studio.name}: templates {_allowed(studio.allow_templates)}")
 
 
@@ -385,7 +406,9 @@ def studio_quota(
     """Bound what a studio may ask: past a bound its submissions (or requests) get
     429 with Retry-After. Each bound not given is removed."""
     with _reported():
-        studio = _studio_service().set_quota(name, jobs or None, frames or None, rate or None)
+        studio = _studio_service().set_quota(
+            name, jobs or None, frames or None, rate or None, _me()
+        )
     typer.echo(f"{studio.name}: {_quota(studio)}")
 
 
@@ -430,7 +453,7 @@ def _warn_if_scripts_off(settings: Settings) -> None:
 def studio_key(name: str) -> None:
     """Print a new API key for an existing studio."""
     with _reported():
-        typer.echo(_studio_service().create_key(name))
+        typer.echo(_studio_service().create_key(name, _me()))
 
 
 @studio_app.command("weight")
@@ -439,7 +462,7 @@ def studio_weight(
 ) -> None:
     """Set a studio's fair-share weight: slots are shared by weight while studios compete."""
     with _reported():
-        studio = _studio_service().set_weight(name, weight)
+        studio = _studio_service().set_weight(name, weight, _me())
     typer.echo(f"{studio.name}: weight {studio.weight:g}")
 
 
@@ -452,7 +475,7 @@ def studio_terms(
 ) -> None:
     """Guarantee a studio a minimum of a pool's slots and cap its bursts."""
     with _reported():
-        terms = _studio_service().set_terms(name, pool, minimum, maximum)
+        terms = _studio_service().set_terms(name, pool, minimum, maximum, _me())
     cap = "no cap" if terms.max_slots is None else f"at most {terms.max_slots}"
     typer.echo(f"{name} in {pool}: at least {terms.min_slots} slot(s), {cap}")
 
@@ -461,7 +484,7 @@ def studio_terms(
 def limit_set(name: str, capacity: Annotated[int, typer.Argument(min=0)]) -> None:
     """Create or change a limit: at most CAPACITY chunks naming it render at once."""
     with _reported():
-        limit = _studio_service().set_limit(name, capacity)
+        limit = _studio_service().set_limit(name, capacity, _me())
     typer.echo(f"{limit.name}: {limit.capacity}")
 
 
@@ -498,19 +521,16 @@ def region_set(
     ] = None,
 ) -> None:
     """Create or change a region; frames already billed keep their bills."""
-    import time
-
-    from sqlmodel import Session
-
-    from scheduler.usecases.regions import set_region
-
     service = _studio_service()
-    with _reported(), Session(service.engine) as session:
-        region = set_region(
-            session, name, time.time(), pue, price, carbon, source,
-            _steps("--tariff", tariff), _steps("--carbon-profile", carbon_profile), utc_offset,
-        )  # fmt: skip
-        session.commit()
+    figures = {
+        "pue": pue, "price_per_kwh": price, "carbon_g_per_kwh": carbon, "source": source,
+        "tariff": _steps("--tariff", tariff),
+        "carbon_profile": _steps("--carbon-profile", carbon_profile),
+        "utc_offset_hours": utc_offset,
+    }  # fmt: skip
+    with _reported():
+        given = {k: v for k, v in figures.items() if v is not None}
+        region = _operators(service).set_region(name, _me(), **given)
         typer.echo(_region_line(region, service.settings.currency))
 
 
@@ -540,27 +560,21 @@ def region_link(
     """Set (or --remove) the network between two regions, the same both ways: a job
     placed for cost or time pays to move its scene and frames from its studio's home
     region (renderfarm studio region) over it."""
-    import time
-
-    from sqlmodel import Session
-
     from scheduler.errors import InvalidRequest
-    from scheduler.usecases.regions import remove_link, set_link
 
     service = _studio_service()
-    with _reported(), Session(service.engine) as session:
+    operators = _operators(service)
+    with _reported():
         if not remove and (bandwidth_mbps is None or latency_ms is None):
             raise InvalidRequest("link", "give --bandwidth-mbps and --latency-ms (or --remove)")
         if remove:
-            found = remove_link(session, a, b)
-            session.commit()
+            found = operators.remove_link(a, b, _me())
             typer.echo(f"{a} - {b}: {'forgotten' if found else 'no such link'}: near")
             return
-        assert bandwidth_mbps is not None and latency_ms is not None
-        link = set_link(
-            session, a, b, time.time(), bandwidth_mbps, latency_ms, price_per_gb, source
-        )
-        session.commit()
+        link = operators.set_link(
+            a, b, _me(), bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms,
+            price_per_gb=price_per_gb, source=source,
+        )  # fmt: skip
         typer.echo(_link_line(link, service.settings.currency))
 
 
@@ -613,11 +627,112 @@ def nodes() -> None:
     An operator's view: studios see the nodes over the API without them."""
     now = time.time()
     for node in _studio_service().list_nodes():
+        admin = "" if node.admin == "enabled" else f" ({node.admin})"
         typer.echo(
-            f"{node.name} ({node.hostname}): {node.state}, pool {node.pool}, region "
+            f"{node.name} ({node.hostname}): {node.state}{admin}, pool {node.pool}, region "
             f"{node.region}, {node.running}/{node.slots} slots busy, {node.cores} cores, "
             f"{node.gpus} GPUs, heard {now - node.last_heartbeat:.0f} s ago"
         )
+
+
+def _node_action(action: str, name: str) -> None:
+    with _reported():
+        change = _operators(_studio_service()).set_node(name, action, _me())
+    moved = f"; {change.requeued} chunk(s) sent to other nodes" if change.requeued else ""
+    typer.echo(f"{change.node.name}: {change.node.admin}{moved}")
+
+
+@node_app.command("drain")
+def node_drain(name: str) -> None:
+    """The node finishes the chunks it has and takes no new one."""
+    _node_action("drain", name)
+
+
+@node_app.command("disable")
+def node_disable(name: str) -> None:
+    """The node takes no new chunk; the ones it has go to other nodes at once."""
+    _node_action("disable", name)
+
+
+@node_app.command("enable")
+def node_enable(name: str) -> None:
+    """The node takes chunks again."""
+    _node_action("enable", name)
+
+
+@operator_app.command("create")
+def operator_create(name: str) -> None:
+    """Create an operator and print its key for the admin API (shown once)."""
+    with _reported():
+        _operator, key = _operators(_studio_service()).create_operator(name, _me())
+    typer.echo(key)
+
+
+@operator_app.command("key")
+def operator_key(name: str) -> None:
+    """Print a new key for the operator (its others keep working until revoked)."""
+    with _reported():
+        typer.echo(_operators(_studio_service()).create_key(name, _me()))
+
+
+@operator_app.command("list")
+def operator_list() -> None:
+    """Every operator and its keys (their first characters)."""
+    for operator, keys in _operators(_studio_service()).list_operators():
+        shown = ", ".join(k.prefix + (" (revoked)" if k.revoked_at else "") for k in keys)
+        typer.echo(f"{operator.name}: {shown or 'no key'}")
+
+
+@operator_app.command("revoke-key")
+def operator_revoke_key(prefix: str) -> None:
+    """Revoke the operator key that starts with PREFIX (operator list shows them)."""
+    with _reported():
+        key = _operators(_studio_service()).revoke_key(prefix, _me())
+    typer.echo(f"{key.prefix}: revoked")
+
+
+@studio_app.command("keys")
+def studio_keys(name: str) -> None:
+    """The studio's keys: their first characters, when made, whether revoked."""
+    with _reported():
+        keys = _studio_service().list_keys(name)
+    for key in keys:
+        made = dt.datetime.fromtimestamp(key.created_at).strftime("%Y-%m-%d %H:%M")
+        revoked = " (revoked)" if key.revoked_at is not None else ""
+        typer.echo(f"{key.prefix}: made {made}{revoked}")
+
+
+@studio_app.command("revoke-key")
+def studio_revoke_key(name: str, prefix: str) -> None:
+    """Revoke the studio's key that starts with PREFIX (studio keys NAME shows them):
+    refused from then on, within 10 s on every API process."""
+    with _reported():
+        key = _studio_service().revoke_key(name, prefix, _me())
+    typer.echo(f"{name}: key {key.prefix} revoked")
+
+
+@app.command(rich_help_panel=OPERATE)
+def audit(
+    actor: Annotated[str | None, typer.Option(help="only this actor's (cli:USER, a name)")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="only this action (job.cancel), or a prefix (job.)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
+    """Who changed what, when: operators' actions and studios' on their jobs."""
+    from sqlmodel import Session
+
+    from scheduler.usecases.audit import read_audit
+
+    service = _studio_service()
+    with Session(service.engine) as session:
+        rows, total = read_audit(session, limit, 0, actor, action)
+    for row in rows:
+        at = dt.datetime.fromtimestamp(row.at).strftime("%Y-%m-%d %H:%M:%S")
+        detail = json.dumps(row.detail, ensure_ascii=False) if row.detail else ""
+        typer.echo(f"{at} {row.actor_kind} {row.actor}: {row.action} {row.target} {detail}")
+    if total > len(rows):
+        typer.echo(f"{len(rows)} of {total} entries shown")
 
 
 def _steps(option: str, text: str | None) -> list[tuple[float, float]] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import secrets
 import shlex
 import time
@@ -50,6 +51,7 @@ from scheduler.db.engine import read_only, reads_never_wait, single_statements
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooMany, Unauthorized
 from scheduler.settings import Settings
+from scheduler.usecases.audit import Actor, record
 from scheduler.usecases.billing import EnergyTotals, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_job, load_progress
 from scheduler.usecases.submissions import JobRequest, JobTerms
@@ -126,6 +128,7 @@ class StudioService:
         weight: float = 1.0,
         allow_scene_scripts: bool = False,
         allow_templates: bool | None = None,
+        actor: Actor | None = None,
     ) -> tuple[Studio, str]:
         """A new studio and its first key; the key is returned once and stored hashed.
         Whether it may submit OpenJD templates: as asked, else the farm's default
@@ -149,15 +152,23 @@ class StudioService:
             session.flush()
             assert studio.id is not None
             key = self._add_key(session, studio.id)
+            record(
+                session, actor, "studio.create", name, self.clock(), weight=weight,
+                allow_scene_scripts=allow_scene_scripts, allow_templates=allow_templates,
+                key=key[:10],
+            )  # fmt: skip
             session.commit()
             session.refresh(studio)
             return studio, key
 
-    def create_key(self, studio_name: str) -> str:
+    def create_key(self, studio_name: str, actor: Actor | None = None) -> str:
+        """A new key of the studio (its others keep working: revoke them when the
+        studio has moved to it, ``revoke_key``)."""
         with Session(self.engine) as session:
             studio = self._studio_named(session, studio_name)
             assert studio.id is not None
             key = self._add_key(session, studio.id)
+            record(session, actor, "studio.key.create", studio_name, self.clock(), key=key[:10])
             session.commit()
             return key
 
@@ -173,23 +184,63 @@ class StudioService:
         )
         return key
 
-    def set_weight(self, studio_name: str, weight: float) -> Studio:
-        """An operator sets a studio's fair-share weight (default 1)."""
-        if not weight > 0:
-            raise InvalidRequest("weight", "a fair-share weight is a number above 0")
-        return self._update_studio(studio_name, weight=weight)
+    def list_keys(self, studio_name: str) -> Sequence[ApiKey]:
+        """The studio's keys: their first characters (the prefix), when each was made and
+        revoked; never the keys, which are kept only as hashes."""
+        with self._reading() as session:
+            studio = self._studio_named(session, studio_name)
+            return session.exec(
+                select(ApiKey).where(ApiKey.studio_id == studio.id).order_by(col(ApiKey.id))
+            ).all()
 
-    def set_scene_scripts(self, studio_name: str, allowed: bool) -> Studio:
+    def revoke_key(self, studio_name: str, prefix: str, actor: Actor | None = None) -> ApiKey:
+        """Revoke the studio's key that starts with ``prefix`` (``list_keys`` shows them):
+        refused from then on (within the API's key cache, 10 s). Its last key too: a
+        studio whose keys are all revoked is locked out until it is given a new one."""
+        with Session(self.engine) as session:
+            studio = self._studio_named(session, studio_name)
+            found = session.exec(
+                select(ApiKey).where(
+                    ApiKey.studio_id == studio.id, col(ApiKey.prefix).startswith(prefix)
+                )
+            ).all()
+            if len(prefix) < 6 or len(found) != 1:
+                many = "several keys" if len(found) > 1 else "no key"
+                raise NotFound(
+                    f"{many} of {studio_name!r} start(s) with {prefix!r}: give at least 6 "
+                    "characters of one (renderfarm studio keys NAME lists them)"
+                )
+            [key] = found
+            if key.revoked_at is None:
+                key.revoked_at = self.clock()
+                session.add(key)
+                record(session, actor, "studio.key.revoke", studio_name, self.clock(),
+                       key=key.prefix)  # fmt: skip
+            session.commit()
+            session.refresh(key)
+            return key
+
+    def set_weight(self, studio_name: str, weight: float, actor: Actor | None = None) -> Studio:
+        """An operator sets a studio's fair-share weight (default 1)."""
+        if not weight > 0 or not math.isfinite(weight):
+            raise InvalidRequest("weight", "a fair-share weight is a number above 0")
+        return self._update_studio(studio_name, actor, weight=weight)
+
+    def set_scene_scripts(
+        self, studio_name: str, allowed: bool, actor: Actor | None = None
+    ) -> Studio:
         """An operator allows (or forbids) the scripts inside a studio's scenes to run, for
         the jobs that ask (``allow_scripts``); the farm's switch must allow them too."""
-        return self._update_studio(studio_name, allow_scene_scripts=allowed)
+        return self._update_studio(studio_name, actor, allow_scene_scripts=allowed)
 
-    def set_templates(self, studio_name: str, allowed: bool) -> Studio:
+    def set_templates(self, studio_name: str, allowed: bool, actor: Actor | None = None) -> Studio:
         """An operator allows (or forbids) a studio to submit OpenJD templates, whose
         commands its nodes run (as ``RENDERFARM_RUN_AS``'s user, where set)."""
-        return self._update_studio(studio_name, allow_templates=allowed)
+        return self._update_studio(studio_name, actor, allow_templates=allowed)
 
-    def set_home_region(self, studio_name: str, region: str | None) -> Studio:
+    def set_home_region(
+        self, studio_name: str, region: str | None, actor: Actor | None = None
+    ) -> Studio:
         """An operator names where a studio's own machines would render (a region the
         farm knows): its jobs' bills then say what the farm's placement saved."""
         if region is not None:
@@ -197,7 +248,7 @@ class StudioService:
                 if session.get(Region, region) is None:
                     known = sorted(session.exec(select(Region.name)).all())
                     raise InvalidRequest("region", f"no region {region!r}; known: {known}")
-        return self._update_studio(studio_name, home_region=region)
+        return self._update_studio(studio_name, actor, home_region=region)
 
     def set_quota(
         self,
@@ -205,6 +256,7 @@ class StudioService:
         queued_jobs: int | None,
         queued_frames: int | None,
         requests_per_second: int | None,
+        actor: Actor | None = None,
     ) -> Studio:
         """An operator bounds what a studio may ask: jobs not finished and frames
         waiting for a node at once (a submission past them is refused, 429), and API
@@ -215,28 +267,39 @@ class StudioService:
                 raise InvalidRequest(bound, f"a quota is 1 to {COUNT_MAX}, or none")
         return self._update_studio(
             studio_name,
+            actor,
             max_queued_jobs=queued_jobs,
             max_queued_frames=queued_frames,
             requests_per_second=requests_per_second,
         )
 
-    def _update_studio(self, studio_name: str, **values: Any) -> Studio:
+    def _update_studio(self, studio_name: str, actor: Actor | None, **values: Any) -> Studio:
         """An operator's change of a studio's own columns."""
         with Session(self.engine) as session:
             studio = self._studio_named(session, studio_name)
             for name, value in values.items():
                 setattr(studio, name, value)
             session.add(studio)
+            record(session, actor, "studio.update", studio_name, self.clock(), **values)
             session.commit()
             session.refresh(studio)
             return studio
+
+    def get_studio(self, name: str) -> Studio:
+        with self._reading() as session:
+            return self._studio_named(session, name)
 
     def list_studios(self) -> Sequence[Studio]:
         with self._reading() as session:
             return session.exec(select(Studio).order_by(col(Studio.name))).all()
 
     def set_terms(
-        self, studio_name: str, pool: str, minimum: int = 0, maximum: int | None = None
+        self,
+        studio_name: str,
+        pool: str,
+        minimum: int = 0,
+        maximum: int | None = None,
+        actor: Actor | None = None,
     ) -> Subscription:
         """An operator guarantees a studio ``minimum`` slots of a pool, at most ``maximum``."""
         if minimum < 0 or (maximum is not None and maximum < minimum):
@@ -254,11 +317,13 @@ class StudioService:
             terms.min_slots = minimum
             terms.max_slots = maximum
             session.add(terms)
+            record(session, actor, "studio.terms", studio_name, self.clock(), pool=pool,
+                   minimum=minimum, maximum=maximum)  # fmt: skip
             session.commit()
             session.refresh(terms)
             return terms
 
-    def set_limit(self, name: str, capacity: int) -> Limit:
+    def set_limit(self, name: str, capacity: int, actor: Actor | None = None) -> Limit:
         """An operator sets a named farm-wide limit: at most ``capacity`` chunks hold it."""
         name = name.strip()
         if not name or len(name) > 64 or capacity < 0:
@@ -267,6 +332,7 @@ class StudioService:
             limit = session.get(Limit, name) or Limit(name=name, capacity=capacity)
             limit.capacity = capacity
             session.add(limit)
+            record(session, actor, "limit.set", name, self.clock(), capacity=capacity)
             session.commit()
             session.refresh(limit)
             return limit
@@ -319,6 +385,7 @@ class StudioService:
         studio_id: int,
         request: JobRequest,
         keep: Callable[[Session, JobDetail], None] | None = None,
+        actor: Actor | None = None,
     ) -> JobRow:
         """Create the job and its chunks in one transaction, or nothing. ``keep`` is
         called in that transaction, just before it commits, with the job as the studio
@@ -341,6 +408,8 @@ class StudioService:
             )
             if keep is not None:
                 keep(session, self._detail(session, job))
+            record(session, actor, "job.submit", f"job {job.id}", self.clock(), name=job.name,
+                   frames=job.frame_count)  # fmt: skip
             session.commit()
             session.refresh(job)
             return job
@@ -350,6 +419,7 @@ class StudioService:
         studio_id: int,
         request: TemplateRequest,
         keep: Callable[[Session, TemplateDetail], None] | None = None,
+        actor: Actor | None = None,
     ) -> TemplateDetail:
         """Create an OpenJD template's jobs, one per step (scheduler/usecases/templates.py),
         with their chunks and the dependencies between them, in one transaction, or
@@ -387,6 +457,8 @@ class StudioService:
             session.flush()
             if keep is not None:
                 keep(session, self._template_detail(session, template))
+            record(session, actor, "template.submit", f"template {template.id}", self.clock(),
+                   name=template.name, jobs=[job.id for job in jobs])  # fmt: skip
             session.commit()
             return self._template_detail(session, template)  # read afresh, as committed
 
@@ -666,7 +738,7 @@ class StudioService:
 
     # Steering --------------------------------------------------------------------------
 
-    def cancel_job(self, studio_id: int, job_id: int) -> JobDetail:
+    def cancel_job(self, studio_id: int, job_id: int, actor: Actor | None = None) -> JobDetail:
         """Stop the job: unfinished chunks are cancelled; the scheduler revokes renders."""
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id, lock=True)
@@ -680,26 +752,26 @@ class StudioService:
                 values={"finished_at": self.clock()},
             )
             job.cancelled = True
-            return self._finish_change(session, job)
+            return self._finish_change(session, job, actor, "job.cancel")
 
-    def suspend_job(self, studio_id: int, job_id: int) -> JobDetail:
+    def suspend_job(self, studio_id: int, job_id: int, actor: Actor | None = None) -> JobDetail:
         """No new chunk is dispatched; chunks already rendering finish."""
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id, lock=True)
             if JobState(job.state).is_final:
                 raise Conflict(f"job {job_id} is {job.state}; only an unfinished job suspends")
             job.suspended = True
-            return self._finish_change(session, job)
+            return self._finish_change(session, job, actor, "job.suspend")
 
-    def resume_job(self, studio_id: int, job_id: int) -> JobDetail:
+    def resume_job(self, studio_id: int, job_id: int, actor: Actor | None = None) -> JobDetail:
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id, lock=True)
             if not job.suspended or JobState(job.state).is_final:
                 raise Conflict(f"job {job_id} is {job.state}, not suspended")
             job.suspended = False
-            return self._finish_change(session, job)
+            return self._finish_change(session, job, actor, "job.resume")
 
-    def retry_job(self, studio_id: int, job_id: int) -> JobDetail:
+    def retry_job(self, studio_id: int, job_id: int, actor: Actor | None = None) -> JobDetail:
         """Queue the failed chunks again, each with a fresh allowance of attempts.
 
         Chunks that the farm ended without rendering (a job past its limit of failed
@@ -727,18 +799,25 @@ class StudioService:
             if not retried.ids:
                 raise Conflict(f"job {job_id} has no failed frames to retry")
             job.message = None
-            return self._finish_change(session, job)
+            return self._finish_change(session, job, actor, "job.retry", chunks=len(retried.ids))
 
-    def set_priority(self, studio_id: int, job_id: int, priority: int) -> JobDetail:
+    def set_priority(
+        self, studio_id: int, job_id: int, priority: int, actor: Actor | None = None
+    ) -> JobDetail:
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id, lock=True)
-            job.priority = priority
-            return self._finish_change(session, job)
+            before, job.priority = job.priority, priority
+            return self._finish_change(
+                session, job, actor, "job.priority", before=before, priority=priority
+            )
 
-    def _finish_change(self, session: Session, job: JobRow) -> JobDetail:
+    def _finish_change(
+        self, session: Session, job: JobRow, actor: Actor | None, action: str, **detail: Any
+    ) -> JobDetail:
         session.add(job)
         session.flush()
         refresh_job_states(session, [job], self.clock())
+        record(session, actor, action, f"job {job.id}", self.clock(), **detail)
         session.commit()
         session.refresh(job)
         return self._detail(session, job)
@@ -765,7 +844,9 @@ class StudioService:
             ).all()
             return [self._template_detail(session, t) for t in templates], total
 
-    def cancel_template(self, studio_id: int, template_id: int) -> TemplateDetail:
+    def cancel_template(
+        self, studio_id: int, template_id: int, actor: Actor | None = None
+    ) -> TemplateDetail:
         """Cancel every unfinished job of the template (as ``cancel_job`` does each)."""
         with Session(self.engine) as session:
             template = self._own_template(session, studio_id, template_id)
@@ -788,6 +869,8 @@ class StudioService:
                 session.add(job)
             session.flush()
             refresh_job_states(session, jobs, self.clock())
+            record(session, actor, "template.cancel", f"template {template_id}", self.clock(),
+                   jobs=[job.id for job in jobs])  # fmt: skip
             session.commit()
             return self._template_detail(session, template)
 
