@@ -9,7 +9,18 @@ from sqlalchemy.engine import Engine
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import FarmCollector
-from api.routes import admin, assets, internal, jobs, nodes, plans, studios, system, templates
+from api.routes import (
+    admin,
+    assets,
+    internal,
+    jobs,
+    nodes,
+    plans,
+    studios,
+    system,
+    templates,
+    webhooks,
+)
 from scheduler import __version__
 from scheduler.db import create_tables, make_engine
 from scheduler.settings import Settings
@@ -57,6 +68,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(studios.router)
     app.include_router(templates.router)
     app.include_router(plans.router)
+    app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(system.router)
     manifests = max(settings.max_body_bytes, settings.max_manifest_files * 512)

@@ -10,9 +10,9 @@ unknown renderer is a 422 that lists the known ones.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from scheduler.core.assets import ManifestEntry
 from scheduler.core.bounds import BYTES_MAX, COUNT_MAX, PATH_MAX
@@ -584,6 +584,80 @@ class AuditEntry(BaseModel):
 
 class AuditPage(BaseModel):
     items: list[AuditEntry]
+    total: int
+    limit: int
+    offset: int
+
+
+# Webhooks ----------------------------------------------------------------------------------
+
+WebhookKind = Literal["job.done", "job.failed", "job.held", "frame.failed"]
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2000)] = Field(
+        description="where events are POSTed (http or https)"
+    )
+    events: list[WebhookKind] = Field(min_length=1, max_length=4)
+
+
+class WebhookPublic(BaseModel):
+    id: int
+    url: str
+    events: list[str]
+    created_at: datetime
+    secret: str | None = Field(
+        None, description="signs each delivery (Renderfarm-Signature): shown once, at creation"
+    )
+
+    @classmethod
+    def of(cls, hook: Any, secret: str | None = None) -> Self:
+        return cls(
+            id=hook.id,
+            url=hook.url,
+            events=list(hook.events or ()),
+            created_at=datetime.fromtimestamp(hook.created_at, UTC),
+            secret=secret,
+        )
+
+
+class DeliveryPublic(BaseModel):
+    id: int
+    event_id: str = Field(description="the same for every delivery of one event")
+    type: str
+    state: str = Field(description="pending, delivered or failed (retried for a day)")
+    attempts: int
+    last_status: int | None = Field(description="the receiver's last HTTP status")
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, view: Any) -> Self:
+        delivery, event = view.delivery, view.event
+
+        def moment(seconds: float | None) -> datetime | None:
+            return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+
+        return cls(
+            id=delivery.id,
+            event_id=event.event_id,
+            type=event.kind,
+            state=delivery.state,
+            attempts=delivery.attempts,
+            last_status=delivery.last_status,
+            last_error=delivery.last_error,
+            next_attempt_at=moment(delivery.next_at) if delivery.state == "pending" else None,
+            created_at=datetime.fromtimestamp(delivery.created_at, UTC),
+            delivered_at=moment(delivery.delivered_at),
+        )
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryPublic]
     total: int
     limit: int
     offset: int

@@ -139,6 +139,18 @@ class Settings(BaseSettings):
         "http://carbon-aware:8080/emissions/forecasts/current?location={location}",
     )
     carbon_feed_seconds: float = Field(900.0, ge=10, description="how often the feed is read")
+    # Webhooks (scheduler/dispatch/webhooks.py).
+    webhook_private_addresses: bool = Field(
+        False,
+        description="whether webhooks may call loopback, private and link-local addresses "
+        "(off: a studio cannot make the farm call into its own network)",
+    )
+    webhook_retry_seconds: float = Field(
+        30.0, gt=0, description="the first retry's wait; it doubles, up to an hour"
+    )
+    webhook_retry_hours: float = Field(24.0, gt=0, description="how long a delivery is retried")
+    webhook_timeout: float = Field(10.0, gt=0, le=60, description="seconds a receiver may take")
+    webhook_senders: int = Field(8, ge=1, le=64, description="deliveries sent at once")
     allow_scene_scripts: bool = Field(
         False, description="whether jobs may run the Python scripts inside their scenes"
     )

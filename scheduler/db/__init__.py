@@ -25,6 +25,9 @@ from scheduler.db.tables import (
     StudioBlob,
     Subscription,
     TemplateRow,
+    WebhookDelivery,
+    WebhookEvent,
+    WebhookRow,
 )
 
 __all__ = [
@@ -51,6 +54,9 @@ __all__ = [
     "StudioBlob",
     "Subscription",
     "TemplateRow",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookRow",
     "create_tables",
     "make_engine",
 ]

@@ -112,6 +112,54 @@ class AuditRow(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
+class WebhookRow(SQLModel, table=True):
+    """A studio's subscription: events of these kinds are POSTed to ``url``, signed with
+    ``secret`` (scheduler/usecases/webhooks.py)."""
+
+    __tablename__ = "webhooks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studios.id", index=True)
+    url: str = Field(max_length=2000)
+    events: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    secret: str = Field(max_length=100)  # kept to sign with; shown to the studio once
+    created_at: float
+    deleted_at: float | None = None  # deleted: no new deliveries, its log kept
+
+
+class WebhookEvent(SQLModel, table=True):
+    """Something that happened to a studio's job, written in the transaction that made
+    it happen (an outbox): what the deliveries carry."""
+
+    __tablename__ = "webhook_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=40)  # evt_..., for receivers' idempotence
+    studio_id: int = Field(foreign_key="studios.id")
+    kind: str = Field(max_length=32)  # job.done, job.failed, job.held, frame.failed
+    job_id: int | None = None
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: float
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one subscription: its attempts so far and the next one."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    webhook_id: int = Field(foreign_key="webhooks.id", index=True)
+    event_id: int = Field(foreign_key="webhook_events.id")
+    state: str = Field(max_length=16)  # pending | delivered | failed
+    attempts: int = 0
+    next_at: float  # when the next attempt is due (a claim moves it on)
+    last_status: int | None = None  # the receiver's HTTP status
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: float
+    delivered_at: float | None = None
+
+
 class TemplateRow(SQLModel, table=True):
     """An OpenJD job template as a studio submitted it: its jobs, one per step, refer to
     it (``JobRow.template_id``), and it is read, listed and cancelled as one."""

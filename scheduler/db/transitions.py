@@ -45,6 +45,7 @@ from scheduler.core.states import (
     derive_job_state,
     sources_of,
 )
+from scheduler.db.outbox import emit
 from scheduler.db.tables import AttemptRow, ChunkRow, FrameResultRow, JobRow
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,12 @@ def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> 
         if moved.rowcount:  # type: ignore[attr-defined]
             for name, value in values.items():
                 set_committed_value(job, name, value)
+            if state in (JobState.DONE, JobState.FAILED):
+                emit(
+                    session, job.studio_id, f"job.{state.value}", now, job.id, name=job.name,
+                    state=state.value, message=job.message, frames=job.frame_count,
+                    show=job.show, sequence=job.sequence, shot=job.shot,
+                )  # fmt: skip
         else:
             log.error("job %d moved from %s under a lock; its state is left", job.id, current)
             missed.append(job.id)

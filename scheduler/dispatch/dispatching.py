@@ -54,6 +54,7 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
+from scheduler.db.outbox import emit
 from scheduler.db.transitions import (
     Block,
     claim_chunks,
@@ -343,6 +344,9 @@ def save_held_jobs(session: Session, held: HeldJobs, now: float) -> None:
             end_queued_chunks(session, job.id)
         else:
             job.message = held.messages[job.id]
+            if job.message is not None:  # held, or held for another reason
+                emit(session, job.studio_id, "job.held", now, job.id, name=job.name,
+                     message=job.message)  # fmt: skip
         session.add(job)
     session.flush()
     refresh_job_states(session, [job for job in jobs if job.id in held.failed], now)

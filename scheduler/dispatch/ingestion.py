@@ -38,6 +38,7 @@ from scheduler.core.policy import (
 from scheduler.core.rollups import ENDED_STATES
 from scheduler.core.states import AttemptState, ChunkState
 from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db.outbox import emit
 from scheduler.db.transitions import (
     ChunkChange,
     end_queued_chunks,
@@ -303,6 +304,12 @@ def apply_chunk_events(
         outcome.dispatch_latencies += chunk.latencies
         if chunk.failed_for_good:
             outcome.failed_jobs.add(chunk.job_id)
+            why = [v.get("error") for (c, _), v in attempt_changes.items() if c == chunk.id]
+            emit(
+                session, chunk.studio_id, "frame.failed", now, chunk.job_id,
+                frames=format_frame_spec(chunk.frames), attempts=chunk.attempts,
+                error=why[-1] if why else None,
+            )  # fmt: skip
     save_attempt_changes(session, attempt_changes)
     count_attempts(
         session,

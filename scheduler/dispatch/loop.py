@@ -27,6 +27,7 @@ from scheduler.dispatch import metrics
 from scheduler.dispatch.carbon_feed import CarbonFeed
 from scheduler.dispatch.leader import LeaderLock
 from scheduler.dispatch.scheduler import Scheduler
+from scheduler.dispatch.webhooks import WebhookSender
 from scheduler.settings import Settings
 from scheduler.wire.broker import BackgroundSender, CeleryBroker
 from scheduler.wire.celery_app import make_celery
@@ -51,6 +52,8 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     leader = LeaderLock(redis_from_url(settings.effective_broker_url), settings.leader_ttl)
     last_reconcile = last_stale = 0.0
     failures = 0  # in a row
+    sender = WebhookSender(engine, settings)
+    threading.Thread(target=sender.run, args=(stop,), name="webhooks", daemon=True).start()
     if settings.carbon_feed_url:
         feed = CarbonFeed(engine, settings.carbon_feed_url)
         threading.Thread(
