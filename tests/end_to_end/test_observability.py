@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,21 +38,22 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "renderfarm.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 
 
-def tool(name: str) -> str:
+def tool(name: str, package: str = "prometheus") -> str:
     found = shutil.which(name)
     if found is None:
-        message = f"{name} is not installed (Debian: apt-get install prometheus)"
+        message = f"{name} is not installed (Debian: apt-get install {package})"
         if os.environ.get("RENDERFARM_REQUIRE_PROMETHEUS"):
             pytest.fail(message)
         pytest.skip(message)
     return found
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every target of every panel."""
+def dashboard_queries(chosen: str = ".*") -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel, with the dashboard's
+    variables ($pool, $region) as Grafana fills them in: ``chosen`` (All: ``.*``)."""
     dashboard = json.loads(DASHBOARD.read_text())
     return [
-        (panel["title"], target["expr"])
+        (panel["title"], target["expr"].replace("$pool", chosen).replace("$region", chosen))
         for panel in dashboard["panels"]
         for target in panel["targets"]
     ]
@@ -74,6 +76,75 @@ def alert_rules() -> list[tuple[str, str]]:
 def test_promtool_accepts_the_deploy_files(args: list[str]) -> None:
     checked = subprocess.run([tool("promtool"), *args], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+POOL_AND_REGION = (  # the dashboard's metrics that carry both labels (api/metrics.py)
+    "renderfarm_frames_rendered_total", "renderfarm_frame_energy_joules",
+    "renderfarm_facility_energy_joules_total", "renderfarm_energy_cost_total",
+    "renderfarm_carbon_dioxide_grams_total", "renderfarm_frame_render_seconds",
+    "renderfarm_node_power_watts", "renderfarm_placement_saved_",
+)  # fmt: skip
+POOL_ONLY = (
+    "renderfarm_queue_depth", "renderfarm_nodes{", "renderfarm_attempts_failed_total",
+    "renderfarm_attempt_energy_joules_total",
+)  # fmt: skip
+
+
+def test_the_dashboard_filters_by_pool_and_region() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"pool", "region"}
+    for name, variable in variables.items():
+        assert variable["includeAll"] and variable["allValue"] == ".*" and variable["multi"]
+        assert variable["query"]["query"].startswith("label_values(renderfarm_")
+        assert variable["query"]["query"].endswith(f", {name})")
+    for title, expr in [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]:
+        for selector in re.findall(r"renderfarm_[a-z_]+\{?[^}(\[]*\}?", expr):
+            if selector.startswith(POOL_AND_REGION):
+                assert 'pool=~"$pool"' in selector and 'region=~"$region"' in selector, title
+            elif selector.startswith(POOL_ONLY):
+                assert 'pool=~"$pool"' in selector, title
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+    ],
+)
+def test_amtool_accepts_the_alertmanager_config(args: list[str]) -> None:
+    checked = subprocess.run([tool("amtool", "prometheus-alertmanager"), *args],
+                             capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "receivers"),
+    [
+        (["severity=critical", "alertname=FarmCannotRender"], "farm-on-call,farm-operators"),
+        (["severity=warning", "alertname=NodesLost"], "farm-operators"),
+        (["severity=info"], "farm-operators"),
+    ],
+)  # fmt: skip
+def test_alerts_route_to_the_operators_and_critical_ones_to_on_call(
+    labels: list[str], receivers: str
+) -> None:
+    config = DEPLOY / "alertmanager" / "alertmanager.yml"
+    routed = subprocess.run(
+        [tool("amtool", "prometheus-alertmanager"), "config", "routes", "test",
+         f"--config.file={config}", *labels],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert routed.returncode == 0 and routed.stdout.strip() == receivers, routed
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    [target] = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())
+    service = compose["services"]["alertmanager"]
+    assert target == "alertmanager:9093" and "9093:9093" in service["ports"]
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in service["volumes"]
 
 
 def test_grafana_provisioning_points_the_dashboard_at_its_datasource() -> None:
