@@ -14,8 +14,10 @@ from api.routes import (
     assets,
     internal,
     jobs,
+    monitor,
     nodes,
     plans,
+    streams,
     studios,
     system,
     templates,
@@ -69,7 +71,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(templates.router)
     app.include_router(plans.router)
     app.include_router(webhooks.router)
+    app.include_router(streams.router)
     app.include_router(admin.router)
+    app.include_router(monitor.router)
     app.include_router(system.router)
     manifests = max(settings.max_body_bytes, settings.max_manifest_files * 512)
     app.add_middleware(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import hmac
 import re
 import threading
 import time
@@ -39,6 +40,7 @@ from scheduler.usecases.frame_outputs import StoredFiles
 from scheduler.usecases.jobs import StudioService, hash_key
 from scheduler.usecases.operators import OPERATOR_KEY_PREFIX, OperatorService
 from scheduler.usecases.ratelimit import RateLimiter
+from scheduler.usecases.sessions import Login, WebSessions
 from scheduler.usecases.submissions import Metadata
 
 T = TypeVar("T")
@@ -125,7 +127,10 @@ async def get_studio(
     answers are waited for in the threadpool. It takes what it needs from the app's state,
     not as sub-dependencies: each costs FastAPI's resolution on every request."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("send `Authorization: Bearer <studio key>`")
+        login = await _session_login(request, "studio")
+        if login is None:
+            raise Unauthorized("send `Authorization: Bearer <studio key>`")
+        return await run_in_threadpool(request.app.state.service.get_studio, login.name)
     keys = _studio_keys(request)
     studio = keys.cached(credentials.credentials)
     if studio is None:
@@ -139,6 +144,32 @@ async def get_studio(
 
 
 StudioDep = Annotated[Studio, Depends(get_studio)]
+
+SESSION_COOKIE = "rf_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+async def _session_login(request: Request, kind: str) -> Login | None:
+    if SESSION_COOKIE not in request.cookies:
+        return None
+    return await run_in_threadpool(_session_login_sync, request, kind)
+
+
+def _session_login_sync(request: Request, kind: str) -> Login | None:
+    """The web monitor's login behind the request's cookie (None: no cookie); a change
+    must carry the session's CSRF token, and a studio's session reaches no operator's
+    route (nor the reverse)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token is None:
+        return None
+    login = WebSessions(request.app.state.engine).find(token)
+    if login.kind != kind:
+        raise Forbidden(f"this page needs a {kind}'s login; you are logged in as a {login.kind}")
+    sent = request.headers.get(CSRF_HEADER, "")
+    if request.method not in SAFE_METHODS and not hmac.compare_digest(sent, login.csrf):
+        raise Forbidden(f"a change from the monitor carries its {CSRF_HEADER}")
+    return login
 
 
 def studio_actor(studio: Studio) -> Actor:
@@ -158,7 +189,10 @@ def get_operator(
     """The operator of the bearer key (looked up each time: operators' calls are few, and
     a revoked key is refused at once). A studio's key is a 403: it is valid, not here."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("send `Authorization: Bearer <operator key>`")
+        login = _session_login_sync(request, "operator")
+        if login is None:
+            raise Unauthorized("send `Authorization: Bearer <operator key>`")
+        return Actor.operator(login.name)
     key = credentials.credentials
     if not key.startswith(OPERATOR_KEY_PREFIX):
         raise Forbidden("a studio key reaches no admin route: use an operator key")

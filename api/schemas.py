@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from scheduler.core.assets import ManifestEntry
-from scheduler.core.bounds import BYTES_MAX, COUNT_MAX, PATH_MAX
+from scheduler.core.bounds import BYTES_MAX, COUNT_MAX, FRAME_SPEC_MAX, PATH_MAX
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState, overall_state
 from scheduler.usecases.billing import EnergyTotals
@@ -40,6 +40,12 @@ class JobPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     priority: Priority
+
+
+class FramesChosen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    frames: str = Field(min_length=1, max_length=FRAME_SPEC_MAX, examples=["12", "3,7-9"])
 
 
 class Progress(BaseModel):

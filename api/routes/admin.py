@@ -198,6 +198,13 @@ def change_node(
     return AdminNode.of(operators.set_node(name, action, operator).node)
 
 
+@router.get("/pools")
+def get_pools(_operator: OperatorDep, operators: OperatorsDep) -> list[dict[str, object]]:
+    """Each pool now: online nodes, slots, slots busy, frames waiting, and each studio's
+    share (chunks rendering, weight, guaranteed and burst slots)."""
+    return operators.pools()
+
+
 # Every studio's jobs, and the audit log ------------------------------------------------
 
 

@@ -27,7 +27,16 @@ from api.deps import (
 )
 from api.files import file_response
 from api.idempotency import IdempotencyDep, IdempotencyKey, answer_keyed
-from api.schemas import STUDIO_ERRORS, FramePublic, JobCreate, JobPage, JobPatch, JobPublic, Problem
+from api.schemas import (
+    STUDIO_ERRORS,
+    FramePublic,
+    FramesChosen,
+    JobCreate,
+    JobPage,
+    JobPatch,
+    JobPublic,
+    Problem,
+)
 from scheduler.core.bounds import FRAME_MAX, FRAME_MIN
 from scheduler.core.states import ChunkState, JobState
 from scheduler.errors import NotFound
@@ -133,6 +142,16 @@ def suspend_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPub
 @router.post("/{job_id}/resume", response_model=JobPublic, responses={409: {"model": Problem}})
 def resume_job(job_id: RowId, studio: StudioDep, service: ServiceDep) -> JobPublic:
     return JobPublic.of(service.resume_job(own_id(studio), job_id, studio_actor(studio)))
+
+
+@router.post("/{job_id}/requeue", response_model=JobPublic, responses={409: {"model": Problem}})
+def requeue_frames(
+    job_id: RowId, body: FramesChosen, studio: StudioDep, service: ServiceDep
+) -> JobPublic:
+    """Render chosen frames again: failed ones, or running ones that seem stuck (their
+    attempts are superseded). Done frames are refused (409): their bills are final."""
+    changed = service.requeue_frames(own_id(studio), job_id, body.frames, studio_actor(studio))
+    return JobPublic.of(changed)
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": Problem}})

@@ -28,6 +28,7 @@ from scheduler.db.tables import (
     WebhookDelivery,
     WebhookEvent,
     WebhookRow,
+    WebSession,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "StudioBlob",
     "Subscription",
     "TemplateRow",
+    "WebSession",
     "WebhookDelivery",
     "WebhookEvent",
     "WebhookRow",

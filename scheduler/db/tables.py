@@ -112,6 +112,21 @@ class AuditRow(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
+class WebSession(SQLModel, table=True):
+    """A login to the web monitor: a studio's or an operator's key exchanged for a
+    cookie (the token's hash is kept, never the token), with its CSRF token."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)  # studio | operator
+    subject_id: int  # the studio's or the operator's id
+    key_hash: str = Field(max_length=64)  # the key it was opened with: revoked, it ends
+    csrf: str = Field(max_length=64)
+    created_at: float
+    expires_at: float
+
+
 class WebhookRow(SQLModel, table=True):
     """A studio's subscription: events of these kinds are POSTed to ``url``, signed with
     ``secret`` (scheduler/usecases/webhooks.py)."""

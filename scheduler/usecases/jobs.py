@@ -30,7 +30,13 @@ from sqlmodel import Session, col, select
 
 from scheduler.core.bounds import COUNT_MAX, FRAME_MAX, FRAME_MIN
 from scheduler.core.chunks import plan_rows
-from scheduler.core.frames import FrameRange, FrameSpecError, parse_frame_runs
+from scheduler.core.frames import (
+    FrameRange,
+    FrameSpecError,
+    format_frame_spec,
+    parse_frame_runs,
+    parse_frame_spec,
+)
 from scheduler.core.states import ChunkState, JobState
 from scheduler.db import (
     ApiKey,
@@ -801,6 +807,62 @@ class StudioService:
             job.message = None
             return self._finish_change(session, job, actor, "job.retry", chunks=len(retried.ids))
 
+    def requeue_frames(
+        self, studio_id: int, job_id: int, spec: str, actor: Actor | None = None
+    ) -> JobDetail:
+        """Render these frames again: the chunks that hold them (failed, ended by the
+        farm, or rendering now: a hung frame) go back to the queue with a fresh allowance
+        of attempts, their current attempts superseded (the scheduler revokes them). A
+        frame already done is refused: its bill is final. Chunks are the unit: a chunk of
+        several frames renders all of them again (those done keep their first result)."""
+        try:
+            wanted = set(parse_frame_spec(spec, self.settings.max_frames_per_job))
+        except FrameSpecError as error:
+            raise InvalidRequest("frames", str(error)) from None
+        with Session(self.engine) as session:
+            job = self._own_job(session, studio_id, job_id, lock=True)
+            if job.cancelled:
+                raise Conflict(f"job {job_id} is cancelled")
+            rows = session.exec(
+                select(ChunkRow).where(
+                    ChunkRow.job_id == job_id,
+                    col(ChunkRow.first_frame) <= max(wanted),
+                    col(ChunkRow.last_frame) >= min(wanted),
+                )
+            ).all()
+            held = {c.id: [f for f in wanted if _holds(c, f)] for c in rows}
+            holding = [c for c in rows if held[c.id]]
+            found = {f for frames in held.values() for f in frames}
+            if found != wanted:
+                raise InvalidRequest(
+                    "frames", f"not frames of job {job_id}: {format_frame_spec(wanted - found)}"
+                )
+            done = sorted(f for c in holding if c.state == ChunkState.DONE for f in held[c.id])
+            if done:
+                raise Conflict(
+                    f"frame(s) {format_frame_spec(done)} of job {job_id} are done: a done "
+                    "frame's bill is final, so it is not rendered again"
+                )
+            again = (
+                ChunkState.FAILED,
+                ChunkState.CANCELLED,
+                ChunkState.DISPATCHED,
+                ChunkState.RUNNING,
+            )
+            movable = [c.id for c in holding if c.state in again and c.id is not None]
+            if not movable:
+                raise Conflict(f"frame(s) {spec} of job {job_id} are waiting in the queue already")
+            move_chunks(
+                session, ChunkState.QUEUED, again, ids=movable,
+                values={"retry_base": ChunkRow.attempts, "failures": 0, "not_before": None,
+                        "finished_at": None, "node": None},
+            )  # fmt: skip
+            job.message = None
+            return self._finish_change(
+                session, job, actor, "job.requeue", frames=format_frame_spec(wanted),
+                chunks=len(movable),
+            )  # fmt: skip
+
     def set_priority(
         self, studio_id: int, job_id: int, priority: int, actor: Actor | None = None
     ) -> JobDetail:
@@ -1051,3 +1113,10 @@ _DEPENDENCIES = (
     .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
     .order_by(col(JobDependency.depends_on))
 )
+
+
+def _holds(chunk: ChunkRow, frame: int) -> bool:
+    """Whether a chunk (or block) renders ``frame``, without listing its frames."""
+    step = chunk.step or 1
+    low, high = sorted((chunk.first_frame, chunk.last_frame))
+    return low <= frame <= high and (frame - chunk.first_frame) % step == 0

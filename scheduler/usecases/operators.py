@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from scheduler.core.states import ACTIVE_CHUNK_STATES, JobState
-from scheduler.db import ChunkRow, JobRow, NodeRow, Operator, OperatorKey, Studio
+from scheduler.db import ChunkRow, JobRow, NodeRow, Operator, OperatorKey, Studio, Subscription
 from scheduler.db.engine import read_only
 from scheduler.db.transitions import requeue_chunks
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -189,6 +190,56 @@ class OperatorService:
                 record(session, actor, "link.remove", f"{a} - {b}", self.clock())
             session.commit()
             return found
+
+    # Pools -----------------------------------------------------------------------------
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Each pool now: its online nodes, slots and slots busy, frames waiting, and
+        each studio's share of it (chunks rendering, weight, guaranteed and burst slots)."""
+        with Session(self._read_only) as session:
+            pools: dict[str, dict[str, Any]] = {}
+
+            def pool(name: str) -> dict[str, Any]:
+                return pools.setdefault(
+                    name, {"name": name, "nodes": 0, "slots": 0, "busy": 0, "queued_frames": 0,
+                           "studios": {}},
+                )  # fmt: skip
+
+            for name, nodes, slots, busy in session.execute(
+                sql_select(
+                    col(NodeRow.pool), func.count(), func.sum(NodeRow.slots),
+                    func.sum(NodeRow.running),
+                ).where(col(NodeRow.state) == "online").group_by(col(NodeRow.pool))
+            ):  # fmt: skip
+                pool(name).update(nodes=int(nodes), slots=int(slots or 0), busy=int(busy or 0))
+            for name, frames in session.execute(
+                sql_select(col(ChunkRow.pool), func.sum(ChunkRow.frame_count))
+                .where(col(ChunkRow.state) == "queued")
+                .group_by(col(ChunkRow.pool))
+            ):
+                pool(name)["queued_frames"] = int(frames or 0)
+            studios = {s.id: s for s in session.exec(select(Studio))}
+            for name, studio_id, running in session.execute(
+                sql_select(col(ChunkRow.pool), col(JobRow.studio_id), func.count())
+                .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
+                .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
+                .group_by(col(ChunkRow.pool), col(JobRow.studio_id))
+            ):
+                studio = studios[studio_id]
+                pool(name)["studios"][studio.name] = {
+                    "running": int(running),
+                    "weight": studio.weight,
+                }
+            for terms in session.exec(select(Subscription)):
+                studio = studios[terms.studio_id]
+                held = pool(terms.pool)["studios"].setdefault(
+                    studio.name, {"running": 0, "weight": studio.weight}
+                )
+                held.update(minimum=terms.min_slots, maximum=terms.max_slots)
+            return [
+                {**p, "studios": [{"name": n, **v} for n, v in sorted(p["studios"].items())]}
+                for _, p in sorted(pools.items())
+            ]
 
     # Every studio's jobs ---------------------------------------------------------------
 
