@@ -22,6 +22,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+function fill(node, ...children) {
+  // replaceChildren, leaving out the children a condition left null
+  node.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined));
+}
+
 function toast(text, error = false) {
   const box = $("toast");
   box.textContent = text;
@@ -80,6 +85,8 @@ function stopWatching() {
 
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 const number = (value, digits = 2) => (value === null || value === undefined ? "" : Number(value).toFixed(digits));
+const figure = (value) => (value === null || value === undefined ? "" : Number(value).toPrecision(3));
+const energy = (kwh) => (kwh < 1 ? `${figure(kwh * 1000)} Wh` : `${figure(kwh)} kWh`);
 const badge = (text) => el("span", { class: `badge ${text}`, "data-state": text, text });
 
 function bar(progress) {
@@ -133,7 +140,7 @@ function jobsPage() {
   $("main").replaceChildren(
     el("h1", { text: "Jobs" }),
     el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Name", "Show / seq / shot", "Artist",
-      "State", "Priority", "Progress", "Frames", "kWh", "Cost", "CO2 g", "Submitted"].map((h) => el("th", { text: h })))), body));
+      "State", "Priority", "Progress", "Frames", "Energy", "Cost", "CO2 g", "Submitted"].map((h) => el("th", { text: h })))), body));
   watch("/v1/stream/jobs", (jobs) => {
     body.replaceChildren(...jobs.map((job) => el("tr", {
       class: "link", "data-job": job.id, onclick: () => { location.hash = `#/jobs/${job.id}`; },
@@ -142,9 +149,9 @@ function jobsPage() {
       el("td", { text: job.artist || "" }), el("td", {}, badge(job.state)), el("td", { text: job.priority }),
       el("td", {}, bar(job.progress)),
       el("td", { class: "done-count", text: `${job.progress.frames_done}/${job.progress.frames_total}` }),
-      el("td", { text: number(job.energy.facility_kwh, 4) }),
-      el("td", { text: `${number(job.energy.cost, 4)} ${job.energy.currency}` }),
-      el("td", { text: number(job.energy.co2_grams, 1) }), el("td", { text: when(job.submitted_at) }))));
+      el("td", { text: energy(job.energy.facility_kwh) }),
+      el("td", { text: `${figure(job.energy.cost)} ${job.energy.currency}` }),
+      el("td", { text: figure(job.energy.co2_grams) }), el("td", { text: when(job.submitted_at) }))));
     if (!jobs.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 12, class: "muted", text: "No job yet: submit one over the API or with renderfarm submit." })));
   });
 }
@@ -177,12 +184,12 @@ async function jobPage(id) {
   let first = true;
   watch(`/v1/stream/jobs/${id}`, ({ job, frames: list }) => {
     if (first) { priority.value = job.priority; first = false; }
-    head.replaceChildren(
+    fill(head,
       el("h1", {}, `Job ${job.id}: `, el("span", { id: "job-name", text: job.name }), " ", badge(job.state)),
       el("p", { class: "muted", text: [production(job), job.artist, `priority ${job.priority}`, `pool ${job.pool}`].filter(Boolean).join(" · ") }),
       job.message ? el("p", { id: "job-message", text: job.message }) : null,
       el("p", {}, bar(job.progress), ` ${job.progress.frames_done}/${job.progress.frames_total} done, ${job.progress.frames_failed} failed · `,
-        `${number(job.energy.facility_kwh, 4)} kWh · ${number(job.energy.cost, 4)} ${job.energy.currency} · ${number(job.energy.co2_grams, 1)} g CO2`));
+        `${energy(job.energy.facility_kwh)} · ${figure(job.energy.cost)} ${job.energy.currency} · ${figure(job.energy.co2_grams)} g CO2`));
     frames = new Map(list.map((frame) => [frame.frame, frame]));
     grid.replaceChildren(...list.map((frame) => el("div", {
       class: `cell ${frame.state}${state.chosen === frame.frame ? " chosen" : ""}`, "data-frame": frame.frame,
@@ -197,12 +204,12 @@ async function showFrame(jobId, frame, panel, fresh = true) {
   if (!fresh && panel.dataset.frame === `${frame.frame}:${frame.state}`) return;
   panel.dataset.frame = `${frame.frame}:${frame.state}`;
   const facts = [["State", frame.state], ["Node", frame.node || ""], ["Attempt", frame.attempt],
-    ["Render seconds", number(frame.render_seconds)], ["Energy J", number(frame.energy_joules, 1)],
-    ["Cost", number(frame.cost, 6)], ["CO2 g", number(frame.co2_grams, 3)]];
+    ["Render seconds", number(frame.render_seconds)], ["IT energy J", figure(frame.energy_joules)],
+    ["Cost", figure(frame.cost)], ["CO2 g", figure(frame.co2_grams)]];
   if (frame.error) facts.push(["Error", frame.error]);
   if (frame.status_line) facts.push(["Status", frame.status_line]);
   const log = el("pre", { class: "log", id: "frame-log", text: frame.log_url ? "…" : "No log yet." });
-  panel.replaceChildren(
+  fill(panel,
     el("h2", { text: `Frame ${frame.frame}` }),
     el("dl", {}, facts.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", { text: value })])),
     frame.state === "done" ? el("img", { id: "thumbnail", alt: `frame ${frame.frame}`, src: `/v1/jobs/${jobId}/frames/${frame.frame}/thumbnail` }) : null,
