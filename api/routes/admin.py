@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from api.deps import KnownQuery, Offset, OperatorDep, OperatorsDep, ServiceDep
 from api.schemas import (
+    STUDIO_ERRORS,
     AdminJob,
     AdminJobPage,
     AdminNode,
@@ -44,11 +45,9 @@ router = APIRouter(
     tags=["admin"],
     dependencies=[KnownQuery],
     responses={
-        401: {"model": Problem},
+        **STUDIO_ERRORS,
         403: {"model": Problem, "description": "a studio's key, or none of an operator"},
-        404: {"model": Problem},
         409: {"model": Problem},
-        422: {"model": Problem},
     },
 )
 

@@ -13,10 +13,20 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CSRF_HEADER, SESSION_COOKIE
+from api.schemas import Problem
 from scheduler.errors import Forbidden, Unauthorized
 from scheduler.usecases.sessions import SESSION_SECONDS, Login, WebSessions
 
-router = APIRouter(tags=["monitor"])
+router = APIRouter(
+    tags=["monitor"],
+    responses={
+        400: {"model": Problem, "description": "the body is not JSON (not even UTF-8)"},
+        401: {"model": Problem, "description": "an unknown or revoked key; no session"},
+        403: {"model": Problem, "description": "a change without the session's CSRF token"},
+        413: {"model": Problem},
+        422: {"model": Problem},
+    },
+)
 FILES = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 SECURITY = {  # the page runs only its own script, and nobody frames it
     "Content-Security-Policy": (

@@ -9,14 +9,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 
 from api.deps import KnownQuery, Offset, RowId, StudioDep, own_id
-from api.schemas import STUDIO_ERRORS, DeliveryPage, DeliveryPublic, WebhookCreate, WebhookPublic
+from api.schemas import (
+    STUDIO_ERRORS,
+    DeliveryPage,
+    DeliveryPublic,
+    Problem,
+    WebhookCreate,
+    WebhookPublic,
+)
 from scheduler.usecases.webhooks import WebhookService
 
 router = APIRouter(
     prefix="/v1/webhooks",
     tags=["webhooks"],
     dependencies=[KnownQuery],
-    responses=STUDIO_ERRORS,
+    responses={**STUDIO_ERRORS, 403: {"model": Problem}},
 )
 
 

@@ -18,6 +18,7 @@ from api.app import create_app
 from bench.api_fuzz import NODE_TOKEN, fuzz, summary
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.operators import OperatorService
 from scheduler.usecases.submissions import JobRequest
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         JobRequest.model_validate({"name": "shot", "frames": "1-4", "renderer": {"kind": "noop"}}),
     )
 
-    totals = summary(fuzz(app, key, NODE_TOKEN, EXAMPLES, seed=0))
+    operator = OperatorService(engine).create_operator("fuzz-ops")[1]
+    totals = summary(fuzz(app, key, NODE_TOKEN, EXAMPLES, seed=0, operator_key=operator))
 
     found = {
         label: {"server_errors": t["server_errors"], "kinds": t["kinds"], "first": t["failures"]}
