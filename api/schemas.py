@@ -308,7 +308,8 @@ class NodePublic(BaseModel):
 
     @classmethod
     def of(cls, node: Any) -> Self:
-        values = {n: getattr(node, n) for n in cls.model_fields if n != "last_heartbeat"}
+        own = [n for n in cls.model_fields if n != "last_heartbeat" and hasattr(node, n)]
+        values = {n: getattr(node, n) for n in own}
         values["tags"] = list(node.tags or ())
         return cls(**values, last_heartbeat=datetime.fromtimestamp(node.last_heartbeat, UTC))
 
@@ -402,6 +403,13 @@ class ManifestDetail(ManifestPublic):
 
 class AdminNode(NodePublic):
     hostname: str = Field(description="the machine's name (operators only)")
+    current: list[str] = Field(
+        default_factory=list, description="the chunks it has now: job 12: 3-4 (running)"
+    )
+
+    @classmethod
+    def with_chunks(cls, node: Any, current: dict[str, list[str]]) -> Self:
+        return cls.of(node).model_copy(update={"current": current.get(node.name, [])})
 
 
 class StudioAdmin(BaseModel):

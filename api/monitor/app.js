@@ -257,10 +257,11 @@ function farmNodes() {
     text: action,
   });
   watch("/v1/admin/stream", ({ nodes }) => holder.replaceChildren(table(
-    ["Node", "Host", "State", "Admin", "Pool", "Region", "Slots busy", "Power W", "Last heartbeat", ""],
+    ["Node", "Host", "State", "Admin", "Pool", "Region", "Slots busy", "Rendering", "Power W", "Last heartbeat", ""],
     nodes.map((node) => el("tr", { "data-node": node.name }, el("td", { text: node.name }), el("td", { text: node.hostname }),
       el("td", {}, badge(node.state)), el("td", { class: "admin", text: node.admin }), el("td", { text: node.pool }),
       el("td", { text: node.region }), el("td", { text: `${node.running}/${node.slots}` }),
+      el("td", { class: "current", text: node.current.join("; ") }),
       el("td", { text: number(node.power_watts, 1) }), el("td", { text: when(node.last_heartbeat) }),
       el("td", {}, button(node, "drain"), button(node, "disable"), button(node, "enable")))), "farm-nodes")));
 }

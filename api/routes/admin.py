@@ -185,7 +185,8 @@ def delete_link(a: Label, b: Label, operator: OperatorDep, operators: OperatorsD
 
 @router.get("/nodes", response_model=list[AdminNode])
 def get_nodes(_operator: OperatorDep, operators: OperatorsDep) -> list[AdminNode]:
-    return [AdminNode.of(node) for node in operators.list_nodes()]
+    current = operators.current_chunks()
+    return [AdminNode.with_chunks(node, current) for node in operators.list_nodes()]
 
 
 @router.post("/nodes/{name}/{action}", response_model=AdminNode)

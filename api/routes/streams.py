@@ -84,11 +84,10 @@ def stream_farm(
 
     def view() -> dict[str, Any]:
         rows, _total = operators.list_jobs(200, 0)
+        nodes, current = operators.list_nodes(), operators.current_chunks()
         return {
             "jobs": [AdminJob.of(job, name).model_dump(mode="json") for job, name in rows],
-            "nodes": [
-                AdminNode.of(node).model_dump(mode="json") for node in operators.list_nodes()
-            ],
+            "nodes": [AdminNode.with_chunks(n, current).model_dump(mode="json") for n in nodes],
             "pools": operators.pools(),
         }
 

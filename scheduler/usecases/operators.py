@@ -20,6 +20,7 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from scheduler.core.frames import format_frame_spec
 from scheduler.core.states import ACTIVE_CHUNK_STATES, JobState
 from scheduler.db import ChunkRow, JobRow, NodeRow, Operator, OperatorKey, Studio, Subscription
 from scheduler.db.engine import read_only
@@ -135,6 +136,24 @@ class OperatorService:
     def list_nodes(self) -> Sequence[NodeRow]:
         with Session(self._read_only) as session:
             return session.exec(select(NodeRow).order_by(col(NodeRow.name))).all()
+
+    def current_chunks(self) -> dict[str, list[str]]:
+        """What each node has now: ``job 12: 3-4 (running)``, by node."""
+        with Session(self._read_only) as session:
+            rows = session.exec(
+                select(ChunkRow)
+                .where(
+                    col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES), col(ChunkRow.node).is_not(None)
+                )
+                .order_by(col(ChunkRow.job_id), col(ChunkRow.first_frame))
+            ).all()
+        found: dict[str, list[str]] = {}
+        for chunk in rows:
+            frames = format_frame_spec(chunk.frames())
+            found.setdefault(chunk.node or "", []).append(
+                f"job {chunk.job_id}: {frames} ({chunk.state})"
+            )
+        return found
 
     def set_node(self, name: str, action: str, actor: Actor | None = None) -> NodeChange:
         """``drain``: the node renders what it has and takes nothing new; ``disable``:

@@ -203,6 +203,15 @@ def test_an_operator_sees_the_farm_and_drains_a_node(
     page.click('a[href="#/farm/nodes"]')
     node = page.locator('#farm-nodes tr[data-node="node-1"]')
     node.wait_for(timeout=WAIT_MS)
+    busy = submit(
+        farm, studio_key, name="long", frames="1-8", renderer={"kind": "noop", "sleep": 600}
+    )
+    page.wait_for_function(  # what each node renders, live
+        "job => [...document.querySelectorAll('#farm-nodes .current')]"
+        ".some(cell => cell.textContent.includes(`job ${job}: `))",
+        arg=busy,
+        timeout=WAIT_MS,
+    )
     node.locator('button[data-action="drain"]').click()
     text_is(page, 'tr[data-node="node-1"] .admin', "draining")
     page.screenshot(path=str(shots / "8-operator-node-drained.png"))

@@ -165,6 +165,10 @@ def test_a_drained_node_finishes_and_a_disabled_one_hands_its_chunks_on(
     drained = client.post("/v1/admin/nodes/node-a/drain", headers=admin)
     assert drained.status_code == 200 and drained.json()["admin"] == "draining"
     assert drained.json()["hostname"] == "host"  # operators see the machine
+    nodes = {n["name"]: n for n in client.get("/v1/admin/nodes", headers=admin).json()}
+    sent_to_a = [m for m in first if m.node == "node-a"]  # its slots and its queue's place
+    assert len(nodes["node-a"]["current"]) == len(sent_to_a)  # what it has now
+    assert all(c.startswith(f"job {job_id}: ") for c in nodes["node-a"]["current"])
     scheduler.ingest([heartbeat("node-a", slots=2), heartbeat("node-b", slots=2)])
     assert all(m.node == "node-b" for m in scheduler.dispatch_tick())  # none new to node-a
     with Session(engine) as session:
