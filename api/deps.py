@@ -122,20 +122,22 @@ async def get_studio(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Studio:
-    """The studio of the bearer key. On the event loop where nothing blocks (a key seen
-    within ``KEY_CACHE_SECONDS``, a studio without a rate); the database's and Redis'
-    answers are waited for in the threadpool. It takes what it needs from the app's state,
-    not as sub-dependencies: each costs FastAPI's resolution on every request."""
+    """The studio of the bearer key (or of the web monitor's session cookie). On the
+    event loop where nothing blocks (a key seen within ``KEY_CACHE_SECONDS``, a studio
+    without a rate); the database's and Redis' answers are waited for in the threadpool.
+    It takes what it needs from the app's state, not as sub-dependencies: each costs
+    FastAPI's resolution on every request. The studio's request rate holds either way."""
+    service = request.app.state.service
     if credentials is None or credentials.scheme.lower() != "bearer":
         login = await _session_login(request, "studio")
         if login is None:
             raise Unauthorized("send `Authorization: Bearer <studio key>`")
-        return await run_in_threadpool(request.app.state.service.get_studio, login.name)
-    keys = _studio_keys(request)
-    studio = keys.cached(credentials.credentials)
-    if studio is None:
-        service = request.app.state.service
-        studio = await run_in_threadpool(keys.studio, service, credentials.credentials)
+        studio = await run_in_threadpool(service.get_studio, login.name)
+    else:
+        keys = _studio_keys(request)
+        studio = keys.cached(credentials.credentials)
+        if studio is None:
+            studio = await run_in_threadpool(keys.studio, service, credentials.credentials)
     if studio.requests_per_second is not None:
         assert studio.id is not None
         limiter: RateLimiter = request.app.state.rate_limiter
