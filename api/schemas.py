@@ -401,6 +401,17 @@ class ManifestDetail(ManifestPublic):
 # The admin API (/v1/admin): operators' views and changes -------------------------------
 
 
+class RowView(BaseModel):
+    """A view read straight off a row's attributes (seconds since the epoch become UTC
+    datetimes): ``View.of(row)``."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, row: Any) -> Self:
+        return cls.model_validate(row)
+
+
 class AdminNode(NodePublic):
     hostname: str = Field(description="the machine's name (operators only)")
     current: list[str] = Field(
@@ -412,7 +423,7 @@ class AdminNode(NodePublic):
         return cls.of(node).model_copy(update={"current": current.get(node.name, [])})
 
 
-class StudioAdmin(BaseModel):
+class StudioAdmin(RowView):
     name: str
     weight: float
     allow_scene_scripts: bool
@@ -422,11 +433,6 @@ class StudioAdmin(BaseModel):
     requests_per_second: int | None
     home_region: str | None
     created_at: datetime
-
-    @classmethod
-    def of(cls, studio: Any) -> Self:
-        values = {name: getattr(studio, name) for name in cls.model_fields if name != "created_at"}
-        return cls(**values, created_at=datetime.fromtimestamp(studio.created_at, UTC))
 
 
 class StudioCreate(BaseModel):
@@ -465,19 +471,10 @@ class PoolTerms(BaseModel):
     maximum: int | None = Field(None, ge=0, le=COUNT_MAX, description="slots at most (burst)")
 
 
-class KeyPublic(BaseModel):
+class KeyPublic(RowView):
     prefix: str = Field(description="the key's first characters: what names it")
     created_at: datetime
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: Any) -> Self:
-        revoked = key.revoked_at
-        return cls(
-            prefix=key.prefix,
-            created_at=datetime.fromtimestamp(key.created_at, UTC),
-            revoked_at=datetime.fromtimestamp(revoked, UTC) if revoked is not None else None,
-        )
 
 
 class NewKey(BaseModel):
@@ -495,7 +492,7 @@ class LimitChange(BaseModel):
     capacity: int = Field(ge=0, le=COUNT_MAX)
 
 
-class RegionPublic(BaseModel):
+class RegionPublic(RowView):
     name: str
     pue: float
     price_per_kwh: float
@@ -504,10 +501,6 @@ class RegionPublic(BaseModel):
     carbon_profile: list[list[float]] | None
     utc_offset_hours: float
     source: str
-
-    @classmethod
-    def of(cls, region: Any) -> Self:
-        return cls(**{name: getattr(region, name) for name in cls.model_fields})
 
 
 class RegionChange(BaseModel):
@@ -526,17 +519,13 @@ class RegionChange(BaseModel):
     utc_offset_hours: float | None = Field(None, ge=-12, le=14)
 
 
-class LinkPublic(BaseModel):
+class LinkPublic(RowView):
     region_a: str
     region_b: str
     bandwidth_mbps: float
     latency_ms: float
     price_per_gb: float
     source: str
-
-    @classmethod
-    def of(cls, link: Any) -> Self:
-        return cls(**{name: getattr(link, name) for name in cls.model_fields})
 
 
 class LinkChange(BaseModel):
@@ -582,18 +571,13 @@ class AdminJobPage(BaseModel):
     offset: int
 
 
-class AuditEntry(BaseModel):
+class AuditEntry(RowView):
     at: datetime
     actor_kind: str
     actor: str
     action: str
     target: str
     detail: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, row: Any) -> Self:
-        values = {name: getattr(row, name) for name in cls.model_fields if name != "at"}
-        return cls(**values, at=datetime.fromtimestamp(row.at, UTC))
 
 
 class AuditPage(BaseModel):
