@@ -168,10 +168,17 @@ def _session_login_sync(request: Request, kind: str) -> Login | None:
     login = WebSessions(request.app.state.engine).find(token)
     if login.kind != kind:
         raise Forbidden(f"this page needs a {kind}'s login; you are logged in as a {login.kind}")
-    sent = request.headers.get(CSRF_HEADER, "")
-    if request.method not in SAFE_METHODS and not hmac.compare_digest(sent, login.csrf):
-        raise Forbidden(f"a change from the monitor carries its {CSRF_HEADER}")
+    if request.method not in SAFE_METHODS:
+        check_csrf(request, login)
     return login
+
+
+def check_csrf(request: Request, login: Login) -> None:
+    """A change with the session's cookie carries its CSRF token (compared as bytes, in
+    constant time), else a 403."""
+    sent = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(sent, login.csrf.encode()):
+        raise Forbidden(f"a change from the monitor carries its {CSRF_HEADER}")
 
 
 def studio_actor(studio: Studio) -> Actor:

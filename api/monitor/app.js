@@ -73,6 +73,11 @@ function watch(path, onUpdate) {
   stopWatching();
   const source = new EventSource(path);
   source.addEventListener("update", (event) => onUpdate(JSON.parse(event.data)));
+  source.addEventListener("end", (event) => {  // the session or key no longer holds
+    stopWatching();
+    state.login = null;
+    showLogin(JSON.parse(event.data));
+  });
   state.stream = source;
 }
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CSRF_HEADER, SESSION_COOKIE
+from api.deps import CSRF_HEADER, SESSION_COOKIE, check_csrf
 from api.schemas import Problem
-from scheduler.errors import Forbidden, Unauthorized
+from scheduler.errors import Unauthorized
 from scheduler.usecases.sessions import SESSION_SECONDS, Login, WebSessions
 
 router = APIRouter(
@@ -105,8 +105,6 @@ def session(request: Request) -> SessionPublic:
 def logout(request: Request, response: Response) -> None:
     token = request.cookies.get(SESSION_COOKIE)
     if token is not None:
-        found = _sessions(request).find(token)
-        if request.headers.get(CSRF_HEADER) != found.csrf:
-            raise Forbidden(f"a logout from the monitor carries its {CSRF_HEADER}")
+        check_csrf(request, _sessions(request).find(token))
         _sessions(request).close(token)
     response.delete_cookie(SESSION_COOKIE, path="/")

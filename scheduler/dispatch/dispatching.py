@@ -188,6 +188,7 @@ class HeldJobs:
     (None: take the old reason away), and the jobs whose dependency failed, which end."""
 
     messages: dict[int, str | None] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)  # how a new message begins
     failed: dict[int, str] = field(default_factory=dict)
 
 
@@ -329,6 +330,8 @@ def _note_held(job: JobRow, reason: str, message: str | None, held: HeldJobs) ->
     if job.message != message:
         assert job.id is not None
         held.messages[job.id] = message
+        if message is not None:
+            held.reasons[job.id] = reason
 
 
 def save_held_jobs(session: Session, held: HeldJobs, now: float) -> None:
@@ -343,8 +346,10 @@ def save_held_jobs(session: Session, held: HeldJobs, now: float) -> None:
             job.message = held.failed[job.id]
             end_queued_chunks(session, job.id)
         else:
-            job.message = held.messages[job.id]
-            if job.message is not None:  # held, or held for another reason
+            before, job.message = job.message, held.messages[job.id]
+            reason = held.reasons.get(job.id, "")
+            newly = job.message is not None and not (before or "").startswith(reason)
+            if newly and not JobState(job.state).is_final:  # held, or for another reason
                 emit(session, job.studio_id, "job.held", now, job.id, name=job.name,
                      message=job.message)  # fmt: skip
         session.add(job)

@@ -37,6 +37,19 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
     requeue_chunks(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
 
 
+def requeue_from_disabled(session: Session, now: float) -> None:
+    """Chunks a dispatch placed on a node while an operator was disabling it (the
+    dispatch read the node list before the disable committed) go back to the queue."""
+    chunks = session.exec(
+        select(ChunkRow.id)
+        .join(NodeRow, col(NodeRow.name) == col(ChunkRow.node))
+        .where(col(NodeRow.admin) == "disabled", col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
+    ).all()
+    if chunks:
+        log.warning("%d chunk(s) on disabled nodes: queued again", len(chunks))
+        requeue_chunks(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
+
+
 def requeue_unclaimed(
     session: Session, now: float, after: float, queue_depth: Callable[[str], int]
 ) -> None:

@@ -31,7 +31,12 @@ from scheduler.dispatch.ingestion import (
     save_heartbeats,
     split_events,
 )
-from scheduler.dispatch.reconciling import close_stale_attempts, mark_lost_nodes, requeue_unclaimed
+from scheduler.dispatch.reconciling import (
+    close_stale_attempts,
+    mark_lost_nodes,
+    requeue_from_disabled,
+    requeue_unclaimed,
+)
 from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
@@ -115,6 +120,7 @@ class Scheduler:
         now = self.clock()
         with Session(self.engine) as session:
             mark_lost_nodes(session, now, self.settings.node_timeout)
+            requeue_from_disabled(session, now)
             requeue_unclaimed(session, now, self.settings.redispatch_after, self.broker.queue_depth)
             session.commit()
         self.stop_stale_attempts()

@@ -2,10 +2,13 @@
 from a thread of the scheduler process, off the dispatch loop, so that a slow or dead
 receiver never slows dispatch or ingestion.
 
-Each round claims the deliveries that are due by moving their ``next_at`` a lease on
-(compare-and-set: two schedulers never send one delivery at once), POSTs them
-concurrently (``webhook_senders`` at a time, each within ``webhook_timeout``, no
-redirects followed), and records the outcome: a 2xx is delivered; anything else is
+Each round records what the senders finished, then claims the deliveries that are due,
+as many as there are free senders (``webhook_senders``), by moving their ``next_at`` a
+lease on (compare-and-set: two schedulers never send one delivery at once), and starts
+sending them: a round waits for no receiver, so a slow one holds one sender, not the
+others. Each POST goes to the address its URL's host was checked at (its name in the
+Host header and for TLS), within ``webhook_timeout`` per phase, no redirects followed,
+the answer's body unread. The outcome: a 2xx is delivered; anything else is
 retried after ``webhook_retry_seconds``, doubling up to an hour, until
 ``webhook_retry_hours`` after the event, then it is failed. A process that dies
 mid-send leaves the claim to expire: the delivery is sent again (at least once; the
@@ -21,10 +24,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import Counter
@@ -84,30 +87,46 @@ class WebhookSender:
         self.settings = settings
         self.clock = clock
         self.client = client or httpx.Client(follow_redirects=False)
-        self.lease = settings.webhook_timeout * 3 + 30  # a claim outlives its send
+        # A claim outlives its send: a receiver answers within the timeout of each phase
+        # (connect, write, read); one that trickles its headers holds one sender, not all.
+        self.lease = settings.webhook_timeout * 10 + 60
+        self.pool = ThreadPoolExecutor(settings.webhook_senders, thread_name_prefix="webhook")
+        self.inflight: dict[Future[Outcome], Claim] = {}
 
     def run(self, stop: threading.Event, idle: float = 1.0) -> None:
-        """Deliver until ``stop``; a round that found nothing waits ``idle`` seconds."""
-        while not stop.is_set():
-            try:
-                sent = self.send_due()
-            except Exception:  # a database outage: the next round tries again
-                log.exception("webhook round failed")
-                sent = 0
-            if not sent:
-                stop.wait(idle)
+        """Deliver until ``stop``; a round that started nothing waits ``idle`` seconds."""
+        try:
+            while not stop.is_set():
+                try:
+                    started = self.send_due()
+                except Exception:  # a database outage: the next round tries again
+                    log.exception("webhook round failed")
+                    started = 0
+                if not started:
+                    stop.wait(idle)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     def send_due(self) -> int:
-        """One round: claim what is due, send it, record the outcomes; how many."""
-        claims = self.claim()
-        if not claims:
-            return 0
-        with ThreadPoolExecutor(self.settings.webhook_senders) as pool:
-            outcomes = list(pool.map(self.post, claims))
-        self.record(list(zip(claims, outcomes, strict=True)))
+        """One round: record what the senders finished, then claim what is due for the
+        senders that are free and start sending it; how many were started. A round never
+        waits for a receiver: a slow one holds its sender only."""
+        self.record_finished()
+        room = self.settings.webhook_senders - len(self.inflight)
+        claims = self.claim(room) if room > 0 else []
+        for claim in claims:
+            self.inflight[self.pool.submit(self.post, claim)] = claim
         return len(claims)
 
-    def claim(self) -> list[Claim]:
+    def record_finished(self, wait: float = 0.0) -> None:
+        """Record the outcomes of the sends that ended (waiting up to ``wait`` s for them)."""
+        if wait and self.inflight:
+            futures.wait(list(self.inflight), timeout=wait)
+        ended = [future for future in self.inflight if future.done()]
+        if ended:
+            self.record([(self.inflight.pop(future), future.result()) for future in ended])
+
+    def claim(self, limit: int = BATCH) -> list[Claim]:
         now = self.clock()
         with Session(self.engine) as session:
             due = session.exec(
@@ -116,7 +135,7 @@ class WebhookSender:
                 .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
                 .where(WebhookDelivery.state == "pending", col(WebhookDelivery.next_at) <= now)
                 .order_by(col(WebhookDelivery.next_at))
-                .limit(BATCH)
+                .limit(min(limit, BATCH))
             ).all()
             claims = []
             for delivery, hook, event in due:
@@ -153,7 +172,7 @@ class WebhookSender:
         if claim.deleted:
             return Outcome(None, "the subscription was deleted")
         try:
-            check_url(claim.url, self.settings.webhook_private_addresses)
+            target = check_url(claim.url, self.settings.webhook_private_addresses)
         except InvalidRequest as error:
             return Outcome(None, error.message)
         body = json.dumps(
@@ -166,6 +185,7 @@ class WebhookSender:
             separators=(",", ":"),
         ).encode()
         headers = {
+            "Host": target.host,
             "Content-Type": "application/json",
             "User-Agent": "renderfarm-webhooks",
             "Renderfarm-Event": claim.kind,
@@ -173,15 +193,16 @@ class WebhookSender:
             "Renderfarm-Delivery": str(claim.delivery_id),
             SIGNATURE_HEADER: sign(claim.secret, int(self.clock()), body),
         }
-        try:
-            answer = self.client.post(
-                claim.url, content=body, headers=headers, timeout=self.settings.webhook_timeout
-            )
+        try:  # to the address checked, its name for the Host header and TLS; the body unread
+            with self.client.stream(
+                "POST", target.url, content=body, headers=headers,
+                timeout=self.settings.webhook_timeout,
+                extensions={"sni_hostname": target.hostname},
+            ) as answer:  # fmt: skip
+                status = answer.status_code
         except httpx.HTTPError as error:
-            host = urlsplit(claim.url).hostname
-            return Outcome(None, f"{type(error).__name__} calling {host}: {error}"[:500])
-        text = "" if answer.is_success else f"answered {answer.status_code}"
-        return Outcome(answer.status_code, text or None)
+            return Outcome(None, f"{type(error).__name__} calling {target.hostname}: {error}"[:500])
+        return Outcome(status, None if 200 <= status < 300 else f"answered {status}")
 
     def record(self, results: list[tuple[Claim, Outcome]]) -> None:
         now = self.clock()

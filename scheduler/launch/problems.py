@@ -52,8 +52,15 @@ def settings_problem(error: ValidationError) -> str:
         if name in OPTIONS:
             where += f" ({OPTIONS[name]})"
         message = problem["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}, not {problem.get('input')!r}")
+        shown = "" if _secret(name) else f", not {problem.get('input')!r}"
+        parts.append(f"{where}: {message}{shown}")
     return "; ".join(parts)
+
+
+def _secret(name: str) -> bool:
+    """A setting whose value is not echoed: a token, a password, or a URL (which may
+    hold one)."""
+    return any(word in name for word in ("token", "secret", "password", "key", "url"))
 
 
 def check_broker(url: str, timeout: float = 3.0) -> None:
@@ -81,6 +88,7 @@ def check_broker(url: str, timeout: float = 3.0) -> None:
 def check_port(host: str, port: int) -> None:
     """``Conflict`` where another program listens on the API's port already."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
         try:
             probe.bind((host, port))
         except OSError as error:

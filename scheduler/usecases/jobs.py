@@ -13,6 +13,7 @@ scheduler revokes their running attempts on its next tick.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import math
@@ -816,9 +817,10 @@ class StudioService:
         frame already done is refused: its bill is final. Chunks are the unit: a chunk of
         several frames renders all of them again (those done keep their first result)."""
         try:
-            wanted = set(parse_frame_spec(spec, self.settings.max_frames_per_job))
+            ordered = parse_frame_spec(spec, self.settings.max_frames_per_job)  # sorted
         except FrameSpecError as error:
             raise InvalidRequest("frames", str(error)) from None
+        wanted = set(ordered)
         with Session(self.engine) as session:
             job = self._own_job(session, studio_id, job_id, lock=True)
             if job.cancelled:
@@ -830,7 +832,7 @@ class StudioService:
                     col(ChunkRow.last_frame) >= min(wanted),
                 )
             ).all()
-            held = {c.id: [f for f in wanted if _holds(c, f)] for c in rows}
+            held = {c.id: _held(c, ordered) for c in rows}
             holding = [c for c in rows if held[c.id]]
             found = {f for frames in held.values() for f in frames}
             if found != wanted:
@@ -1115,8 +1117,11 @@ _DEPENDENCIES = (
 )
 
 
-def _holds(chunk: ChunkRow, frame: int) -> bool:
-    """Whether a chunk (or block) renders ``frame``, without listing its frames."""
+def _held(chunk: ChunkRow, ordered: Sequence[int]) -> list[int]:
+    """Which of the (sorted) frames a chunk or block renders: those within its range
+    (found by bisection, so a job's chunks cost what the frames asked for, not their
+    product) on its step."""
     step = chunk.step or 1
     low, high = sorted((chunk.first_frame, chunk.last_frame))
-    return low <= frame <= high and (frame - chunk.first_frame) % step == 0
+    inside = ordered[bisect.bisect_left(ordered, low) : bisect.bisect_right(ordered, high)]
+    return [f for f in inside if (f - chunk.first_frame) % step == 0]

@@ -332,7 +332,11 @@ def live_farm(session: Session, since: float, home: str | None = None) -> list[S
     slots: dict[str, int] = {}
     for region, count in session.execute(
         sql_select(col(NodeRow.region), func.sum(NodeRow.slots))
-        .where(col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) >= since)
+        .where(
+            col(NodeRow.state) == "online",
+            col(NodeRow.last_heartbeat) >= since,
+            col(NodeRow.admin) == "enabled",  # drained and disabled nodes take no work
+        )
         .group_by(col(NodeRow.region))
     ):
         slots[str(region)] = int(count or 0)

@@ -12,7 +12,10 @@ backoff for a day.
 Unless the farm allows it (``RENDERFARM_WEBHOOK_PRIVATE_ADDRESSES``), a URL may not
 name, or resolve to, a loopback, private, link-local or otherwise reserved address: a
 studio cannot make the farm call into the farm's own network. It is checked when
-subscribing and again at each delivery (a name may resolve elsewhere later).
+subscribing and again at each delivery, whose connection goes to the very address
+checked (a name that resolves to a public address for the check cannot send the
+connection to a private one); an IPv4 address carried in IPv6 (mapped, NAT64) is
+judged as itself.
 """
 
 from __future__ import annotations
@@ -57,22 +60,60 @@ def verify(secret: str, header: str, body: bytes, now: float, tolerance: float =
     return fresh and hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def check_url(url: str, private_allowed: bool) -> None:
-    """``InvalidRequest`` for a URL the farm will not call: not http(s), no host, or
-    (unless ``private_allowed``) an address inside a private network."""
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """A URL with its host resolved once and checked: where to connect (``url``, with the
+    address in place of the name), and the name for the Host header and TLS (so that a
+    name cannot resolve to a public address for the check and a private one for the
+    connection)."""
+
+    url: str
+    host: str  # the Host header: the name, and its port where the URL gave one
+    hostname: str  # for TLS: the certificate is checked against it
+
+
+def check_url(url: str, private_allowed: bool) -> Pinned:
+    """The URL pinned to an address the farm will call, or ``InvalidRequest``: not
+    http(s), no host, credentials in it, or (unless ``private_allowed``) an address
+    inside a private network, whatever the name resolves to."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("url", "an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise InvalidRequest("url", "no credentials in the URL: verify the signature instead")
-    if private_allowed:
-        return
-    for address in resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)):
-        if not address.is_global:
-            raise InvalidRequest(
-                "url", f"{parts.hostname} is a private or reserved address ({address}): the "
-                "farm calls only public receivers",
-            )  # fmt: skip
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise InvalidRequest("url", "its port is not a number") from None
+    addresses = resolve(parts.hostname, port)
+    if not private_allowed:
+        for address in addresses:
+            if not _public(address):
+                raise InvalidRequest(
+                    "url", f"{parts.hostname} is a private or reserved address ({address}): "
+                    "the farm calls only public receivers",
+                )  # fmt: skip
+    address = addresses[0]
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    netloc = f"{shown}:{parts.port}" if parts.port else shown
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return Pinned(parts._replace(netloc=netloc).geturl(), host, parts.hostname)
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.ip_network("::/96")  # IPv4-compatible IPv6, deprecated
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address is on the public internet, an IPv4 address carried in IPv6
+    (mapped, NAT64, compatible) judged as itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped
+        if inner is None and (address in _NAT64 or address in _COMPATIBLE) and int(address) > 1:
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None:
+            return inner.is_global
+    return address.is_global
 
 
 def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

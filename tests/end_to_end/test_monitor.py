@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,24 @@ def test_an_operator_sees_the_farm_and_drains_a_node(
         page.wait_for_selector(table, timeout=WAIT_MS)
     assert "zhejiang" in page.inner_text("#farm-regions")
     page.screenshot(path=str(shots / "9-operator-regions.png"))
+
+
+def test_a_stream_ends_at_logout_and_a_studio_has_a_bounded_number_open(
+    farm: str, settings: Settings, engine: Engine
+) -> None:
+    key = StudioService(engine, settings).create_studio("pixel-east")[1]
+    with httpx.Client(base_url=farm, timeout=30) as browser_like:
+        session = browser_like.post("/monitor/login", json={"key": key}).json()
+        with browser_like.stream("GET", "/v1/stream/jobs") as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "event: update"
+            logout = browser_like.post("/monitor/logout", headers={"X-CSRF-Token": session["csrf"]})
+            assert logout.status_code == 204
+            rest = list(lines)  # the stream ends by itself within its recheck (10 s)
+        assert "event: end" in rest and any("log in again" in line for line in rest)
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=farm, timeout=30, headers=headers) as client, ExitStack() as open_:
+        for _ in range(8):
+            assert open_.enter_context(client.stream("GET", "/v1/stream/jobs")).status_code == 200
+        refused = client.get("/v1/stream/jobs")
+        assert refused.status_code == 429 and "at most 8" in refused.text

@@ -181,6 +181,18 @@ def test_a_drained_node_finishes_and_a_disabled_one_hands_its_chunks_on(
     assert all(c is not None and c.state == ChunkState.QUEUED and c.node is None for c in again)
     revoked = scheduler.stop_stale_attempts()  # the node is told to stop them
     assert len(revoked) == len(on_a) and set(revoked) <= set(fake_broker.revoked)
+    # a dispatch that read the node list before the disable committed: the reconciler
+    # sends what it placed there on again
+    with Session(engine) as session:
+        late = session.get(ChunkRow, on_a[0].id)
+        assert late is not None
+        late.state, late.node = ChunkState.DISPATCHED, "node-a"
+        session.add(late)
+        session.commit()
+    scheduler.reconcile()
+    with Session(engine) as session:
+        again_late = session.get(ChunkRow, on_a[0].id)
+    assert again_late is not None and again_late.state == ChunkState.QUEUED
     assert client.post("/v1/admin/nodes/node-a/enable", headers=admin).json()["admin"] == "enabled"
     scheduler.ingest([heartbeat("node-a", slots=2), heartbeat("node-b", slots=2)])
     assert "node-a" in {m.node for m in scheduler.dispatch_tick()}

@@ -80,6 +80,13 @@ def test_a_setting_that_does_not_hold_is_named_with_its_option(
     assert words in one_line(result)
 
 
+def test_a_secret_setting_that_does_not_hold_is_named_but_not_shown(tmp_path: Path) -> None:
+    result = renderfarm("studio", "list", cwd=tmp_path, RENDERFARM_NODE_TOKEN="hunter2secret")
+    assert result.returncode == 2
+    said = one_line(result)
+    assert "RENDERFARM_NODE_TOKEN" in said and "hunter2secret" not in said
+
+
 def test_a_demo_frame_spec_that_does_not_read_is_refused_before_anything_starts(
     tmp_path: Path,
 ) -> None:

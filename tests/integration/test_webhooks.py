@@ -5,6 +5,7 @@ that wrote them, and refused for addresses inside the farm's network."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import threading
@@ -17,13 +18,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
 from api.app import create_app
+from scheduler.db import JobRow, WebhookEvent
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.dispatch.webhooks import WebhookSender
+from scheduler.errors import InvalidRequest
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
-from scheduler.usecases.webhooks import SIGNATURE_HEADER, verify
+from scheduler.usecases.regions import set_region
+from scheduler.usecases.webhooks import SIGNATURE_HEADER, check_url, verify
 from scheduler.wire.messages import FrameReport
 from tests.integration.conftest import Clock, event, heartbeat
 
@@ -55,7 +60,7 @@ def receivers() -> Iterator[Any]:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.got.append((dict(self.headers), body))
                 if receiver.hang:
-                    time.sleep(3)
+                    time.sleep(10)
                 status = 500 if len(receiver.got) <= receiver.fail else 204
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -147,6 +152,7 @@ def test_a_done_job_is_delivered_signed_and_a_flaky_receiver_gets_it_on_the_four
     assert steady.got == flaky.got == []  # the job is done; nothing was sent by its change
     sender = WebhookSender(engine, hook_settings)
     deliver_until(sender, lambda: len(flaky.got) == 4 and len(steady.got) == 1)
+    sender.record_finished(wait=5)
     [(headers, body)] = steady.got
     assert verify(first["secret"], headers[SIGNATURE_HEADER], body, time.time())
     assert not verify(second["secret"], headers[SIGNATURE_HEADER], body, time.time())
@@ -195,6 +201,35 @@ def test_failed_frames_failed_jobs_and_held_jobs_are_events_too(
     }
 
 
+def test_a_job_waiting_for_a_window_is_one_held_event_however_its_message_drifts(
+    hooks_client: TestClient, studio_key: dict[str, str], scheduler: Scheduler, engine: Engine,
+    clock: Clock, receivers: Any,
+) -> None:  # fmt: skip
+    subscribe(hooks_client, studio_key, receivers().url, "job.held")
+    with Session(engine) as session:
+        set_region(session, "night-tariff", clock(), pue=1.2, carbon_g_per_kwh=500,
+                   tariff=[(0, 0.2), (8, 1.2), (22, 0.2)])  # fmt: skip
+        session.commit()
+    midnight = dt.datetime(2026, 12, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp()
+    clock.now = midnight + 9 * 3600  # the day price: it waits for the night's
+    deadline = dt.datetime.fromtimestamp(midnight + 33 * 3600, dt.UTC).isoformat()
+    body = {"name": "flexible", "frames": "1-6", "renderer": {"kind": "noop"},
+            "placement": "cheapest", "deadline": deadline, "timeout": 600}  # fmt: skip
+    assert hooks_client.post("/v1/jobs", json=body, headers=studio_key).status_code == 201
+    messages = []
+    for minutes, slots in ((0, 2), (40, 3), (80, 6)):  # its latest start moves with them
+        clock.now = midnight + 9 * 3600 + minutes * 60
+        scheduler.siting.ttl = 0.0
+        scheduler.ingest([heartbeat("night-1", slots=slots, region="night-tariff")])
+        assert scheduler.dispatch_tick() == []
+        with Session(engine) as session:
+            messages.append(session.exec(select(JobRow.message)).one())
+    assert len(set(messages)) > 1 and all(m and m.startswith("waits for a") for m in messages)
+    with Session(engine) as session:
+        kinds = session.exec(select(WebhookEvent.kind)).all()
+    assert kinds == ["job.held"]  # once, when it began to wait
+
+
 def test_a_receiver_that_never_answers_holds_nothing_up_and_is_retried_then_given_up(
     hooks_client: TestClient, studio_key: dict[str, str], scheduler: Scheduler, engine: Engine,
     hook_settings: Settings,
@@ -224,6 +259,46 @@ def test_a_receiver_that_never_answers_holds_nothing_up_and_is_retried_then_give
     silent.close()
 
 
+def test_a_slow_receiver_holds_its_sender_only(
+    hooks_client: TestClient, studio_key: dict[str, str], scheduler: Scheduler, engine: Engine,
+    hook_settings: Settings, receivers: Any,
+) -> None:  # fmt: skip
+    slow, fast = receivers(hang=True), receivers()  # slow: answers after 10 s
+    hooks = [subscribe(hooks_client, studio_key, r.url, "job.done") for r in (slow, fast)]
+    render(hooks_client, studio_key, scheduler)
+    sender = WebhookSender(engine, hook_settings.model_copy(update={"webhook_timeout": 30.0}))
+    try:
+        assert sender.send_due() == 2  # both started; the round waits for neither
+        deliver_until(sender, lambda: len(fast.got) == 1 and len(slow.got) == 1)
+        sender.record_finished(wait=2)
+
+        def state(hook: dict[str, Any]) -> str:
+            log = hooks_client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=studio_key)
+            return str(log.json()["items"][0]["state"])
+
+        assert state(hooks[1]) == "delivered" and state(hooks[0]) == "pending"
+    finally:
+        sender.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_a_delivery_goes_to_the_address_that_was_checked() -> None:
+    pinned = check_url("http://localhost:8080/hooks?a=1", private_allowed=True)
+    assert pinned.url in ("http://127.0.0.1:8080/hooks?a=1", "http://[::1]:8080/hooks?a=1")
+    assert pinned.host == "localhost:8080" and pinned.hostname == "localhost"
+    with pytest.raises(InvalidRequest, match="private or reserved"):
+        check_url("http://localhost/", private_allowed=False)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::ffff:10.0.0.1", "64:ff9b::a00:1", "::127.0.0.1", "fd00::1", "100.64.0.1", "0.0.0.0"],
+)
+def test_private_addresses_in_any_disguise_are_refused(address: str) -> None:
+    shown = f"[{address}]" if ":" in address else address
+    with pytest.raises(InvalidRequest, match="private or reserved"):
+        check_url(f"http://{shown}/hooks", private_allowed=False)
+
+
 def test_two_senders_never_send_one_delivery_at_once(
     hooks_client: TestClient, studio_key: dict[str, str], scheduler: Scheduler, engine: Engine,
     hook_settings: Settings, receivers: Any,
@@ -244,7 +319,9 @@ def test_a_deleted_webhook_gets_no_more(
     render(hooks_client, studio_key, scheduler)
     gone = hooks_client.delete(f"/v1/webhooks/{hook['id']}", headers=studio_key)
     assert gone.status_code == 204
-    WebhookSender(engine, hook_settings).send_due()
+    sender = WebhookSender(engine, hook_settings)
+    sender.send_due()
+    sender.record_finished(wait=5)
     assert receiver.got == []
     log = hooks_client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=studio_key).json()
     assert log["items"][0]["state"] == "failed"
