@@ -24,6 +24,7 @@ Pure: standard library only.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,14 @@ class FrameRange:
         """The frames from ``low`` to ``high``, without walking the others."""
         start = self.start if low <= self.start else low + (self.start - low) % self.step
         return range(start, min(self.end, high) + 1, self.step)
+
+    def among(self, ordered: Sequence[int]) -> list[int]:
+        """Which of the (ascending) frames are this range's, found by bisection: the cost
+        is the frames asked for within its bounds, not its length."""
+        inside = ordered[
+            bisect.bisect_left(ordered, self.start) : bisect.bisect_right(ordered, self.end)
+        ]
+        return [f for f in inside if (f - self.start) % self.step == 0]
 
     def __str__(self) -> str:
         if self.start == self.end:

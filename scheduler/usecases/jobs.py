@@ -13,7 +13,6 @@ scheduler revokes their running attempts on its next tick.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import hashlib
 import math
@@ -372,11 +371,7 @@ class StudioService:
 
     def authenticate(self, key: str) -> Studio:
         with self._reading() as session:
-            row = session.exec(
-                select(Studio)
-                .join(ApiKey, col(ApiKey.studio_id) == col(Studio.id))
-                .where(ApiKey.key_hash == hash_key(key), col(ApiKey.revoked_at).is_(None))
-            ).first()
+            row = studio_of_key(session, hash_key(key))
             if row is None:
                 raise Unauthorized("unknown or revoked API key")
             return row
@@ -832,7 +827,7 @@ class StudioService:
                     col(ChunkRow.last_frame) >= min(wanted),
                 )
             ).all()
-            held = {c.id: _held(c, ordered) for c in rows}
+            held = {c.id: c.frame_range().among(ordered) for c in rows}
             holding = [c for c in rows if held[c.id]]
             found = {f for frames in held.values() for f in frames}
             if found != wanted:
@@ -1117,11 +1112,10 @@ _DEPENDENCIES = (
 )
 
 
-def _held(chunk: ChunkRow, ordered: Sequence[int]) -> list[int]:
-    """Which of the (sorted) frames a chunk or block renders: those within its range
-    (found by bisection, so a job's chunks cost what the frames asked for, not their
-    product) on its step."""
-    step = chunk.step or 1
-    low, high = sorted((chunk.first_frame, chunk.last_frame))
-    inside = ordered[bisect.bisect_left(ordered, low) : bisect.bisect_right(ordered, high)]
-    return [f for f in inside if (f - chunk.first_frame) % step == 0]
+def studio_of_key(session: Session, key_hash: str) -> Studio | None:
+    """The studio of an unrevoked key, by the key's hash."""
+    return session.exec(
+        select(Studio)
+        .join(ApiKey, col(ApiKey.studio_id) == col(Studio.id))
+        .where(ApiKey.key_hash == key_hash, col(ApiKey.revoked_at).is_(None))
+    ).first()

@@ -116,11 +116,7 @@ class OperatorService:
 
     def authenticate(self, key: str) -> Operator:
         with Session(self._read_only) as session:
-            operator = session.exec(
-                select(Operator)
-                .join(OperatorKey, col(OperatorKey.operator_id) == col(Operator.id))
-                .where(OperatorKey.key_hash == hash_key(key), col(OperatorKey.revoked_at).is_(None))
-            ).first()
+            operator = operator_of_key(session, hash_key(key))
             if operator is None:
                 raise Unauthorized("unknown or revoked operator key")
             return operator
@@ -292,6 +288,15 @@ class OperatorService:
                 joined.where(*where).order_by(col(JobRow.id).desc()).offset(offset).limit(limit)
             ).all()
             return [(job, name) for job, name in rows], total
+
+
+def operator_of_key(session: Session, key_hash: str) -> Operator | None:
+    """The operator of an unrevoked key, by the key's hash."""
+    return session.exec(
+        select(Operator)
+        .join(OperatorKey, col(OperatorKey.operator_id) == col(Operator.id))
+        .where(OperatorKey.key_hash == key_hash, col(OperatorKey.revoked_at).is_(None))
+    ).first()
 
 
 def _jsonable(figures: dict[str, Any]) -> dict[str, Any]:

@@ -15,15 +15,20 @@ from typing import Literal
 
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
-from scheduler.db import ApiKey, Operator, OperatorKey, Studio, WebSession
+from scheduler.db import Operator, Studio, WebSession
 from scheduler.errors import Unauthorized
-from scheduler.usecases.jobs import hash_key
-from scheduler.usecases.operators import OPERATOR_KEY_PREFIX
+from scheduler.usecases.jobs import hash_key, studio_of_key
+from scheduler.usecases.operators import OPERATOR_KEY_PREFIX, operator_of_key
 
 SESSION_SECONDS = 12 * 3600  # a working day
 Kind = Literal["studio", "operator"]
+# Who holds an unrevoked key, by the key's hash: the same lookups as the API's keys
+HOLDERS: dict[str, Callable[[Session, str], Studio | Operator | None]] = {
+    "studio": studio_of_key,
+    "operator": operator_of_key,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +51,11 @@ class WebSessions:
         key = key.strip()
         digest = hash_key(key)
         with Session(self.engine) as session:
-            found = self._holder(session, key, digest)
-            if found is None:
+            kind: Kind = "operator" if key.startswith(OPERATOR_KEY_PREFIX) else "studio"
+            holder = HOLDERS[kind](session, digest)
+            if holder is None or holder.id is None:
                 raise Unauthorized("unknown or revoked key")
-            kind, subject_id, name = found
+            subject_id, name = holder.id, holder.name
             token, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), self.clock()
             session.add(
                 WebSession(
@@ -72,43 +78,12 @@ class WebSessions:
             row = session.get(WebSession, hash_key(token))
             if row is None or row.expires_at < self.clock():
                 raise Unauthorized("not logged in, or the session expired: log in again")
-            holder = self._still_valid(session, row)
+            holder = HOLDERS[row.kind](session, row.key_hash)
             if holder is None:
                 raise Unauthorized("the key of this session was revoked: log in again")
-            return Login(row.kind, row.subject_id, holder, row.csrf)  # type: ignore[arg-type]
+            return Login(row.kind, row.subject_id, holder.name, row.csrf)  # type: ignore[arg-type]
 
     def close(self, token: str) -> None:
         with Session(self.engine) as session:
             session.execute(delete(WebSession).where(col(WebSession.token_hash) == hash_key(token)))
             session.commit()
-
-    def _holder(self, session: Session, key: str, digest: str) -> tuple[Kind, int, str] | None:
-        if key.startswith(OPERATOR_KEY_PREFIX):
-            operator = session.exec(
-                select(Operator)
-                .join(OperatorKey, col(OperatorKey.operator_id) == col(Operator.id))
-                .where(OperatorKey.key_hash == digest, col(OperatorKey.revoked_at).is_(None))
-            ).first()
-            return ("operator", operator.id, operator.name) if operator and operator.id else None
-        studio = session.exec(
-            select(Studio)
-            .join(ApiKey, col(ApiKey.studio_id) == col(Studio.id))
-            .where(ApiKey.key_hash == digest, col(ApiKey.revoked_at).is_(None))
-        ).first()
-        return ("studio", studio.id, studio.name) if studio and studio.id else None
-
-    def _still_valid(self, session: Session, row: WebSession) -> str | None:
-        """The holder's name while the session's key is unrevoked."""
-        if row.kind == "operator":
-            found = session.exec(
-                select(Operator.name)
-                .join(OperatorKey, col(OperatorKey.operator_id) == col(Operator.id))
-                .where(OperatorKey.key_hash == row.key_hash, col(OperatorKey.revoked_at).is_(None))
-            ).first()
-        else:
-            found = session.exec(
-                select(Studio.name)
-                .join(ApiKey, col(ApiKey.studio_id) == col(Studio.id))
-                .where(ApiKey.key_hash == row.key_hash, col(ApiKey.revoked_at).is_(None))
-            ).first()
-        return found

@@ -119,3 +119,8 @@ def test_a_long_range_is_read_as_one_run() -> None:
     ]
     with pytest.raises(FrameSpecError, match="more than 10"):
         parse_frame_runs("1-6,20-25", max_frames=10)
+
+
+def test_a_range_picks_its_own_among_sorted_frames() -> None:
+    assert FrameRange(3, 11, 2).among([1, 2, 3, 4, 5, 9, 11, 12]) == [3, 5, 9, 11]
+    assert FrameRange(5, 5).among([1, 2, 3]) == []
