@@ -15,12 +15,20 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from scheduler.core.assets import ManifestEntry
-from scheduler.core.bounds import BYTES_MAX, COUNT_MAX, FRAME_SPEC_MAX, PATH_MAX
+from scheduler.core.bounds import BYTES_MAX, FRAME_SPEC_MAX, PATH_MAX
 from scheduler.core.energy import JOULES_PER_KWH
 from scheduler.core.states import JobState, overall_state
 from scheduler.usecases.billing import EnergyTotals
 from scheduler.usecases.jobs import FrameProgress, FrameStatus, JobDetail, TemplateDetail
-from scheduler.usecases.submissions import Finite, JobFields, JobRequest, Priority, Text
+from scheduler.usecases.submissions import (
+    Amount,
+    Count,
+    Finite,
+    JobFields,
+    JobRequest,
+    Priority,
+    Text,
+)
 from scheduler.usecases.templates import TemplateRequest
 
 
@@ -438,7 +446,7 @@ class StudioAdmin(RowView):
 class StudioCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: Annotated[Text, Field(min_length=1, max_length=100)]
     weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False)
     allow_scene_scripts: bool = False
     allow_templates: bool | None = Field(None, description="default: the farm's")
@@ -458,17 +466,17 @@ class StudioChange(BaseModel):
     weight: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
     allow_scene_scripts: bool | None = None
     allow_templates: bool | None = None
-    max_queued_jobs: int | None = Field(None, ge=1, le=COUNT_MAX)
-    max_queued_frames: int | None = Field(None, ge=1, le=COUNT_MAX)
-    requests_per_second: int | None = Field(None, ge=1, le=COUNT_MAX)
-    home_region: str | None = Field(None, min_length=1, max_length=64)
+    max_queued_jobs: Count | None = None
+    max_queued_frames: Count | None = None
+    requests_per_second: Count | None = None
+    home_region: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
 
 
 class PoolTerms(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    minimum: int = Field(0, ge=0, le=COUNT_MAX, description="slots guaranteed")
-    maximum: int | None = Field(None, ge=0, le=COUNT_MAX, description="slots at most (burst)")
+    minimum: Amount = Field(0, description="slots guaranteed")
+    maximum: Amount | None = Field(None, description="slots at most (burst)")
 
 
 class KeyPublic(RowView):
@@ -489,7 +497,7 @@ class LimitPublic(BaseModel):
 class LimitChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    capacity: int = Field(ge=0, le=COUNT_MAX)
+    capacity: Amount
 
 
 class RegionPublic(RowView):
@@ -513,7 +521,7 @@ class RegionChange(BaseModel):
     pue: float | None = Field(None, ge=1, le=10, allow_inf_nan=False)
     price_per_kwh: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
     carbon_g_per_kwh: float | None = Field(None, ge=0, le=10_000, allow_inf_nan=False)
-    source: str | None = Field(None, max_length=2000)
+    source: Annotated[Text, Field(max_length=2000)] | None = None
     tariff: list[tuple[float, float]] | None = Field(None, max_length=48)
     carbon_profile: list[tuple[float, float]] | None = Field(None, max_length=48)
     utc_offset_hours: float | None = Field(None, ge=-12, le=14)
@@ -534,7 +542,7 @@ class LinkChange(BaseModel):
     bandwidth_mbps: float = Field(gt=0, le=1e7, allow_inf_nan=False)
     latency_ms: float = Field(ge=0, le=60_000, allow_inf_nan=False)
     price_per_gb: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
-    source: str | None = Field(None, max_length=2000)
+    source: Annotated[Text, Field(max_length=2000)] | None = None
 
 
 class AdminJob(BaseModel):

@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from pydantic import Field
 from sqlmodel import Session
 
 from api.deps import KnownQuery, Offset, OperatorDep, OperatorsDep, ServiceDep
@@ -38,7 +39,11 @@ from scheduler.core.states import JobState
 from scheduler.errors import InvalidRequest, NotFound
 from scheduler.usecases.audit import read_audit
 from scheduler.usecases.regions import list_links, list_regions
-from scheduler.usecases.submissions import Label, Metadata
+from scheduler.usecases.submissions import Label, Metadata, Text
+
+# A name a path or query gives (a studio's, a node's, a key's prefix): text a database
+# can store, so a NUL or a lone surrogate is a 422, never the database's error.
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -70,7 +75,7 @@ def create_studio(body: StudioCreate, operator: OperatorDep, service: ServiceDep
 
 @router.patch("/studios/{name}", response_model=StudioAdmin)
 def change_studio(
-    name: str, body: StudioChange, operator: OperatorDep, service: ServiceDep
+    name: Name, body: StudioChange, operator: OperatorDep, service: ServiceDep
 ) -> StudioAdmin:
     """Each setting given is changed (and audited) on its own, in the order of the body's
     model; one that is refused leaves the later ones unchanged and says which."""
@@ -97,7 +102,7 @@ def change_studio(
 
 @router.put("/studios/{name}/pools/{pool}", response_model=PoolTerms)
 def set_terms(
-    name: str, pool: Label, body: PoolTerms, operator: OperatorDep, service: ServiceDep
+    name: Name, pool: Label, body: PoolTerms, operator: OperatorDep, service: ServiceDep
 ) -> PoolTerms:
     """The studio's guaranteed (``minimum``) and burst (``maximum``) slots in a pool."""
     terms = service.set_terms(name, pool, body.minimum, body.maximum, operator)
@@ -105,18 +110,18 @@ def set_terms(
 
 
 @router.get("/studios/{name}/keys", response_model=list[KeyPublic])
-def list_keys(name: str, _operator: OperatorDep, service: ServiceDep) -> list[KeyPublic]:
+def list_keys(name: Name, _operator: OperatorDep, service: ServiceDep) -> list[KeyPublic]:
     return [KeyPublic.of(key) for key in service.list_keys(name)]
 
 
 @router.post("/studios/{name}/keys", response_model=NewKey, status_code=status.HTTP_201_CREATED)
-def create_key(name: str, operator: OperatorDep, service: ServiceDep) -> NewKey:
+def create_key(name: Name, operator: OperatorDep, service: ServiceDep) -> NewKey:
     """A new key for the studio (rotation: give it, then revoke the old one)."""
     return NewKey(key=service.create_key(name, operator))
 
 
 @router.post("/studios/{name}/keys/{prefix}/revoke", response_model=KeyPublic)
-def revoke_key(name: str, prefix: str, operator: OperatorDep, service: ServiceDep) -> KeyPublic:
+def revoke_key(name: Name, prefix: Name, operator: OperatorDep, service: ServiceDep) -> KeyPublic:
     """Refused from then on (by every API process within 10 s: their key caches)."""
     return KeyPublic.of(service.revoke_key(name, prefix, operator))
 
@@ -132,7 +137,7 @@ def list_limits(_operator: OperatorDep, service: ServiceDep) -> list[LimitPublic
 
 @router.put("/limits/{name}", response_model=LimitPublic)
 def set_limit(
-    name: str, body: LimitChange, operator: OperatorDep, service: ServiceDep
+    name: Label, body: LimitChange, operator: OperatorDep, service: ServiceDep
 ) -> LimitPublic:
     limit = service.set_limit(name, body.capacity, operator)
     return LimitPublic(name=limit.name, capacity=limit.capacity)
@@ -191,7 +196,7 @@ def get_nodes(_operator: OperatorDep, operators: OperatorsDep) -> list[AdminNode
 
 @router.post("/nodes/{name}/{action}", response_model=AdminNode)
 def change_node(
-    name: str, action: str, operator: OperatorDep, operators: OperatorsDep
+    name: Name, action: Name, operator: OperatorDep, operators: OperatorsDep
 ) -> AdminNode:
     """``drain`` (finish running chunks, take none), ``disable`` (take none; its chunks
     go to other nodes at once) or ``enable``."""
@@ -212,7 +217,7 @@ def get_pools(_operator: OperatorDep, operators: OperatorsDep) -> list[dict[str,
 def list_jobs(
     _operator: OperatorDep,
     operators: OperatorsDep,
-    studio: Annotated[str | None, Query(max_length=100)] = None,
+    studio: Annotated[Name | None, Query()] = None,
     state: JobState | None = None,
     show: Annotated[Metadata | None, Query()] = None,
     limit: int = Query(50, ge=1, le=500),
@@ -231,10 +236,8 @@ def list_jobs(
 def get_audit(
     _operator: OperatorDep,
     operators: OperatorsDep,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
-    action: Annotated[
-        str | None, Query(max_length=64, description="job.cancel, or a prefix: job.")
-    ] = None,
+    actor: Annotated[Name | None, Query()] = None,
+    action: Annotated[Name | None, Query(description="job.cancel, or a prefix: job.")] = None,
     since: Annotated[dt.datetime | None, Query(description="with a time zone")] = None,
     limit: int = Query(50, ge=1, le=500),
     offset: Offset = 0,

@@ -141,7 +141,8 @@ def _parse_items(spec: str, max_frames: int | None) -> list[range]:
         if not item:
             raise FrameSpecError(f"empty item in {spec!r} (two commas in a row?)")
         run = _parse_item(item)
-        upper_bound += len(run)
+        # counted by arithmetic: len() of a range past the bounds may not fit a C size
+        upper_bound += max(0, -(-(run.stop - run.start) // run.step))
         if max_frames is not None and upper_bound > max_frames:
             raise FrameSpecError(
                 f"{spec!r} names more than {max_frames} frames, the most one job may have"

@@ -77,6 +77,7 @@ def _no_bool(value: object) -> object:
 Text = Annotated[str, AfterValidator(_storable), _NoNulNoSurrogate()]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1, le=COUNT_MAX), BeforeValidator(_no_bool)]
+Amount = Annotated[int, Field(ge=0, le=COUNT_MAX), BeforeValidator(_no_bool)]  # 0 allowed
 RowRef = Annotated[int, Field(ge=1, le=ID_MAX), BeforeValidator(_no_bool)]
 Label = Annotated[Text, Field(min_length=1, max_length=POOL_MAX)]  # a pool's, a limit's name
 METADATA_MAX = 100

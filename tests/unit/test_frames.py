@@ -124,3 +124,9 @@ def test_a_long_range_is_read_as_one_run() -> None:
 def test_a_range_picks_its_own_among_sorted_frames() -> None:
     assert FrameRange(3, 11, 2).among([1, 2, 3, 4, 5, 9, 11, 12]) == [3, 5, 9, 11]
     assert FrameRange(5, 5).among([1, 2, 3]) == []
+
+
+@pytest.mark.parametrize("limit", [None, 1_000_000])
+def test_a_range_past_what_len_can_count_is_refused_not_crashed(limit: int | None) -> None:
+    with pytest.raises(FrameSpecError):
+        parse_frame_spec("1-99999999999999999999", limit)
