@@ -29,7 +29,7 @@ from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
 from scheduler.usecases.blobstore import BlobStore, open_storage
 from scheduler.usecases.frame_outputs import StoredFiles
-from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.jobs import StudioService, scheduler_bell
 from scheduler.usecases.operators import OperatorService
 from scheduler.usecases.ratelimit import RateLimiter
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.registry = registry
-    app.state.service = StudioService(engine, settings)
+    app.state.service = StudioService(engine, settings, wake=scheduler_bell(settings))
     app.state.operators = OperatorService(engine)
     storage = open_storage(settings)  # a folder, or object storage
     blobs = BlobStore(storage)

@@ -51,6 +51,7 @@ from scheduler.db.transitions import (
     save_chunk_changes,
 )
 from scheduler.usecases.billing import FrameBiller, count_attempts, count_frames
+from scheduler.wire.events import is_wake
 from scheduler.wire.messages import (
     ChunkEvent,
     EventError,
@@ -113,10 +114,13 @@ class IngestOutcome:
 def split_events(
     events: Sequence[dict[str, Any]],
 ) -> tuple[list[ChunkEvent], list[HeartbeatEvent]]:
-    """(chunk events, heartbeats), decoded; one that cannot be is logged and in neither."""
+    """(chunk events, heartbeats), decoded; one that cannot be is logged and in neither,
+    and the bell's wakes are in neither."""
     chunk_events: list[ChunkEvent] = []
     beats: list[HeartbeatEvent] = []
     for data in events:
+        if is_wake(data):  # the API's bell: it woke the loop, nothing more
+            continue
         try:
             event = decode_event(data)
         except EventError as error:

@@ -1,12 +1,20 @@
 """The scheduler process: ingest events, dispatch, reconcile, forever.
 
 One loop, run only while this scheduler holds the leader lock (a second one stands
-by and takes over when the first dies): wait up to ``tick_seconds`` for node events,
-ingest what came in one transaction, acknowledge it, revoke renders of cancelled or
-superseded attempts (five times a second), dispatch into the freed slots at once,
-and reconcile (lost nodes, lost messages) about once a second. Chunk messages are published by a
-background thread after their dispatch commits. A broker or database outage is
-logged and retried; the loop never dies of one.
+by and takes over when the first dies): wait up to ``tick_seconds`` for node events
+(or the API's bell), ingest what came in one transaction, acknowledge it, revoke
+renders of cancelled or superseded attempts (five times a second), dispatch into the
+freed slots at once, and reconcile (lost nodes, lost messages) about once a second.
+Chunk messages are published by a background thread after their dispatch commits. A
+broker or database outage is logged and retried; the loop never dies of one.
+
+Under load a turn begins at most every ``gather_seconds``: the events of short chunks
+arrive one by one, and a turn per event would spend the scheduler's CPU on each
+turn's fixed cost (its queries, its commits, its round trips) instead of on the
+events. Gathered, a turn ingests and dispatches tens of chunks at once; nodes' queues
+hold enough beyond their slots (``queue_buffer``) that no slot waits meanwhile. An
+idle scheduler is not paced: the first event or bell after a quiet spell is acted
+on at once.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     consumer = EventConsumer(settings.effective_broker_url)
     leader = LeaderLock(redis_from_url(settings.effective_broker_url), settings.leader_ttl)
     last_reconcile = last_stale = 0.0
+    started, busy = time.perf_counter(), False
     failures = 0  # in a row
     sender = WebhookSender(engine, settings)
     threading.Thread(target=sender.run, args=(stop,), name="webhooks", daemon=True).start()
@@ -70,8 +79,12 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
             try:
                 if not _lead(leader, settings, stop):
                     continue
+                rest = settings.gather_seconds - (time.perf_counter() - started)
+                if busy and rest > 0:  # gather what arrives while the turn's time runs out
+                    stop.wait(rest)
                 started = time.perf_counter()
                 events = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
+                busy = bool(events)
                 if events:
                     _ingest(scheduler, consumer, events)
                 if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
@@ -123,7 +136,7 @@ def _ingest(scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str
 def _lead(leader: LeaderLock, settings: Settings, stop: threading.Event) -> bool:
     """True while this scheduler leads; a standby waits here for the lock."""
     if leader.held:
-        if leader.renew():
+        if leader.keep():
             return True
         log.warning("lost the leader lock; standing by")
     if leader.try_acquire():

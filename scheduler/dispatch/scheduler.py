@@ -41,6 +41,7 @@ from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
+from scheduler.wire.events import is_wake
 from scheduler.wire.messages import ChunkMessage
 
 
@@ -102,7 +103,8 @@ class Scheduler:
         """
         now = self.clock()
         chunk_events, beats = split_events(events)
-        outcome = IngestOutcome(ignored=len(events) - len(chunk_events) - len(beats))
+        unread = sum(not is_wake(e) for e in events) - len(chunk_events) - len(beats)
+        outcome = IngestOutcome(ignored=unread)
         with Session(self.engine) as session:
             if chunk_events:
                 retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)

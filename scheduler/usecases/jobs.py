@@ -62,6 +62,7 @@ from scheduler.usecases.billing import EnergyTotals, usage_by_day
 from scheduler.usecases.progress import JobProgress, load_job, load_progress
 from scheduler.usecases.submissions import JobRequest, JobTerms
 from scheduler.usecases.templates import TemplateRequest, plan_template
+from scheduler.wire.events import SchedulerBell
 from scheduler.wire.messages import attempt_log_path
 from scheduler.wire.progress import FrameProgress as FrameProgress  # the API reads it here
 from scheduler.wire.progress import progress_board
@@ -112,11 +113,26 @@ class FrameStatus:
     error: str | None = None  # why its chunk's last attempt failed, while not rendered
 
 
+def scheduler_bell(settings: Settings) -> Callable[[], None]:
+    """What the API calls once a change that may dispatch has committed: it wakes an
+    idle scheduler (scheduler/wire/events.py), which else would wait for its next tick."""
+    return SchedulerBell(settings.effective_broker_url).ring
+
+
 class StudioService:
-    def __init__(self, engine: Engine, settings: Settings, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.clock = clock
+        # Called once a change that may dispatch has committed (a submission, a resume,
+        # a retry): the API rings the scheduler's bell, so an idle one acts at once.
+        self.wake = wake
         self._read_only = read_only(engine)
         self._single_statements = single_statements(engine)
         # Whether a one-statement read may run on the API's event loop (see engine.py).
@@ -413,6 +429,7 @@ class StudioService:
             record(session, actor, "job.submit", f"job {job.id}", self.clock(), name=job.name,
                    frames=job.frame_count)  # fmt: skip
             session.commit()
+            self.wake()
             session.refresh(job)
             return job
 
@@ -462,6 +479,7 @@ class StudioService:
             record(session, actor, "template.submit", f"template {template.id}", self.clock(),
                    name=template.name, jobs=[job.id for job in jobs])  # fmt: skip
             session.commit()
+            self.wake()
             return self._template_detail(session, template)  # read afresh, as committed
 
     def _check_templates_allowed(self, session: Session, studio_id: int) -> None:
@@ -771,7 +789,7 @@ class StudioService:
             if not job.suspended or JobState(job.state).is_final:
                 raise Conflict(f"job {job_id} is {job.state}, not suspended")
             job.suspended = False
-            return self._finish_change(session, job, actor, "job.resume")
+            return self._finish_change(session, job, actor, "job.resume", wake=True)
 
     def retry_job(self, studio_id: int, job_id: int, actor: Actor | None = None) -> JobDetail:
         """Queue the failed chunks again, each with a fresh allowance of attempts.
@@ -801,7 +819,9 @@ class StudioService:
             if not retried.ids:
                 raise Conflict(f"job {job_id} has no failed frames to retry")
             job.message = None
-            return self._finish_change(session, job, actor, "job.retry", chunks=len(retried.ids))
+            return self._finish_change(
+                session, job, actor, "job.retry", wake=True, chunks=len(retried.ids)
+            )
 
     def requeue_frames(
         self, studio_id: int, job_id: int, spec: str, actor: Actor | None = None
@@ -856,7 +876,7 @@ class StudioService:
             )  # fmt: skip
             job.message = None
             return self._finish_change(
-                session, job, actor, "job.requeue", frames=format_frame_spec(wanted),
+                session, job, actor, "job.requeue", wake=True, frames=format_frame_spec(wanted),
                 chunks=len(movable),
             )  # fmt: skip
 
@@ -871,13 +891,21 @@ class StudioService:
             )
 
     def _finish_change(
-        self, session: Session, job: JobRow, actor: Actor | None, action: str, **detail: Any
+        self,
+        session: Session,
+        job: JobRow,
+        actor: Actor | None,
+        action: str,
+        wake: bool = False,
+        **detail: Any,
     ) -> JobDetail:
         session.add(job)
         session.flush()
         refresh_job_states(session, [job], self.clock())
         record(session, actor, action, f"job {job.id}", self.clock(), **detail)
         session.commit()
+        if wake:
+            self.wake()
         session.refresh(job)
         return self._detail(session, job)
 

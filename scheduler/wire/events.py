@@ -6,8 +6,15 @@ Chunks travel to nodes as Celery tasks; events travel back on a plain Redis list
 - a node ``LPUSH``es each event (JSON) with one round trip;
 - the scheduler moves a batch from the list's tail into ``renderfarm:events:processing``
   atomically (a Lua script), ingests it in one transaction, and only then deletes the
-  processing list. A scheduler that dies mid-batch finds the batch there on restart
-  and ingests it again; ingestion, keyed by (chunk, attempt), makes that harmless.
+  processing list: in the same script call that takes the next batch, so a busy
+  scheduler pays one round trip per batch. A scheduler that dies mid-batch (or
+  between its commit and the next take) finds the batch there on restart and ingests
+  it again; ingestion, keyed by (chunk, attempt), makes that harmless.
+
+The API rings the scheduler's bell (``SchedulerBell``) when it commits work that may
+dispatch (a submission, a resume, a retry): a ``wake`` item on the same list, pushed
+only if the list is empty, so an idle scheduler blocked on the list dispatches at
+once instead of at its next tick. Wakes carry nothing and are not events.
 
 Why not kombu for this direction: kombu's Redis channel builds a client and runs
 three round trips per message (get, unacked bookkeeping, ack), which made event
@@ -19,6 +26,7 @@ requeued).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -34,9 +42,25 @@ EVENTS_KEY = "renderfarm:events"
 PROCESSING_KEY = "renderfarm:events:processing"
 DEAD_KEY = "renderfarm:events:dead"
 
-# Move up to ARGV[1] of the oldest events (at the tail) to the processing list,
-# oldest first, and return them. RPUSH in slices: Lua unpacks at most ~8,000 values.
+WAKE = "wake"  # the kind of the bell's item
+_WAKE_ITEM = json.dumps({"kind": WAKE})
+
+
+def is_wake(item: Any) -> bool:
+    """Whether a decoded item of the event list is the bell's wake, not an event."""
+    return isinstance(item, dict) and item.get("kind") == WAKE
+
+
+# ARGV[2] == '1': the last batch is committed; drop it. ARGV[3] == '1': a batch left
+# in the processing list (unacknowledged: its scheduler died) comes back first. Then
+# move up to ARGV[1] of the oldest events (at the tail) to the processing list, oldest
+# first, and return them. RPUSH in slices: Lua unpacks at most ~8,000 values.
 _TAKE = """
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '1' then
+  local pending = redis.call('LRANGE', KEYS[2], 0, -1)
+  if #pending > 0 then return pending end
+end
 local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 local n = #items
 if n == 0 then return items end
@@ -55,6 +79,11 @@ _SET_ASIDE = """
 local n = 0
 while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
+"""
+
+# The bell: a wake item, unless events wait already (they wake the scheduler anyway).
+_RING = """
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('LPUSH', KEYS[1], ARGV[1]) end
 """
 
 log = logging.getLogger(__name__)
@@ -115,16 +144,15 @@ class EventConsumer:
         self._client = redis_from_url(broker_url)
         self._take = self._client.register_script(_TAKE)
         self._set_aside = self._client.register_script(_SET_ASIDE)
+        self._acked = False  # the processing list holds a committed batch, to drop
 
     def fetch(self, limit: int, timeout: float) -> list[dict[str, Any]]:
         """Up to ``limit`` events, oldest first; waits up to ``timeout`` s for the first.
 
         An unacknowledged batch (left by a scheduler that died) comes back first.
         """
-        pending = self._client.lrange(PROCESSING_KEY, 0, -1)
-        if pending:
-            return _decode(pending)
-        items = self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit])
+        items = self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit, int(self._acked), 1])
+        self._acked = False
         if not items and timeout > 0:
             # Redis takes fractional timeouts; redis-py's annotation says int.
             wait: Any = timeout
@@ -132,13 +160,16 @@ class EventConsumer:
             if first is None:
                 return []
             more = (
-                self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit - 1]) if limit > 1 else []
+                self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit - 1, 0, 0])
+                if limit > 1
+                else []
             )
             items = [first, *more]
         return _decode(items)
 
     def ack(self) -> None:
-        self._client.delete(PROCESSING_KEY)
+        """The batch is committed: the next ``fetch`` drops it (in the same round trip)."""
+        self._acked = True
 
     def set_aside(self) -> None:
         """Move the batch being processed to ``renderfarm:events:dead`` for inspection:
@@ -146,6 +177,28 @@ class EventConsumer:
 
         One atomic step (a script): the batch is never in neither list, nor in both."""
         self._set_aside(keys=[PROCESSING_KEY, DEAD_KEY])
+        self._acked = False
+
+    def close(self) -> None:
+        if self._acked:  # a clean stop leaves no committed batch behind to ingest again
+            with contextlib.suppress(redis.RedisError):
+                self._client.delete(PROCESSING_KEY)
+            self._acked = False
+        self._client.close()
+
+
+class SchedulerBell:
+    """Wakes an idle scheduler (see the module's docstring); never fails its caller."""
+
+    def __init__(self, broker_url: str) -> None:
+        self._client = redis_from_url(broker_url)
+        self._ring = self._client.register_script(_RING)
+
+    def ring(self) -> None:
+        try:
+            self._ring(keys=[EVENTS_KEY], args=[_WAKE_ITEM])
+        except redis.RedisError as error:  # the scheduler's next tick comes anyway
+            log.warning("could not wake the scheduler: %s", error)
 
     def close(self) -> None:
         self._client.close()

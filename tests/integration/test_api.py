@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
@@ -16,6 +18,7 @@ from api.app import create_app
 from scheduler.db import ChunkRow, JobRow
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
+from scheduler.wire.events import EVENTS_KEY
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -82,6 +85,21 @@ def test_submit_and_read_a_job(client: TestClient, studio: dict[str, str]) -> No
     assert frames[0]["output_url"] is None
     page = client.get(f"/v1/jobs/{job['id']}/frames?offset=48&limit=5", headers=studio).json()
     assert [f["frame"] for f in page] == [97, 99, 150]
+
+
+def test_what_may_dispatch_rings_the_schedulers_bell(
+    client: TestClient, studio: dict[str, str], broker: redis.Redis
+) -> None:
+    """A submission, a resume, a retry: each wakes an idle scheduler (a wake on its
+    event list), which else would dispatch at its next tick; a read rings nothing."""
+    job = client.post("/v1/jobs", json=job_body(), headers=studio).json()
+    assert [json.loads(item) for item in broker.lrange(EVENTS_KEY, 0, -1)] == [{"kind": "wake"}]
+    broker.delete(EVENTS_KEY)
+    client.get(f"/v1/jobs/{job['id']}", headers=studio)
+    client.post(f"/v1/jobs/{job['id']}/suspend", headers=studio)
+    assert broker.llen(EVENTS_KEY) == 0
+    assert client.post(f"/v1/jobs/{job['id']}/resume", headers=studio).status_code == 200
+    assert broker.llen(EVENTS_KEY) == 1
 
 
 def test_every_call_needs_a_valid_key(client: TestClient) -> None:

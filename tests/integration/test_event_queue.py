@@ -1,4 +1,5 @@
-"""The node event queue on a real Redis: a poison batch is set aside in one step, and
+"""The node event queue on a real Redis: a poison batch is set aside in one step, a
+committed batch leaves with the next take, the API's bell wakes a waiting scheduler, and
 a publisher outlasts a broker that goes away and comes back."""
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import redis
 
 from scheduler.launch.embedded import EmbeddedRedis
 from scheduler.settings import Settings
+from scheduler.dispatch.ingestion import split_events
 from scheduler.wire.events import (
     DEAD_KEY,
     EVENTS_KEY,
     PROCESSING_KEY,
+    WAKE,
     EventConsumer,
     EventPublisher,
+    SchedulerBell,
 )
 from tests.conftest import redis_client, wait_for
 from workers.processes import stop_process
@@ -118,3 +122,56 @@ def test_a_publisher_gives_up_after_max_wait() -> None:
     server.stop()
     with pytest.raises(redis.ConnectionError):
         publisher.publish([{"kind": "heartbeat"}])
+
+
+def test_a_committed_batch_is_dropped_by_the_next_take(
+    settings: Settings, broker: redis.Redis
+) -> None:
+    """``ack`` costs no round trip: the next fetch drops the batch and takes the next
+    one in one script call; until then a restart would find it (and ingest it again,
+    harmlessly); a clean stop drops it."""
+    publisher = EventPublisher(settings.effective_broker_url)
+    consumer = EventConsumer(settings.effective_broker_url)
+    publisher.publish([{"kind": "started", "n": 1}, {"kind": "started", "n": 2}])
+    assert [e["n"] for e in consumer.fetch(10, 0.5)] == [1, 2]
+    consumer.ack()
+    assert broker.llen(PROCESSING_KEY) == 2  # committed, not yet dropped
+    publisher.publish([{"kind": "started", "n": 3}])
+    assert [e["n"] for e in consumer.fetch(10, 0.5)] == [3]  # 1 and 2 dropped, not again
+    assert [json.loads(i)["n"] for i in broker.lrange(PROCESSING_KEY, 0, -1)] == [3]
+    consumer.ack()
+    consumer.close()
+    assert broker.llen(PROCESSING_KEY) == 0
+
+
+def test_the_bell_wakes_a_waiting_scheduler_once_and_is_no_event(
+    settings: Settings, broker: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer blocked on the list returns as the bell rings; a second ring while the
+    first waits adds nothing; wakes are neither events nor ignored ones."""
+    consumer = EventConsumer(settings.effective_broker_url)
+    bell = SchedulerBell(settings.effective_broker_url)
+    taken: list[list[dict[str, object]]] = []
+    waiting = threading.Thread(target=lambda: taken.append(consumer.fetch(10, 30.0)))
+    waiting.start()
+    wait_for(lambda: _blocked(broker), 10, "a blocked fetch")
+    bell.ring()
+    waiting.join(10)
+    assert not waiting.is_alive() and taken == [[{"kind": WAKE}]]
+    consumer.ack()
+    bell.ring()
+    bell.ring()
+    assert broker.llen(EVENTS_KEY) == 1  # one wake is enough
+    EventPublisher(settings.effective_broker_url).publish([{"kind": "started", "n": 1}])
+    bell.ring()  # events wait: they wake the scheduler themselves
+    assert broker.llen(EVENTS_KEY) == 2
+    caplog.set_level(logging.ERROR, "scheduler.dispatch.ingestion")
+    chunk_events, beats = split_events(consumer.fetch(10, 0.5))
+    assert (len(chunk_events), beats) == (0, [])  # the started event is malformed, the wake none
+    assert [r.getMessage() for r in caplog.records if "wake" in r.getMessage()] == []
+    consumer.close()
+    bell.close()
+
+
+def _blocked(broker: redis.Redis) -> bool:
+    return any(c.get("cmd") == "blmove" for c in broker.client_list(_type="normal"))
