@@ -11,9 +11,9 @@ import threading
 import pytest
 import redis
 
+from scheduler.dispatch.ingestion import split_events
 from scheduler.launch.embedded import EmbeddedRedis
 from scheduler.settings import Settings
-from scheduler.dispatch.ingestion import split_events
 from scheduler.wire.events import (
     DEAD_KEY,
     EVENTS_KEY,
