@@ -8,9 +8,18 @@ what its attempt accumulated since the attempt's previous frame, so the frames o
 node, plus the idle energy no frame carries, add up to the meter.
 
 Renders run in Celery's prefork children; they reach the ledger over a Unix socket
-(``LedgerClient``): ``begin`` when a render starts, ``frame`` when the renderer
-reports a frame, ``end`` when it exits. Every Prometheus metric of the node is set
-here, in the main process, so prefork needs no multiprocess mode for them.
+(``LedgerClient``): ``begin`` once a render has run ``RESOLUTION_SECONDS`` (sent
+without waiting for an answer: none comes), ``frame`` when the renderer reports a
+frame, ``end`` when it exits; ``brief`` (no answer either) for a render that ended
+before it began in the ledger, whose frames carry 0 J. A slot's requests are served
+in order, so its ``begin`` is in the ledger before its ``end`` is answered. Every
+Prometheus metric of the node is set here, in the main process, so prefork needs no
+multiprocess mode for them.
+
+A ``begin`` within ``RESOLUTION_SECONDS`` of the last reading reads nothing (a busy
+node's slots start renders close together, and each reading costs the meter and every
+running render's ``/proc``): the attempt takes its share of the interval by its CPU
+time since it began, so nothing shifts. A ``frame`` or ``end`` always reads.
 
 If the ledger cannot be reached, frames are still rendered and reported, without
 energy: a bill is never made up.
@@ -41,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CpuReader = Callable[[int], float | None]
 REPLY_TIMEOUT_SECONDS = 5.0
+UNANSWERED = ("begin", "brief")  # requests the ledger takes without an answer
 
 
 class ProcessTreeCpu:
@@ -89,6 +99,9 @@ class ProcessTreeCpu:
 # An attempt whose process vanished without its end being told (its render slot was
 # killed) stops taking a share after this long.
 VANISHED_AFTER_SECONDS = 10.0
+# A begin this close to the last reading shares it; attempts shorter than this never
+# enter the ledger (workers/runner.py): its resolution.
+RESOLUTION_SECONDS = 0.01
 
 
 @dataclass
@@ -118,6 +131,15 @@ class EnergyLedger:
         self.cpu_of: CpuReader = cpu_of or ProcessTreeCpu()
         self.clock = clock
         self.labels = labels or {"pool": "", "region": ""}
+        # The metrics' labelled children, found once (a lookup costs more than a sample).
+        labelled = {**self.labels, "method": self.method}
+        self._power = metrics.WORKER_POWER.labels(**labelled)
+        self._energy = metrics.WORKER_ENERGY.labels(**labelled)
+        self._unattributed = metrics.WORKER_UNATTRIBUTED.labels(**labelled)
+        self._busy = metrics.WORKER_SLOTS_BUSY.labels(**self.labels)
+        self.frames = metrics.WORKER_FRAMES.labels(**labelled)
+        self.frame_energy = metrics.WORKER_FRAME_ENERGY.labels(**labelled)
+        self.frame_seconds = metrics.WORKER_FRAME_SECONDS.labels(**self.labels)
         self._lock = threading.Lock()
         self._running: dict[Hashable, _Running] = {}
         self._metered = meter.read()
@@ -126,9 +148,14 @@ class EnergyLedger:
         self.total_joules = 0.0
         self.unattributed_joules = 0.0
 
+    @property
+    def running(self) -> int:
+        """How many attempts the ledger counts as running."""
+        return len(self._running)
+
     def begin(self, key: Hashable, pid: int) -> None:
         with self._lock:
-            self._sample({})
+            self._sample({}, boundary=True)
             self._running[key] = _Running(pid, self.cpu_of(pid) or 0.0)
             self._set_busy()
 
@@ -163,8 +190,10 @@ class EnergyLedger:
         with self._lock:
             self._sample({})
 
-    def _sample(self, final_cpu: dict[Hashable, float]) -> None:
+    def _sample(self, final_cpu: dict[Hashable, float], boundary: bool = False) -> None:
         now = self.clock()
+        if boundary and now - self._at < RESOLUTION_SECONDS:
+            return  # the last reading stands for this beginning too
         metered = self.meter.read()
         joules, seconds = metered - self._metered, now - self._at
         self._metered, self._at = metered, now
@@ -190,21 +219,19 @@ class EnergyLedger:
         self.unattributed_joules += split.unattributed
         if seconds >= 0.5:  # a short interval between two frames says little about power
             self.power_watts = joules / seconds
-            metrics.WORKER_POWER.labels(**self.labels, method=self.method).set(self.power_watts)
-        metrics.WORKER_ENERGY.labels(**self.labels, method=self.method).inc(joules)
-        metrics.WORKER_UNATTRIBUTED.labels(**self.labels, method=self.method).inc(
-            split.unattributed
-        )
+            self._power.set(self.power_watts)
+        self._energy.inc(joules)
+        self._unattributed.inc(split.unattributed)
 
     def _set_busy(self) -> None:
-        metrics.WORKER_SLOTS_BUSY.labels(**self.labels).set(len(self._running))
+        self._busy.set(len(self._running))
 
 
 def observe_frames(ledger: EnergyLedger, joules: list[float], render_seconds: list[float]) -> None:
     for spent, seconds in zip(joules, render_seconds, strict=True):
-        metrics.WORKER_FRAMES.labels(**ledger.labels, method=ledger.method).inc()
-        metrics.WORKER_FRAME_ENERGY.labels(**ledger.labels, method=ledger.method).observe(spent)
-        metrics.WORKER_FRAME_SECONDS.labels(**ledger.labels).observe(seconds)
+        ledger.frames.inc()
+        ledger.frame_energy.observe(spent)
+        ledger.frame_seconds.observe(seconds)
 
 
 class LedgerServer:
@@ -270,6 +297,8 @@ class LedgerServer:
                 except Exception as error:
                     log.exception("energy: bad ledger request %r", request)
                     answer = error
+                if request[0] in UNANSWERED:
+                    continue
                 try:
                     connection.send(answer)
                 except OSError:  # the render slot went away
@@ -280,6 +309,10 @@ class LedgerServer:
         ledger = self.ledger
         if verb == "begin":
             ledger.begin(key, int(args[0]))
+            return None
+        if verb == "brief":
+            render_seconds = [float(seconds) for seconds in args[0]]
+            observe_frames(ledger, [0.0] * len(render_seconds), render_seconds)
             return None
         if verb == "frame":
             joules = ledger.frame(key)
@@ -306,9 +339,14 @@ class LedgerClient:
         self.method = method
         self._connection: Connection | None = None
         self._pid = 0
+        self._lock = threading.Lock()  # one question and its answer at a time
 
     def begin(self, key: Hashable, pid: int) -> None:
-        self._ask(("begin", key, pid))
+        self._ask(("begin", key, pid), answered=False)
+
+    def brief(self, key: Hashable, render_seconds: list[float]) -> None:
+        """Frames of a render too short to enter the ledger: counted, with 0 J."""
+        self._ask(("brief", key, render_seconds), answered=False)
 
     def frame(self, key: Hashable, render_seconds: float) -> float | None:
         answer = self._ask(("frame", key, render_seconds))
@@ -324,12 +362,18 @@ class LedgerClient:
         left, shares = answer
         return float(left), [float(j) for j in shares]
 
-    def _ask(self, request: tuple[Any, ...]) -> Any:
+    def _ask(self, request: tuple[Any, ...], answered: bool = True) -> Any:
+        with self._lock:
+            return self._ask_now(request, answered)
+
+    def _ask_now(self, request: tuple[Any, ...], answered: bool) -> Any:
         try:
             if self._connection is None or self._pid != os.getpid():  # forked: own line
                 self._connection = Client(self.address, family="AF_UNIX", authkey=self.authkey)
                 self._pid = os.getpid()
             self._connection.send(request)
+            if not answered:
+                return None
             if not self._connection.poll(REPLY_TIMEOUT_SECONDS):
                 raise TimeoutError("the energy ledger did not answer")
             answer = self._connection.recv()

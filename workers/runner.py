@@ -25,7 +25,10 @@ frame report carries the joules the ledger attributed to it: at each frame line,
 the attempt accumulated since the previous one; frames the renderer did not mark
 share the rest evenly, or else the last frame takes the renderer's last moments (so
 its figure in "finished" is a little larger than in its "frame" event, and the
-"finished" one stands). A failed attempt reports the energy it used, too.
+"finished" one stands). A failed attempt reports the energy it used, too. The ledger
+hears of an attempt once it has lasted ``RESOLUTION_SECONDS``: one that ends sooner
+(a no-op, a trivial task) is below the ledger's resolution, costs no round trip and
+carries 0 J; its few joules go to the renders beside it or to the node's idle.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import heapq
 import io
+import itertools
 import logging
 import math
 import os
@@ -69,6 +74,7 @@ from scheduler.wire.messages import (
 from scheduler.wire.progress import TIMEOUT as PROGRESS_TIMEOUT
 from scheduler.wire.progress import Board, ChunkProgress
 from workers.assets import FetchError, JobFiles, Outputs, open_written
+from workers.energy import RESOLUTION_SECONDS
 from workers.job_user import JOB_USER, JobUser, RunAsUnavailable
 from workers.memory import (
     RENDER_MEMORY,
@@ -115,6 +121,8 @@ class FrameMeter(Protocol):
 
     def begin(self, key: str, pid: int) -> None: ...
 
+    def brief(self, key: str, render_seconds: list[float]) -> None: ...
+
     def frame(self, key: str, render_seconds: float) -> float | None: ...
 
     def end(
@@ -130,14 +138,27 @@ class AttemptMeter:
         self.key = key
         self.spent: float | None = 0.0 if meter is not None else None
         self._ended = meter is None
+        self._pid: int | None = None  # what renders it, once it began
+        self._entered = False  # whether the ledger counts it (it lasted long enough)
+        self._lock = threading.Lock()  # the later call to enter it may race its end
 
     def begin(self, pid: int) -> None:
         if self.meter is not None:
-            self.meter.begin(self.key, pid)
+            self._pid = pid
+            LATER.call(RESOLUTION_SECONDS, self._enter)
+
+    def _enter(self) -> None:
+        """Tell the ledger the attempt runs (once; not after it ended)."""
+        with self._lock:
+            if self.meter is None or self._entered or self._ended or self._pid is None:
+                return
+            self._entered = True
+            self.meter.begin(self.key, self._pid)
 
     def frame(self, report: FrameReport) -> FrameReport:
         if self.meter is None:
             return report
+        self._enter()
         return self._with_energy(report, self.meter.frame(self.key, report.render_seconds))
 
     def end(
@@ -152,9 +173,21 @@ class AttemptMeter:
         line, until it exited) go to ``last``, the last frame, returned instead.
         """
         unmarked = unmarked or []
-        if self._ended or self.meter is None:
-            return unmarked
-        self._ended = True
+        with self._lock:
+            if self._ended or self.meter is None:
+                return unmarked
+            self._ended = True
+            entered = self._entered
+        if not entered:
+            if self._pid is None:  # it never began: nothing was measured
+                self.spent = None
+                return unmarked
+            # Below the ledger's resolution: 0 J, no round trip (the module's docstring).
+            self.meter.brief(self.key, [r.render_seconds for r in unmarked])
+            return [
+                dataclasses.replace(r, energy_joules=0.0, energy_method=self.meter.method)
+                for r in unmarked
+            ]
         answer = self.meter.end(self.key, cpu_total, [r.render_seconds for r in unmarked])
         if answer is None:
             self.spent = None
@@ -241,7 +274,7 @@ def run_chunk(
     ``started_at``. Short chunks thus cost the scheduler one event instead of two.
     """
     started = chunk_event(StartedEvent, message, node, region)
-    notice = StartNotice(emit, started.to_dict(), STARTED_GRACE_SECONDS)
+    notice = StartNotice(emit, started, STARTED_GRACE_SECONDS)
     started_at = time.time()
     task_id = task_id_for(message.chunk_id, message.attempt)
     energy = AttemptMeter(meter, task_id)
@@ -281,20 +314,18 @@ def run_chunk(
 class StartNotice:
     """Sends the "started" event once, late, or not at all if the attempt ends first."""
 
-    def __init__(self, emit: Emit, event: dict[str, Any], grace: float) -> None:
+    def __init__(self, emit: Emit, event: StartedEvent, grace: float) -> None:
         self._emit = emit
         self._event = event
         self._lock = threading.Lock()
         self._settled = False
-        self._timer = threading.Timer(grace, self._send)
-        self._timer.daemon = True
-        self._timer.start()
+        LATER.call(grace, self._send)
 
     def _send(self) -> None:
         with self._lock:
             if not self._settled:
                 self._settled = True
-                self._emit(self._event)
+                self._emit(self._event.to_dict())
 
     def emit(self, event: dict[str, Any]) -> None:
         """Emit a progress event, after "started" if that is still due."""
@@ -303,9 +334,54 @@ class StartNotice:
 
     def settle(self) -> None:
         """The attempt has ended: "started" is sent no more."""
-        self._timer.cancel()
         with self._lock:
             self._settled = True
+
+
+class Later:
+    """Calls due later, made by one thread of this process: a thread (``threading.Timer``)
+    per attempt cost more than a short chunk takes to render. A forked render slot
+    starts its own thread. A call that is no longer wanted returns at once (``StartNotice``
+    is settled), so nothing is ever cancelled."""
+
+    def __init__(self) -> None:
+        self._forked()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A new process: no thread yet, no calls (a parent's are not this process's),
+        and a lock that no thread of the parent can be holding."""
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._wake = threading.Condition()
+        self._order = itertools.count()  # calls due at the same moment keep their order
+        self._running = False
+        self._until = math.inf  # when the thread wakes by itself
+
+    def call(self, delay: float, function: Callable[[], None]) -> None:
+        with self._wake:
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="later", daemon=True).start()
+            due = time.monotonic() + delay
+            heapq.heappush(self._due, (due, next(self._order), function))
+            if due < self._until:  # else the thread wakes in time by itself: no switch
+                self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._until = self._due[0][0] if self._due else math.inf
+                    self._wake.wait(self._until - time.monotonic() if self._due else None)
+                self._until = -math.inf  # busy: it looks at the heap again before waiting
+                _, _, function = heapq.heappop(self._due)
+            try:
+                function()
+            except Exception:
+                log.exception("a call due later failed")
+
+
+LATER = Later()
 
 
 # What a renderer's environment leaves out, by name (upper-cased): the farm's settings

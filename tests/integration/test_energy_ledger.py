@@ -13,8 +13,9 @@ import pytest
 
 from scheduler.wire.messages import ChunkMessage, FrameReport
 from tests.conftest import wait_for
-from workers.energy import EnergyLedger, LedgerServer
+from workers.energy import RESOLUTION_SECONDS, EnergyLedger, LedgerServer
 from workers.meters import ModelMeter
+from workers.metrics import WORKER_REGISTRY
 from workers.runner import run_chunk
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
@@ -23,7 +24,7 @@ BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_t
 class SteadyMeter:
     """A node drawing a steady 200 W: what a real meter would say, without the noise."""
 
-    method = "model"
+    method = "steady"
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -118,3 +119,71 @@ def test_without_the_ledger_frames_render_unmetered(tmp_path: Path) -> None:
     report = FrameReport.from_dict(events[-1]["results"][0])
     assert report.energy_joules is None and report.output == "f_000001.png"
     wait_for(lambda: (tmp_path / "f_000001.png").is_file(), 5, "the frame on disk")
+
+
+class CountingMeter(SteadyMeter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read(self) -> float:
+        self.reads += 1
+        return super().read()
+
+
+def test_renders_beginning_together_share_one_reading() -> None:
+    """Within the ledger's resolution a beginning reads nothing; an end always reads;
+    the frames still add up to the meter with what the node kept."""
+    meter = CountingMeter()
+    now = [100.0]
+    ledger = EnergyLedger(meter, idle_watts=40.0, slots=4, clock=lambda: now[0])
+    heavy = burner(0.3)
+    reads = meter.reads
+    now[0] += 1.0
+    ledger.begin("a", heavy.pid)
+    ledger.begin("b", heavy.pid)  # the same instant: no second reading
+    assert meter.reads == reads + 1
+    now[0] += RESOLUTION_SECONDS / 2
+    brief = ledger.end("b")
+    assert brief is not None and meter.reads == reads + 2
+    now[0] += 1.0
+    heavy.wait()
+    spent = ledger.end("a")
+    assert meter.reads == reads + 3 and spent is not None and spent > 0
+    assert spent + brief + ledger.unattributed_joules == pytest.approx(
+        ledger.total_joules, rel=1e-9
+    )
+
+
+def counted_frames() -> float:
+    labels = {"pool": "", "region": "", "method": "steady"}
+    counted = WORKER_REGISTRY.get_sample_value("renderfarm_worker_frames_rendered_total", labels)
+    return counted or 0.0
+
+
+def test_a_render_shorter_than_the_resolution_costs_no_round_trip(tmp_path: Path) -> None:
+    """A no-op chunk ends before the ledger hears of it: its frame carries 0 J by the
+    ledger's method, the ledger counts the frame, and nothing stays running there."""
+    ledger = EnergyLedger(SteadyMeter(), idle_watts=0.0, slots=1)
+    server = LedgerServer(ledger)
+    server.start()
+    events: list[dict[str, Any]] = []
+    noop = dataclasses.replace(chunk([1, 2]), renderer="noop", settings={})
+    frames_before = counted_frames()
+    try:
+        assert run_chunk(noop, tmp_path, "node-1", events.append, server.client())
+        wait_for(lambda: counted_frames() == frames_before + 2, 5, "the frames counted")
+    finally:
+        server.stop()
+    reports = [FrameReport.from_dict(r) for r in events[-1]["results"]]
+    assert [(r.energy_joules, r.energy_method) for r in reports] == [(0.0, "steady")] * 2
+    assert ledger.running == 0
+    slow = dataclasses.replace(noop, chunk_id=8, settings={"sleep": 0.05})
+    server = LedgerServer(ledger)
+    server.start()
+    try:
+        assert run_chunk(slow, tmp_path, "node-1", events.append, server.client())
+    finally:
+        server.stop()
+    reports = [FrameReport.from_dict(r) for r in events[-1]["results"]]
+    assert all(r.energy_joules and r.energy_joules > 0 for r in reports)  # it entered

@@ -206,7 +206,9 @@ def test_a_node_runs_a_chunk_of_tasks_frame_by_frame_with_their_energy(
     finished = decode_event(events[-1])
     assert isinstance(finished, FinishedEvent)
     assert [r.frame for r in finished.results] == [1, 2, 3]
-    assert all(r.energy_method == "model" and (r.energy_joules or 0) > 0 for r in finished.results)
+    assert all(
+        r.energy_method == "model" and (r.energy_joules or 0) > 0 for r in finished.results
+    ), finished.results
     assert all(r.render_seconds > 0 for r in finished.results)
     carried = sum(r.energy_joules or 0 for r in finished.results)
     assert carried + ledger.unattributed_joules == pytest.approx(ledger.total_joules, rel=1e-9)
