@@ -84,11 +84,10 @@ def bench_farm(
         )
         wait_until(lambda: bool(client.get("/v1/nodes").json()), 60, "the node did not report")
         processes = {
-            label.split("-local-")[0] if "-local-" in label else label: psutil.Process(c.pid)
+            ("node" if "-local-" in label else label): psutil.Process(c.pid)
             for label, c in farm.children
         }
-        if farm.redis is not None and farm.redis.process is not None:
-            processes["redis"] = psutil.Process(farm.redis.process.pid)
+        processes.update(also_measure)
         cpu_before = {label: cpu_seconds(p) for label, p in processes.items()}
         started = time.perf_counter()
         job = client.post(
@@ -107,7 +106,10 @@ def bench_farm(
         return frames / elapsed, cpu_ms
 
 
-def bench_celery(broker_url: str, frames: int, slots: int, logs: Path) -> float:
+def bench_celery(
+    broker_url: str, frames: int, slots: int, logs: Path, also_measure: dict[str, psutil.Process]
+) -> tuple[float, dict[str, float]]:
+    """Tasks per second, and CPU milliseconds per task of the worker (and of Redis)."""
     os.environ.update(BENCH_BROKER_URL=broker_url, BENCH_REDIS_URL=_plain(broker_url))
     env = dict(os.environ)
     from bench import celery_noop
@@ -143,6 +145,8 @@ def bench_celery(broker_url: str, frames: int, slots: int, logs: Path) -> float:
         wait_until(
             lambda: bool(app.control.ping(timeout=0.5)), 60, "the Celery worker did not start"
         )
+        processes = {"worker": psutil.Process(worker.pid), **also_measure}
+        cpu_before = {label: cpu_seconds(p) for label, p in processes.items()}
         started = time.perf_counter()
         with app.producer_or_acquire() as producer:
             for index in range(frames):
@@ -152,7 +156,12 @@ def bench_celery(broker_url: str, frames: int, slots: int, logs: Path) -> float:
             3600,
             "Celery did not finish",
         )
-        return frames / (time.perf_counter() - started)
+        rate = frames / (time.perf_counter() - started)
+        cpu_ms = {
+            label: round((cpu_seconds(p) - cpu_before[label]) / frames * 1000, 2)
+            for label, p in processes.items()
+        }
+        return rate, cpu_ms
     finally:
         stop_process(worker)
 
@@ -177,6 +186,7 @@ def main() -> None:
     farm_rates: list[float] = []
     celery_rates: list[float] = []
     cpu_ms: dict[str, float] = {}
+    celery_cpu_ms: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="renderfarm-bench-") as folder:
         embedded = None
         broker_url = args.broker_url
@@ -193,7 +203,10 @@ def main() -> None:
             for round_ in range(args.rounds):
                 # Alternate, so a machine that slows down mid-run hurts both sides alike.
                 redis_client(broker_url).flushdb()
-                celery_rates.append(bench_celery(broker_url, args.frames, args.slots, Path(folder)))
+                celery_rate, celery_cpu_ms = bench_celery(
+                    broker_url, args.frames, args.slots, Path(folder), redis_process
+                )
+                celery_rates.append(celery_rate)
                 settings = Settings(
                     _env_file=None,  # type: ignore[call-arg]
                     data_dir=Path(folder) / f"round-{round_}",
@@ -221,6 +234,7 @@ def main() -> None:
         "frames": args.frames,
         "slots": args.slots,
         "farm_cpu_ms_per_frame": cpu_ms,
+        "celery_cpu_ms_per_task": celery_cpu_ms,
     }
     if args.json:
         print(json.dumps(result))
@@ -232,6 +246,10 @@ def main() -> None:
     print(f"{'ratio farm / celery':<34}{farm_rate / celery_rate:>12.3f}")
     print("ratio per round: " + ", ".join(f"{r:.3f}" for r in ratios))
     print("farm CPU ms per frame (last round): " + ", ".join(f"{k} {v}" for k, v in cpu_ms.items()))
+    print(
+        "celery CPU ms per task (last round): "
+        + ", ".join(f"{k} {v}" for k, v in celery_cpu_ms.items())
+    )
 
 
 if __name__ == "__main__":
