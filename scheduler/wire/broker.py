@@ -5,6 +5,12 @@ places every chunk on a node) through the default exchange, so they land in the
 queue even after Redis lost its exchange bindings (a restart or FLUSHALL): Celery's
 per-connection cache of declared queues would otherwise route them nowhere.
 
+Messages are Celery's own (protocol 2, made by ``app.amqp.create_task_message``), so
+workers, Flower and ``celery inspect`` read them as any task; they are published
+straight through kombu, not through ``send_task``, whose routing, queue entities and
+signals cost three times what building and publishing the message does, to decide
+what the scheduler has decided already (the node's queue).
+
 A batch of messages goes out in one pipelined round trip (kombu's ``Producer.batch``):
 the scheduler sends a tick's chunks together, and one Redis round trip per chunk was
 a fifth of its CPU (BENCHMARKS.md). If the batch fails, delivery is uncertain: it is
@@ -34,6 +40,8 @@ from scheduler.wire.messages import RENDER_TASK, ChunkMessage, task_id_for
 log = logging.getLogger(__name__)
 
 BATCH_COMMANDS = 500  # Redis commands per pipelined round trip
+PERSISTENT = 2  # AMQP's delivery mode, as Celery sends tasks
+RETRY_POLICY = {"max_retries": None, "interval_start": 0.2, "interval_max": 2}
 
 
 def describe_chunk(message: ChunkMessage) -> str:
@@ -78,16 +86,24 @@ class CeleryBroker:
 
     def _publish(self, producer: Producer, messages: Sequence[ChunkMessage]) -> None:
         for message in messages:
-            self.app.send_task(
+            headers, properties, body, _event = self.app.amqp.create_task_message(
+                task_id_for(message.chunk_id, message.attempt),
                 RENDER_TASK,
-                args=[message.to_dict()],
-                task_id=task_id_for(message.chunk_id, message.attempt),
+                [message.to_dict()],
+                {},
                 argsrepr=describe_chunk(message),
                 kwargsrepr="{}",
-                queue=queue_entity(message.queue),
-                producer=producer,
+            )
+            producer.publish(
+                body,
+                exchange="",  # the default exchange: straight to the node's queue
+                routing_key=message.queue,
+                headers=headers,
+                serializer="json",
+                delivery_mode=PERSISTENT,
                 retry=True,
-                retry_policy={"max_retries": None, "interval_start": 0.2, "interval_max": 2},
+                retry_policy=RETRY_POLICY,
+                **properties,
             )
 
     def revoke(self, task_ids: Sequence[str]) -> None:
