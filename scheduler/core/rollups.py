@@ -28,15 +28,20 @@ def bucket(measure: str, bound: float) -> str:
     return f"{measure}_le:{bound:g}"
 
 
+# The buckets' measures, named once (a frame falls into most of them).
+_SECONDS_BUCKETS = tuple((b, bucket("render_seconds", b)) for b in RENDER_SECONDS_BUCKETS)
+_JOULES_BUCKETS = tuple((b, bucket("it_joules", b)) for b in ENERGY_JOULES_BUCKETS)
+
+
 def frame_measures(frame: Mapping[str, Any]) -> dict[str, float]:
     """What one frame row adds to the totals of its (pool, region, method)."""
     measures: dict[str, float] = {"frames": 1.0}
     for name in SUMS:
         measures[name] = float(frame.get(name) or 0.0)
     seconds = frame["render_seconds"]
-    for bound in RENDER_SECONDS_BUCKETS:
+    for bound, name in _SECONDS_BUCKETS:
         if seconds <= bound:
-            measures[bucket("render_seconds", bound)] = 1.0
+            measures[name] = 1.0
     if frame.get("baseline_cost") is not None:  # what placement saved on this frame
         for name in ("facility_joules", "cost", "co2_grams"):
             saved = float(frame.get(f"baseline_{name}") or 0.0) - float(frame.get(name) or 0.0)
@@ -44,9 +49,9 @@ def frame_measures(frame: Mapping[str, Any]) -> dict[str, float]:
     joules = frame.get("it_joules")
     if joules is not None:
         measures["metered"] = 1.0
-        for bound in ENERGY_JOULES_BUCKETS:
+        for bound, name in _JOULES_BUCKETS:
             if joules <= bound:
-                measures[bucket("it_joules", bound)] = 1.0
+                measures[name] = 1.0
     return measures
 
 

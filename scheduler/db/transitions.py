@@ -96,7 +96,7 @@ _LOCK_JOBS = (
     .execution_options(populate_existing=True)  # what was read before the lock may be stale
 )
 _LOCK_JOBS_OF_CHUNKS = (
-    sql_select(col(JobRow.id))
+    select(JobRow)
     .where(
         col(JobRow.id).in_(
             sql_select(col(ChunkRow.job_id)).where(
@@ -106,13 +106,17 @@ _LOCK_JOBS_OF_CHUNKS = (
     )
     .order_by(col(JobRow.id))
     .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
 )
 
 
-def lock_jobs_of_chunks(session: Session, chunk_ids: Collection[int]) -> None:
-    """Lock the jobs of these chunks (id order) before reading and changing the chunks."""
-    if chunk_ids:
-        session.execute(_LOCK_JOBS_OF_CHUNKS, {"ids": list(chunk_ids)}).all()
+def lock_jobs_of_chunks(session: Session, chunk_ids: Collection[int]) -> dict[int, JobRow]:
+    """Lock the jobs of these chunks (id order) before reading and changing the chunks;
+    the jobs by id, as locked (what ``refresh_job_states`` needs of them)."""
+    if not chunk_ids:
+        return {}
+    jobs = session.exec(_LOCK_JOBS_OF_CHUNKS, params={"ids": list(chunk_ids)}).all()
+    return {job.id: job for job in jobs if job.id is not None}
 
 
 def refresh_job_states(session: Session, jobs: Sequence[JobRow], now: float) -> list[int]:

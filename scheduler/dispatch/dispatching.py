@@ -534,7 +534,9 @@ def save_dispatch(
                 ),
             )
         )
-    refresh_job_states(session, [jobs[j] for j in {m.job_id for m in messages}], now)
+    # A dispatch moves a queued job to running; it can move a running job nowhere.
+    starting = {m.job_id for m in messages if locked[m.job_id].state != JobState.RUNNING}
+    refresh_job_states(session, [locked[job_id] for job_id in sorted(starting)], now)
     return messages
 
 

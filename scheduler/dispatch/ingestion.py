@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import bindparam
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -43,7 +43,6 @@ from scheduler.db.transitions import (
     ChunkChange,
     end_queued_chunks,
     failed_frames,
-    lock_jobs,
     lock_jobs_of_chunks,
     refresh_job_states,
     requeue_chunks,
@@ -89,7 +88,7 @@ _FRAMES_DONE = sql_select(
     col(FrameResultRow.job_id), col(FrameResultRow.frame), col(FrameResultRow.id),
     col(FrameResultRow.attempt), col(FrameResultRow.it_joules),
 ).where(col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True)))  # fmt: skip
-_INSERT_RESULTS = insert(FrameResultRow)
+_INSERT_RESULTS = FrameResultRow.__table__.insert()  # type: ignore[attr-defined]  # Core: no ORM bulk path
 _FRAME_TABLE = FrameResultRow.__table__  # type: ignore[attr-defined]
 _RESTATE_ENERGY = (
     _FRAME_TABLE.update()
@@ -149,7 +148,7 @@ def apply_chunk_events(
     move, and this batch's events of it change nothing.
     """
     chunk_ids = {e.chunk_id for e in events}
-    lock_jobs_of_chunks(session, chunk_ids)
+    locked = lock_jobs_of_chunks(session, chunk_ids)
     chunks: dict[int, _ChunkView] = {}
     max_attempts: dict[int, int] = {}
     loaded = session.execute(_CHUNKS_OF_EVENTS, {"ids": list(chunk_ids)})
@@ -335,8 +334,8 @@ def apply_chunk_events(
     _save_warnings(session, warned)
     stopped = _stop_failing_jobs(session, outcome.failed_jobs)
     touched = {c.job_id for c in chunks.values() if c.changes} | stopped
-    if touched:
-        refresh_job_states(session, lock_jobs(session, touched), now)
+    if touched:  # locked at the start: their state, suspension and cancel are as read
+        refresh_job_states(session, [locked[job_id] for job_id in sorted(touched)], now)
 
 
 def _billed_regions(events: Sequence[ChunkEvent]) -> set[str]:

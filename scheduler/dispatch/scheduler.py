@@ -44,6 +44,10 @@ from scheduler.wire.broker import Broker
 from scheduler.wire.events import is_wake
 from scheduler.wire.messages import ChunkMessage
 
+# How long the regions' figures bill frames before they are read again: a region's
+# new price or carbon intensity applies to the frames ingested a second later at most.
+BILLER_SECONDS = 1.0
+
 
 class Scheduler:
     def __init__(
@@ -61,6 +65,7 @@ class Scheduler:
         # Fair-share stride passes, carried between ticks; a restart starts them afresh.
         self.passes: dict[tuple[int, str], float] = {}
         self.siting = Siting()  # placement policies' figures, kept half a minute
+        self._billing: tuple[float, FrameBiller] | None = None  # since when, figures
 
     def dispatch_tick(self) -> list[ChunkMessage]:
         """Fill each node's queue up to its free slots; returns what was sent."""
@@ -108,14 +113,20 @@ class Scheduler:
         with Session(self.engine) as session:
             if chunk_events:
                 retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
-                biller = FrameBiller(ZoneInfo(self.settings.billing_timezone))
-                apply_chunk_events(session, chunk_events, now, outcome, retry, biller)
+                apply_chunk_events(session, chunk_events, now, outcome, retry, self._biller(now))
             save_heartbeats(session, beats, now)
             session.commit()
         self.rates.record(now, outcome.finished)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
         return outcome
+
+    def _biller(self, now: float) -> FrameBiller:
+        """The regions' figures and studios' homes, read again each ``BILLER_SECONDS``
+        (not each batch: a busy scheduler ingests ten batches a second)."""
+        if self._billing is None or now - self._billing[0] >= BILLER_SECONDS:
+            self._billing = (now, FrameBiller(ZoneInfo(self.settings.billing_timezone)))
+        return self._billing[1]
 
     def reconcile(self) -> None:
         """Mark lost nodes and requeue their chunks; requeue what the broker lost."""

@@ -17,7 +17,7 @@ from sqlmodel import Session
 from scheduler.core.rollups import attempts_change, totals_change
 from scheduler.db import AttemptRow, AttemptTotal, ChunkRow, FrameResultRow, FrameTotal, Region
 from scheduler.db.engine import alembic_config
-from scheduler.dispatch.scheduler import Scheduler
+from scheduler.dispatch.scheduler import BILLER_SECONDS, Scheduler
 from scheduler.errors import InvalidRequest
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
@@ -87,6 +87,7 @@ def test_a_regions_new_figures_bill_new_frames_only(
     with Session(engine) as session:
         set_region(session, "guizhou", clock(), price_per_kwh=1.0)
         session.commit()
+    clock.now += BILLER_SECONDS  # the scheduler reads the regions' figures each second
     scheduler.ingest([event("finished", two, region="guizhou", results=[report(2, 3.6e6)])])
     frames = {r.frame: r for r in rows(engine, FrameResultRow, job_id=job_id)}
     assert frames[1].cost == pytest.approx(1.2 * 0.35)  # as installed
