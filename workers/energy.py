@@ -10,8 +10,9 @@ node, plus the idle energy no frame carries, add up to the meter.
 Renders run in Celery's prefork children; they reach the ledger over a Unix socket
 (``LedgerClient``): ``begin`` once a render has run ``RESOLUTION_SECONDS`` (sent
 without waiting for an answer: none comes), ``frame`` when the renderer reports a
-frame, ``end`` when it exits; ``brief`` (no answer either) for a render that ended
-before it began in the ledger, whose frames carry 0 J. A slot's requests are served
+frame, ``end`` when it exits; ``brief`` (no answer either, sent for a slot's brief
+frames together each half second) for renders that ended before they began in the
+ledger, whose frames carry 0 J. A slot's requests are served
 in order, so its ``begin`` is in the ledger before its ``end`` is answered. Every
 Prometheus metric of the node is set here, in the main process, so prefork needs no
 multiprocess mode for them.
@@ -44,6 +45,7 @@ import psutil
 
 from scheduler.core.energy import attribute_interval, split_evenly
 from workers import metrics
+from workers.later import LATER
 from workers.meters import Meter
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 CpuReader = Callable[[int], float | None]
 REPLY_TIMEOUT_SECONDS = 5.0
 UNANSWERED = ("begin", "brief")  # requests the ledger takes without an answer
+BRIEF_EVERY_SECONDS = 0.5  # brief frames are sent together
 
 
 class ProcessTreeCpu:
@@ -340,13 +343,26 @@ class LedgerClient:
         self._connection: Connection | None = None
         self._pid = 0
         self._lock = threading.Lock()  # one question and its answer at a time
+        self._briefs: list[float] = []  # render seconds of brief frames, not yet sent
 
     def begin(self, key: Hashable, pid: int) -> None:
         self._ask(("begin", key, pid), answered=False)
 
     def brief(self, key: Hashable, render_seconds: list[float]) -> None:
-        """Frames of a render too short to enter the ledger: counted, with 0 J."""
-        self._ask(("brief", key, render_seconds), answered=False)
+        """Frames of a render too short to enter the ledger: counted, with 0 J, in the
+        ledger's metrics within ``BRIEF_EVERY_SECONDS`` (sent together: a message per
+        no-op chunk woke the ledger in the worker's busy main process each time)."""
+        with self._lock:
+            self._briefs.extend(render_seconds)
+            if len(self._briefs) > len(render_seconds):
+                return  # a send is due already
+        LATER.call(BRIEF_EVERY_SECONDS, self._send_briefs)
+
+    def _send_briefs(self) -> None:
+        with self._lock:
+            briefs, self._briefs = self._briefs, []
+            if briefs:
+                self._ask_now(("brief", None, briefs), answered=False)
 
     def frame(self, key: Hashable, render_seconds: float) -> float | None:
         answer = self._ask(("frame", key, render_seconds))

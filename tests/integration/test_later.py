@@ -1,4 +1,4 @@
-"""Calls due later on a render node (workers/runner.py ``Later``): one thread per
+"""Calls due later on a render node (workers/later.py): one thread per
 process runs them in the order they fall due; a forked render slot runs its own."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.conftest import wait_for
-from workers.runner import Later
+from workers.later import Later
 
 pytestmark = pytest.mark.integration
 
