@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # Scheduler.
     tick_seconds: float = Field(0.5, gt=0, description="longest wait between dispatch ticks")
     gather_seconds: float = Field(
-        0.05, ge=0, description="under load, least time between ticks: events gather meanwhile"
+        0.1, ge=0, description="under load, least time between ticks: events gather meanwhile"
     )
     dispatch_buffer: int = Field(
         2, ge=0, description="least messages queued beyond free slots, per pool"
