@@ -7,6 +7,7 @@ result backend); completion is counted with one Redis INCR per task.
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 from celery import Celery
@@ -26,3 +27,12 @@ _counter = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
 @app.task(name="bench.noop", acks_late=True)
 def noop(index: int) -> None:
     _counter.incr(COUNTER)
+
+
+STAMPS = "bench:celery-noop:started"
+
+
+@app.task(name="bench.stamp", acks_late=True)
+def stamp(sent_at: float) -> None:
+    """Records when it started (the floor of bench/latency.py)."""
+    _counter.rpush(STAMPS, repr(time.time() - sent_at))

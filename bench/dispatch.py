@@ -13,6 +13,7 @@ through a worker of the same concurrency. Prints both rates and farm/celery.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -111,11 +113,38 @@ def bench_celery(
 ) -> tuple[float, dict[str, float]]:
     """Tasks per second, and CPU milliseconds per task of the worker (and of Redis)."""
     os.environ.update(BENCH_BROKER_URL=broker_url, BENCH_REDIS_URL=_plain(broker_url))
-    env = dict(os.environ)
     from bench import celery_noop
 
     counter = redis_client(broker_url)
     counter.delete(celery_noop.COUNTER)
+    with celery_worker(broker_url, slots, logs) as worker:
+        app = celery_noop.app
+        processes = {"worker": psutil.Process(worker.pid), **also_measure}
+        cpu_before = {label: cpu_seconds(p) for label, p in processes.items()}
+        started = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for index in range(frames):
+                celery_noop.noop.apply_async((index,), queue="bench.noop", producer=producer)
+        wait_until(
+            lambda: int(counter.get(celery_noop.COUNTER) or 0) >= frames,
+            3600,
+            "Celery did not finish",
+        )
+        rate = frames / (time.perf_counter() - started)
+        cpu_ms = {
+            label: round((cpu_seconds(p) - cpu_before[label]) / frames * 1000, 2)
+            for label, p in processes.items()
+        }
+        return rate, cpu_ms
+
+
+@contextlib.contextmanager
+def celery_worker(broker_url: str, slots: int, logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A bare Celery worker of ``slots`` processes on the bench's queue, ready."""
+    os.environ.update(BENCH_BROKER_URL=broker_url, BENCH_REDIS_URL=_plain(broker_url))
+    env = dict(os.environ)
+    from bench import celery_noop
+
     with open(logs / "celery-noop.log", "ab") as log:
         worker = subprocess.Popen(
             [
@@ -141,27 +170,12 @@ def bench_celery(
             cwd=Path(__file__).resolve().parent.parent,
         )
     try:
-        app = celery_noop.app
         wait_until(
-            lambda: bool(app.control.ping(timeout=0.5)), 60, "the Celery worker did not start"
+            lambda: bool(celery_noop.app.control.ping(timeout=0.5)),
+            60,
+            "the Celery worker did not start",
         )
-        processes = {"worker": psutil.Process(worker.pid), **also_measure}
-        cpu_before = {label: cpu_seconds(p) for label, p in processes.items()}
-        started = time.perf_counter()
-        with app.producer_or_acquire() as producer:
-            for index in range(frames):
-                celery_noop.noop.apply_async((index,), queue="bench.noop", producer=producer)
-        wait_until(
-            lambda: int(counter.get(celery_noop.COUNTER) or 0) >= frames,
-            3600,
-            "Celery did not finish",
-        )
-        rate = frames / (time.perf_counter() - started)
-        cpu_ms = {
-            label: round((cpu_seconds(p) - cpu_before[label]) / frames * 1000, 2)
-            for label, p in processes.items()
-        }
-        return rate, cpu_ms
+        yield worker
     finally:
         stop_process(worker)
 
