@@ -6,14 +6,15 @@ in the policy's own job order, and only as many as the pools have room for.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, bindparam, func
+from sqlalchemy import Integer, String, bindparam, cast, func
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -72,11 +73,17 @@ STEP_TASKS = StepTasks()  # OpenJD steps' tasks, their templates read once per j
 
 # The statements of the hot path are built once: SQLAlchemy spends more time building
 # and keying a statement than SQLite spends running it (see BENCHMARKS.md).
-_LIVE_NODES = select(NodeRow).where(  # and taking work: not drained or disabled
+_LIVE_NODES = sql_select(  # and taking work: not drained or disabled
+    col(NodeRow.name), col(NodeRow.pool), col(NodeRow.slots), col(NodeRow.cores),
+    col(NodeRow.memory_bytes), col(NodeRow.gpus), col(NodeRow.region),
+    # As stored (text): what a node offers changes rarely, so it is decoded once per
+    # shape (``NodeShapes``), not once per node per tick: a farm has thousands.
+    cast(col(NodeRow.tags), String), cast(col(NodeRow.capabilities), String),
+).where(
     col(NodeRow.state) == "online",
     col(NodeRow.last_heartbeat) >= bindparam("since"),
     col(NodeRow.admin) == "enabled",
-)
+)  # fmt: skip
 _ACTIVE_BY_NODE = (
     sql_select(col(ChunkRow.node), func.count())
     .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES), col(ChunkRow.node).is_not(None))
@@ -280,25 +287,49 @@ def _live_nodes(
 ) -> list[NodeView]:
     """Live nodes with the room in their queues: slots and a share of the pool's
     buffer, less the chunks sent to them or rendering on them."""
-    rows = session.exec(_LIVE_NODES, params={"since": live_since}).all()
+    rows = session.execute(_LIVE_NODES, {"since": live_since}).all()
     busy = {node: n for node, n in session.execute(_ACTIVE_BY_NODE)}
-    per_pool = Counter(row.pool for row in rows)
+    per_pool = Counter(row[1] for row in rows)
     buffers = {pool: math.ceil(buffer_for(pool) / count) for pool, count in per_pool.items()}
-    return [
-        NodeView(
-            name=row.name,
-            pool=row.pool,
-            free=row.slots + buffers[row.pool] - busy.get(row.name, 0),
-            cores=row.cores,
-            memory_bytes=row.memory_bytes,
-            gpus=row.gpus,
-            tags=frozenset(row.tags or ()),
-            capabilities=Capabilities.of(row.cores, row.memory_bytes, row.gpus, row.capabilities),
-            region=row.region,
-            slots=row.slots,
+    views = []
+    for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered in rows:
+        labels, capabilities = SHAPES.of(cores, memory_bytes, gpus, tags, offered)
+        free = slots + buffers[pool] - busy.get(name, 0)
+        views.append(
+            NodeView(
+                name, pool, free, cores, memory_bytes, gpus, labels, capabilities, region, slots
+            )
         )
-        for row in rows
-    ]
+    return views
+
+
+class NodeShapes:
+    """Nodes' tags and capabilities, decoded once per distinct shape (a farm's nodes
+    come in a few hardware types), from their stored text."""
+
+    LIMIT = 4096  # shapes kept; past that, they are decoded afresh
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[Any, ...], tuple[frozenset[str], Capabilities]] = {}
+
+    def of(
+        self, cores: int, memory_bytes: int, gpus: int, tags: str | None, offered: str | None
+    ) -> tuple[frozenset[str], Capabilities]:
+        key = (cores, memory_bytes, gpus, tags, offered)
+        found = self._known.get(key)
+        if found is None:
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            reported = json.loads(offered) if offered else None
+            found = (
+                frozenset(json.loads(tags) or ()) if tags else frozenset(),
+                Capabilities.of(cores, memory_bytes, gpus, reported),
+            )
+            self._known[key] = found
+        return found
+
+
+SHAPES = NodeShapes()
 
 
 def _needs(job: JobRow) -> Requirements:

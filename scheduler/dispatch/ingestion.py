@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as sql_select
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures
 from scheduler.core.frames import format_frame_spec
@@ -60,6 +60,7 @@ from scheduler.wire.messages import (
     FrameEvent,
     FrameReport,
     HeartbeatEvent,
+    NodeReport,
     StartedEvent,
     decode_event,
     task_id_for,
@@ -108,6 +109,14 @@ class IngestOutcome:
     unwanted: list[str] = field(default_factory=list)
     # Seconds between sending an attempt and a node starting it.
     dispatch_latencies: list[float] = field(default_factory=list)
+    nodes_changed: bool = False  # a node appeared, came back or offers something else
+    woken: bool = False  # the API rang: new work may dispatch
+
+    @property
+    def dispatch_now(self) -> bool:
+        """Whether the batch changed what may dispatch (slots freed, nodes, new work);
+        else the dispatch can wait for its tick."""
+        return bool(self.finished) or self.nodes_changed or self.woken
 
 
 def split_events(
@@ -453,62 +462,113 @@ def _stop_failing_jobs(session: Session, job_ids: set[int]) -> set[int]:
     return stopped
 
 
-def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> None:
-    """Register or refresh each reporting node; requeue attempts it no longer holds."""
+_NODE_TABLE = NodeRow.__table__  # type: ignore[attr-defined]
+_OFFERED = ("pool", "hostname", "slots", "cores", "memory_bytes", "gpus", "tags", "region",
+            "energy_method", "capabilities")  # fmt: skip
+_KNOWN_NODES = sql_select(
+    _NODE_TABLE.c.name, _NODE_TABLE.c.state, *(_NODE_TABLE.c[column] for column in _OFFERED)
+).where(_NODE_TABLE.c.name.in_(bindparam("names", expanding=True)))
+_BEAT = (  # a node that reports what it reported before: it lives, and how busy it is
+    _NODE_TABLE.update()
+    .where(_NODE_TABLE.c.name == bindparam("b_name"))
+    .values(
+        running=bindparam("running"),
+        power_watts=bindparam("power_watts"),
+        last_heartbeat=bindparam("last_heartbeat"),
+    )
+)
+_RUNNING_ON = sql_select(
+    col(ChunkRow.node), col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.started_at)
+).where(
+    col(ChunkRow.node).in_(bindparam("names", expanding=True)),
+    col(ChunkRow.state) == ChunkState.RUNNING,
+)
+
+
+def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> bool:
+    """Register or refresh each reporting node; requeue attempts it no longer holds.
+
+    In bulk, whatever the farm's size: one read of the reporting nodes, one
+    statement for all that report what they reported before (most beats: only that
+    they live, how busy, their power), one read of their running chunks. Returns
+    whether a node appeared, came back or changed what it offers: then the dispatch
+    should look at once.
+    """
     latest = {event.info.name: event for event in events}
-    for event in latest.values():
+    if not latest:
+        return False
+    known = {row.name: row for row in session.execute(_KNOWN_NODES, {"names": list(latest)})}
+    beats: list[dict[str, Any]] = []
+    changed = False
+    for name, event in latest.items():
         report = event.info
-        node = session.get(NodeRow, report.name)
-        if node is None:
-            node = NodeRow(
-                name=report.name,
-                pool=report.pool,
-                hostname=report.hostname,
-                slots=report.slots,
-                cores=report.cores,
-                memory_bytes=report.memory_bytes,
-                state="online",
-                last_heartbeat=now,
-                registered_at=now,
-            )
-        node.pool = report.pool
-        node.hostname = report.hostname
-        node.slots = report.slots
-        node.running = report.running
-        node.cores = report.cores
-        node.memory_bytes = report.memory_bytes
-        node.gpus = report.gpus
-        node.tags = list(report.tags)
-        node.region = str(report.region)[:64]
-        node.energy_method = str(report.energy_method)[:32] if report.energy_method else None
-        node.power_watts = _number_or_none(report.power_watts) or 0.0
-        node.capabilities = _capabilities(report.capabilities)
-        node.state = "online"
-        node.last_heartbeat = now
+        offered = _offered(report)
+        live = {
+            "running": report.running,
+            "power_watts": _number_or_none(report.power_watts) or 0.0,
+            "last_heartbeat": now,
+        }
+        row = known.get(name)
+        if row is not None and row.state == "online" and _offers(row, offered):
+            beats.append({"b_name": name, **live})
+            continue
+        changed = True
+        node = session.get(NodeRow, name) or NodeRow(
+            name=name, pool=report.pool, hostname=report.hostname, slots=report.slots,
+            cores=report.cores, memory_bytes=report.memory_bytes, state="online",
+            last_heartbeat=now, registered_at=now,
+        )  # fmt: skip
+        for column, value in {**offered, **live, "state": "online"}.items():
+            setattr(node, column, value)
         session.add(node)
-        if event.tasks is not None and event.at is not None:
-            _requeue_vanished(session, report.name, set(event.tasks), event.at, now)
+    if beats:
+        session.execute(_BEAT, beats)
+    session.flush()
+    _requeue_vanished(session, [e for e in latest.values() if e.tasks is not None], now)
+    return changed
 
 
-def _requeue_vanished(
-    session: Session, node: str, listed: set[str], reported_at: float, now: float
-) -> None:
-    running = [
-        (chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0)
-        for chunk_id, attempt, started_at in session.exec(
-            select(ChunkRow.id, ChunkRow.attempts, ChunkRow.started_at).where(
-                ChunkRow.node == node, ChunkRow.state == ChunkState.RUNNING
-            )
+def _offered(report: NodeReport) -> dict[str, Any]:
+    """The columns of what a node offers (``_OFFERED``), as its report says."""
+    return dict(
+        zip(
+            _OFFERED,
+            (
+                report.pool, report.hostname, report.slots, report.cores, report.memory_bytes,
+                report.gpus, list(report.tags), str(report.region)[:64],
+                str(report.energy_method)[:32] if report.energy_method else None,
+                _capabilities(report.capabilities),
+            ),
+            strict=True,
         )
-        if chunk_id is not None
-    ]
-    vanished = vanished_attempts(running, listed, reported_at, VANISHED_GRACE_SECONDS)
+    )  # fmt: skip
+
+
+def _offers(row: Any, offered: dict[str, Any]) -> bool:
+    """Whether the stored node (a row of ``_KNOWN_NODES``) offers what it now reports."""
+    return tuple(row[2:]) == tuple(offered.values())
+
+
+def _requeue_vanished(session: Session, beats: Sequence[HeartbeatEvent], now: float) -> None:
+    """Chunks that nodes say (by the tasks their heartbeats list) they no longer run."""
+    if not beats:
+        return
+    running: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
+    names = [beat.info.name for beat in beats]
+    for node, chunk_id, attempt, started_at in session.execute(_RUNNING_ON, {"names": names}):
+        running[node].append((chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0))
+    vanished: list[int] = []
+    for beat in beats:
+        if beat.at is None or not running.get(beat.info.name):
+            continue
+        gone = vanished_attempts(
+            running[beat.info.name], set(beat.tasks or ()), beat.at, VANISHED_GRACE_SECONDS
+        )
+        if gone:
+            log.warning("node %s no longer holds %d running attempt(s); rendering them again",
+                        beat.info.name, len(gone))  # fmt: skip
+            vanished += gone
     if vanished:
-        log.warning(
-            "node %s no longer holds %d running attempt(s); rendering them again",
-            node,
-            len(vanished),
-        )
         requeue_chunks(session, vanished, [ChunkState.RUNNING], now)
 
 

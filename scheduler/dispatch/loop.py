@@ -8,6 +8,10 @@ freed slots at once, and reconcile (lost nodes, lost messages) about once a seco
 Chunk messages are published by a background thread after their dispatch commits. A
 broker or database outage is logged and retried; the loop never dies of one.
 
+A turn dispatches when its events changed what may go out (slots freed, a node
+appeared or came back, the bell rang), else at most every ``tick_seconds``: ten
+thousand nodes' heartbeats alone do not make the scheduler plan ten times a second.
+
 Under load a turn begins at most every ``gather_seconds``: the events of short chunks
 arrive one by one, and a turn per event would spend the scheduler's CPU on each
 turn's fixed cost (its queries, its commits, its round trips) instead of on the
@@ -33,6 +37,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from scheduler.db import create_tables, make_engine
 from scheduler.dispatch import metrics
 from scheduler.dispatch.carbon_feed import CarbonFeed
+from scheduler.dispatch.ingestion import IngestOutcome
 from scheduler.dispatch.leader import LeaderLock
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.dispatch.webhooks import WebhookSender
@@ -58,7 +63,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     scheduler = Scheduler(engine, settings, broker)
     consumer = EventConsumer(settings.effective_broker_url)
     leader = LeaderLock(redis_from_url(settings.effective_broker_url), settings.leader_ttl)
-    last_reconcile = last_stale = 0.0
+    last_reconcile = last_stale = last_dispatch = 0.0
     started, busy = time.perf_counter(), False
     failures = 0  # in a row
     sender = WebhookSender(engine, settings)
@@ -85,16 +90,18 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                 started = time.perf_counter()
                 events = consumer.fetch(settings.event_batch, timeout=settings.tick_seconds)
                 busy = bool(events)
-                if events:
-                    _ingest(scheduler, consumer, events)
+                outcome = _ingest(scheduler, consumer, events) if events else None
                 if time.monotonic() - last_reconcile >= RECONCILE_EVERY_SECONDS:
                     scheduler.reconcile()
                     last_reconcile = last_stale = time.monotonic()
                 elif time.monotonic() - last_stale >= STOP_STALE_EVERY_SECONDS:
                     scheduler.stop_stale_attempts()
                     last_stale = time.monotonic()
-                sent = scheduler.dispatch_tick()
-                metrics.CHUNKS_DISPATCHED.inc(len(sent))
+                due = time.monotonic() - last_dispatch >= settings.tick_seconds
+                if due or (outcome is not None and outcome.dispatch_now):
+                    sent = scheduler.dispatch_tick()
+                    last_dispatch = time.monotonic()
+                    metrics.CHUNKS_DISPATCHED.inc(len(sent))
                 metrics.TICK_SECONDS.observe(time.perf_counter() - started)
                 failures = 0
             except (BrokerError, RedisError, ConnectionError, OSError) as error:
@@ -117,7 +124,9 @@ def _pause(what: str, error: Exception, seconds: float, stop: threading.Event) -
     stop.wait(seconds)
 
 
-def _ingest(scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str, Any]]) -> None:
+def _ingest(
+    scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str, Any]]
+) -> IngestOutcome | None:
     try:
         outcome = scheduler.ingest(events)
     except (BrokerError, RedisError, ConnectionError, OSError, DatabaseError):
@@ -125,12 +134,13 @@ def _ingest(scheduler: Scheduler, consumer: EventConsumer, events: list[dict[str
     except Exception:
         log.exception("setting aside a batch of %d events that cannot be ingested", len(events))
         consumer.set_aside()
-        return
+        return None
     consumer.ack()
     metrics.EVENTS_INGESTED.inc(outcome.applied)
     metrics.EVENTS_IGNORED.inc(outcome.ignored)
     for seconds in outcome.dispatch_latencies:
         metrics.DISPATCH_LATENCY.observe(seconds)
+    return outcome
 
 
 def _lead(leader: LeaderLock, settings: Settings, stop: threading.Event) -> bool:

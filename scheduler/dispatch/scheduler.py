@@ -108,13 +108,15 @@ class Scheduler:
         """
         now = self.clock()
         chunk_events, beats = split_events(events)
-        unread = sum(not is_wake(e) for e in events) - len(chunk_events) - len(beats)
-        outcome = IngestOutcome(ignored=unread)
+        wakes = sum(is_wake(e) for e in events)
+        outcome = IngestOutcome(
+            ignored=len(events) - wakes - len(chunk_events) - len(beats), woken=wakes > 0
+        )
         with Session(self.engine) as session:
             if chunk_events:
                 retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
                 apply_chunk_events(session, chunk_events, now, outcome, retry, self._biller(now))
-            save_heartbeats(session, beats, now)
+            outcome.nodes_changed = save_heartbeats(session, beats, now)
             session.commit()
         self.rates.record(now, outcome.finished)
         if outcome.unwanted:

@@ -12,7 +12,7 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow
+from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import NotFound
 from scheduler.settings import Settings
@@ -607,3 +607,24 @@ def test_what_a_renderer_warns_of_reaches_the_studio_once(
     detail = studios.get_job(studio_id, job_id)
     assert detail.job.state == "done"
     assert detail.job.warnings == [missing]
+
+
+def test_heartbeats_in_bulk_flag_only_what_changes_the_dispatch(
+    scheduler: Scheduler, engine: Engine, clock: Clock
+) -> None:
+    """A node beating as before only lives (and says how busy); a new node, one that
+    offers something else, or one back from lost makes the dispatch look at once."""
+    assert scheduler.ingest([heartbeat("node-a"), heartbeat("node-b")]).nodes_changed
+    clock.now += 5
+    again = scheduler.ingest([heartbeat("node-a", running=1), heartbeat("node-b")])
+    assert not again.nodes_changed and not again.dispatch_now
+    nodes = {n.name: n for n in rows(engine, NodeRow)}
+    assert nodes["node-a"].running == 1 and nodes["node-a"].last_heartbeat == clock.now
+    clock.now += 5
+    assert scheduler.ingest([heartbeat("node-a", tags=["gpu-lab"])]).nodes_changed
+    assert rows(engine, NodeRow, name="node-a")[0].tags == ["gpu-lab"]
+    clock.now += 120  # both silent past the timeout
+    scheduler.reconcile()
+    assert {n.state for n in rows(engine, NodeRow)} == {"lost"}
+    assert scheduler.ingest([heartbeat("node-b")]).nodes_changed
+    assert rows(engine, NodeRow, name="node-b")[0].state == "online"
