@@ -74,17 +74,23 @@ def wait_for_job(farm: LocalFarm, client: httpx.Client, job_id: int) -> None:
     wait_until(done, 3600, "the farm did not finish")
 
 
+def studio_client(farm: LocalFarm, settings: Settings) -> httpx.Client:
+    """The demo studio's client of the farm's API, once a node has reported."""
+    client = httpx.Client(
+        base_url=farm.api_url,
+        headers={"Authorization": f"Bearer {studio_key(settings)}"},
+        timeout=30,
+    )
+    wait_until(lambda: bool(client.get("/v1/nodes").json()), 60, "the node did not report")
+    return client
+
+
 def bench_farm(
     settings: Settings, frames: int, slots: int, also_measure: dict[str, psutil.Process]
 ) -> tuple[float, dict[str, float]]:
     """Frames per second, and CPU milliseconds per frame of each farm process."""
     with LocalFarm(settings, workers=1, slots=slots, api_port=free_port()) as farm:
-        client = httpx.Client(
-            base_url=farm.api_url,
-            headers={"Authorization": f"Bearer {studio_key(settings)}"},
-            timeout=30,
-        )
-        wait_until(lambda: bool(client.get("/v1/nodes").json()), 60, "the node did not report")
+        client = studio_client(farm, settings)
         processes = {
             ("node" if "-local-" in label else label): psutil.Process(c.pid)
             for label, c in farm.children

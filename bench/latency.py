@@ -22,15 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from sqlalchemy import select
 from sqlmodel import Session, col
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dispatch import celery_worker, free_port, redis_client
+from bench.dispatch import celery_worker, free_port, redis_client, studio_client
 from scheduler.db import AttemptRow, make_engine
-from scheduler.launch.demo import studio_key
 from scheduler.launch.embedded import EmbeddedRedis, LocalFarm, wait_until
 from scheduler.settings import Settings
 
@@ -49,12 +47,7 @@ def quantiles(samples: list[float]) -> dict[str, float]:
 
 def farm_latencies(settings: Settings, jobs: int, slots: int) -> list[float]:
     with LocalFarm(settings, workers=1, slots=slots, api_port=free_port()) as farm:
-        client = httpx.Client(
-            base_url=farm.api_url,
-            headers={"Authorization": f"Bearer {studio_key(settings)}"},
-            timeout=30,
-        )
-        wait_until(lambda: bool(client.get("/v1/nodes").json()), 60, "the node did not report")
+        client = studio_client(farm, settings)
         engine = make_engine(settings.effective_database_url)
         found = []
         for n in range(jobs + 1):

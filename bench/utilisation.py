@@ -20,16 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 from sqlalchemy import select
 from sqlmodel import Session, col
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dispatch import free_port, wait_for_job
+from bench.dispatch import free_port, studio_client, wait_for_job
 from scheduler.db import FrameResultRow, make_engine
-from scheduler.launch.demo import studio_key
-from scheduler.launch.embedded import LocalFarm, wait_until
+from scheduler.launch.embedded import LocalFarm
 from scheduler.settings import Settings
 
 
@@ -43,12 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="renderfarm-bench-") as folder:
         settings = Settings(_env_file=None, data_dir=Path(folder))  # type: ignore[call-arg]
         with LocalFarm(settings, workers=1, slots=args.slots, api_port=free_port()) as farm:
-            client = httpx.Client(
-                base_url=farm.api_url,
-                headers={"Authorization": f"Bearer {studio_key(settings)}"},
-                timeout=30,
-            )
-            wait_until(lambda: bool(client.get("/v1/nodes").json()), 60, "no node reported")
+            client = studio_client(farm, settings)
             renderer = {"kind": "noop", "sleep": args.seconds}
             job = client.post(
                 "/v1/jobs",
