@@ -243,6 +243,7 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
 
     @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunk(message: dict[str, Any]) -> bool:
+        install_termination_handler()  # a revoke kills the renderer, not only this process
         publish = lambda event: events.publish([event])  # noqa: E731
         return run_message(
             message, storage, node.name, publish, meter, node.region, files, progress=progress
@@ -256,7 +257,6 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
         signals.worker_shutdown.connect(server.stop, weak=False)
     signals.worker_ready.connect(heartbeat.start, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
-    signals.worker_process_init.connect(lambda **_: install_termination_handler(), weak=False)
     return app
 
 

@@ -925,14 +925,28 @@ def _wait(child: subprocess.Popen[bytes], deadline: float) -> int:
 
 
 def install_termination_handler() -> None:
-    """On SIGTERM (Celery's revoke with terminate), kill running renderers, then exit."""
+    """On SIGTERM (Celery's revoke with terminate), kill running renderers at once, then
+    let the process end as it would have: by the handler found (billiard's, which
+    runs the pool process's ``finally`` blocks), else by exiting.
 
-    def _terminate(signum: int, _frame: Any) -> None:
+    Idempotent, and called at the start of every render task: billiard installs its
+    own SIGTERM handler after the pool process's init signals (``worker_process_init``),
+    so one installed there never ran, and a revoked render went on writing frames
+    until its reader gave up on it.
+    """
+    found = signal.getsignal(signal.SIGTERM)
+    if getattr(found, "kills_renderers", False):
+        return
+
+    def _terminate(signum: int, frame: Any) -> None:
         kill_groups(list(_running_groups), signal.SIGKILL)
         if _running_sessions:  # their actions are this worker's children, in groups of their own
             for child in psutil.Process().children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     child.kill()
+        if callable(found):
+            found(signum, frame)
         os._exit(128 + signum)
 
+    _terminate.kills_renderers = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, _terminate)

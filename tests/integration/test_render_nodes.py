@@ -146,3 +146,25 @@ def test_runner_reports_frames_and_failures(tmp_path: Path) -> None:
     assert not run_chunk(unknown, tmp_path, "node", events.append)
     failed = decode_event(events[-1])
     assert isinstance(failed, FailedEvent) and "no renderer 'maya'" in failed.error
+
+
+def test_a_cancel_kills_the_renderer_at_once_not_when_its_frame_is_done(
+    scheduler_loop: None,
+    processes: Processes,
+    studio: tuple[StudioService, int],
+    settings: Settings,
+) -> None:
+    """Celery's revoke with terminate reaches the pool process running the attempt;
+    its renderer (a frame of many seconds) dies with it, and writes no frame."""
+    service, studio_id = studio
+    processes.worker("node-1", slots=1)
+    wait_for(lambda: service.list_nodes(), 60, "the node to report")
+    slow = {"kind": "builtin", "width": 1920, "height": 1080, "samples": 16}  # ~10 s a frame
+    job = service.submit_job(
+        studio_id, JobRequest.model_validate({"name": "cancelled", "frames": "1", "renderer": slow})
+    )
+    assert job.id is not None
+    wait_for(lambda: renderers_running(job.id), 30, "the renderer to start")
+    service.cancel_job(studio_id, job.id)
+    wait_for(lambda: not renderers_running(job.id), 5, "the renderer to be killed")
+    assert not (settings.storage_root / f"jobs/{job.id}/frames/frame_000001.png").exists()
