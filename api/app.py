@@ -55,7 +55,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.registry = registry
     app.state.service = StudioService(engine, settings, wake=scheduler_bell(settings))
-    app.state.operators = OperatorService(engine)
+    app.state.operators = OperatorService(engine, wake=scheduler_bell(settings))
     storage = open_storage(settings)  # a folder, or object storage
     blobs = BlobStore(storage)
     blobs.sweep_spool()  # what a crash of this host's API left half-spooled

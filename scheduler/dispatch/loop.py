@@ -99,7 +99,9 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                     last_stale = time.monotonic()
                 due = time.monotonic() - last_dispatch >= settings.tick_seconds
                 if due or (outcome is not None and outcome.dispatch_now):
+                    dispatching = time.perf_counter()
                     sent = scheduler.dispatch_tick()
+                    metrics.DISPATCH_SECONDS.observe(time.perf_counter() - dispatching)
                     last_dispatch = time.monotonic()
                     metrics.CHUNKS_DISPATCHED.inc(len(sent))
                 metrics.TICK_SECONDS.observe(time.perf_counter() - started)

@@ -1,5 +1,6 @@
 """The scheduler process's Prometheus metrics, served by ``renderfarm scheduler
---metrics-port``: tick duration, dispatch latency, events ingested and ignored.
+--metrics-port``: turn and dispatch tick durations, dispatch latency, events ingested
+and ignored.
 
 Names follow the farm's rule (see api/metrics.py): ``renderfarm_`` prefix, base units.
 """
@@ -11,6 +12,11 @@ from prometheus_client import Counter, Histogram
 TICK_SECONDS = Histogram(
     "renderfarm_scheduler_tick_seconds",
     "Time of one scheduler loop turn: ingest, dispatch, reconcile.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+DISPATCH_SECONDS = Histogram(
+    "renderfarm_scheduler_dispatch_seconds",
+    "Time of one dispatch tick: read the nodes and queues, decide, claim, commit.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 EVENTS_INGESTED = Counter(

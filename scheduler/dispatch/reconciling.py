@@ -19,8 +19,9 @@ from scheduler.wire.messages import node_queue, task_id_for
 log = logging.getLogger(__name__)
 
 
-def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
-    """Nodes silent for ``timeout`` s are lost; their running chunks go back to the queue."""
+def mark_lost_nodes(session: Session, now: float, timeout: float) -> list[str]:
+    """Nodes silent for ``timeout`` s are lost; their running chunks go back to the
+    queue. Returns the nodes lost."""
     silent = session.execute(  # only the silent are read: a farm has thousands online
         sql_select(col(NodeRow.name), col(NodeRow.last_heartbeat)).where(
             col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) < now - timeout
@@ -28,7 +29,7 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
     )
     lost = [name for name, last in silent if is_node_lost(last, now, timeout)]
     if not lost:
-        return
+        return []
     log.warning("nodes lost (no heartbeat for %.0f s): %s", timeout, lost)
     session.execute(
         update(NodeRow).where(col(NodeRow.name).in_(lost)).values(state="lost", running=0)
@@ -40,6 +41,7 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> None:
         )
     ).all()
     requeue_chunks(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
+    return lost
 
 
 def requeue_from_disabled(session: Session, now: float) -> None:

@@ -21,6 +21,7 @@ from sqlmodel import Session
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
 from scheduler.dispatch.dispatching import (
     CompletionRate,
+    NodeRoster,
     load_dispatch_snapshot,
     save_dispatch,
     save_held_jobs,
@@ -65,6 +66,7 @@ class Scheduler:
         # Fair-share stride passes, carried between ticks; a restart starts them afresh.
         self.passes: dict[tuple[int, str], float] = {}
         self.siting = Siting()  # placement policies' figures, kept half a minute
+        self.roster = NodeRoster()  # live nodes and what they offer, kept between ticks
         self._billing: tuple[float, FrameBiller] | None = None  # since when, figures
 
     def dispatch_tick(self) -> list[ChunkMessage]:
@@ -79,6 +81,7 @@ class Scheduler:
                 lambda pool: self._buffer(pool, now),
                 self.passes,
                 self.siting,
+                self.roster,
             )
             save_held_jobs(session, held, now)
             assignments = plan_dispatch(snapshot, now)
@@ -118,6 +121,8 @@ class Scheduler:
                 apply_chunk_events(session, chunk_events, now, outcome, retry, self._biller(now))
             outcome.nodes_changed = save_heartbeats(session, beats, now)
             session.commit()
+        if outcome.nodes_changed or outcome.woken:  # woken: an operator may have changed one
+            self.roster.stale()
         self.rates.record(now, outcome.finished)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
@@ -134,7 +139,8 @@ class Scheduler:
         """Mark lost nodes and requeue their chunks; requeue what the broker lost."""
         now = self.clock()
         with Session(self.engine) as session:
-            mark_lost_nodes(session, now, self.settings.node_timeout)
+            if mark_lost_nodes(session, now, self.settings.node_timeout):
+                self.roster.stale()
             requeue_from_disabled(session, now)
             requeue_unclaimed(session, now, self.settings.redispatch_after, self.broker.queue_depth)
             session.commit()

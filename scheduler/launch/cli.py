@@ -293,9 +293,10 @@ def _me() -> Actor:
 
 
 def _operators(service: StudioService) -> OperatorService:
+    from scheduler.usecases.jobs import scheduler_bell
     from scheduler.usecases.operators import OperatorService
 
-    return OperatorService(service.engine)
+    return OperatorService(service.engine, wake=scheduler_bell(service.settings))
 
 
 def _studio_service() -> StudioService:

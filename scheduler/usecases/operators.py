@@ -46,10 +46,18 @@ class NodeChange:
 
 
 class OperatorService:
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float] = time.time,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self._read_only = read_only(engine)
+        # Called once a node's admin state has committed: the scheduler reads its nodes
+        # again at once (else within seconds) and sends work elsewhere (or to it again).
+        self.wake = wake
 
     # Operators and their keys ----------------------------------------------------------
 
@@ -177,6 +185,7 @@ class OperatorService:
                 )  # fmt: skip
             record(session, actor, f"node.{action}", name, self.clock(), requeued=requeued or None)
             session.commit()
+            self.wake()
             session.refresh(node)
             return NodeChange(node, requeued)
 

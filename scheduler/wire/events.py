@@ -197,8 +197,8 @@ class SchedulerBell:
     def ring(self) -> None:
         try:
             self._ring(keys=[EVENTS_KEY], args=[_WAKE_ITEM])
-        except redis.RedisError as error:  # the scheduler's next tick comes anyway
-            log.warning("could not wake the scheduler: %s", error)
+        except redis.RedisError as error:  # harmless: the scheduler's next tick comes anyway
+            log.debug("could not wake the scheduler: %s", error)
 
     def close(self) -> None:
         self._client.close()

@@ -17,6 +17,7 @@ from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import NotFound
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.operators import OperatorService
 from scheduler.usecases.templates import TemplateRequest
 from scheduler.wire.broker import CeleryBroker
 from scheduler.wire.celery_app import make_celery
@@ -628,3 +629,30 @@ def test_heartbeats_in_bulk_flag_only_what_changes_the_dispatch(
     assert {n.state for n in rows(engine, NodeRow)} == {"lost"}
     assert scheduler.ingest([heartbeat("node-b")]).nodes_changed
     assert rows(engine, NodeRow, name="node-b")[0].state == "online"
+
+
+def test_the_node_roster_is_read_again_when_an_operator_rings_or_a_node_is_lost(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    studios: StudioService,
+    studio_id: int,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """Ticks reuse the live nodes they read (ten thousand are costly to read each
+    tick); an operator's drain (the API's bell) or a node marked lost is seen at once."""
+    submit(studios, studio_id, "1-40")
+    scheduler.ingest([heartbeat("node-a", slots=2), heartbeat("node-b", slots=2)])
+    first = scheduler.dispatch_tick()
+    assert {m.node for m in first} == {"node-a", "node-b"}
+    OperatorService(engine, clock).set_node("node-a", "drain")
+    outcome = scheduler.ingest([{"kind": "wake"}, *(finished(m, m.node or "") for m in first)])
+    assert outcome.woken and outcome.ignored == 0 and outcome.dispatch_now
+    assert {m.node for m in scheduler.dispatch_tick()} == {"node-b"}  # room on both
+    clock.now += 30
+    scheduler.ingest([heartbeat("node-a", slots=2)])  # node-b falls silent
+    clock.now += 40
+    scheduler.reconcile()  # node-b is lost: 70 s without a heartbeat
+    OperatorService(engine, clock).set_node("node-a", "enable")
+    scheduler.ingest([{"kind": "wake"}, heartbeat("node-a", slots=2)])
+    assert {m.node for m in scheduler.dispatch_tick()} == {"node-a"}
