@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -33,7 +34,9 @@ class LeaderLock:
         key: str = LEADER_KEY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        # Unique per lock, not per process: a scheduler restarted in the same process
+        # (the embedded farm, tests) must not renew or release its predecessor's hold.
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._lock = Lock(client, key, timeout=ttl, blocking=False, thread_local=False)
         self.held = False
         self._renew_every = ttl / 5

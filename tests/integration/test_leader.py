@@ -24,8 +24,7 @@ def test_the_lock_is_renewed_each_fifth_of_its_ttl(broker: redis.Redis, clock: C
 
 def test_a_lost_lock_is_noticed_at_the_next_renewal(broker: redis.Redis, clock: Clock) -> None:
     leader = LeaderLock(broker, ttl=10.0, clock=clock)
-    standby = LeaderLock(broker, ttl=10.0, clock=clock)
-    standby.identity = "another-host:1"
+    standby = LeaderLock(broker, ttl=10.0, clock=clock)  # in this process too: its own hold
     assert leader.try_acquire() and not standby.try_acquire()
     broker.delete(LEADER_KEY)  # a flush
     assert standby.try_acquire()
@@ -33,3 +32,17 @@ def test_a_lost_lock_is_noticed_at_the_next_renewal(broker: redis.Redis, clock: 
     clock.now += 2.0
     assert not leader.keep() and not leader.held
     assert standby.keep() and broker.get(LEADER_KEY) == standby.identity.encode()
+
+
+def test_a_predecessor_in_the_same_process_cannot_release_its_successors_hold(
+    broker: redis.Redis,
+) -> None:
+    """A scheduler stopped late (its thread still ending) holds a token of its own."""
+    old = LeaderLock(broker, ttl=10.0)
+    assert old.try_acquire()
+    broker.delete(LEADER_KEY)  # it expired meanwhile
+    new = LeaderLock(broker, ttl=10.0)
+    assert new.try_acquire()
+    old.release()
+    assert not old.held and broker.get(LEADER_KEY) == new.identity.encode()
+    assert new.renew()
