@@ -101,6 +101,14 @@ class Capabilities:
 
     amounts: tuple[tuple[str, float], ...] = ()
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()
+    # Hashed once: a dispatch groups thousands of nodes by what they offer each tick.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.amounts, self.attributes)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def of(

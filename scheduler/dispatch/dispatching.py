@@ -212,8 +212,8 @@ def load_dispatch_snapshot(
     jobs that may dispatch; and why the others wait. Reads, but for cutting the chunks
     it loads off their blocks."""
     held_jobs = HeldJobs()
-    live = (roster or NodeRoster()).read(session, now - settings.node_timeout, now)
-    nodes = _live_nodes(session, live, buffer_for)
+    roster = roster or NodeRoster()
+    nodes = roster.views(session, now - settings.node_timeout, now, buffer_for)
     room: Counter[str] = Counter()
     for node in nodes:
         room[node.pool] += max(0, node.free)
@@ -289,43 +289,44 @@ class NodeRoster:
     nodes read on every tick were a fifth of the scheduler's time. Read again when
     ``stale`` (a node appeared, came back or changed, was marked lost, or an operator
     changed one: the API's bell) and at least every ``MAX_AGE`` seconds; a tick in
-    between reads only how busy each node is. A node that falls silent stays until it
-    is marked lost (``node_timeout``); what was sent to it meanwhile is sent again."""
+    between reads only how busy each node is, and makes a new view only of the nodes
+    whose room changed. A node that falls silent stays until it is marked lost
+    (``node_timeout``); what was sent to it meanwhile is sent again."""
 
     MAX_AGE = 5.0
 
     def __init__(self) -> None:
         self._rows: Sequence[Any] | None = None
         self._read_at = -math.inf
+        self._views: dict[str, NodeView] = {}  # as last made, by name
 
     def stale(self) -> None:
         self._rows = None
 
-    def read(self, session: Session, live_since: float, now: float) -> Sequence[Any]:
+    def views(
+        self, session: Session, live_since: float, now: float, buffer_for: Callable[[str], int]
+    ) -> list[NodeView]:
+        """Live nodes with the room in their queues: slots and a share of the pool's
+        buffer, less the chunks sent to them or rendering on them."""
         if self._rows is None or not 0 <= now - self._read_at < self.MAX_AGE:
             self._rows = session.execute(_LIVE_NODES, {"since": live_since}).all()
             self._read_at = now
-        return self._rows
-
-
-def _live_nodes(
-    session: Session, rows: Sequence[Any], buffer_for: Callable[[str], int]
-) -> list[NodeView]:
-    """Live nodes (rows of ``_LIVE_NODES``) with the room in their queues: slots and a
-    share of the pool's buffer, less the chunks sent to them or rendering on them."""
-    busy = {node: n for node, n in session.execute(_ACTIVE_BY_NODE)}
-    per_pool = Counter(row[1] for row in rows)
-    buffers = {pool: math.ceil(buffer_for(pool) / count) for pool, count in per_pool.items()}
-    views = []
-    for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered in rows:
-        labels, capabilities = SHAPES.of(cores, memory_bytes, gpus, tags, offered)
-        free = slots + buffers[pool] - busy.get(name, 0)
-        views.append(
-            NodeView(
-                name, pool, free, cores, memory_bytes, gpus, labels, capabilities, region, slots
-            )
-        )
-    return views
+            self._views = {}
+        busy = {node: n for node, n in session.execute(_ACTIVE_BY_NODE)}
+        per_pool = Counter(row[1] for row in self._rows)
+        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in per_pool.items()}
+        views = []
+        for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered in self._rows:
+            free = slots + buffers[pool] - busy.get(name, 0)
+            view = self._views.get(name)
+            if view is None or view.free != free:
+                labels, offers = SHAPES.of(cores, memory_bytes, gpus, tags, offered)
+                view = NodeView(
+                    name, pool, free, cores, memory_bytes, gpus, labels, offers, region, slots
+                )
+                self._views[name] = view
+            views.append(view)
+        return views
 
 
 class NodeShapes:
