@@ -151,8 +151,10 @@ class EventConsumer:
 
         An unacknowledged batch (left by a scheduler that died) comes back first.
         """
-        items = self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit, int(self._acked), 1])
-        self._acked = False
+        # Forgotten first: a take that fails after Redis ran it has moved a new batch
+        # into the processing list, which the next take must return, not drop.
+        acked, self._acked = self._acked, False
+        items = self._take(keys=[EVENTS_KEY, PROCESSING_KEY], args=[limit, int(acked), 1])
         if not items and timeout > 0:
             # Redis takes fractional timeouts; redis-py's annotation says int.
             wait: Any = timeout
