@@ -116,11 +116,16 @@ class Scheduler:
             ignored=len(events) - wakes - len(chunk_events) - len(beats), woken=wakes > 0
         )
         with Session(self.engine) as session:
-            if chunk_events:
-                retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
-                apply_chunk_events(session, chunk_events, now, outcome, retry, self._biller(now))
-            outcome.nodes_changed = save_heartbeats(session, beats, now)
-            session.commit()
+            try:
+                if chunk_events:
+                    retry = (self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+                    biller = self._biller(now)
+                    apply_chunk_events(session, chunk_events, now, outcome, retry, biller)
+                outcome.nodes_changed = save_heartbeats(session, beats, now)
+                session.commit()
+            except Exception:
+                self._billing = None  # it may know a region whose row was rolled back
+                raise
         if outcome.nodes_changed or outcome.woken:  # woken: an operator may have changed one
             self.roster.stale()
         self.rates.record(now, outcome.finished)
