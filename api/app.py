@@ -54,8 +54,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.registry = registry
-    app.state.service = StudioService(engine, settings, wake=scheduler_bell(settings))
-    app.state.operators = OperatorService(engine, wake=scheduler_bell(settings))
+    wake = scheduler_bell(settings)  # one client, for the studios' and operators' changes
+    app.state.service = StudioService(engine, settings, wake=wake)
+    app.state.operators = OperatorService(engine, wake=wake)
     storage = open_storage(settings)  # a folder, or object storage
     blobs = BlobStore(storage)
     blobs.sweep_spool()  # what a crash of this host's API left half-spooled

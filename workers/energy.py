@@ -348,10 +348,12 @@ class LedgerClient:
     def begin(self, key: Hashable, pid: int) -> None:
         self._ask(("begin", key, pid), answered=False)
 
-    def brief(self, key: Hashable, render_seconds: list[float]) -> None:
+    def brief(self, render_seconds: list[float]) -> None:
         """Frames of a render too short to enter the ledger: counted, with 0 J, in the
         ledger's metrics within ``BRIEF_EVERY_SECONDS`` (sent together: a message per
         no-op chunk woke the ledger in the worker's busy main process each time)."""
+        if not render_seconds:
+            return
         with self._lock:
             self._briefs.extend(render_seconds)
             if len(self._briefs) > len(render_seconds):

@@ -120,7 +120,7 @@ class FrameMeter(Protocol):
 
     def begin(self, key: str, pid: int) -> None: ...
 
-    def brief(self, key: str, render_seconds: list[float]) -> None: ...
+    def brief(self, render_seconds: list[float]) -> None: ...
 
     def frame(self, key: str, render_seconds: float) -> float | None: ...
 
@@ -182,7 +182,7 @@ class AttemptMeter:
                 self.spent = None
                 return unmarked
             # Below the ledger's resolution: 0 J, no round trip (the module's docstring).
-            self.meter.brief(self.key, [r.render_seconds for r in unmarked])
+            self.meter.brief([r.render_seconds for r in unmarked])
             return [
                 dataclasses.replace(r, energy_joules=0.0, energy_method=self.meter.method)
                 for r in unmarked

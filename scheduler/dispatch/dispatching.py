@@ -299,6 +299,7 @@ class NodeRoster:
         self._rows: Sequence[Any] | None = None
         self._read_at = -math.inf
         self._views: dict[str, NodeView] = {}  # as last made, by name
+        self._shapes = NodeShapes()
 
     def stale(self) -> None:
         self._rows = None
@@ -320,7 +321,7 @@ class NodeRoster:
             free = slots + buffers[pool] - busy.get(name, 0)
             view = self._views.get(name)
             if view is None or view.free != free:
-                labels, offers = SHAPES.of(cores, memory_bytes, gpus, tags, offered)
+                labels, offers = self._shapes.of(cores, memory_bytes, gpus, tags, offered)
                 view = NodeView(
                     name, pool, free, cores, memory_bytes, gpus, labels, offers, region, slots
                 )
@@ -353,9 +354,6 @@ class NodeShapes:
             )
             self._known[key] = found
         return found
-
-
-SHAPES = NodeShapes()
 
 
 def _needs(job: JobRow) -> Requirements:

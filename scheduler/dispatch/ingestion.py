@@ -89,8 +89,8 @@ _FRAMES_DONE = sql_select(
     col(FrameResultRow.job_id), col(FrameResultRow.frame), col(FrameResultRow.id),
     col(FrameResultRow.attempt), col(FrameResultRow.it_joules),
 ).where(col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True)))  # fmt: skip
-_INSERT_RESULTS = FrameResultRow.__table__.insert()  # type: ignore[attr-defined]  # Core: no ORM bulk path
 _FRAME_TABLE = FrameResultRow.__table__  # type: ignore[attr-defined]
+_INSERT_RESULTS = _FRAME_TABLE.insert()  # Core: not the ORM's bulk path
 _RESTATE_ENERGY = (
     _FRAME_TABLE.update()
     .where(_FRAME_TABLE.c.id == bindparam("b_id"))
@@ -121,13 +121,15 @@ class IngestOutcome:
 
 def split_events(
     events: Sequence[dict[str, Any]],
-) -> tuple[list[ChunkEvent], list[HeartbeatEvent]]:
-    """(chunk events, heartbeats), decoded; one that cannot be is logged and in neither,
-    and the bell's wakes are in neither."""
+) -> tuple[list[ChunkEvent], list[HeartbeatEvent], int]:
+    """(chunk events, heartbeats), decoded, and how many of the items were the bell's
+    wakes (in neither); an event that cannot be decoded is logged and in neither."""
     chunk_events: list[ChunkEvent] = []
     beats: list[HeartbeatEvent] = []
+    wakes = 0
     for data in events:
         if is_wake(data):  # the API's bell: it woke the loop, nothing more
+            wakes += 1
             continue
         try:
             event = decode_event(data)
@@ -138,7 +140,7 @@ def split_events(
             beats.append(event)
         else:
             chunk_events.append(event)
-    return chunk_events, beats
+    return chunk_events, beats, wakes
 
 
 def apply_chunk_events(

@@ -42,7 +42,6 @@ from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
-from scheduler.wire.events import is_wake
 from scheduler.wire.messages import ChunkMessage
 
 # How long the regions' figures bill frames before they are read again: a region's
@@ -110,8 +109,7 @@ class Scheduler:
         after that attempt's last event, so the event must be applied before it.
         """
         now = self.clock()
-        chunk_events, beats = split_events(events)
-        wakes = sum(is_wake(e) for e in events)
+        chunk_events, beats, wakes = split_events(events)
         outcome = IngestOutcome(
             ignored=len(events) - wakes - len(chunk_events) - len(beats), woken=wakes > 0
         )

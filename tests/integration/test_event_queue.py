@@ -166,7 +166,7 @@ def test_the_bell_wakes_a_waiting_scheduler_once_and_is_no_event(
     bell.ring()  # events wait: they wake the scheduler themselves
     assert broker.llen(EVENTS_KEY) == 2
     caplog.set_level(logging.ERROR, "scheduler.dispatch.ingestion")
-    chunk_events, beats = split_events(consumer.fetch(10, 0.5))
+    chunk_events, beats, _wakes = split_events(consumer.fetch(10, 0.5))
     assert (len(chunk_events), beats) == (0, [])  # the started event is malformed, the wake none
     assert [r.getMessage() for r in caplog.records if "wake" in r.getMessage()] == []
     consumer.close()
