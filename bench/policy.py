@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scheduler.core.placement import NodeView, Requirements
+from scheduler.core.placement import NodeView, Requirements, Room
 from scheduler.core.policy import (
     DispatchSnapshot,
     JobCandidate,
@@ -76,7 +76,7 @@ def snapshot_for(jobs: int, nodes: int, rng: random.Random) -> DispatchSnapshot:
         active=active,
         weights={s: rng.uniform(1, 5) for s in studios},
         passes={(s, "cpu"): rng.uniform(0, 10) for s in studios},
-        nodes=views,
+        room=Room.of(views),
     )
 
 

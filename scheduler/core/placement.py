@@ -13,6 +13,7 @@ every node. Pure.
 from __future__ import annotations
 
 import heapq
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,31 +197,163 @@ def matches(node: NodeView, needs: Requirements) -> bool:
     )
 
 
-def can_ever_run(nodes: Iterable[NodeView], pool: str, needs: Requirements) -> bool:
-    """Whether any live node of the pool matches, busy or not."""
-    return any(node.pool == pool and matches(node, needs) for node in nodes)
+class NodeClass:
+    """Live nodes of one pool alike in hardware, tags, capabilities and region."""
+
+    __slots__ = ("count", "heap", "idle", "sample", "short", "slots")
+
+    def __init__(self, sample: NodeView) -> None:
+        self.sample = sample  # any one of them: what they all offer
+        self.heap: list[tuple[int, str]] = []  # (-room when idle, name): a heap
+        self.count = 0
+        self.slots = 0
+        self.idle = 0  # their room when idle, before the pool's buffer
+        self.short: list[int] = []  # the room of those that have less than none
+
+
+class LiveNodes:
+    """The live nodes taking work, in classes of nodes alike (``NodeView.hardware``),
+    each node with its room when idle (its ``free``: the roster gives its slots).
+
+    A farm of ten thousand nodes comes in a few kinds of hardware: what dispatch asks
+    (may a job ever run here, where is room, which regions) is asked of the classes.
+    Kept between ticks and changed node by node (``put``, ``drop``) as nodes come, go
+    or change; ``Room`` adds a tick's queue buffers and busy counts.
+    """
+
+    def __init__(self, nodes: Iterable[NodeView] = ()) -> None:
+        self.classes: dict[Hardware, NodeClass] = {}
+        self.views: dict[str, NodeView] = {}  # by name; ``free``: its room when idle
+        self.class_of: dict[str, Hardware] = {}
+        self.count: Counter[str] = Counter()  # nodes per pool
+        for node in nodes:
+            self._add(node, heap=False)
+        for group in self.classes.values():
+            heapq.heapify(group.heap)
+
+    def put(self, node: NodeView) -> bool:
+        """Add a node, or change what is known of it; whether anything changed."""
+        known = self.views.get(node.name)
+        if known == node:
+            return False
+        if known is not None:
+            self.drop(node.name)
+        self._add(node, heap=True)
+        return True
+
+    def drop(self, name: str) -> bool:
+        """Forget a node (lost, drained, disabled); whether it was known."""
+        node = self.views.pop(name, None)
+        if node is None:
+            return False
+        key = self.class_of.pop(name)
+        group = self.classes[key]
+        group.heap.remove((-node.free, name))
+        heapq.heapify(group.heap)
+        group.count -= 1
+        group.slots -= node.slots
+        if node.free >= 0:
+            group.idle -= node.free
+        else:
+            group.short.remove(node.free)
+        if not group.count:
+            del self.classes[key]
+        self.count[node.pool] -= 1
+        if not self.count[node.pool]:
+            del self.count[node.pool]
+        return True
+
+    def _add(self, node: NodeView, heap: bool) -> None:
+        key = node.hardware()
+        group = self.classes.get(key)
+        if group is None:
+            group = self.classes[key] = NodeClass(node)
+        if heap:
+            heapq.heappush(group.heap, (-node.free, node.name))
+        else:
+            group.heap.append((-node.free, node.name))
+        group.count += 1
+        group.slots += node.slots
+        if node.free >= 0:
+            group.idle += node.free
+        else:
+            group.short.append(node.free)
+        self.views[node.name] = node
+        self.class_of[node.name] = key
+        self.count[node.pool] += 1
+
+
+class Room:
+    """Room in the live nodes' queues during one tick: each node's room when idle,
+    plus its share of its pool's queue buffer (``buffers``), less the chunks sent to
+    it or running on it (``busy``). Costs the classes and the busy nodes to make."""
+
+    def __init__(
+        self,
+        live: LiveNodes,
+        buffers: Mapping[str, int] | None = None,
+        busy: Mapping[str, int] | None = None,
+    ) -> None:
+        self.live = live
+        self.buffers = buffers or {}
+        self.busy = {name: n for name, n in (busy or {}).items() if name in live.views}
+        self._room: Counter[str] = Counter()
+        self.busy_in: dict[Hardware, list[tuple[str, int]]] = defaultdict(list)
+        for key, group in live.classes.items():
+            extra = self.buffers.get(key[0], 0)
+            self._room[key[0]] += group.idle + extra * (group.count - len(group.short))
+            self._room[key[0]] += sum(max(0, base + extra) for base in group.short)
+        for name, n in self.busy.items():
+            key = live.class_of[name]
+            self.busy_in[key].append((name, n))
+            whole = live.views[name].free + self.buffers.get(key[0], 0)
+            self._room[key[0]] -= max(0, whole) - max(0, whole - n)
+
+    @classmethod
+    def of(cls, nodes: Iterable[NodeView]) -> Room:
+        """The room the nodes' own ``free`` says they have."""
+        return cls(LiveNodes(nodes))
+
+    def room(self, pool: str) -> int:
+        return self._room.get(pool, 0)
+
+    def pools_with_room(self) -> dict[str, int]:
+        return {pool: n for pool, n in self._room.items() if n > 0}
+
+    def can_ever_run(self, pool: str, needs: Requirements) -> bool:
+        """Whether any live node of the pool matches, busy or not."""
+        return any(
+            key[0] == pool and matches(group.sample, needs)
+            for key, group in self.live.classes.items()
+        )
+
+    def region_slots(self, pool: str) -> dict[str, int]:
+        """The render slots of the pool's live nodes, by region."""
+        slots: Counter[str] = Counter()
+        for key, group in self.live.classes.items():
+            if key[0] == pool:
+                slots[key[6]] += group.slots
+        return dict(slots)
 
 
 class Placement:
     """Room left on each node during one tick, and the choice of a node for a chunk.
 
-    Per class of identical nodes, a heap of (room left, name): the emptiest node of
-    a class is found at once, and a chunk costs O(classes + log nodes).
+    Per class of nodes alike, a heap of (-room, name): the emptiest node of a class
+    is found at once, and a chunk costs O(classes + log nodes). A class's heap is the
+    one made when the nodes were read, copied when the tick first looks at the class,
+    with an entry pushed for each busy node; an entry that no longer tells a node's
+    room (it was busy, or took a chunk since) is dropped when it comes to the top.
+    Entries hold the room less the pool's buffer, the same for the whole pool.
     """
 
-    def __init__(self, nodes: Sequence[NodeView]) -> None:
+    def __init__(self, room: Room) -> None:
+        self._live = room.live
+        self._buffers = room.buffers
+        self._busy_in = room.busy_in
+        self._room = Counter(room.pools_with_room())
+        self._used: dict[str, int] = dict(room.busy)  # chunks each node holds now
         self._heaps: dict[Hardware, list[tuple[int, str]]] = {}
-        self._sample: dict[Hardware, NodeView] = {}
-        self._room: dict[str, int] = {}
-        for node in nodes:
-            key = node.hardware()
-            self._sample.setdefault(key, node)
-            heap = self._heaps.setdefault(key, [])
-            if node.free > 0:
-                heap.append((-node.free, node.name))
-                self._room[node.pool] = self._room.get(node.pool, 0) + node.free
-        for heap in self._heaps.values():
-            heapq.heapify(heap)
 
     def room(self, pool: str) -> int:
         return self._room.get(pool, 0)
@@ -235,12 +368,16 @@ class Placement:
         """A matching node with room, the emptiest first; None if there is none now.
         With ``prefer`` (regions, best first: scheduler/core/siting.py), a node of an
         earlier region first, the emptiest of it; then of any other region."""
+        if self._room.get(pool, 0) <= 0:
+            return None
+        extra = self._buffers.get(pool, 0)
         rank = {region: index for index, region in enumerate(prefer)}
         best: tuple[int, int, str, list[tuple[int, str]]] | None = None
-        for key, heap in self._heaps.items():
-            if key[0] != pool or not heap or not matches(self._sample[key], needs):
+        for key, group in self._live.classes.items():
+            if key[0] != pool or not matches(group.sample, needs):
                 continue
-            top = _first_not_in(heap, avoid)
+            heap = self._heap(key, group, extra)
+            top = self._first(heap, avoid, extra)
             if top is None:
                 continue
             ranked = (rank.get(key[6], len(rank)), *top)
@@ -248,22 +385,41 @@ class Placement:
                 best = (*ranked, heap)
         if best is None:
             return None
-        _rank, free, name, heap = best
-        if heap[0] == (free, name):
+        _rank, left, name, heap = best
+        if heap[0] == (left, name):
             heapq.heappop(heap)
         else:  # the emptiest node was avoided: take the one chosen from within
-            heap.remove((free, name))
+            heap.remove((left, name))
             heapq.heapify(heap)
-        if free + 1 < 0:  # free is negated: room is left after this chunk
-            heapq.heappush(heap, (free + 1, name))
+        self._used[name] = self._used.get(name, 0) + 1
+        if -left - 1 + extra > 0:  # left is negated: room is left after this chunk
+            heapq.heappush(heap, (left + 1, name))
         self._room[pool] -= 1
         return name
 
+    def _heap(self, key: Hardware, group: NodeClass, extra: int) -> list[tuple[int, str]]:
+        heap = self._heaps.get(key)
+        if heap is None:
+            heap = self._heaps[key] = list(group.heap)
+            for name, n in self._busy_in.get(key, ()):
+                left = self._live.views[name].free - n
+                if left + extra > 0:
+                    heapq.heappush(heap, (-left, name))
+        return heap
 
-def _first_not_in(heap: list[tuple[int, str]], avoid: Collection[str]) -> tuple[int, str] | None:
-    if not avoid:
-        return heap[0]
-    if heap[0][1] not in avoid:
-        return heap[0]
-    allowed = [entry for entry in heap if entry[1] not in avoid]
-    return min(allowed) if allowed else None
+    def _current(self, entry: tuple[int, str], extra: int) -> bool:
+        """Whether a heap entry tells its node's room now, and the room is some."""
+        left = self._live.views[entry[1]].free - self._used.get(entry[1], 0)
+        return -entry[0] == left and left + extra > 0
+
+    def _first(
+        self, heap: list[tuple[int, str]], avoid: Collection[str], extra: int
+    ) -> tuple[int, str] | None:
+        while heap and not self._current(heap[0], extra):
+            heapq.heappop(heap)
+        if not heap:
+            return None
+        if not avoid or heap[0][1] not in avoid:
+            return heap[0]
+        allowed = [e for e in heap if e[1] not in avoid and self._current(e, extra)]
+        return min(allowed) if allowed else None

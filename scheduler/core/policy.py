@@ -28,7 +28,7 @@ from scheduler.core.fairshare import (
     share_of,
     starting_passes,
 )
-from scheduler.core.placement import NO_REQUIREMENTS, NodeView, Placement, Requirements
+from scheduler.core.placement import NO_REQUIREMENTS, Placement, Requirements, Room
 from scheduler.core.states import ChunkState
 
 
@@ -69,7 +69,7 @@ class DispatchSnapshot:
     limits_used: Mapping[str, int] = field(default_factory=dict)
     # Live nodes with their room: every chunk is placed on one of them, and a pool's
     # room is the room of its nodes (no nodes, nothing dispatches).
-    nodes: Sequence[NodeView] = ()
+    room: Room = field(default_factory=lambda: Room.of(()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ def plan_dispatch(snapshot: DispatchSnapshot, now: float) -> list[Assignment]:
     """
     assignments: list[Assignment] = []
     used = dict(snapshot.limits_used)
-    placement = Placement(snapshot.nodes)
+    placement = Placement(snapshot.room)
     for pool, studios in _studios_by_pool(snapshot).items():
         room = placement.room(pool)
         if room <= 0:

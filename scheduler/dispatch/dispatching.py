@@ -6,15 +6,16 @@ in the policy's own job order, and only as many as the pools have room for.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, String, bindparam, cast, func
+from sqlalchemy import Executable, Integer, String, bindparam, cast, func
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
@@ -32,9 +33,10 @@ from scheduler.core.placement import (
     NO_REQUIREMENTS,
     Capabilities,
     HostRequirements,
+    LiveNodes,
     NodeView,
     Requirements,
-    can_ever_run,
+    Room,
 )
 from scheduler.core.policy import (
     Assignment,
@@ -84,6 +86,9 @@ _LIVE_NODES = sql_select(  # and taking work: not drained or disabled
     col(NodeRow.last_heartbeat) >= bindparam("since"),
     col(NodeRow.admin) == "enabled",
 )  # fmt: skip
+_LIVE_NODES_NAMED = _LIVE_NODES.where(col(NodeRow.name).in_(bindparam("names", expanding=True)))
+_LIVE_NODES_FROM = _LIVE_NODES.where(col(NodeRow.name) >= bindparam("low"))
+_LIVE_NODES_BETWEEN = _LIVE_NODES_FROM.where(col(NodeRow.name) < bindparam("high"))
 _ACTIVE_BY_NODE = (
     sql_select(col(ChunkRow.node), func.count())
     .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES), col(ChunkRow.node).is_not(None))
@@ -213,13 +218,10 @@ def load_dispatch_snapshot(
     it loads off their blocks."""
     held_jobs = HeldJobs()
     roster = roster or NodeRoster()
-    nodes = roster.views(session, now - settings.node_timeout, now, buffer_for)
-    room: Counter[str] = Counter()
-    for node in nodes:
-        room[node.pool] += max(0, node.free)
-    room = +room  # pools with room only
+    nodes = roster.room(session, now - settings.node_timeout, now, buffer_for)
+    room = nodes.pools_with_room()
     if not room:
-        return DispatchSnapshot((), nodes=nodes), {}, held_jobs
+        return DispatchSnapshot((), room=nodes), {}, held_jobs
     held: dict[tuple[int, str], int] = {
         (studio, pool): n for studio, pool, n in session.execute(_ACTIVE_BY_STUDIO)
     }
@@ -273,7 +275,7 @@ def load_dispatch_snapshot(
         passes=passes,
         limits=limits,
         limits_used=limits_used,
-        nodes=nodes,
+        room=nodes,
     )
     return snapshot, {j.id: j for j in jobs if j.id is not None}, held_jobs
 
@@ -285,49 +287,96 @@ class DispatchSettings(Protocol):
 
 
 class NodeRoster:
-    """The live nodes and what they offer, kept between dispatch ticks: ten thousand
-    nodes read on every tick were a fifth of the scheduler's time. Read again when
-    ``stale`` (a node appeared, came back or changed, was marked lost, or an operator
-    changed one: the API's bell) and at least every ``MAX_AGE`` seconds; a tick in
-    between reads only how busy each node is, and makes a new view only of the nodes
-    whose room changed. A node that falls silent stays until it is marked lost
-    (``node_timeout``); what was sent to it meanwhile is sent again."""
+    """The live nodes and what they offer, kept between dispatch ticks as classes of
+    nodes alike (``LiveNodes``): ten thousand nodes read and grouped on every tick
+    were most of a tick, and read all at once every few seconds, a tick of 100-250 ms.
+
+    Read whole at first and when ``stale`` (the API's bell: an operator drained,
+    disabled or enabled a node); a node that appeared, came back, changed what it
+    offers or was marked lost (``changed``) is read again alone, before the next
+    tick. And each tick reads a slice of the farm, by name, so every node is read
+    again at least every ``MAX_AGE`` seconds: what changed by other means (a bell
+    lost in a broker outage, a row written by hand) is seen within that. A node that
+    falls silent stays until it is marked lost (``node_timeout``); what was sent to
+    it meanwhile is sent again.
+    """
 
     MAX_AGE = 5.0
 
     def __init__(self) -> None:
-        self._rows: Sequence[Any] | None = None
-        self._read_at = -math.inf
-        self._views: dict[str, NodeView] = {}  # as last made, by name
+        self._live: LiveNodes | None = None
+        self._names: list[str] = []  # the live nodes' names, sorted: the slices
+        self._next = 0  # where the next slice starts in ``_names``
+        self._sliced_at = -math.inf
+        self._changed: set[str] = set()
         self._shapes = NodeShapes()
 
     def stale(self) -> None:
-        self._rows = None
+        self._live = None
 
-    def views(
+    def changed(self, names: Iterable[str]) -> None:
+        self._changed.update(names)
+
+    def room(
         self, session: Session, live_since: float, now: float, buffer_for: Callable[[str], int]
-    ) -> list[NodeView]:
+    ) -> Room:
         """Live nodes with the room in their queues: slots and a share of the pool's
         buffer, less the chunks sent to them or rendering on them."""
-        if self._rows is None or not 0 <= now - self._read_at < self.MAX_AGE:
-            self._rows = session.execute(_LIVE_NODES, {"since": live_since}).all()
-            self._read_at = now
-            self._views = {}
-        busy = {node: n for node, n in session.execute(_ACTIVE_BY_NODE)}
-        per_pool = Counter(row[1] for row in self._rows)
-        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in per_pool.items()}
-        views = []
-        for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered in self._rows:
-            free = slots + buffers[pool] - busy.get(name, 0)
-            view = self._views.get(name)
-            if view is None or view.free != free:
-                labels, offers = self._shapes.of(cores, memory_bytes, gpus, tags, offered)
-                view = NodeView(
-                    name, pool, free, cores, memory_bytes, gpus, labels, offers, region, slots
-                )
-                self._views[name] = view
-            views.append(view)
-        return views
+        live = self._live
+        if live is None or len(self._changed) > len(self._names) // 4 + 1:  # cheaper whole
+            live = self._live = LiveNodes(self._read(session, _LIVE_NODES, since=live_since))
+            self._names = sorted(live.views)
+            self._next, self._sliced_at, self._changed = 0, now, set()
+        else:
+            if self._changed:
+                names, self._changed = self._changed, set()
+                self._update(live, names, self._read(
+                    session, _LIVE_NODES_NAMED, since=live_since, names=list(names)
+                ))  # fmt: skip
+            self._read_slice(session, live, live_since, now)
+        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in live.count.items()}
+        return Room(live, buffers, {node: n for node, n in session.execute(_ACTIVE_BY_NODE)})
+
+    def _read_slice(self, session: Session, live: LiveNodes, since: float, now: float) -> None:
+        """Read again the share of the farm due since the last slice: by name, from
+        where the last one ended (the first slice from the start of the names, the
+        last to their end, so a node the roster does not know is found too)."""
+        due = min(1.0, max(0.0, now - self._sliced_at) / self.MAX_AGE)
+        count = math.ceil(len(self._names) * due)
+        if self._names and not count:
+            return
+        self._sliced_at = now
+        start, end = self._next, self._next + count
+        low = self._names[start] if start > 0 else ""
+        rows = (
+            self._read(session, _LIVE_NODES_BETWEEN, since=since, low=low, high=self._names[end])
+            if end < len(self._names)
+            else self._read(session, _LIVE_NODES_FROM, since=since, low=low)
+        )
+        self._next = end if end < len(self._names) else 0
+        self._update(live, set(self._names[start:end]), rows)
+
+    def _update(self, live: LiveNodes, asked: set[str], found: Iterable[NodeView]) -> None:
+        """Put each node found; drop those asked about and not found (not live now)."""
+        for node in found:
+            asked.discard(node.name)
+            if node.name not in live.views:
+                bisect.insort(self._names, node.name)
+            live.put(node)
+        for name in asked:
+            if live.drop(name):
+                del self._names[bisect.bisect_left(self._names, name)]
+                if self._next > len(self._names):
+                    self._next = 0
+
+    def _read(self, session: Session, query: Executable, **params: Any) -> Iterator[NodeView]:
+        """Live nodes, each with its slots as its room when idle."""
+        rows = session.execute(query, params)
+        for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered in rows:
+            labels, offers = self._shapes.of(cores, memory_bytes, gpus, tags, offered)
+            yield NodeView(
+                name, pool, slots, cores, memory_bytes, gpus, labels, offers, region, slots
+            )
 
 
 class NodeShapes:
@@ -366,10 +415,10 @@ def _needs(job: JobRow) -> Requirements:
     )
 
 
-def _placeable(job: JobRow, nodes: Sequence[NodeView], held: HeldJobs) -> bool:
+def _placeable(job: JobRow, nodes: Room, held: HeldJobs) -> bool:
     """Whether a live node of its pool can ever render the job; if not, ``held`` says why."""
     needs = _needs(job)
-    if needs == NO_REQUIREMENTS or can_ever_run(nodes, job.pool, needs):
+    if needs == NO_REQUIREMENTS or nodes.can_ever_run(job.pool, needs):
         _note_held(job, NO_NODE, None, held)
         return True
     message = f"{NO_NODE} of pool {job.pool} has {needs.describe()}; it waits for one"

@@ -109,14 +109,15 @@ class IngestOutcome:
     unwanted: list[str] = field(default_factory=list)
     # Seconds between sending an attempt and a node starting it.
     dispatch_latencies: list[float] = field(default_factory=list)
-    nodes_changed: bool = False  # a node appeared, came back or offers something else
+    # Nodes that appeared, came back or offer something else.
+    nodes_changed: set[str] = field(default_factory=set)
     woken: bool = False  # the API rang: new work may dispatch
 
     @property
     def dispatch_now(self) -> bool:
         """Whether the batch changed what may dispatch (slots freed, nodes, new work);
         else the dispatch can wait for its tick."""
-        return bool(self.finished) or self.nodes_changed or self.woken
+        return bool(self.finished or self.nodes_changed) or self.woken
 
 
 def split_events(
@@ -487,21 +488,21 @@ _RUNNING_ON = sql_select(
 )
 
 
-def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> bool:
+def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> set[str]:
     """Register or refresh each reporting node; requeue attempts it no longer holds.
 
     In bulk, whatever the farm's size: one read of the reporting nodes, one
     statement for all that report what they reported before (most beats: only that
     they live, how busy, their power), one read of their running chunks. Returns
-    whether a node appeared, came back or changed what it offers: then the dispatch
-    should look at once.
+    the nodes that appeared, came back or changed what they offer: the dispatch
+    should look at them at once.
     """
     latest = {event.info.name: event for event in events}
     if not latest:
-        return False
+        return set()
     known = {row.name: row for row in session.execute(_KNOWN_NODES, {"names": list(latest)})}
     beats: list[dict[str, Any]] = []
-    changed = False
+    changed = set()
     for name, event in latest.items():
         report = event.info
         offered = _offered(report)
@@ -514,7 +515,7 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
         if row is not None and row.state == "online" and _offers(row, offered):
             beats.append({"b_name": name, **live})
             continue
-        changed = True
+        changed.add(name)
         node = session.get(NodeRow, name) or NodeRow(
             name=name, pool=report.pool, hostname=report.hostname, slots=report.slots,
             cores=report.cores, memory_bytes=report.memory_bytes, state="online",

@@ -124,8 +124,9 @@ class Scheduler:
             except Exception:
                 self._billing = None  # it may know a region whose row was rolled back
                 raise
-        if outcome.nodes_changed or outcome.woken:  # woken: an operator may have changed one
+        if outcome.woken:  # an operator may have changed a node
             self.roster.stale()
+        self.roster.changed(outcome.nodes_changed)
         self.rates.record(now, outcome.finished)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
@@ -142,8 +143,7 @@ class Scheduler:
         """Mark lost nodes and requeue their chunks; requeue what the broker lost."""
         now = self.clock()
         with Session(self.engine) as session:
-            if mark_lost_nodes(session, now, self.settings.node_timeout):
-                self.roster.stale()
+            self.roster.changed(mark_lost_nodes(session, now, self.settings.node_timeout))
             requeue_from_disabled(session, now)
             requeue_unclaimed(session, now, self.settings.redispatch_after, self.broker.queue_depth)
             session.commit()

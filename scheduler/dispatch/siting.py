@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, func
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col
 
-from scheduler.core.placement import NodeView
+from scheduler.core.placement import Room
 from scheduler.core.signals import RegionSignals
 from scheduler.core.siting import (
     Link,
@@ -95,7 +95,7 @@ class Siting:
         self._measured: dict[int, tuple[float, _Measured]] = {}
 
     def decide(
-        self, session: Session, jobs: Sequence[JobRow], nodes: Sequence[NodeView], now: float
+        self, session: Session, jobs: Sequence[JobRow], nodes: Room, now: float
     ) -> dict[int, JobSiting]:
         placed = [job for job in jobs if job.placement and job.id is not None]
         if not placed:
@@ -107,7 +107,7 @@ class Siting:
         for job in placed:
             assert job.id is not None and job.placement is not None
             policy = PlacementPolicy(**job.placement)
-            pool_regions = sorted({n.region for n in nodes if n.pool == job.pool})
+            pool_regions = sorted(nodes.region_slots(job.pool))
             regions = {r: signals.get(r, UNKNOWN_SIGNALS) for r in pool_regions}
             seen = measured[job.id]
             traffic = Traffic(
@@ -130,17 +130,14 @@ class Siting:
         left: dict[int, int],
         seen: _Measured,
         regions: dict[str, RegionSignals],
-        nodes: Sequence[NodeView],
+        nodes: Room,
         traffic: Traffic,
     ) -> StartPlan | None:
         if job.deadline is None or job.started_at is not None:
             return None  # work under way is not held back
         assert job.id is not None
         frame_seconds = seen.seconds or job.timeout  # unmeasured: its limit bounds a frame
-        region_slots: dict[str, int] = {}
-        for node in nodes:
-            if node.pool == job.pool:
-                region_slots[node.region] = region_slots.get(node.region, 0) + node.slots
+        region_slots = nodes.region_slots(job.pool)
         slots = sum(region_slots.values())  # its whole pool's
         known = [j for j in seen.joules.values() if j]
         joules = sum(known) / len(known) if known else 1.0

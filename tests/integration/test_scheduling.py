@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
 
 from scheduler.db import AttemptRow, ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.dispatch.dispatching import NodeRoster
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.errors import NotFound
 from scheduler.settings import Settings
@@ -656,3 +659,28 @@ def test_the_node_roster_is_read_again_when_an_operator_rings_or_a_node_is_lost(
     OperatorService(engine, clock).set_node("node-a", "enable")
     scheduler.ingest([{"kind": "wake"}, heartbeat("node-a", slots=2)])
     assert {m.node for m in scheduler.dispatch_tick()} == {"node-a"}
+
+
+def test_the_roster_reads_the_farm_again_slice_by_slice_so_no_change_goes_unseen(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    """A change no bell and no heartbeat told of (a row written by hand, a bell lost
+    in an outage) is seen within ``NodeRoster.MAX_AGE`` seconds: each tick reads a
+    slice of the farm again, the whole of it within that time."""
+    submit(studios, studio_id, "1-1000")
+    names = [f"node-{i:02d}" for i in range(20)]
+    scheduler.ingest([heartbeat(name, slots=1) for name in names])
+    sent = scheduler.dispatch_tick()
+    assert {m.node for m in sent} == set(names)
+    with Session(engine) as session:  # by hand: no bell rings
+        session.execute(
+            update(NodeRow).where(col(NodeRow.name) == "node-07").values(admin="draining")
+        )
+        session.commit()
+    for _ in range(10):  # a tick each half second, the nodes finishing what they had
+        done = [finished(m, m.node or "") for m in sent]
+        outcome = scheduler.ingest([*done, *(heartbeat(name, slots=1) for name in names)])
+        assert not outcome.nodes_changed  # they report what they reported before
+        clock.now += NodeRoster.MAX_AGE / 10
+        sent = scheduler.dispatch_tick()
+    assert {m.node for m in sent} == set(names) - {"node-07"}

@@ -12,7 +12,7 @@ from scheduler.core.placement import (
     NodeView,
     Placement,
     Requirements,
-    can_ever_run,
+    Room,
 )
 from workers.node import NodeConfig, detect_capabilities, operator_capabilities, with_capabilities
 
@@ -103,8 +103,8 @@ def test_placement_puts_a_step_only_on_nodes_that_meet_its_host_requirements() -
         NodeView("large", "gpu", free=1, gpus=1, capabilities=large),
     ]
     needs = Requirements(gpus=1, host=gpu_memory)
-    assert can_ever_run(nodes, "gpu", needs)
-    placement = Placement(nodes)
+    assert Room.of(nodes).can_ever_run("gpu", needs)
+    placement = Placement(Room.of(nodes))
     assert placement.place("gpu", needs) == "large"
     assert placement.place("gpu", needs) is None  # the small one has room, but not enough
     assert placement.place("gpu", Requirements(gpus=1)) == "small"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.core.fairshare import PoolTerms, StudioShare, TurnOrder, next_studio
-from scheduler.core.placement import NodeView
+from scheduler.core.placement import NodeView, Room
 from scheduler.core.policy import (
     DispatchSnapshot,
     JobCandidate,
@@ -54,20 +54,20 @@ def backlog(studio: int, first_id: int, n: int, priority: int = 50) -> JobCandid
     return JobCandidate(first_id, studio, priority, "cpu", chunks)
 
 
-def cpu(room: int) -> list[NodeView]:
+def cpu(room: int) -> Room:
     """The "cpu" pool as one node with this much room (slots + buffer - chunks held)."""
-    return [NodeView("cpu-1", "cpu", room)]
+    return Room.of([NodeView("cpu-1", "cpu", room)])
 
 
 def test_a_studio_alone_takes_the_whole_pool() -> None:
-    snapshot = DispatchSnapshot([backlog(A, 100, 20)], nodes=cpu(8))
+    snapshot = DispatchSnapshot([backlog(A, 100, 20)], room=cpu(8))
     assert len(plan_dispatch(snapshot, 0.0)) == 8
 
 
 def test_free_slots_are_shared_by_weight() -> None:
     snapshot = DispatchSnapshot(
         [backlog(A, 100, 20), backlog(B, 200, 20)],
-        nodes=cpu(8),
+        room=cpu(8),
         weights={B: 3},
     )
     studios = Counter(a.job_id for a in plan_dispatch(snapshot, 0.0))
@@ -77,7 +77,7 @@ def test_free_slots_are_shared_by_weight() -> None:
 def test_running_chunks_count_towards_the_share() -> None:
     snapshot = DispatchSnapshot(
         [backlog(A, 100, 5), backlog(B, 200, 5)],
-        nodes=cpu(4 - 3),  # one slot free
+        room=cpu(4 - 3),  # one slot free
         active={(A, "cpu"): 3},
     )
     assert [a.job_id for a in plan_dispatch(snapshot, 0.0)] == [200]
@@ -86,7 +86,7 @@ def test_running_chunks_count_towards_the_share() -> None:
 def test_minimum_is_served_first_and_maximum_never_exceeded() -> None:
     snapshot = DispatchSnapshot(
         [backlog(A, 100, 20), backlog(B, 200, 20), backlog(C, 300, 20)],
-        nodes=cpu(10),
+        room=cpu(10),
         weights={A: 10, C: 0.1},
         terms={(A, "cpu"): PoolTerms(maximum=2), (C, "cpu"): PoolTerms(minimum=5)},
     )
@@ -96,7 +96,7 @@ def test_minimum_is_served_first_and_maximum_never_exceeded() -> None:
 
 
 def test_within_a_studio_priority_then_submission_order() -> None:
-    snapshot = DispatchSnapshot([backlog(A, 100, 5), backlog(A, 200, 5, priority=90)], nodes=cpu(3))
+    snapshot = DispatchSnapshot([backlog(A, 100, 5), backlog(A, 200, 5, priority=90)], room=cpu(3))
     assert [a.job_id for a in plan_dispatch(snapshot, 0.0)] == [200, 200, 200]
 
 
@@ -115,7 +115,7 @@ def test_weights_one_and_three_share_four_slots_over_many_ticks() -> None:
         ]
         snapshot = DispatchSnapshot(
             jobs,
-            nodes=cpu(4 - len(running)),
+            room=cpu(4 - len(running)),
             active={(s, "cpu"): held[s] for s in (A, B)},
             weights={B: 3},
         )
@@ -150,7 +150,7 @@ def test_a_queue_beyond_the_slots_keeps_the_running_share_by_weight() -> None:
         ]
         snapshot = DispatchSnapshot(
             jobs,
-            nodes=cpu(4 + 2 - len(running) - len(queue)),  # a buffer of 2
+            room=cpu(4 + 2 - len(running) - len(queue)),  # a buffer of 2
             active={(s, "cpu"): held[s] for s in (A, B)},
             weights={B: 3},
             passes=passes,

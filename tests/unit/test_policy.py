@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from scheduler.core.placement import NodeView
+from scheduler.core.placement import NodeView, Room
 from scheduler.core.policy import (
     Assignment,
     DispatchSnapshot,
@@ -32,7 +32,8 @@ def job(job_id: int, priority: int, chunks: list[int], pool: str = "cpu") -> Job
 
 def snapshot(jobs: list[JobCandidate], **pools: int) -> DispatchSnapshot:
     """Each pool one node, with this much room."""
-    return DispatchSnapshot(jobs, nodes=[NodeView(f"{p}-1", p, room) for p, room in pools.items()])
+    nodes = Room.of(NodeView(f"{p}-1", p, room) for p, room in pools.items())
+    return DispatchSnapshot(jobs, room=nodes)
 
 
 def chunk_ids(assignments: list[Assignment]) -> list[int]:
@@ -48,7 +49,7 @@ def test_higher_priority_first_then_older_submission() -> None:
 
 def test_only_the_room_of_the_nodes_is_filled() -> None:
     nodes = [NodeView("cpu-1", "cpu", 1), NodeView("cpu-2", "cpu", 0), NodeView("cpu-3", "cpu", -2)]
-    plan = plan_dispatch(DispatchSnapshot([job(1, 50, [1, 2, 3, 4])], nodes=nodes), 0.0)
+    plan = plan_dispatch(DispatchSnapshot([job(1, 50, [1, 2, 3, 4])], room=Room.of(nodes)), 0.0)
     assert [(a.chunk_id, a.node) for a in plan] == [(1, "cpu-1")]
 
 
@@ -172,7 +173,7 @@ def test_named_limits_are_never_exceeded() -> None:
     free = JobCandidate(2, 1, 10, "cpu", tuple(QueuedChunk(c, 0) for c in range(20, 26)))
     snapshot = DispatchSnapshot(
         [licensed, free],
-        nodes=[NodeView("cpu-1", "cpu", 6)],
+        room=Room.of([NodeView("cpu-1", "cpu", 6)]),
         limits={"houdini": 3},
         limits_used={"houdini": 1},  # one licence is held by a render already running
     )

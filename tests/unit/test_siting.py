@@ -280,14 +280,15 @@ def test_the_safety_margin_is_in_the_latest_start() -> None:
 
 
 def test_placement_prefers_the_regions_ranked_first_then_any() -> None:
-    from scheduler.core.placement import NodeView, Placement, Requirements
+    from scheduler.core.placement import NodeView, Placement, Requirements, Room
 
     nodes = [
         NodeView("east-1", "cpu", free=5, region="shanghai"),
         NodeView("west-1", "cpu", free=1, region="guizhou-hydro"),
     ]
-    placement = Placement(nodes)
+    placement = Placement(Room.of(nodes))
     prefer = ("guizhou-hydro", "shanghai")
     assert placement.place("cpu", Requirements(), prefer=prefer) == "west-1"
     assert placement.place("cpu", Requirements(), prefer=prefer) == "east-1"  # west is full
-    assert Placement(nodes).place("cpu", Requirements()) == "east-1"  # fastest: the emptiest
+    fastest = Placement(Room.of(nodes))
+    assert fastest.place("cpu", Requirements()) == "east-1"  # the emptiest
