@@ -203,10 +203,13 @@ def _add(session: Session, model: Any, keys: tuple[str, ...], change: Mapping[An
     if not change:
         return
     table = model.__table__
-    upsert = insert_or(session, table)
-    upsert = upsert.on_conflict_do_update(
-        index_elements=list(keys), set_={"value": table.c.value + upsert.excluded.value}
-    )
+    built = (session.get_bind().dialect.name, table.name)
+    upsert = _UPSERTS.get(built)
+    if upsert is None:  # built once: every ingested batch adds to the totals
+        upsert = insert_or(session, table)
+        upsert = _UPSERTS[built] = upsert.on_conflict_do_update(
+            index_elements=list(keys), set_={"value": table.c.value + upsert.excluded.value}
+        )
     session.execute(
         upsert,
         [
@@ -216,6 +219,7 @@ def _add(session: Session, model: Any, keys: tuple[str, ...], change: Mapping[An
     )
 
 
+_UPSERTS: dict[tuple[str, str], Any] = {}  # by dialect and table
 _AS_COUNTED = select(  # what a frame row counts for in the totals, as it is stored
     col(FrameResultRow.id),
     col(FrameResultRow.pool),
