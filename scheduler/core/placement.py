@@ -371,21 +371,27 @@ class Placement:
         if self._room.get(pool, 0) <= 0:
             return None
         extra = self._buffers.get(pool, 0)
-        rank = {region: index for index, region in enumerate(prefer)}
-        best: tuple[int, int, str, list[tuple[int, str]]] | None = None
+        rank = {region: index for index, region in enumerate(prefer)} if prefer else {}
+        best: tuple[int, int, str] | None = None
+        best_heap: list[tuple[int, str]] = []
         for key, group in self._live.classes.items():
-            if key[0] != pool or not matches(group.sample, needs):
+            if key[0] != pool:
                 continue
-            heap = self._heap(key, group, extra)
+            heap = self._heaps.get(key)
+            if heap is None:
+                heap = self._heap(key, group, extra)
+            if not heap or not matches(group.sample, needs):
+                continue
             top = self._first(heap, avoid, extra)
             if top is None:
                 continue
             ranked = (rank.get(key[6], len(rank)), *top)
-            if best is None or ranked < best[:3]:
-                best = (*ranked, heap)
+            if best is None or ranked < best:
+                best, best_heap = ranked, heap
         if best is None:
             return None
-        _rank, left, name, heap = best
+        _rank, left, name = best
+        heap = best_heap
         if heap[0] == (left, name):
             heapq.heappop(heap)
         else:  # the emptiest node was avoided: take the one chosen from within
@@ -398,28 +404,34 @@ class Placement:
         return name
 
     def _heap(self, key: Hardware, group: NodeClass, extra: int) -> list[tuple[int, str]]:
-        heap = self._heaps.get(key)
-        if heap is None:
-            heap = self._heaps[key] = list(group.heap)
-            for name, n in self._busy_in.get(key, ()):
-                left = self._live.views[name].free - n
-                if left + extra > 0:
-                    heapq.heappush(heap, (-left, name))
+        """The class's heap for this tick: as made when the nodes were read, with an
+        entry for each of its busy nodes."""
+        heap = self._heaps[key] = list(group.heap)
+        for name, n in self._busy_in.get(key, ()):
+            left = self._live.views[name].free - n
+            if left + extra > 0:
+                heapq.heappush(heap, (-left, name))
         return heap
-
-    def _current(self, entry: tuple[int, str], extra: int) -> bool:
-        """Whether a heap entry tells its node's room now, and the room is some."""
-        left = self._live.views[entry[1]].free - self._used.get(entry[1], 0)
-        return -entry[0] == left and left + extra > 0
 
     def _first(
         self, heap: list[tuple[int, str]], avoid: Collection[str], extra: int
     ) -> tuple[int, str] | None:
-        while heap and not self._current(heap[0], extra):
+        """The heap's emptiest node not avoided; entries that no longer tell their
+        node's room (or tell it has none) are dropped on the way."""
+        views, used = self._live.views, self._used
+        while heap:
+            left, name = heap[0]
+            now = views[name].free - used.get(name, 0)
+            if -left == now and now + extra > 0:
+                break
             heapq.heappop(heap)
-        if not heap:
+        else:
             return None
         if not avoid or heap[0][1] not in avoid:
             return heap[0]
-        allowed = [e for e in heap if e[1] not in avoid and self._current(e, extra)]
+        allowed = []
+        for left, name in heap:
+            now = views[name].free - used.get(name, 0)
+            if name not in avoid and -left == now and now + extra > 0:
+                allowed.append((left, name))
         return min(allowed) if allowed else None
