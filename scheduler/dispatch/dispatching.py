@@ -87,8 +87,17 @@ _LIVE_NODES = sql_select(  # and taking work: not drained or disabled
     col(NodeRow.admin) == "enabled",
 )  # fmt: skip
 _LIVE_NODES_NAMED = _LIVE_NODES.where(col(NodeRow.name).in_(bindparam("names", expanding=True)))
-_LIVE_NODES_FROM = _LIVE_NODES.where(col(NodeRow.name) >= bindparam("low"))
-_LIVE_NODES_BETWEEN = _LIVE_NODES_FROM.where(col(NodeRow.name) < bindparam("high"))
+# Slices of the farm by name, in Python's order of names (code points): SQLite's own
+# (BINARY); PostgreSQL's database collation may order them otherwise ("node-2" and
+# "node_1"), so there the names are compared as "C" (bytes of UTF-8: code points).
+_BY_NAME = {"sqlite": col(NodeRow.name), "postgresql": col(NodeRow.name).collate("C")}
+_LIVE_NODES_FROM = {
+    dialect: _LIVE_NODES.where(name >= bindparam("low")) for dialect, name in _BY_NAME.items()
+}
+_LIVE_NODES_BETWEEN = {
+    dialect: query.where(_BY_NAME[dialect] < bindparam("high"))
+    for dialect, query in _LIVE_NODES_FROM.items()
+}
 _ACTIVE_BY_NODE = (
     sql_select(col(ChunkRow.node), func.count())
     .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES), col(ChunkRow.node).is_not(None))
@@ -348,10 +357,13 @@ class NodeRoster:
         self._sliced_at = now
         start, end = self._next, self._next + count
         low = self._names[start] if start > 0 else ""
+        dialect = session.get_bind().dialect.name
         rows = (
-            self._read(session, _LIVE_NODES_BETWEEN, since=since, low=low, high=self._names[end])
+            self._read(
+                session, _LIVE_NODES_BETWEEN[dialect], since=since, low=low, high=self._names[end]
+            )
             if end < len(self._names)
-            else self._read(session, _LIVE_NODES_FROM, since=since, low=low)
+            else self._read(session, _LIVE_NODES_FROM[dialect], since=since, low=low)
         )
         self._next = end if end < len(self._names) else 0
         self._update(live, set(self._names[start:end]), rows)
@@ -366,7 +378,7 @@ class NodeRoster:
         for name in asked:
             if live.drop(name):
                 del self._names[bisect.bisect_left(self._names, name)]
-                if self._next > len(self._names):
+                if self._next >= len(self._names):
                     self._next = 0
 
     def _read(self, session: Session, query: Executable, **params: Any) -> Iterator[NodeView]:
