@@ -168,14 +168,16 @@ class NodeView:
 
     name: str
     pool: str
-    free: int  # slots + buffer - chunks dispatched to it or running on it
+    # Room in its queue when idle: its slots (``Room`` adds the pool's buffer and takes
+    # off the chunks sent to it or running on it); or, made by hand, its room now.
+    free: int
     cores: int = 1
     memory_bytes: int = 0
     gpus: int = 0
     tags: frozenset[str] = field(default_factory=frozenset)
     capabilities: Capabilities = field(default_factory=Capabilities)
     region: str = ""
-    slots: int = 1  # its render slots (``free`` counts its queue's buffer too)
+    slots: int = 1  # its render slots
 
     def hardware(self) -> Hardware:
         return (
@@ -286,7 +288,8 @@ class LiveNodes:
 class Room:
     """Room in the live nodes' queues during one tick: each node's room when idle,
     plus its share of its pool's queue buffer (``buffers``), less the chunks sent to
-    it or running on it (``busy``). Costs the classes and the busy nodes to make."""
+    it or running on it (``busy``). Costs the classes and the busy nodes to make.
+    It reads ``live`` as it is: use it (and its ``Placement``) before ``live`` changes."""
 
     def __init__(
         self,

@@ -89,7 +89,8 @@ _LIVE_NODES = sql_select(  # and taking work: not drained or disabled
 _LIVE_NODES_NAMED = _LIVE_NODES.where(col(NodeRow.name).in_(bindparam("names", expanding=True)))
 # Slices of the farm by name, in Python's order of names (code points): SQLite's own
 # (BINARY); PostgreSQL's database collation may order them otherwise ("node-2" and
-# "node_1"), so there the names are compared as "C" (bytes of UTF-8: code points).
+# "node_1"), so there the names are compared as "C": bytes, code points in a UTF-8
+# database (the farm's). Not by the primary key's index then: a scan of the nodes.
 _BY_NAME = {"sqlite": col(NodeRow.name), "postgresql": col(NodeRow.name).collate("C")}
 _LIVE_NODES_FROM = {
     dialect: _LIVE_NODES.where(name >= bindparam("low")) for dialect, name in _BY_NAME.items()
@@ -300,14 +301,18 @@ class NodeRoster:
     nodes alike (``LiveNodes``): ten thousand nodes read and grouped on every tick
     were most of a tick, and read all at once every few seconds, a tick of 100-250 ms.
 
-    Read whole at first and when ``stale`` (the API's bell: an operator drained,
-    disabled or enabled a node); a node that appeared, came back, changed what it
-    offers or was marked lost (``changed``) is read again alone, before the next
-    tick. And each tick reads a slice of the farm, by name, so every node is read
-    again at least every ``MAX_AGE`` seconds: what changed by other means (a bell
-    lost in a broker outage, a row written by hand) is seen within that. A node that
-    falls silent stays until it is marked lost (``node_timeout``); what was sent to
-    it meanwhile is sent again.
+    Read whole at first, after a pause of ``MAX_AGE`` or more between
+    ticks (or a clock that stepped back), or when many nodes changed at once. A node
+    that appeared, came back, changed what it offers, was marked lost, or that an
+    operator drained, disabled or enabled (the bell names it) is read again alone
+    (``changed``) before the next tick. And each tick reads a slice of the farm
+    again, by name from where the last one ended, as much as is due for every node to
+    be read again within ``MAX_AGE`` seconds (and a tick): what changed by other means
+    (a row written by hand, a bell lost in a broker outage) is seen within that. A
+    node that falls silent stays until it is marked lost (``node_timeout``); what was
+    sent to it meanwhile is sent again.
+
+    ``room`` returns a view of the roster itself: use it within the tick.
     """
 
     MAX_AGE = 5.0
@@ -315,13 +320,10 @@ class NodeRoster:
     def __init__(self) -> None:
         self._live: LiveNodes | None = None
         self._names: list[str] = []  # the live nodes' names, sorted: the slices
-        self._next = 0  # where the next slice starts in ``_names``
+        self._from = ""  # the name the next slice starts from ("": the first)
         self._sliced_at = -math.inf
         self._changed: set[str] = set()
         self._shapes = NodeShapes()
-
-    def stale(self) -> None:
-        self._live = None
 
     def changed(self, names: Iterable[str]) -> None:
         self._changed.update(names)
@@ -332,54 +334,59 @@ class NodeRoster:
         """Live nodes with the room in their queues: slots and a share of the pool's
         buffer, less the chunks sent to them or rendering on them."""
         live = self._live
-        if live is None or len(self._changed) > len(self._names) // 4 + 1:  # cheaper whole
-            live = self._live = LiveNodes(self._read(session, _LIVE_NODES, since=live_since))
-            self._names = sorted(live.views)
-            self._next, self._sliced_at, self._changed = 0, now, set()
+        elapsed = now - self._sliced_at  # negative: the clock stepped back
+        # Each changed node costs a walk of its class: many at once, read all.
+        many = len(self._changed) > min(256, len(self._names) // 4 + 1)
+        if live is None or many or not 0 <= elapsed < self.MAX_AGE:
+            live = LiveNodes(self._read(session, _LIVE_NODES, since=live_since))
+            self._live, self._names = live, sorted(live.views)
+            self._from, self._sliced_at, self._changed = "", now, set()
         else:
-            if self._changed:
-                names, self._changed = self._changed, set()
-                self._update(live, names, self._read(
-                    session, _LIVE_NODES_NAMED, since=live_since, names=list(names)
+            if self._changed:  # read before it is forgotten: a failed read loses nothing
+                found = list(self._read(
+                    session, _LIVE_NODES_NAMED, since=live_since, names=list(self._changed)
                 ))  # fmt: skip
-            self._read_slice(session, live, live_since, now)
+                self._update(live, self._changed, found)
+                self._changed = set()
+            self._read_slice(session, live, live_since, now, elapsed)
         buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in live.count.items()}
         return Room(live, buffers, {node: n for node, n in session.execute(_ACTIVE_BY_NODE)})
 
-    def _read_slice(self, session: Session, live: LiveNodes, since: float, now: float) -> None:
-        """Read again the share of the farm due since the last slice: by name, from
-        where the last one ended (the first slice from the start of the names, the
-        last to their end, so a node the roster does not know is found too)."""
-        due = min(1.0, max(0.0, now - self._sliced_at) / self.MAX_AGE)
-        count = math.ceil(len(self._names) * due)
+    def _read_slice(
+        self, session: Session, live: LiveNodes, since: float, now: float, elapsed: float
+    ) -> None:
+        """Read again the share of the farm due since the last slice (``elapsed`` s,
+        under ``MAX_AGE``): the names from ``_from`` on (the first slice from the start
+        of the names, the last to their end, so a node the roster does not know is
+        found too)."""
+        count = math.ceil(len(self._names) * elapsed / self.MAX_AGE)
         if self._names and not count:
             return
-        self._sliced_at = now
-        start, end = self._next, self._next + count
-        low = self._names[start] if start > 0 else ""
+        start = bisect.bisect_left(self._names, self._from)
+        end = start + count
+        high = self._names[end] if end < len(self._names) else None
         dialect = session.get_bind().dialect.name
-        rows = (
-            self._read(
-                session, _LIVE_NODES_BETWEEN[dialect], since=since, low=low, high=self._names[end]
+        found = list(
+            self._read(session, _LIVE_NODES_FROM[dialect], since=since, low=self._from)
+            if high is None
+            else self._read(
+                session, _LIVE_NODES_BETWEEN[dialect], since=since, low=self._from, high=high
             )
-            if end < len(self._names)
-            else self._read(session, _LIVE_NODES_FROM[dialect], since=since, low=low)
         )
-        self._next = end if end < len(self._names) else 0
-        self._update(live, set(self._names[start:end]), rows)
+        self._update(live, set(self._names[start:end]), found)
+        self._from, self._sliced_at = high or "", now
 
     def _update(self, live: LiveNodes, asked: set[str], found: Iterable[NodeView]) -> None:
         """Put each node found; drop those asked about and not found (not live now)."""
+        missing = set(asked)
         for node in found:
-            asked.discard(node.name)
+            missing.discard(node.name)
             if node.name not in live.views:
                 bisect.insort(self._names, node.name)
             live.put(node)
-        for name in asked:
+        for name in missing:
             if live.drop(name):
                 del self._names[bisect.bisect_left(self._names, name)]
-                if self._next >= len(self._names):
-                    self._next = 0
 
     def _read(self, session: Session, query: Executable, **params: Any) -> Iterator[NodeView]:
         """Live nodes, each with its slots as its room when idle."""

@@ -111,7 +111,7 @@ class Scheduler:
         now = self.clock()
         chunk_events, beats, wakes = split_events(events)
         outcome = IngestOutcome(
-            ignored=len(events) - wakes - len(chunk_events) - len(beats), woken=wakes > 0
+            ignored=len(events) - len(wakes) - len(chunk_events) - len(beats), woken=bool(wakes)
         )
         with Session(self.engine) as session:
             try:
@@ -124,9 +124,8 @@ class Scheduler:
             except Exception:
                 self._billing = None  # it may know a region whose row was rolled back
                 raise
-        if outcome.woken:  # an operator may have changed a node
-            self.roster.stale()
-        self.roster.changed(outcome.nodes_changed)
+        # Nodes that changed, and those an operator drained, disabled or enabled.
+        self.roster.changed({*outcome.nodes_changed, *(node for node in wakes if node)})
         self.rates.record(now, outcome.finished)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)

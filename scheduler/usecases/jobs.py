@@ -113,9 +113,10 @@ class FrameStatus:
     error: str | None = None  # why its chunk's last attempt failed, while not rendered
 
 
-def scheduler_bell(settings: Settings) -> Callable[[], None]:
+def scheduler_bell(settings: Settings) -> Callable[..., None]:
     """What the API calls once a change that may dispatch has committed: it wakes an
-    idle scheduler (scheduler/wire/events.py), which else would wait for its next tick."""
+    idle scheduler (scheduler/wire/events.py), which else would wait for its next tick;
+    with a node's name (an operator changed it), the scheduler reads that node again."""
     return SchedulerBell(settings.effective_broker_url).ring
 
 

@@ -50,13 +50,13 @@ class OperatorService:
         self,
         engine: Engine,
         clock: Callable[[], float] = time.time,
-        wake: Callable[[], None] = lambda: None,
+        wake: Callable[[str], None] = lambda node: None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self._read_only = read_only(engine)
-        # Called once a node's admin state has committed: the scheduler reads its nodes
-        # again at once (else within seconds) and sends work elsewhere (or to it again).
+        # Called with the node's name once its admin state has committed: the scheduler
+        # reads it again at once (else within 5 s) and sends work elsewhere (or to it).
         self.wake = wake
 
     # Operators and their keys ----------------------------------------------------------
@@ -185,7 +185,7 @@ class OperatorService:
                 )  # fmt: skip
             record(session, actor, f"node.{action}", name, self.clock(), requeued=requeued or None)
             session.commit()
-            self.wake()
+            self.wake(name)
             session.refresh(node)
             return NodeChange(node, requeued)
 

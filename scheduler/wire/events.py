@@ -14,7 +14,9 @@ Chunks travel to nodes as Celery tasks; events travel back on a plain Redis list
 The API rings the scheduler's bell (``SchedulerBell``) when it commits work that may
 dispatch (a submission, a resume, a retry): a ``wake`` item on the same list, pushed
 only if the list is empty, so an idle scheduler blocked on the list dispatches at
-once instead of at its next tick. Wakes carry nothing and are not events.
+once instead of at its next tick. An operator's drain, disable or enable rings it
+naming the node (``{"kind": "wake", "node": name}``), pushed whatever waits: the
+scheduler reads that node again before its next dispatch. Wakes are not events.
 
 Why not kombu for this direction: kombu's Redis channel builds a client and runs
 three round trips per message (get, unacked bookkeeping, ack), which made event
@@ -49,6 +51,12 @@ _WAKE_ITEM = json.dumps({"kind": WAKE})
 def is_wake(item: Any) -> bool:
     """Whether a decoded item of the event list is the bell's wake, not an event."""
     return isinstance(item, dict) and item.get("kind") == WAKE
+
+
+def woken_for(wake: dict[str, Any]) -> str | None:
+    """The node a wake names (an operator changed it), or None."""
+    node = wake.get("node")
+    return node if isinstance(node, str) else None
 
 
 # ARGV[2] == '1': the last batch is committed; drop it. ARGV[3] == '1': a batch left
@@ -196,11 +204,15 @@ class SchedulerBell:
         self._client = redis_from_url(broker_url)
         self._ring = self._client.register_script(_RING)
 
-    def ring(self) -> None:
+    def ring(self, node: str | None = None) -> None:
+        """Wake the scheduler; naming ``node``, it reads that node again."""
         try:
-            self._ring(keys=[EVENTS_KEY], args=[_WAKE_ITEM])
-        except redis.RedisError as error:  # harmless: the scheduler's next tick comes anyway
-            log.debug("could not wake the scheduler: %s", error)
+            if node is None:
+                self._ring(keys=[EVENTS_KEY], args=[_WAKE_ITEM])
+            else:
+                self._client.lpush(EVENTS_KEY, json.dumps({"kind": WAKE, "node": node}))
+        except redis.RedisError as error:  # the scheduler's next tick comes anyway, and
+            log.debug("could not wake the scheduler: %s", error)  # reads every node in 5 s
 
     def close(self) -> None:
         self._client.close()

@@ -5,11 +5,13 @@ who changed what. A studio's key reaches none of it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -20,6 +22,7 @@ from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
 from scheduler.usecases.operators import OperatorService
+from scheduler.wire.events import EVENTS_KEY
 from tests.conftest import farm_env
 from tests.integration.conftest import RecordingBroker, heartbeat, submit
 
@@ -156,7 +159,7 @@ def test_limits_regions_and_links(client: TestClient, admin: dict[str, str]) -> 
 
 def test_a_drained_node_finishes_and_a_disabled_one_hands_its_chunks_on(
     client: TestClient, admin: dict[str, str], scheduler: Scheduler, studios: StudioService,
-    studio_id: int, engine: Engine, fake_broker: RecordingBroker,
+    studio_id: int, engine: Engine, fake_broker: RecordingBroker, broker: redis.Redis,
 ) -> None:  # fmt: skip
     job_id = submit(studios, studio_id, "1-8")
     scheduler.ingest([heartbeat("node-a", slots=2), heartbeat("node-b", slots=2)])
@@ -165,6 +168,8 @@ def test_a_drained_node_finishes_and_a_disabled_one_hands_its_chunks_on(
     drained = client.post("/v1/admin/nodes/node-a/drain", headers=admin)
     assert drained.status_code == 200 and drained.json()["admin"] == "draining"
     assert drained.json()["hostname"] == "host"  # operators see the machine
+    rung = [json.loads(item) for item in broker.lrange(EVENTS_KEY, 0, -1)]
+    assert {"kind": "wake", "node": "node-a"} in rung  # the scheduler reads node-a again
     nodes = {n["name"]: n for n in client.get("/v1/admin/nodes", headers=admin).json()}
     sent_to_a = [m for m in first if m.node == "node-a"]  # its slots and its queue's place
     assert len(nodes["node-a"]["current"]) == len(sent_to_a)  # what it has now

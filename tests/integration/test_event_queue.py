@@ -165,9 +165,12 @@ def test_the_bell_wakes_a_waiting_scheduler_once_and_is_no_event(
     EventPublisher(settings.effective_broker_url).publish([{"kind": "started", "n": 1}])
     bell.ring()  # events wait: they wake the scheduler themselves
     assert broker.llen(EVENTS_KEY) == 2
+    bell.ring("gz-07")  # an operator changed a node: it goes whatever waits
+    assert broker.llen(EVENTS_KEY) == 3
     caplog.set_level(logging.ERROR, "scheduler.dispatch.ingestion")
-    chunk_events, beats, _wakes = split_events(consumer.fetch(10, 0.5))
+    chunk_events, beats, wakes = split_events(consumer.fetch(10, 0.5))
     assert (len(chunk_events), beats) == (0, [])  # the started event is malformed, the wake none
+    assert wakes == [None, "gz-07"]
     assert [r.getMessage() for r in caplog.records if "wake" in r.getMessage()] == []
     consumer.close()
     bell.close()

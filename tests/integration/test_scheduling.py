@@ -648,16 +648,20 @@ def test_the_node_roster_is_read_again_when_an_operator_rings_or_a_node_is_lost(
     scheduler.ingest([heartbeat("node-a", slots=2), heartbeat("node-b", slots=2)])
     first = scheduler.dispatch_tick()
     assert {m.node for m in first} == {"node-a", "node-b"}
-    OperatorService(engine, clock).set_node("node-a", "drain")
-    outcome = scheduler.ingest([{"kind": "wake"}, *(finished(m, m.node or "") for m in first)])
+    rung: list[str] = []
+    operators = OperatorService(engine, clock, wake=rung.append)
+    operators.set_node("node-a", "drain")
+    assert rung == ["node-a"]
+    wake = {"kind": "wake", "node": "node-a"}  # what the bell sends for it
+    outcome = scheduler.ingest([wake, *(finished(m, m.node or "") for m in first)])
     assert outcome.woken and outcome.ignored == 0 and outcome.dispatch_now
     assert {m.node for m in scheduler.dispatch_tick()} == {"node-b"}  # room on both
     clock.now += 30
     scheduler.ingest([heartbeat("node-a", slots=2)])  # node-b falls silent
     clock.now += 40
     scheduler.reconcile()  # node-b is lost: 70 s without a heartbeat
-    OperatorService(engine, clock).set_node("node-a", "enable")
-    scheduler.ingest([{"kind": "wake"}, heartbeat("node-a", slots=2)])
+    operators.set_node("node-a", "enable")
+    scheduler.ingest([wake, heartbeat("node-a", slots=2)])
     assert {m.node for m in scheduler.dispatch_tick()} == {"node-a"}
 
 
@@ -694,3 +698,62 @@ def test_the_roster_reads_the_farm_again_slice_by_slice_so_no_change_goes_unseen
         assert reached >= set(names) - {drained}  # no live node lost by a slice
         if tick >= 10:  # the whole farm read again since the drain
             assert drained not in reached
+
+
+def test_every_node_is_read_again_within_max_age_whatever_changes_meanwhile(
+    engine: Engine,
+) -> None:
+    """The roster against nodes changed by hand one tick after another (nodes leaving
+    shift the names the slices follow), a node added by hand, a clock stepped back and
+    a pause between ticks: each change is in the roster within ``MAX_AGE`` and a tick."""
+    tick, now = NodeRoster.MAX_AGE / 10, 1_000_000.0
+    names = [f"n{i:03d}" for i in range(100)]
+    with Session(engine) as session:
+        for name in names:
+            session.add(NodeRow(name=name, pool="cpu", hostname=name, slots=2, cores=8,
+                                memory_bytes=2**34, state="online", last_heartbeat=now,
+                                registered_at=now))  # fmt: skip
+        session.commit()
+
+    def write(**change: Any) -> None:  # by hand: no heartbeat, no bell
+        with Session(engine) as session:
+            session.execute(update(NodeRow).values(last_heartbeat=now))
+            for name, admin in change.items():
+                named = col(NodeRow.name) == name
+                session.execute(update(NodeRow).where(named).values(admin=admin))
+            session.commit()
+
+    def live() -> set[str]:
+        with Session(engine) as session:
+            room = roster.room(session, now - 60, now, lambda pool: 0)
+        return set(room.live.views)
+
+    roster = NodeRoster()
+    assert live() == set(names)
+    expected, since = set(names), {}
+    for step in range(60):  # each tick one more node drained, one enabled again
+        now += tick
+        leaving, back = names[(step * 7) % 100], names[(step * 7 + 50) % 100]
+        write(**{leaving: "draining", back: "enabled"})
+        expected = (expected - {leaving}) | {back}
+        since[leaving] = since[back] = now
+        seen = live()
+        for name, at in since.items():
+            if now - at >= NodeRoster.MAX_AGE + tick:
+                assert (name in seen) == (name in expected), (name, now - at)
+    with Session(engine) as session:  # a node no heartbeat told of
+        session.add(NodeRow(name="n050a", pool="cpu", hostname="x", slots=2, cores=8,
+                            memory_bytes=2**34, state="online", last_heartbeat=now,
+                            registered_at=now))  # fmt: skip
+        session.commit()
+    for _ in range(11):
+        now += tick
+        write()
+        seen = live()
+    assert seen == expected | {"n050a"}
+    now -= 3600  # the clock steps back: the next tick reads all
+    write(n001="disabled")
+    assert "n001" not in live()
+    now += 60  # a pause (an outage, a standby taking over): the next tick reads all
+    write(n001="enabled", n002="disabled")
+    assert {"n001", "n002"} & live() == {"n001"}
