@@ -111,11 +111,17 @@ class CeleryBroker:
             self.app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
 
     def queue_depth(self, queue: str) -> int:
-        with self.app.connection_for_read() as connection:
+        # A connection of Celery's pool, its channel kept: a new one per call cost a
+        # Redis connection each (reconcile asks for every node with unclaimed chunks,
+        # each second: a rack gone silent made it hundreds a second).
+        with self.app.pool.acquire(block=True) as connection:
             try:
                 declared = connection.default_channel.queue_declare(queue=queue, passive=True)
             except ChannelError:  # never declared, or flushed away: nothing waits
                 return 0
+            except connection.connection_errors:  # not kept: the next call connects anew
+                connection.collect()
+                raise
             return int(declared.message_count)
 
 
