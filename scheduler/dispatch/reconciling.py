@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy import select as sql_select
 from sqlalchemy import update
@@ -58,9 +58,15 @@ def requeue_from_disabled(session: Session, now: float) -> None:
 
 
 def requeue_unclaimed(
-    session: Session, now: float, after: float, queue_depth: Callable[[str], int]
+    session: Session,
+    now: float,
+    after: float,
+    queue_depths: Callable[[Sequence[str]], Mapping[str, int]],
 ) -> None:
-    """Chunks sent but never claimed while their queue is empty: send again."""
+    """Chunks sent but never claimed while their queue is empty: send again. The
+    queues are asked together and the chunks requeued together: a rack gone silent
+    leaves hundreds of queues so, and one requeue per queue held the loop for
+    seconds (on PostgreSQL, long enough to lose the leader lock)."""
     unclaimed: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for chunk_id, node, sent_at in session.exec(
         select(ChunkRow.id, ChunkRow.node, ChunkRow.dispatched_at).where(
@@ -70,13 +76,21 @@ def requeue_unclaimed(
     ):
         if chunk_id is not None and node is not None:  # a chunk is placed as it is claimed
             unclaimed[node_queue(node)].append((chunk_id, sent_at or 0.0))
+    if not unclaimed:
+        return
+    depths = queue_depths(list(unclaimed))
+    resend: dict[str, list[int]] = {}
     for queue, chunks in unclaimed.items():
-        resend = unclaimed_to_resend(chunks, queue_depth(queue), now, after)
-        if resend:
-            log.warning(
-                "queue %s: %d chunk(s) sent but never claimed; sending again", queue, len(resend)
-            )
-            requeue_chunks(session, resend, [ChunkState.DISPATCHED], now)
+        if found := unclaimed_to_resend(chunks, depths[queue], now, after):
+            resend[queue] = found
+    if resend:
+        log.warning(
+            "%d chunk(s) sent but never claimed (queues %s); sending again",
+            sum(len(chunks) for chunks in resend.values()),
+            ", ".join(sorted(resend)[:10]) + (", ..." if len(resend) > 10 else ""),
+        )
+        every = [chunk_id for chunks in resend.values() for chunk_id in chunks]
+        requeue_chunks(session, every, [ChunkState.DISPATCHED], now)
 
 
 def close_stale_attempts(session: Session, now: float) -> list[str]:

@@ -144,7 +144,8 @@ class Scheduler:
         with Session(self.engine) as session:
             self.roster.changed(mark_lost_nodes(session, now, self.settings.node_timeout))
             requeue_from_disabled(session, now)
-            requeue_unclaimed(session, now, self.settings.redispatch_after, self.broker.queue_depth)
+            after = self.settings.redispatch_after
+            requeue_unclaimed(session, now, after, self.broker.queue_depths)
             session.commit()
         self.stop_stale_attempts()
 

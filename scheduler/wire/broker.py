@@ -32,7 +32,7 @@ from typing import Protocol
 
 from celery import Celery
 from kombu import Exchange, Producer, Queue
-from kombu.exceptions import BatchPublishError, ChannelError
+from kombu.exceptions import BatchPublishError
 
 from scheduler.core.frames import format_frame_spec
 from scheduler.wire.messages import RENDER_TASK, ChunkMessage, task_id_for
@@ -65,7 +65,7 @@ class Broker(Protocol):
 
     def revoke(self, task_ids: Sequence[str]) -> None: ...
 
-    def queue_depth(self, queue: str) -> int: ...
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]: ...
 
 
 class CeleryBroker:
@@ -110,19 +110,27 @@ class CeleryBroker:
         if task_ids:
             self.app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
 
-    def queue_depth(self, queue: str) -> int:
-        # A connection of Celery's pool, its channel kept: a new one per call cost a
-        # Redis connection each (reconcile asks for every node with unclaimed chunks,
-        # each second: a rack gone silent made it hundreds a second).
-        with self.app.pool.acquire(block=True) as connection:
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each queue (one never declared, or flushed away: none),
+        in one pipelined round trip: reconcile asks this of every node queue holding
+        unclaimed chunks, each second, and a rack gone silent is hundreds of them.
+        kombu's Redis transport keeps a queue as one list per priority step."""
+        if not queues:
+            return {}
+        with self.app.pool.acquire(block=True) as connection:  # its channel kept
             try:
-                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
-            except ChannelError:  # never declared, or flushed away: nothing waits
-                return 0
+                channel = connection.default_channel
+                steps = list(channel.priority_steps)
+                with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                    for name in queues:
+                        for step in steps:
+                            pipe.llen(channel._q_for_pri(name, step))
+                    sizes = pipe.execute()
             except connection.connection_errors:  # not kept: the next call connects anew
                 connection.collect()
                 raise
-            return int(declared.message_count)
+        per = len(steps)
+        return {name: sum(sizes[i * per : (i + 1) * per]) for i, name in enumerate(queues)}
 
 
 class BackgroundSender:
@@ -147,8 +155,8 @@ class BackgroundSender:
     def revoke(self, task_ids: Sequence[str]) -> None:
         self._broker.revoke(task_ids)
 
-    def queue_depth(self, queue: str) -> int:
-        return self._broker.queue_depth(queue)
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        return self._broker.queue_depths(queues)
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is waiting, then stop the thread."""

@@ -60,8 +60,8 @@ class RecordingBroker:
     def revoke(self, task_ids: Sequence[str]) -> None:
         self.revoked.extend(task_ids)
 
-    def queue_depth(self, queue: str) -> int:
-        return self.depth
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        return dict.fromkeys(queues, self.depth)
 
 
 @pytest.fixture

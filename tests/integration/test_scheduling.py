@@ -342,6 +342,31 @@ def test_chunks_lost_by_redis_are_sent_again(
     assert {j.state for j in rows(engine, JobRow)} == {"running"}
 
 
+def test_only_the_queues_that_lost_their_chunks_send_them_again(
+    engine: Engine,
+    settings: Settings,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+    broker: redis.Redis,
+) -> None:
+    """Every queue holding unclaimed chunks is asked at once (a rack gone silent is
+    hundreds of them): each answers for itself."""
+    real = Scheduler(engine, settings, CeleryBroker(make_celery(settings)), clock)
+    submit(studios, studio_id, "1-12")
+    beats = [heartbeat(name, slots=1) for name in ("node-a", "node-b", "node-c")]
+    real.ingest(beats)
+    sent = real.dispatch_tick()
+    lost = sorted(m.chunk_id for m in sent if m.node != "node-a")
+    assert {m.node for m in sent} == {"node-a", "node-b", "node-c"}
+    clock.now += settings.redispatch_after + 1
+    real.ingest(beats)
+    broker.delete("node.node-b", "node.node-c")  # lost; node-a's queue still holds its own
+    real.reconcile()
+    resent = real.dispatch_tick()
+    assert sorted(m.chunk_id for m in resent) == lost and {m.attempt for m in resent} == {2}
+
+
 def test_a_running_attempt_its_node_no_longer_holds_renders_again(
     scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine
 ) -> None:
