@@ -431,6 +431,8 @@ class RegionLink(SQLModel, table=True):
 
 class NodeRow(SQLModel, table=True):
     __tablename__ = "nodes"
+    # Half-full pages: every heartbeat updates its row (migration 0024).
+    __table_args__ = {"postgresql_with": {"fillfactor": 50}}
 
     name: str = Field(primary_key=True, max_length=200)
     pool: str = Field(max_length=64, index=True)
