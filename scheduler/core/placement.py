@@ -226,12 +226,17 @@ class LiveNodes:
     def __init__(self, nodes: Iterable[NodeView] = ()) -> None:
         self.classes: dict[Hardware, NodeClass] = {}
         self.views: dict[str, NodeView] = {}  # by name; ``free``: its room when idle
-        self.class_of: dict[str, Hardware] = {}
-        self.count: Counter[str] = Counter()  # nodes per pool
         for node in nodes:
             self._add(node, heap=False)
         for group in self.classes.values():
             heapq.heapify(group.heap)
+
+    def per_pool(self) -> Counter[str]:
+        """How many live nodes each pool has."""
+        count: Counter[str] = Counter()
+        for key, group in self.classes.items():
+            count[key[0]] += group.count
+        return count
 
     def put(self, node: NodeView) -> bool:
         """Add a node, or change what is known of it; whether anything changed."""
@@ -248,7 +253,7 @@ class LiveNodes:
         node = self.views.pop(name, None)
         if node is None:
             return False
-        key = self.class_of.pop(name)
+        key = node.hardware()
         group = self.classes[key]
         group.heap.remove((-node.free, name))
         heapq.heapify(group.heap)
@@ -260,9 +265,6 @@ class LiveNodes:
             group.short.remove(node.free)
         if not group.count:
             del self.classes[key]
-        self.count[node.pool] -= 1
-        if not self.count[node.pool]:
-            del self.count[node.pool]
         return True
 
     def _add(self, node: NodeView, heap: bool) -> None:
@@ -281,8 +283,6 @@ class LiveNodes:
         else:
             group.short.append(node.free)
         self.views[node.name] = node
-        self.class_of[node.name] = key
-        self.count[node.pool] += 1
 
 
 class Room:
@@ -307,7 +307,7 @@ class Room:
             self._room[key[0]] += group.idle + extra * (group.count - len(group.short))
             self._room[key[0]] += sum(max(0, base + extra) for base in group.short)
         for name, n in self.busy.items():
-            key = live.class_of[name]
+            key = live.views[name].hardware()
             self.busy_in[key].append((name, n))
             whole = live.views[name].free + self.buffers.get(key[0], 0)
             self._room[key[0]] -= max(0, whole) - max(0, whole - n)

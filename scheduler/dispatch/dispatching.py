@@ -349,7 +349,7 @@ class NodeRoster:
                 self._update(live, self._changed, found)
                 self._changed = set()
             self._read_slice(session, live, live_since, now, elapsed)
-        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in live.count.items()}
+        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in live.per_pool().items()}
         return Room(live, buffers, {node: n for node, n in session.execute(_ACTIVE_BY_NODE)})
 
     def _read_slice(

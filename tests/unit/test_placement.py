@@ -159,8 +159,8 @@ def test_live_nodes_changed_node_by_node_are_the_live_nodes_read_afresh(
     classes are those of the same nodes read at once."""
     kept, views = live_after(steps)
     afresh = LiveNodes(views.values())
-    assert kept.count == afresh.count and kept.views == afresh.views
-    assert kept.class_of == afresh.class_of and kept.classes.keys() == afresh.classes.keys()
+    assert kept.per_pool() == afresh.per_pool() and kept.views == afresh.views
+    assert kept.classes.keys() == afresh.classes.keys()
     for key, group in afresh.classes.items():
         mine = kept.classes[key]
         assert (mine.count, mine.slots, mine.idle) == (group.count, group.slots, group.idle)
