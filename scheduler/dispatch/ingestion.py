@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, bindparam, cast
+from sqlalchemy import Float, Integer, String, any_, bindparam, cast, func
 from sqlalchemy import select as sql_select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures
@@ -474,26 +475,45 @@ _OFFERED = ("pool", "hostname", "slots", "cores", "memory_bytes", "gpus", "tags"
 # decoded once (``_stored_json``), not once per heartbeat: a farm's nodes come in a few
 # shapes, and 10,000 nodes beat 2,000 times a second.
 _JSON_OFFERED = ("tags", "capabilities")
-_KNOWN_NODES = sql_select(
-    _NODE_TABLE.c.name,
-    _NODE_TABLE.c.state,
-    *(
-        cast(_NODE_TABLE.c[column], String) if column in _JSON_OFFERED else _NODE_TABLE.c[column]
-        for column in _OFFERED
-    ),
-).where(_NODE_TABLE.c.name.in_(bindparam("names", expanding=True)))
+# Nodes by name: "IN (...)" on SQLite; on PostgreSQL "= ANY(array)", one statement text
+# whatever the count (an IN list of 1,000 names is a new statement to parse and plan).
+_NAMED = {
+    "sqlite": lambda column: column.in_(bindparam("names", expanding=True)),
+    "postgresql": lambda column: column == any_(bindparam("names", type_=ARRAY(String))),
+}
+_KNOWN_NODES = {
+    dialect: sql_select(
+        _NODE_TABLE.c.name,
+        _NODE_TABLE.c.state,
+        *(
+            cast(_NODE_TABLE.c[c], String) if c in _JSON_OFFERED else _NODE_TABLE.c[c]
+            for c in _OFFERED
+        ),
+    ).where(named(_NODE_TABLE.c.name))
+    for dialect, named in _NAMED.items()
+}
 _JSON_AT = tuple(_OFFERED.index(column) for column in _JSON_OFFERED)
 _DECODED: dict[str, Any] = {}  # stored JSON text -> its value
-_BEAT = (  # a node that reports what it reported before: it lives, and how busy it is
+_LIVE = ("running", "power_watts", "last_heartbeat")
+# A node that reports what it reported before: it lives, and how busy it is. SQLite
+# takes one UPDATE per node (executemany, in process); PostgreSQL one UPDATE for the
+# batch, from arrays (1,000 statements a turn cost its server more than the updates).
+_BEAT = (
     _NODE_TABLE.update()
     .where(_NODE_TABLE.c.name == bindparam("b_name"))
-    .values(
-        running=bindparam("running"),
-        power_watts=bindparam("power_watts"),
-        last_heartbeat=bindparam("last_heartbeat"),
-    )
+    .values({c: bindparam(c) for c in _LIVE})
 )
-_LIVE = ("running", "power_watts", "last_heartbeat")
+_BEAT_TYPES = {"b_name": String, "running": Integer, "power_watts": Float, "last_heartbeat": Float}
+_BEATS = (
+    func.unnest(*(bindparam(c, type_=ARRAY(t)) for c, t in _BEAT_TYPES.items()))
+    .table_valued("name", *_LIVE)
+    .render_derived(name="beat")
+)
+_BEAT_ALL = (
+    _NODE_TABLE.update()
+    .where(_NODE_TABLE.c.name == _BEATS.c.name)
+    .values({c: _BEATS.c[c] for c in _LIVE})
+)
 # A node that is new (all it offers, and when it came), or that returns or changes what
 # it offers: one statement for all such nodes of a batch, not a round trip each (10,000
 # nodes starting at once register within a few turns).
@@ -505,12 +525,12 @@ _REOFFER = (
     .where(_NODE_TABLE.c.name == bindparam("b_name"))
     .values({c: bindparam(c) for c in (*_OFFERED, *_LIVE, "state")})
 )
-_RUNNING_ON = sql_select(
-    col(ChunkRow.node), col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.started_at)
-).where(
-    col(ChunkRow.node).in_(bindparam("names", expanding=True)),
-    col(ChunkRow.state) == ChunkState.RUNNING,
-)
+_RUNNING_ON = {
+    dialect: sql_select(
+        col(ChunkRow.node), col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.started_at)
+    ).where(named(col(ChunkRow.node)), col(ChunkRow.state) == ChunkState.RUNNING)
+    for dialect, named in _NAMED.items()
+}
 
 
 def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> set[str]:
@@ -525,7 +545,10 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
     latest = {event.info.name: event for event in events}
     if not latest:
         return set()
-    known = {row.name: row for row in session.execute(_KNOWN_NODES, {"names": list(latest)})}
+    dialect = session.get_bind().dialect.name
+    known = {
+        row.name: row for row in session.execute(_KNOWN_NODES[dialect], {"names": list(latest)})
+    }
     beats: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     reoffered: list[dict[str, Any]] = []
@@ -547,9 +570,13 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
         else:
             reoffered.append({"b_name": name, **offered, **live, "state": "online"})
     session.flush()  # what the session holds goes first: these statements bypass it
-    for statement, rows in ((_REGISTER, new), (_REOFFER, reoffered), (_BEAT, beats)):
+    for statement, rows in ((_REGISTER, new), (_REOFFER, reoffered)):
         if rows:
             session.execute(statement, rows)
+    if beats and dialect == "postgresql":
+        session.execute(_BEAT_ALL, {c: [beat[c] for beat in beats] for c in _BEAT_TYPES})
+    elif beats:
+        session.execute(_BEAT, beats)
     _requeue_vanished(session, [e for e in latest.values() if e.tasks is not None], now)
     return {row["name"] for row in new} | {row["b_name"] for row in reoffered}
 
@@ -596,7 +623,8 @@ def _requeue_vanished(session: Session, beats: Sequence[HeartbeatEvent], now: fl
         return
     running: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     names = [beat.info.name for beat in beats]
-    for node, chunk_id, attempt, started_at in session.execute(_RUNNING_ON, {"names": names}):
+    on = _RUNNING_ON[session.get_bind().dialect.name]
+    for node, chunk_id, attempt, started_at in session.execute(on, {"names": names}):
         running[node].append((chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0))
     vanished: list[int] = []
     for beat in beats:
