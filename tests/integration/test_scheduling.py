@@ -643,7 +643,14 @@ def test_heartbeats_in_bulk_flag_only_what_changes_the_dispatch(
 ) -> None:
     """A node beating as before only lives (and says how busy); a new node, one that
     offers something else, or one back from lost makes the dispatch look at once."""
-    assert scheduler.ingest([heartbeat("node-a"), heartbeat("node-b")]).nodes_changed
+    assert scheduler.ingest([heartbeat("node-a"), heartbeat("node-b")]).nodes_changed == {
+        "node-a",
+        "node-b",
+    }
+    registered = clock.now
+    assert {(n.state, n.admin, n.registered_at) for n in rows(engine, NodeRow)} == {
+        ("online", "enabled", registered)
+    }
     clock.now += 5
     again = scheduler.ingest([heartbeat("node-a", running=1), heartbeat("node-b")])
     assert not again.nodes_changed and not again.dispatch_now
@@ -655,8 +662,11 @@ def test_heartbeats_in_bulk_flag_only_what_changes_the_dispatch(
     clock.now += 120  # both silent past the timeout
     scheduler.reconcile()
     assert {n.state for n in rows(engine, NodeRow)} == {"lost"}
-    assert scheduler.ingest([heartbeat("node-b")]).nodes_changed
-    assert rows(engine, NodeRow, name="node-b")[0].state == "online"
+    assert scheduler.ingest([heartbeat("node-b")]).nodes_changed == {"node-b"}
+    back = rows(engine, NodeRow, name="node-b")[0]
+    assert (back.state, back.last_heartbeat, back.registered_at) == (
+        "online", clock.now, registered
+    )  # fmt: skip
 
 
 def test_the_node_roster_is_read_again_when_an_operator_rings_or_a_node_is_lost(
