@@ -43,9 +43,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from enum import StrEnum
+from functools import cache
 from typing import Any, ClassVar
 
 RENDER_TASK = "renderfarm.render_chunk"
@@ -71,6 +72,27 @@ def output_pattern_for(job_id: int) -> str:
 
 def attempt_log_path(job_id: int, chunk_id: int, attempt: int) -> str:
     return f"jobs/{job_id}/logs/chunk-{chunk_id}-attempt-{attempt}.log"
+
+
+def wire_dict(value: Any) -> dict[str, Any]:
+    """A message's or event's fields as JSON-ready data, nested reports (and lists of
+    them) too. Shallow otherwise: other lists and dicts are shared, not copied, so
+    serialize it before changing the value's contents. ``dataclasses.asdict`` deep-
+    copies everything: it was a quarter of a node's CPU per chunk outside Redis."""
+    return {name: _wire(getattr(value, name)) for name in _field_names(type(value))}
+
+
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclass_fields(kind))
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, FrameReport | NodeReport):
+        return wire_dict(value)
+    if isinstance(value, list) and value and isinstance(value[0], FrameReport):
+        return [wire_dict(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +133,7 @@ class ChunkMessage:
         """The message as JSON-ready data. Shallow (its lists and dicts are shared, not
         copied: ``asdict`` copying them was a tenth of a dispatch's cost); serialize it
         before changing the message's contents."""
-        return {"v": MESSAGE_VERSION, **{name: getattr(self, name) for name in _MESSAGE_FIELDS}}
+        return {"v": MESSAGE_VERSION, **wire_dict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChunkMessage:
@@ -137,9 +159,6 @@ class ChunkMessage:
         return message
 
 
-_MESSAGE_FIELDS = tuple(f.name for f in dataclass_fields(ChunkMessage))
-
-
 @dataclass(frozen=True, slots=True)
 class FrameReport:
     frame: int
@@ -151,7 +170,7 @@ class FrameReport:
     output_bytes: int | None = None  # the output's size: what its trip back moves
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return wire_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrameReport:
@@ -177,7 +196,7 @@ class NodeReport:
     capabilities: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return wire_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeReport:
@@ -216,7 +235,7 @@ class ChunkEvent:
     at: float | None = None  # when the node sent it, epoch seconds; None: when ingested
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": EVENT_VERSION, "kind": self.kind.value, **asdict(self)}
+        return {"v": EVENT_VERSION, "kind": self.kind.value, **wire_dict(self)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,7 +279,7 @@ class HeartbeatEvent:
     at: float | None = None  # when the node sent it, epoch seconds
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": EVENT_VERSION, "kind": self.kind.value, **asdict(self)}
+        return {"v": EVENT_VERSION, "kind": self.kind.value, **wire_dict(self)}
 
 
 NodeEvent = StartedEvent | FrameEvent | FinishedEvent | FailedEvent | HeartbeatEvent
