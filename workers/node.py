@@ -324,6 +324,7 @@ def start_worker(
     """
     app = make_worker_app(settings, node)
     settings.storage_root.mkdir(parents=True, exist_ok=True)
+    quiet_per_task_lines(loglevel)
     app.worker_main(
         [
             "worker",
@@ -336,3 +337,17 @@ def start_worker(
             *(["--task-events"] if events else []),
         ]
     )
+
+
+# Celery logs each task received and succeeded at INFO: two lines per chunk, which at
+# hundreds of short chunks a second is the bulk of a node's log and ~0.15 ms of its CPU
+# per chunk, telling what the farm's attempts record anyway (which node, when, how it
+# ended: `renderfarm job show`, the API). Failures and the node's own life still log.
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def quiet_per_task_lines(loglevel: str) -> None:
+    """Celery's per-task lines show only when the node logs at DEBUG."""
+    if logging.getLevelName(loglevel.upper()) != logging.DEBUG:
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
