@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         2, ge=0, description="least messages queued beyond free slots, per pool"
     )
     max_dispatch_buffer: int = Field(
-        64, ge=0, description="most messages queued beyond free slots, for very short chunks"
+        1024, ge=0, description="most messages queued beyond free slots, for very short chunks"
     )
     event_batch: int = Field(500, ge=1, description="events ingested per database transaction")
     node_timeout: float = Field(60.0, gt=0, description="seconds without heartbeat before lost")

@@ -82,19 +82,20 @@ class Assignment:
     node: str  # the node whose queue it goes to
 
 
-def queue_buffer(finished: int, window: float, tick: float, minimum: int, maximum: int) -> int:
+def queue_buffer(per_second: float, tick: float, minimum: int, maximum: int) -> int:
     """How many messages a pool's queues hold beyond its free slots (shared by its nodes).
 
     Enough to keep the pool busy while one dispatch round trip (a few ticks) passes:
-    the pool's recent completion rate (``finished`` chunks in ``window`` seconds)
-    times four ticks, within [minimum, maximum]. Renders of minutes finish a few
-    chunks a second across a whole farm, so the buffer stays at its small minimum
-    and a priority change takes effect on the next tick; chunks of milliseconds
-    (benchmarks, trivial tasks) get a deeper queue instead of idle slots.
+    the pool's recent completion rate (chunks a second) times four ticks, within
+    [minimum, maximum]. Four ticks, because a chunk counts against its node's queue
+    until its "finished" is ingested: what nodes rendered in the last turn or two is
+    still counted, besides what must wait for the next dispatch. Renders of minutes
+    finish a few chunks a second across a whole farm, so the buffer stays at its small
+    minimum and a priority change takes effect on the next tick; chunks of
+    milliseconds get a deeper queue instead of idle slots: still at most four ticks
+    of work, so a priority change is felt as soon.
     """
-    if window <= 0:
-        return minimum
-    wanted = math.ceil(finished / window * tick * 4)
+    wanted = math.ceil(per_second * tick * 4)
     return max(minimum, min(maximum, wanted))
 
 

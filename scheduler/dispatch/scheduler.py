@@ -95,8 +95,7 @@ class Scheduler:
 
     def _buffer(self, pool: str, now: float) -> int:
         return queue_buffer(
-            self.rates.finished(pool, now),
-            self.rates.window,
+            self.rates.per_second(pool, now),
             self.rates.tick,
             self.settings.dispatch_buffer,
             self.settings.max_dispatch_buffer,

@@ -24,6 +24,7 @@ from scheduler.core.policy import (
     vanished_attempts,
 )
 from scheduler.core.states import ChunkState
+from scheduler.dispatch.dispatching import CompletionRate
 
 
 def job(job_id: int, priority: int, chunks: list[int], pool: str = "cpu") -> JobCandidate:
@@ -126,20 +127,19 @@ def test_unclaimed_chunks_are_resent_only_when_the_queue_is_empty() -> None:
 
 
 @pytest.mark.parametrize(
-    ("finished", "window", "tick", "buffer"),
+    ("per_second", "tick", "buffer"),
     [
-        (0, 5.0, 0.5, 2),  # idle pool: the minimum
-        (10, 5.0, 0.5, 4),  # renders of seconds: 2/s x 0.5 s x 4 ticks
-        (3, 5.0, 0.5, 2),  # renders of minutes: the minimum keeps JIT responsive
-        (1500, 5.0, 0.02, 24),  # millisecond chunks: a deeper queue
-        (100_000, 5.0, 0.5, 64),  # never beyond the maximum
-        (10, 0.0, 0.5, 2),  # no window yet
+        (0.0, 0.5, 2),  # idle pool: the minimum
+        (2.0, 0.5, 4),  # renders of seconds: 2/s x 0.5 s x 4 ticks
+        (0.6, 0.5, 2),  # renders of minutes: the minimum keeps JIT responsive
+        (300.0, 0.02, 24),  # millisecond chunks: a deeper queue
+        (20_000.0, 0.5, 1024),  # never beyond the maximum
     ],
 )
 def test_queue_buffer_covers_a_dispatch_round_trip(
-    finished: int, window: float, tick: float, buffer: int
+    per_second: float, tick: float, buffer: int
 ) -> None:
-    assert queue_buffer(finished, window, tick, minimum=2, maximum=64) == buffer
+    assert queue_buffer(per_second, tick, minimum=2, maximum=1024) == buffer
 
 
 def test_attempts_a_node_stopped_listing_are_vanished() -> None:
@@ -187,3 +187,29 @@ def test_named_limits_are_never_exceeded() -> None:
 )  # fmt: skip
 def test_fits_limits(wanted: tuple[str, ...], used: dict[str, int], fits: bool) -> None:
     assert fits_limits(wanted, {"a": 2, "b": 5}, used) is fits
+
+
+def test_a_burst_of_short_chunks_is_read_at_its_rate_from_its_first_second() -> None:
+    """The rate is over the time the counts cover, not the whole window: a pool that
+    began finishing chunks a second ago has its queues deepened at once."""
+    fresh = CompletionRate(window=5.0)  # no tick yet: one count is not a rate of thousands
+    fresh.record(1000.0, Counter({"cpu": 3}))
+    assert fresh.per_second("cpu", 1000.0) == pytest.approx(3 / CompletionRate.MIN_SPAN)
+    rates = CompletionRate(window=5.0)
+    for turn in range(11):  # ten turns of 0.1 s, 40 chunks each: 400 a second
+        rates.note_tick(1000.0 + turn * 0.1)
+        if turn:
+            rates.record(1000.0 + turn * 0.1, Counter({"cpu": 40}))
+    assert rates.per_second("cpu", 1001.0) == pytest.approx(400.0)
+    assert rates.per_second("gpu", 1001.0) == 0.0
+    assert rates.tick == pytest.approx(0.1)  # so the pool's queues hold 160 beyond its slots
+    # Quiet past the window: the pool is idle again; the next burst starts afresh.
+    assert rates.per_second("cpu", 1010.0) == 0.0
+    rates.note_tick(1010.0)
+    rates.record(1010.0, Counter({"cpu": 1}))  # counted over the tick before it
+    assert rates.per_second("cpu", 1010.0) == pytest.approx(1 / rates.tick)
+    # A steady rate over more than the window reads as the count over the window.
+    for second in range(1, 9):
+        rates.note_tick(1010.0 + second)
+        rates.record(1010.0 + second, Counter({"cpu": 10}))
+    assert rates.per_second("cpu", 1018.5) == pytest.approx(50 / 5.0)
