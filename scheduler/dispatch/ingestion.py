@@ -104,7 +104,7 @@ _RESTATE_ENERGY = (
 class IngestOutcome:
     applied: int = 0
     ignored: int = 0
-    finished: Counter[str] = field(default_factory=Counter)  # chunks finished, by pool
+    finished: Counter[str] = field(default_factory=Counter)  # chunks rendered, by pool
     failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
     # Renders still going for attempts that no longer count (superseded, cancelled,
     # or brought back by Celery long after): the scheduler stops them at once.
@@ -239,6 +239,7 @@ def apply_chunk_events(
             chunk.changes["node"] = node
             if kind == EventKind.FINISHED:
                 chunk.changes["finished_at"] = at
+                chunk.rendered += 1
                 attempt["state"] = AttemptState.DONE
                 attempt["energy_joules"] = _energy_of(reports)
             else:
@@ -257,8 +258,6 @@ def apply_chunk_events(
                         error += f" for frame(s) {format_frame_spec(missing)}"
                     log.error("chunk %d attempt %d: %s", chunk.id, attempt_no, error)
                 attempt.update(state=AttemptState.FAILED, error=error[:2000], energy_joules=spent)
-        if isinstance(event, FinishedEvent | FailedEvent):
-            chunk.ended += 1
         chunk.current = state
         chunk.changes["state"] = state
         for report in reports:
@@ -317,8 +316,8 @@ def apply_chunk_events(
         outcome.applied += chunk.applied
         if chunk.warnings:
             warned.setdefault(chunk.job_id, []).extend(chunk.warnings)
-        if chunk.ended:
-            outcome.finished[chunk.pool] += chunk.ended
+        if chunk.rendered:
+            outcome.finished[chunk.pool] += chunk.rendered
         outcome.dispatch_latencies += chunk.latencies
         if chunk.failed_for_good:
             outcome.failed_jobs.add(chunk.job_id)
@@ -657,7 +656,10 @@ class _ChunkView:
     read_state: ChunkState  # as read: the change is written only if it still is
     changes: dict[str, Any] = field(default_factory=dict)
     applied: int = 0  # events of this batch that changed it
-    ended: int = 0  # attempts of it that ended in this batch
+    # Attempts of it that rendered in this batch: the pool's pace, which sets how deep
+    # its queues are (``queue_buffer``). Failures are not counted: a node failing each
+    # chunk at once must not be sent more for failing faster.
+    rendered: int = 0
     failed_for_good: bool = False
     latencies: list[float] = field(default_factory=list)  # sent -> started, seconds
     submitted_at: float = 0.0  # its job's: when the baseline would have rendered it

@@ -712,6 +712,9 @@ def test_the_roster_reads_the_farm_again_slice_by_slice_so_no_change_goes_unseen
             connection.execute(
                 text('ALTER TABLE nodes ALTER COLUMN name TYPE varchar COLLATE "en-x-icu"')
             )
+    # Nodes here finish all they were sent by the next tick, ever faster: queues one
+    # deep beyond their slot keep each tick's dispatch to one chunk a node.
+    scheduler.settings = scheduler.settings.model_copy(update={"max_dispatch_buffer": 1})
     submit(studios, studio_id, "1-2000")
     names = [f"{head}{sep}{i:02d}" for i in range(5) for head in ("node", "Node") for sep in "-_"]
     drained = names[7]
@@ -792,3 +795,18 @@ def test_every_node_is_read_again_within_max_age_whatever_changes_meanwhile(
     now += 60  # a pause (an outage, a standby taking over): the next tick reads all
     write(n001="enabled", n002="disabled")
     assert {"n001", "n002"} & live() == {"n001"}
+
+
+def test_the_pools_pace_counts_rendered_chunks_not_failed_ones(
+    scheduler: Scheduler, studios: StudioService, studio_id: int
+) -> None:
+    """How deep a pool's queues go follows the chunks it rendered: a node failing
+    every chunk at once is not sent more for failing faster."""
+    submit(studios, studio_id, "1-4")
+    scheduler.ingest([heartbeat(slots=4)])
+    sent = scheduler.dispatch_tick()
+    assert len(sent) == 4
+    failing = scheduler.ingest([event("failed", m, error="renderer crashed") for m in sent[:3]])
+    assert not failing.finished
+    rendered = scheduler.ingest([finished(sent[3])])
+    assert rendered.finished == {"cpu": 1}
