@@ -46,7 +46,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from enum import StrEnum
-from functools import cache
 from typing import Any, ClassVar
 
 RENDER_TASK = "renderfarm.render_chunk"
@@ -82,9 +81,14 @@ def wire_dict(value: Any) -> dict[str, Any]:
     return {name: _wire(getattr(value, name)) for name in _field_names(type(value))}
 
 
-@cache
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # a dataclass's field names, found once
+
+
 def _field_names(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclass_fields(kind))
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclass_fields(kind))
+    return names
 
 
 def _wire(value: Any) -> Any:
