@@ -116,7 +116,12 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
 def read_only(engine: Engine) -> Engine:
     """``engine`` for transactions that only read (the same pool): on SQLite they begin
-    deferred, so they never take or wait for the write lock."""
+    deferred, so they never take or wait for the write lock. On PostgreSQL they run at
+    REPEATABLE READ: all their statements see one snapshot (a job's state and its
+    frames counted, read by two statements, agree even when the scheduler commits in
+    between), and a transaction that only reads never fails for it."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(**{READ_ONLY: True}, isolation_level="REPEATABLE READ")
     return engine.execution_options(**{READ_ONLY: True})
 
 
