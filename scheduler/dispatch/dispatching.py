@@ -179,44 +179,70 @@ _JOB_LIMITS = sql_select(col(JobRow.id), col(JobRow.limits)).where(
 
 
 class CompletionRate:
-    """Chunks finished per pool per second over a sliding window, and the mean dispatch
+    """Chunks rendered per pool per second over a sliding window, and the mean dispatch
     tick.
 
     A rate is the count over the time the counts cover: the window, or less when the
     pool began finishing chunks more recently (a scheduler just started, a burst after
     a quiet spell). Over the whole window, the first second of a burst of short chunks
-    read as a fifth of its rate, and its queues stayed shallow for five seconds."""
+    read as a fifth of its rate, and its queues stayed shallow for five seconds.
 
-    MIN_SPAN = 0.5  # seconds: one early count is not read as a rate of thousands
+    ``turn`` is the least time between dispatches under load (``gather_seconds``): no
+    count is read over less, and no tick is taken as shorter, though an idle
+    scheduler's turns come milliseconds apart. With half a second as the least span,
+    and the mean of idle turns of a few milliseconds as the tick, a burst's first
+    turns were read at a fifth of their rate and queued a tenth of what they needed:
+    the first second of a job of short chunks left its nodes idle most of the time
+    (BENCHMARKS.md, issue 14).
 
-    def __init__(self, window: float = 5.0) -> None:
+    A rate is also at most what the pool's slots can render at the pace its chunks
+    took (their slots' seconds, ``record``): four chunks of ten minutes that end in
+    the same turn are not a rate of forty a second, and do not queue a hundred and
+    sixty more such chunks on the pool's nodes."""
+
+    LEAST_TURN = 0.02  # seconds: with gather_seconds 0, still no rate over no time
+
+    def __init__(self, window: float = 5.0, turn: float = 0.1) -> None:
         self.window = window
-        self._finished: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self.turn = max(turn, self.LEAST_TURN)
+        # (when, chunks rendered, seconds their slots were busy), by pool
+        self._finished: dict[str, deque[tuple[float, int, float]]] = defaultdict(deque)
         self._since: dict[str, float] = {}  # since when each pool's counts run
         self._last_tick: float | None = None
-        self.tick = 0.0
+        self._mean_tick = 0.0
 
-    def record(self, now: float, finished: Counter[str]) -> None:
+    @property
+    def tick(self) -> float:
+        """The mean time between dispatch ticks, at least one turn."""
+        return max(self._mean_tick, self.turn)
+
+    def record(self, now: float, finished: Counter[str], busy: Mapping[str, float]) -> None:
+        """``finished`` chunks rendered by pool, ``busy`` their slots' seconds."""
         for pool, count in finished.items():
             recent = self._recent(pool, now)
             if not recent:  # counted since the last tick, or since the window began
                 self._since[pool] = now - min(self.tick, self.window)
-            recent.append((now, count))
+            recent.append((now, count, busy.get(pool, 0.0)))
 
     def note_tick(self, now: float) -> None:
         if self._last_tick is not None:
             interval = min(now - self._last_tick, self.window)
-            self.tick = interval if not self.tick else 0.8 * self.tick + 0.2 * interval
+            mean = self._mean_tick
+            self._mean_tick = interval if not mean else 0.8 * mean + 0.2 * interval
         self._last_tick = now
 
-    def per_second(self, pool: str, now: float) -> float:
+    def per_second(self, pool: str, now: float, slots: int) -> float:
+        """The pool's rate; ``slots``: how many it has now."""
         recent = self._recent(pool, now)
         if not recent:
             return 0.0
-        span = min(self.window, max(now - self._since[pool], self.MIN_SPAN))
-        return sum(count for _, count in recent) / span
+        span = min(self.window, max(now - self._since[pool], self.turn))
+        count = sum(n for _, n, _ in recent)
+        busy = sum(seconds for _, _, seconds in recent)
+        rate = count / span
+        return min(rate, slots * count / busy) if busy > 0 else rate
 
-    def _recent(self, pool: str, now: float) -> deque[tuple[float, int]]:
+    def _recent(self, pool: str, now: float) -> deque[tuple[float, int, float]]:
         recent = self._finished[pool]
         while recent and recent[0][0] < now - self.window:
             recent.popleft()
@@ -239,7 +265,7 @@ def load_dispatch_snapshot(
     session: Session,
     now: float,
     settings: DispatchSettings,
-    buffer_for: Callable[[str], int],
+    buffer_for: Callable[[str, int], int],
     passes: Mapping[tuple[int, str], float],
     siting: Siting | None = None,
     roster: NodeRoster | None = None,
@@ -350,7 +376,11 @@ class NodeRoster:
         self._changed.update(names)
 
     def room(
-        self, session: Session, live_since: float, now: float, buffer_for: Callable[[str], int]
+        self,
+        session: Session,
+        live_since: float,
+        now: float,
+        buffer_for: Callable[[str, int], int],
     ) -> Room:
         """Live nodes with the room in their queues: slots and a share of the pool's
         buffer, less the chunks sent to them or rendering on them."""
@@ -370,7 +400,10 @@ class NodeRoster:
                 self._update(live, self._changed, found)
                 self._changed = set()
             self._read_slice(session, live, live_since, now, elapsed)
-        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in live.per_pool().items()}
+        buffers = {  # the pool's buffer, given its slots, shared by its nodes
+            pool: math.ceil(buffer_for(pool, slots) / n)
+            for pool, (n, slots) in live.per_pool().items()
+        }
         return Room(live, buffers, {node: n for node, n in session.execute(_ACTIVE_BY_NODE)})
 
     def _read_slice(

@@ -192,24 +192,60 @@ def test_fits_limits(wanted: tuple[str, ...], used: dict[str, int], fits: bool) 
 def test_a_burst_of_short_chunks_is_read_at_its_rate_from_its_first_second() -> None:
     """The rate is over the time the counts cover, not the whole window: a pool that
     began finishing chunks a second ago has its queues deepened at once."""
-    fresh = CompletionRate(window=5.0)  # no tick yet: one count is not a rate of thousands
-    fresh.record(1000.0, Counter({"cpu": 3}))
-    assert fresh.per_second("cpu", 1000.0) == pytest.approx(3 / CompletionRate.MIN_SPAN)
-    rates = CompletionRate(window=5.0)
+    fresh = CompletionRate(window=5.0, turn=0.1)  # no tick yet: read over one turn
+    fresh.record(1000.0, Counter({"cpu": 3}), Counter({"cpu": 0.003}))  # 1 ms chunks
+    assert fresh.per_second("cpu", 1000.0, slots=4) == pytest.approx(3 / 0.1)
+    rates = CompletionRate(window=5.0, turn=0.1)
     for turn in range(11):  # ten turns of 0.1 s, 40 chunks each: 400 a second
         rates.note_tick(1000.0 + turn * 0.1)
         if turn:
-            rates.record(1000.0 + turn * 0.1, Counter({"cpu": 40}))
-    assert rates.per_second("cpu", 1001.0) == pytest.approx(400.0)
-    assert rates.per_second("gpu", 1001.0) == 0.0
+            rates.record(1000.0 + turn * 0.1, Counter({"cpu": 40}), Counter({"cpu": 0.04}))
+    assert rates.per_second("cpu", 1001.0, slots=4) == pytest.approx(400.0)
+    assert rates.per_second("gpu", 1001.0, slots=4) == 0.0
     assert rates.tick == pytest.approx(0.1)  # so the pool's queues hold 160 beyond its slots
     # Quiet past the window: the pool is idle again; the next burst starts afresh.
-    assert rates.per_second("cpu", 1010.0) == 0.0
+    assert rates.per_second("cpu", 1010.0, slots=4) == 0.0
     rates.note_tick(1010.0)
-    rates.record(1010.0, Counter({"cpu": 1}))  # counted over the tick before it
-    assert rates.per_second("cpu", 1010.0) == pytest.approx(1 / rates.tick)
+    rates.record(1010.0, Counter({"cpu": 1}), Counter())  # over the tick before it
+    assert rates.per_second("cpu", 1010.0, slots=4) == pytest.approx(1 / rates.tick)
     # A steady rate over more than the window reads as the count over the window.
     for second in range(1, 9):
         rates.note_tick(1010.0 + second)
-        rates.record(1010.0 + second, Counter({"cpu": 10}))
-    assert rates.per_second("cpu", 1018.5) == pytest.approx(50 / 5.0)
+        rates.record(1010.0 + second, Counter({"cpu": 10}), Counter({"cpu": 0.01}))
+    assert rates.per_second("cpu", 1018.5, slots=4) == pytest.approx(50 / 5.0)
+
+
+def test_long_chunks_that_end_together_are_read_at_their_slots_pace() -> None:
+    """Four ten-minute chunks of a pool of four slots end in one turn: not forty a
+    second (which would queue 16 more ten-minute chunks on the pool's node), but what
+    four slots render at ten minutes a chunk."""
+    rates = CompletionRate(window=5.0, turn=0.1)
+    rates.note_tick(1000.0)
+    rates.record(1000.0, Counter({"cpu": 4}), Counter({"cpu": 4 * 600.0}))
+    assert rates.per_second("cpu", 1000.0, slots=4) == pytest.approx(4 / 600.0)
+    assert queue_buffer(rates.per_second("cpu", 1000.0, slots=4), rates.tick, 2, 1024) == 2
+
+
+def test_a_job_of_instant_chunks_fills_its_pool_s_queue_within_four_turns() -> None:
+    """After an idle spell of quick turns, a pool whose node renders 100 chunks a turn
+    and finishes all it was sent: its queue holds a turn's work from the fourth turn on,
+    and never runs dry after. (Read over half a second, and times the idle turns' mean
+    of 5 ms, the first second of such a job left the node idle most of the time.)"""
+    rates = CompletionRate(window=5.0, turn=0.1)
+    now = 1000.0
+    for _ in range(10):  # idle: the scheduler turns on each heartbeat, 5 ms apart
+        rates.note_tick(now)
+        now += 0.005
+    slots, per_turn, queued, dry = 4, 100, 0, []
+    for _ in range(12):
+        finished = min(queued, per_turn)
+        queued -= finished
+        if finished:
+            rates.record(now, Counter({"cpu": finished}), Counter({"cpu": finished * 5e-4}))
+        rates.note_tick(now)
+        buffer = queue_buffer(rates.per_second("cpu", now, slots), rates.tick, 2, 1024)
+        queued += max(0, slots + buffer - queued)  # what dispatch_tick sends: its room
+        dry.append(queued <= per_turn)  # all of it rendered before the next turn
+        now += 0.1
+    assert dry[:3] == [True, True, True]  # unknown chunks start small: 6, then 28, 72
+    assert not any(dry[3:]), dry
