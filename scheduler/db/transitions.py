@@ -45,6 +45,7 @@ from scheduler.core.states import (
     derive_job_state,
     sources_of,
 )
+from scheduler.db.among import among
 from scheduler.db.outbox import emit
 from scheduler.db.tables import AttemptRow, ChunkRow, FrameResultRow, JobRow
 
@@ -90,7 +91,7 @@ def lock_jobs(session: Session, job_ids: Iterable[int]) -> list[JobRow]:
 
 _LOCK_JOBS = (
     select(JobRow)
-    .where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
+    .where(among(col(JobRow.id), "ids"))
     .order_by(col(JobRow.id))
     .with_for_update(key_share=True)
     .execution_options(populate_existing=True)  # what was read before the lock may be stale
@@ -98,11 +99,7 @@ _LOCK_JOBS = (
 _LOCK_JOBS_OF_CHUNKS = (
     select(JobRow)
     .where(
-        col(JobRow.id).in_(
-            sql_select(col(ChunkRow.job_id)).where(
-                col(ChunkRow.id).in_(bindparam("ids", expanding=True))
-            )
-        )
+        col(JobRow.id).in_(sql_select(col(ChunkRow.job_id)).where(among(col(ChunkRow.id), "ids")))
     )
     .order_by(col(JobRow.id))
     .with_for_update(key_share=True)
@@ -226,21 +223,25 @@ def move_chunks(
     are in one of the ``expected`` states to ``to``, setting ``values`` too."""
     states = _checked(CHUNK_TRANSITIONS, to, expected)
     statement = update(ChunkRow).where(col(ChunkRow.state).in_(states))
+    chosen: dict[str, Any] = {}
     if ids is not None:
         if not ids:
             return Moved()
-        statement = statement.where(col(ChunkRow.id).in_(list(ids)))
+        statement = statement.where(among(col(ChunkRow.id), "ids"))
+        chosen["ids"] = list(ids)
     if job is not None:
         statement = statement.where(col(ChunkRow.job_id) == job)
     if nodes is not None:
         if not nodes:
             return Moved()
-        statement = statement.where(col(ChunkRow.node).in_(list(nodes)))
+        statement = statement.where(among(col(ChunkRow.node), "nodes"))
+        chosen["nodes"] = list(nodes)
     statement = statement.values({**(values or {}), "state": to})
     rows = session.execute(
         statement.returning(col(ChunkRow.id), col(ChunkRow.job_id)).execution_options(
             synchronize_session=False
-        )
+        ),
+        chosen,
     ).all()
     moved = Moved([chunk_id for chunk_id, _ in rows], jobs={job_id for _, job_id in rows})
     if ids is not None:
@@ -265,7 +266,7 @@ def claim_chunks(session: Session, nodes: Mapping[int, str], now: float) -> list
 _CLAIM = (
     update(ChunkRow)
     .where(
-        col(ChunkRow.id).in_(bindparam("ids", expanding=True)),
+        among(col(ChunkRow.id), "ids"),
         col(ChunkRow.state).in_(
             _checked(CHUNK_TRANSITIONS, ChunkState.DISPATCHED, [ChunkState.QUEUED])
         ),

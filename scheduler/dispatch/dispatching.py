@@ -57,6 +57,7 @@ from scheduler.db import (
     Studio,
     Subscription,
 )
+from scheduler.db.among import among
 from scheduler.db.outbox import emit
 from scheduler.db.transitions import (
     Block,
@@ -86,7 +87,7 @@ _LIVE_NODES = sql_select(  # and taking work: not drained or disabled
     col(NodeRow.last_heartbeat) >= bindparam("since"),
     col(NodeRow.admin) == "enabled",
 )  # fmt: skip
-_LIVE_NODES_NAMED = _LIVE_NODES.where(col(NodeRow.name).in_(bindparam("names", expanding=True)))
+_LIVE_NODES_NAMED = _LIVE_NODES.where(among(col(NodeRow.name), "names"))
 # Slices of the farm by name, in Python's order of names (code points): SQLite's own
 # (BINARY); PostgreSQL's database collation may order them otherwise ("node-2" and
 # "node_1"), so there the names are compared as "C": bytes, code points in a UTF-8
@@ -108,7 +109,7 @@ _BLOCKED = (  # failures since the studio last retried the chunk count
     sql_select(col(AttemptRow.job_id), col(AttemptRow.node))
     .join(ChunkRow, col(ChunkRow.id) == col(AttemptRow.chunk_id))
     .where(
-        col(AttemptRow.job_id).in_(bindparam("ids", expanding=True)),
+        among(col(AttemptRow.job_id), "ids"),
         col(AttemptRow.state) == AttemptState.FAILED,
         col(AttemptRow.node).is_not(None),
         col(AttemptRow.number) > col(ChunkRow.retry_base),
@@ -123,20 +124,18 @@ _ACTIVE_BY_STUDIO = (
     .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
     .group_by(col(JobRow.studio_id), col(ChunkRow.pool))
 )
-_WEIGHTS = sql_select(col(Studio.id), col(Studio.weight)).where(
-    col(Studio.id).in_(bindparam("ids", expanding=True))
-)
+_WEIGHTS = sql_select(col(Studio.id), col(Studio.weight)).where(among(col(Studio.id), "ids"))
 _TERMS = sql_select(
     col(Subscription.studio_id),
     col(Subscription.pool),
     col(Subscription.min_slots),
     col(Subscription.max_slots),
-).where(col(Subscription.studio_id).in_(bindparam("ids", expanding=True)))
+).where(among(col(Subscription.studio_id), "ids"))
 _DISPATCHABLE_JOBS = select(JobRow).where(
     col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING)),
     col(JobRow.suspended).is_(False),
     col(JobRow.cancelled).is_(False),
-    col(JobRow.pool).in_(bindparam("pools", expanding=True)),
+    among(col(JobRow.pool), "pools"),
 )
 _NEXT_QUEUED = (  # chunks, and blocks of chunks to cut (scheduler/core/chunks.py)
     sql_select(
@@ -152,7 +151,7 @@ _NEXT_QUEUED = (  # chunks, and blocks of chunks to cut (scheduler/core/chunks.p
 _DEPENDENCIES = (
     sql_select(col(JobDependency.job_id), col(JobDependency.depends_on), col(JobRow.state))
     .join(JobRow, col(JobRow.id) == col(JobDependency.depends_on))
-    .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
+    .where(among(col(JobDependency.job_id), "ids"))
 )
 _CHUNK_RANGES_IN = sql_select(
     col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step)
@@ -173,9 +172,7 @@ _ACTIVE_BY_JOB = (
     .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
     .group_by(col(ChunkRow.job_id))
 )
-_JOB_LIMITS = sql_select(col(JobRow.id), col(JobRow.limits)).where(
-    col(JobRow.id).in_(bindparam("ids", expanding=True))
-)
+_JOB_LIMITS = sql_select(col(JobRow.id), col(JobRow.limits)).where(among(col(JobRow.id), "ids"))
 
 
 class CompletionRate:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, any_, bindparam, cast, func
+from sqlalchemy import Float, Integer, String, bindparam, cast, func
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
@@ -40,6 +40,7 @@ from scheduler.core.policy import (
 from scheduler.core.rollups import ENDED_STATES
 from scheduler.core.states import AttemptState, ChunkState
 from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
+from scheduler.db.among import among
 from scheduler.db.outbox import emit
 from scheduler.db.transitions import (
     ChunkChange,
@@ -85,12 +86,12 @@ _CHUNKS_OF_EVENTS = sql_select(
     col(JobRow.max_attempts), col(JobRow.studio_id), col(JobRow.submitted_at),
     col(ChunkRow.first_frame), col(ChunkRow.last_frame), col(ChunkRow.step),
 ).join(JobRow, col(JobRow.id) == col(ChunkRow.job_id)).where(
-    col(ChunkRow.id).in_(bindparam("ids", expanding=True))
+    among(col(ChunkRow.id), "ids")
 )  # fmt: skip
 _FRAMES_DONE = sql_select(
     col(FrameResultRow.job_id), col(FrameResultRow.frame), col(FrameResultRow.id),
     col(FrameResultRow.attempt), col(FrameResultRow.it_joules),
-).where(col(FrameResultRow.chunk_id).in_(bindparam("ids", expanding=True)))  # fmt: skip
+).where(among(col(FrameResultRow.chunk_id), "ids"))  # fmt: skip
 _FRAME_TABLE = FrameResultRow.__table__  # type: ignore[attr-defined]
 _INSERT_RESULTS = _FRAME_TABLE.insert()  # Core: not the ORM's bulk path
 _RESTATE_ENERGY = (
@@ -485,23 +486,11 @@ _OFFERED = ("pool", "hostname", "slots", "cores", "memory_bytes", "gpus", "tags"
 # decoded once (``_stored_json``), not once per heartbeat: a farm's nodes come in a few
 # shapes, and 10,000 nodes beat 2,000 times a second.
 _JSON_OFFERED = ("tags", "capabilities")
-# Nodes by name: "IN (...)" on SQLite; on PostgreSQL "= ANY(array)", one statement text
-# whatever the count (an IN list of 1,000 names is a new statement to parse and plan).
-_NAMED = {
-    "sqlite": lambda column: column.in_(bindparam("names", expanding=True)),
-    "postgresql": lambda column: column == any_(bindparam("names", type_=ARRAY(String))),
-}
-_KNOWN_NODES = {
-    dialect: sql_select(
-        _NODE_TABLE.c.name,
-        _NODE_TABLE.c.state,
-        *(
-            cast(_NODE_TABLE.c[c], String) if c in _JSON_OFFERED else _NODE_TABLE.c[c]
-            for c in _OFFERED
-        ),
-    ).where(named(_NODE_TABLE.c.name))
-    for dialect, named in _NAMED.items()
-}
+_KNOWN_NODES = sql_select(
+    _NODE_TABLE.c.name,
+    _NODE_TABLE.c.state,
+    *(cast(_NODE_TABLE.c[c], String) if c in _JSON_OFFERED else _NODE_TABLE.c[c] for c in _OFFERED),
+).where(among(_NODE_TABLE.c.name, "names"))
 _JSON_AT = tuple(_OFFERED.index(column) for column in _JSON_OFFERED)
 _DECODED: dict[str, Any] = {}  # stored JSON text -> its value
 _LIVE = ("running", "power_watts", "last_heartbeat")
@@ -535,12 +524,9 @@ _REOFFER = (
     .where(_NODE_TABLE.c.name == bindparam("b_name"))
     .values({c: bindparam(c) for c in (*_OFFERED, *_LIVE, "state")})
 )
-_RUNNING_ON = {
-    dialect: sql_select(
-        col(ChunkRow.node), col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.started_at)
-    ).where(named(col(ChunkRow.node)), col(ChunkRow.state) == ChunkState.RUNNING)
-    for dialect, named in _NAMED.items()
-}
+_RUNNING_ON = sql_select(
+    col(ChunkRow.node), col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.started_at)
+).where(among(col(ChunkRow.node), "names"), col(ChunkRow.state) == ChunkState.RUNNING)
 
 
 def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: float) -> set[str]:
@@ -556,9 +542,7 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
     if not latest:
         return set()
     dialect = session.get_bind().dialect.name
-    known = {
-        row.name: row for row in session.execute(_KNOWN_NODES[dialect], {"names": list(latest)})
-    }
+    known = {row.name: row for row in session.execute(_KNOWN_NODES, {"names": list(latest)})}
     beats: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     reoffered: list[dict[str, Any]] = []
@@ -633,8 +617,7 @@ def _requeue_vanished(session: Session, beats: Sequence[HeartbeatEvent], now: fl
         return
     running: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     names = [beat.info.name for beat in beats]
-    on = _RUNNING_ON[session.get_bind().dialect.name]
-    for node, chunk_id, attempt, started_at in session.execute(on, {"names": names}):
+    for node, chunk_id, attempt, started_at in session.execute(_RUNNING_ON, {"names": names}):
         running[node].append((chunk_id, task_id_for(chunk_id, attempt), started_at or 0.0))
     vanished: list[int] = []
     for beat in beats:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, func
+from sqlalchemy import func
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col
 
@@ -38,6 +38,7 @@ from scheduler.core.siting import (
     rank_regions,
 )
 from scheduler.db import ChunkRow, FrameResultRow, JobRow, ManifestRow, Studio
+from scheduler.db.among import among
 from scheduler.usecases.regions import UNKNOWN_SIGNALS, links_from, load_links, load_signals
 
 WAITS_FOR_WINDOW = "waits for a"  # how the message of a time-shifted job begins
@@ -50,13 +51,13 @@ _MEASURED = (
         func.avg(FrameResultRow.render_seconds),
         func.avg(FrameResultRow.output_bytes),
     )
-    .where(col(FrameResultRow.job_id).in_(bindparam("ids", expanding=True)))
+    .where(among(col(FrameResultRow.job_id), "ids"))
     .group_by(col(FrameResultRow.job_id), col(FrameResultRow.region))
 )
 _LEFT = (
     sql_select(col(ChunkRow.job_id), func.coalesce(func.sum(ChunkRow.frame_count), 0))
     .where(
-        col(ChunkRow.job_id).in_(bindparam("ids", expanding=True)),
+        among(col(ChunkRow.job_id), "ids"),
         col(ChunkRow.state) == "queued",
     )
     .group_by(col(ChunkRow.job_id))
@@ -65,7 +66,7 @@ _TRAFFIC = (
     sql_select(col(JobRow.id), col(Studio.home_region), col(ManifestRow.size))
     .join(Studio, col(Studio.id) == col(JobRow.studio_id))
     .outerjoin(ManifestRow, col(ManifestRow.id) == col(JobRow.manifest_id))
-    .where(col(JobRow.id).in_(bindparam("ids", expanding=True)))
+    .where(among(col(JobRow.id), "ids"))
 )
 
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import case, func, select
 from sqlmodel import Session, col
 
 from scheduler.core.energy import RegionFigures, bill_for
 from scheduler.core.rollups import attempts_change, totals_change
 from scheduler.core.signals import RegionSignals
 from scheduler.db import AttemptTotal, FrameResultRow, FrameTotal, Studio
+from scheduler.db.among import among
 from scheduler.db.engine import insert_or
 from scheduler.usecases.regions import (
     UNKNOWN_SIGNALS,
@@ -231,7 +232,7 @@ _AS_COUNTED = select(  # what a frame row counts for in the totals, as it is sto
     col(FrameResultRow.facility_joules),
     col(FrameResultRow.cost),
     col(FrameResultRow.co2_grams),
-).where(col(FrameResultRow.id).in_(bindparam("ids", expanding=True)))
+).where(among(col(FrameResultRow.id), "ids"))
 
 
 def usage_by_day(

@@ -53,6 +53,7 @@ from scheduler.db import (
     Subscription,
     TemplateRow,
 )
+from scheduler.db.among import among
 from scheduler.db.engine import read_only, reads_never_wait, single_statements
 from scheduler.db.transitions import lock_jobs, move_chunks, refresh_job_states
 from scheduler.errors import Conflict, InvalidRequest, NotFound, TooMany, Unauthorized
@@ -1136,7 +1137,7 @@ def _dependencies_of(session: Session, job_ids: list[int]) -> dict[int, list[int
 _JOB = select(JobRow).where(col(JobRow.id) == bindparam("id"))
 _DEPENDENCIES = (
     select(JobDependency.job_id, JobDependency.depends_on)
-    .where(col(JobDependency.job_id).in_(bindparam("ids", expanding=True)))
+    .where(among(col(JobDependency.job_id), "ids"))
     .order_by(col(JobDependency.depends_on))
 )
 

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from scheduler.core.states import ChunkState
 from scheduler.db import ChunkRow, FrameResultRow, JobDependency, JobRow
+from scheduler.db.among import among
 from scheduler.usecases.billing import EnergyTotals, totals_columns, totals_of
 
 
@@ -63,7 +64,7 @@ def _done_by_chunk_state(job: Any) -> Any:
 
 
 def _listed(job_id: Any) -> Any:
-    return job_id.in_(bindparam("ids", expanding=True))
+    return among(job_id, "ids")
 
 
 def _one(job_id: Any) -> Any:
