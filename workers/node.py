@@ -69,6 +69,11 @@ class NodeConfig:
     amounts: dict[str, float] = field(default_factory=dict)
     attributes: dict[str, list[str]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # as the scheduler reads reports (scheduler/wire)
+        for what, value, most in (("name", self.name, 200), ("pool", self.pool, 64)):
+            if not 0 < len(value) <= most:
+                raise ValueError(f"a node's {what} has 1 to {most} characters, not {len(value)}")
+
     def report(self, running: int, ledger: EnergyLedger | None = None) -> NodeReport:
         return NodeReport(
             name=self.name,

@@ -237,15 +237,15 @@ def worker(
         if value is not None
     }
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    node = NodeConfig(
-        name=name or socket.gethostname().split(".")[0],
-        pool=pool,
-        slots=slots,
-        tags=tag or [],
-        gpus=gpus if gpus is not None else count_gpus(),
-        region=settings.region,
-    )
     try:
+        node = NodeConfig(
+            name=name or socket.gethostname().split(".")[0],
+            pool=pool,
+            slots=slots,
+            tags=tag or [],
+            gpus=gpus if gpus is not None else count_gpus(),
+            region=settings.region,
+        )
         node = with_capabilities(node, *operator_capabilities(attr or [], amount or []))
     except ValueError as error:
         console.print(f"[red]{error}[/red]")

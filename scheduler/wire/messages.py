@@ -405,18 +405,25 @@ def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
     def count(name: str, default: Any = _REQUIRED) -> Any:
         return _field(data, name, where, _is_int, "an integer", default)
 
+    def text(name: str, most: int, default: Any = _REQUIRED, empty: bool = False) -> Any:
+        what = f"a string of {0 if empty else 1} to {most} characters"
+        nullable = default is None
+        return _field(data, name, where, _is_text(most, empty), what, default, nullable)
+
+    # Bounded as the nodes table's columns are: a node reporting a name PostgreSQL
+    # cannot store is ignored here, not the failure of its batch's statement.
     return NodeReport(
-        name=_field(data, "name", where, _is_str, "a string"),
-        pool=_field(data, "pool", where, _is_str, "a string"),
-        hostname=_field(data, "hostname", where, _is_str, "a string"),
+        name=text("name", 200),
+        pool=text("pool", 64),
+        hostname=text("hostname", 255),
         slots=count("slots"),
         running=count("running"),
         cores=count("cores"),
         memory_bytes=count("memory_bytes"),
         gpus=count("gpus", 0),
         tags=_field(data, "tags", where, _is_str_list, "a list of strings", []),
-        region=_field(data, "region", where, _is_str, "a string", ""),
-        energy_method=_field(data, "energy_method", where, _is_str, "a string", None, True),
+        region=text("region", 64, "", empty=True),
+        energy_method=text("energy_method", 32, None, empty=True),
         power_watts=_field(data, "power_watts", where, _is_number, "a number", 0.0),
         capabilities=_field(data, "capabilities", where, _is_dict, "an object", {}),
     )
@@ -479,6 +486,11 @@ def _is_number(value: Any) -> bool:
 
 def _is_str(value: Any) -> bool:
     return isinstance(value, str)
+
+
+def _is_text(most: int, empty: bool = False) -> Callable[[Any], bool]:
+    """A check: a string of at most ``most`` characters (and not empty, unless so)."""
+    return lambda value: isinstance(value, str) and (empty or bool(value)) and len(value) <= most
 
 
 def _is_list(value: Any) -> bool:

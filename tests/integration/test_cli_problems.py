@@ -70,6 +70,9 @@ def test_an_operator_command_away_from_the_farm_does_not_make_a_new_one(tmp_path
          "or 'off', not 'bogus'"),
         (["worker"], {"RENDERFARM_SANDBOX": "maybe"}, "RENDERFARM_SANDBOX (--sandbox)"),
         (["studio", "list"], {"RENDERFARM_API_PORT": "http"}, "RENDERFARM_API_PORT: "),
+        # what the scheduler could not store is refused at the node, not ignored there
+        (["worker", "--name", "n" * 201], {}, "a node's name has 1 to 200 characters"),
+        (["worker", "--pool", ""], {}, "a node's pool has 1 to 64 characters"),
     ],
 )  # fmt: skip
 def test_a_setting_that_does_not_hold_is_named_with_its_option(

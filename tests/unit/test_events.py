@@ -114,6 +114,15 @@ def test_fields_this_version_does_not_know_are_ignored() -> None:
          "heartbeat event: info: field 'slots' must be an integer, not '8'"),
         ({"kind": "heartbeat", "node": "a", "info": NODE.to_dict(), "tasks": "chunk-1"},
          "field 'tasks' must be a list of strings"),
+        # What the nodes table cannot store fails the one report, not its batch's statement.
+        ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "name": "n" * 201}},
+         "info: field 'name' must be a string of 1 to 200 characters"),
+        ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "pool": ""}},
+         "info: field 'pool' must be a string of 1 to 64 characters"),
+        ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "region": "r" * 65}},
+         "info: field 'region' must be a string of 0 to 64 characters"),
+        ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "energy_method": 3}},
+         "info: field 'energy_method' must be a string of 0 to 32 characters"),
     ],
 )  # fmt: skip
 def test_an_unreadable_event_says_what_is_wrong(data: Any, complaint: str) -> None:
