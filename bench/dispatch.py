@@ -3,7 +3,9 @@
 Farm: a studio submits one job of N single-frame chunks with the ``noop`` renderer over
 the REST API; the real scheduler, a real ``renderfarm worker`` and the database carry
 it to ``done`` (every frame result written). Baseline: N bare Celery no-op tasks
-through a worker of the same concurrency. Prints both rates and farm/celery.
+through a worker of the same concurrency. Prints both rates and farm/celery, and the
+CPU milliseconds per frame of each process (the embedded Redis, and a PostgreSQL
+server on this machine when ``--database-url`` names one: it takes the same cores).
 
     python bench/dispatch.py                 # 5,000 frames, 5 alternating rounds, a table
     python bench/dispatch.py --json          # {"farm_frames_per_s", "celery_tasks_per_s", "ratio"}
@@ -31,6 +33,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -198,6 +201,25 @@ def celery_worker(broker_url: str, slots: int, logs: Path) -> Iterator[subproces
         stop_process(worker)
 
 
+def local_postgres(url: str | None) -> dict[str, psutil.Process]:
+    """The PostgreSQL server the farm uses, if it runs on this machine: its postmaster,
+    whose children are the backends, so that the database's CPU counts too (it takes
+    the same cores). {} for SQLite (in the scheduler's own process), or a remote server."""
+    if url is None or urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return {}
+    names = ("postgres", "postmaster")
+    for process in psutil.process_iter(["name", "ppid"]):
+        try:
+            if (
+                process.info["name"] in names
+                and psutil.Process(process.info["ppid"]).name() not in names
+            ):
+                return {"postgres": process}
+        except psutil.Error:
+            continue
+    return {}
+
+
 def _plain(url: str) -> str:
     """redis-py's spelling of a kombu URL."""
     if url.startswith("redis+socket://"):
@@ -246,7 +268,10 @@ def main() -> None:
                     database_url=args.database_url,
                     max_frames_per_job=max(100_000, args.frames),
                 )
-                rate, cpu_ms = bench_farm(settings, args.frames, args.slots, redis_process)
+                database = local_postgres(args.database_url)
+                rate, cpu_ms = bench_farm(
+                    settings, args.frames, args.slots, {**redis_process, **database}
+                )
                 farm_rates.append(rate)
                 print(
                     f"round {round_ + 1}: farm {rate:.1f} frames/s, "
