@@ -231,14 +231,12 @@ class LiveNodes:
         for group in self.classes.values():
             heapq.heapify(group.heap)
 
-    def per_pool(self) -> dict[str, tuple[int, int]]:
-        """How many live nodes each pool has, and how many slots they have."""
-        nodes: Counter[str] = Counter()
-        slots: Counter[str] = Counter()
+    def per_pool(self) -> Counter[str]:
+        """How many live nodes each pool has."""
+        count: Counter[str] = Counter()
         for key, group in self.classes.items():
-            nodes[key[0]] += group.count
-            slots[key[0]] += group.slots
-        return {pool: (n, slots[pool]) for pool, n in nodes.items()}
+            count[key[0]] += group.count
+        return count
 
     def put(self, node: NodeView) -> bool:
         """Add a node, or change what is known of it; whether anything changed."""

@@ -38,6 +38,10 @@ class Among(ColumnElement[bool]):
         self.listed = column.in_(bindparam(name, expanding=True))
         self.arrayed = column == any_(bindparam(name, type_=ARRAY(column.type)))
 
+    @property
+    def _from_objects(self) -> list[Any]:  # its column's table, as IN's would be
+        return list(self.listed._from_objects)
+
 
 def among(column: Any, name: str) -> Among:
     """``column`` is one of the list passed as ``name`` (see the module's docstring)."""

@@ -192,17 +192,19 @@ class CompletionRate:
     the first second of a job of short chunks left its nodes idle most of the time
     (BENCHMARKS.md, issue 14).
 
-    A rate is also at most what the pool's slots can render at the pace its chunks
-    took (their slots' seconds, ``record``): four chunks of ten minutes that end in
-    the same turn are not a rate of forty a second, and do not queue a hundred and
-    sixty more such chunks on the pool's nodes."""
+    A chunk that held its slot longer than the time counted so far is read at its own
+    pace instead, one over the seconds it held (``record``): four chunks of ten
+    minutes that end in the same turn are not a rate of forty a second (which would
+    queue 160 more on the pool's nodes), but four slots' worth of one per ten minutes;
+    one of them ending among thousands of short chunks hardly changes their rate; and
+    a node's clock that stepped back adds next to nothing."""
 
     LEAST_TURN = 0.02  # seconds: with gather_seconds 0, still no rate over no time
 
     def __init__(self, window: float = 5.0, turn: float = 0.1) -> None:
         self.window = window
         self.turn = max(turn, self.LEAST_TURN)
-        # (when, chunks rendered, seconds their slots were busy), by pool
+        # (when, chunks counted over the span, the long chunks' own paces), by pool
         self._finished: dict[str, deque[tuple[float, int, float]]] = defaultdict(deque)
         self._since: dict[str, float] = {}  # since when each pool's counts run
         self._last_tick: float | None = None
@@ -213,13 +215,18 @@ class CompletionRate:
         """The mean time between dispatch ticks, at least one turn."""
         return max(self._mean_tick, self.turn)
 
-    def record(self, now: float, finished: Counter[str], busy: Mapping[str, float]) -> None:
-        """``finished`` chunks rendered by pool, ``busy`` their slots' seconds."""
-        for pool, count in finished.items():
+    def record(self, now: float, held: Mapping[str, Sequence[float]]) -> None:
+        """Chunks rendered, by pool: the seconds each held its slot."""
+        for pool, seconds in held.items():
+            if not seconds:
+                continue
             recent = self._recent(pool, now)
             if not recent:  # counted since the last tick, or since the window began
                 self._since[pool] = now - min(self.tick, self.window)
-            recent.append((now, count, busy.get(pool, 0.0)))
+            span = self._span(pool, now)
+            counted = sum(1 for s in seconds if s <= span)
+            own = sum(1 / s for s in seconds if s > span)
+            recent.append((now, counted, own))
 
     def note_tick(self, now: float) -> None:
         if self._last_tick is not None:
@@ -228,16 +235,15 @@ class CompletionRate:
             self._mean_tick = interval if not mean else 0.8 * mean + 0.2 * interval
         self._last_tick = now
 
-    def per_second(self, pool: str, now: float, slots: int) -> float:
-        """The pool's rate; ``slots``: how many it has now."""
+    def per_second(self, pool: str, now: float) -> float:
         recent = self._recent(pool, now)
         if not recent:
             return 0.0
-        span = min(self.window, max(now - self._since[pool], self.turn))
-        count = sum(n for _, n, _ in recent)
-        busy = sum(seconds for _, _, seconds in recent)
-        rate = count / span
-        return min(rate, slots * count / busy) if busy > 0 else rate
+        counted = sum(n for _, n, _ in recent)
+        return counted / self._span(pool, now) + sum(own for _, _, own in recent)
+
+    def _span(self, pool: str, now: float) -> float:
+        return min(self.window, max(now - self._since[pool], self.turn))
 
     def _recent(self, pool: str, now: float) -> deque[tuple[float, int, float]]:
         recent = self._finished[pool]
@@ -262,7 +268,7 @@ def load_dispatch_snapshot(
     session: Session,
     now: float,
     settings: DispatchSettings,
-    buffer_for: Callable[[str, int], int],
+    buffer_for: Callable[[str], int],
     passes: Mapping[tuple[int, str], float],
     siting: Siting | None = None,
     roster: NodeRoster | None = None,
@@ -373,11 +379,7 @@ class NodeRoster:
         self._changed.update(names)
 
     def room(
-        self,
-        session: Session,
-        live_since: float,
-        now: float,
-        buffer_for: Callable[[str, int], int],
+        self, session: Session, live_since: float, now: float, buffer_for: Callable[[str], int]
     ) -> Room:
         """Live nodes with the room in their queues: slots and a share of the pool's
         buffer, less the chunks sent to them or rendering on them."""
@@ -397,10 +399,7 @@ class NodeRoster:
                 self._update(live, self._changed, found)
                 self._changed = set()
             self._read_slice(session, live, live_since, now, elapsed)
-        buffers = {  # the pool's buffer, given its slots, shared by its nodes
-            pool: math.ceil(buffer_for(pool, slots) / n)
-            for pool, (n, slots) in live.per_pool().items()
-        }
+        buffers = {pool: math.ceil(buffer_for(pool) / n) for pool, n in live.per_pool().items()}
         return Room(live, buffers, {node: n for node, n in session.execute(_ACTIVE_BY_NODE)})
 
     def _read_slice(

@@ -105,9 +105,9 @@ _RESTATE_ENERGY = (
 class IngestOutcome:
     applied: int = 0
     ignored: int = 0
-    # Chunks rendered, by pool, and the seconds they held their slots (the pool's pace).
+    # Chunks rendered, by pool, and the seconds each held its slot (the pool's pace).
     finished: Counter[str] = field(default_factory=Counter)
-    busy: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    held: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
     # Renders still going for attempts that no longer count (superseded, cancelled,
     # or brought back by Celery long after): the scheduler stops them at once.
@@ -243,7 +243,8 @@ def apply_chunk_events(
             if kind == EventKind.FINISHED:
                 chunk.changes["finished_at"] = at
                 chunk.rendered += 1
-                chunk.busy_seconds += _held_seconds(event.started_at, at, reports)
+                began = event.started_at if event.at is not None else None  # one clock
+                chunk.held.append(_held_seconds(began, at, reports))
                 attempt["state"] = AttemptState.DONE
                 attempt["energy_joules"] = _energy_of(reports)
             else:
@@ -322,7 +323,7 @@ def apply_chunk_events(
             warned.setdefault(chunk.job_id, []).extend(chunk.warnings)
         if chunk.rendered:
             outcome.finished[chunk.pool] += chunk.rendered
-            outcome.busy[chunk.pool] += chunk.busy_seconds
+            outcome.held[chunk.pool] += chunk.held
         outcome.dispatch_latencies += chunk.latencies
         if chunk.failed_for_good:
             outcome.failed_jobs.add(chunk.job_id)
@@ -399,8 +400,8 @@ def _energy_of(reports: Sequence[FrameReport]) -> float | None:
 
 
 def _held_seconds(started_at: float | None, at: float, reports: Sequence[FrameReport]) -> float:
-    """How long a rendered attempt held its slot: its start to its end (by the node's
-    clock), or its frames' render time where that says more."""
+    """How long a rendered attempt held its slot, for the pool's pace: its start to its
+    end by the node's clock, or its frames' render time where that says more."""
     rendering = sum(r.render_seconds for r in reports)  # finite numbers: decoded so
     return max(at - started_at if started_at is not None else 0.0, rendering, 0.0)
 
@@ -654,7 +655,7 @@ class _ChunkView:
     # its queues are (``queue_buffer``). Failures are not counted: a node failing each
     # chunk at once must not be sent more for failing faster.
     rendered: int = 0
-    busy_seconds: float = 0.0  # how long those attempts held their slots
+    held: list[float] = field(default_factory=list)  # how long each held its slot
     failed_for_good: bool = False
     latencies: list[float] = field(default_factory=list)  # sent -> started, seconds
     submitted_at: float = 0.0  # its job's: when the baseline would have rendered it

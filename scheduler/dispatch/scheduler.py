@@ -77,7 +77,7 @@ class Scheduler:
                 session,
                 now,
                 self.settings,
-                lambda pool, slots: self._buffer(pool, slots, now),
+                lambda pool: self._buffer(pool, now),
                 self.passes,
                 self.siting,
                 self.roster,
@@ -93,9 +93,9 @@ class Scheduler:
         self.broker.send(messages)
         return messages
 
-    def _buffer(self, pool: str, slots: int, now: float) -> int:
+    def _buffer(self, pool: str, now: float) -> int:
         return queue_buffer(
-            self.rates.per_second(pool, now, slots),
+            self.rates.per_second(pool, now),
             self.rates.tick,
             self.settings.dispatch_buffer,
             self.settings.max_dispatch_buffer,
@@ -125,7 +125,7 @@ class Scheduler:
                 raise
         # Nodes that changed, and those an operator drained, disabled or enabled.
         self.roster.changed({*outcome.nodes_changed, *(node for node in wakes if node)})
-        self.rates.record(now, outcome.finished, outcome.busy)
+        self.rates.record(now, outcome.held)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
         return outcome

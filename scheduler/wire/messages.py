@@ -415,7 +415,7 @@ def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
     return NodeReport(
         name=text("name", 200),
         pool=text("pool", 64),
-        hostname=text("hostname", 255),
+        hostname=text("hostname", 255, empty=True),
         slots=count("slots"),
         running=count("running"),
         cores=count("cores"),

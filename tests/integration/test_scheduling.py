@@ -763,7 +763,7 @@ def test_every_node_is_read_again_within_max_age_whatever_changes_meanwhile(
 
     def live() -> set[str]:
         with Session(engine) as session:
-            room = roster.room(session, now - 60, now, lambda pool, slots: 0)
+            room = roster.room(session, now - 60, now, lambda pool: 0)
         return set(room.live.views)
 
     roster = NodeRoster()

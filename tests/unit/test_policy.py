@@ -25,6 +25,7 @@ from scheduler.core.policy import (
 )
 from scheduler.core.states import ChunkState
 from scheduler.dispatch.dispatching import CompletionRate
+from scheduler.dispatch.ingestion import _held_seconds
 
 
 def job(job_id: int, priority: int, chunks: list[int], pool: str = "cpu") -> JobCandidate:
@@ -193,37 +194,48 @@ def test_a_burst_of_short_chunks_is_read_at_its_rate_from_its_first_second() -> 
     """The rate is over the time the counts cover, not the whole window: a pool that
     began finishing chunks a second ago has its queues deepened at once."""
     fresh = CompletionRate(window=5.0, turn=0.1)  # no tick yet: read over one turn
-    fresh.record(1000.0, Counter({"cpu": 3}), Counter({"cpu": 0.003}))  # 1 ms chunks
-    assert fresh.per_second("cpu", 1000.0, slots=4) == pytest.approx(3 / 0.1)
+    fresh.record(1000.0, {"cpu": [0.001] * 3})
+    assert fresh.per_second("cpu", 1000.0) == pytest.approx(3 / 0.1)
     rates = CompletionRate(window=5.0, turn=0.1)
     for turn in range(11):  # ten turns of 0.1 s, 40 chunks each: 400 a second
         rates.note_tick(1000.0 + turn * 0.1)
         if turn:
-            rates.record(1000.0 + turn * 0.1, Counter({"cpu": 40}), Counter({"cpu": 0.04}))
-    assert rates.per_second("cpu", 1001.0, slots=4) == pytest.approx(400.0)
-    assert rates.per_second("gpu", 1001.0, slots=4) == 0.0
+            rates.record(1000.0 + turn * 0.1, {"cpu": [0.001] * 40})
+    assert rates.per_second("cpu", 1001.0) == pytest.approx(400.0)
+    assert rates.per_second("gpu", 1001.0) == 0.0
     assert rates.tick == pytest.approx(0.1)  # so the pool's queues hold 160 beyond its slots
     # Quiet past the window: the pool is idle again; the next burst starts afresh.
-    assert rates.per_second("cpu", 1010.0, slots=4) == 0.0
+    assert rates.per_second("cpu", 1010.0) == 0.0
     rates.note_tick(1010.0)
-    rates.record(1010.0, Counter({"cpu": 1}), Counter())  # over the tick before it
-    assert rates.per_second("cpu", 1010.0, slots=4) == pytest.approx(1 / rates.tick)
+    rates.record(1010.0, {"cpu": [0.001]})  # counted over the tick before it
+    assert rates.per_second("cpu", 1010.0) == pytest.approx(1 / rates.tick)
     # A steady rate over more than the window reads as the count over the window.
     for second in range(1, 9):
         rates.note_tick(1010.0 + second)
-        rates.record(1010.0 + second, Counter({"cpu": 10}), Counter({"cpu": 0.01}))
-    assert rates.per_second("cpu", 1018.5, slots=4) == pytest.approx(50 / 5.0)
+        rates.record(1010.0 + second, {"cpu": [0.001] * 10})
+    assert rates.per_second("cpu", 1018.5) == pytest.approx(50 / 5.0)
 
 
-def test_long_chunks_that_end_together_are_read_at_their_slots_pace() -> None:
+def test_chunks_longer_than_the_time_counted_are_read_at_their_own_pace() -> None:
     """Four ten-minute chunks of a pool of four slots end in one turn: not forty a
-    second (which would queue 16 more ten-minute chunks on the pool's node), but what
-    four slots render at ten minutes a chunk."""
+    second (which would queue 160 more ten-minute chunks on the pool's node), but four
+    slots at one chunk per ten minutes. One such chunk ending among 400 one-millisecond
+    chunks a second leaves their rate as it was; a node clock that stepped back (a
+    start "at 0") adds next to nothing."""
     rates = CompletionRate(window=5.0, turn=0.1)
     rates.note_tick(1000.0)
-    rates.record(1000.0, Counter({"cpu": 4}), Counter({"cpu": 4 * 600.0}))
-    assert rates.per_second("cpu", 1000.0, slots=4) == pytest.approx(4 / 600.0)
-    assert queue_buffer(rates.per_second("cpu", 1000.0, slots=4), rates.tick, 2, 1024) == 2
+    rates.record(1000.0, {"cpu": [600.0] * 4})
+    assert rates.per_second("cpu", 1000.0) == pytest.approx(4 / 600.0)
+    assert queue_buffer(rates.per_second("cpu", 1000.0), rates.tick, 2, 1024) == 2
+    mixed = CompletionRate(window=5.0, turn=0.1)
+    for turn in range(11):
+        mixed.note_tick(2000.0 + turn * 0.1)
+        if turn:
+            mixed.record(2000.0 + turn * 0.1, {"cpu": [0.001] * 40})
+    held = _held_seconds(started_at=2001.0 - 600.0, at=2001.0, reports=[])
+    stepped = _held_seconds(started_at=0.0, at=2001.0, reports=[])
+    mixed.record(2001.0, {"cpu": [held, stepped]})
+    assert mixed.per_second("cpu", 2001.0) == pytest.approx(400.0 + 1 / 600.0 + 1 / 2001.0)
 
 
 def test_a_job_of_instant_chunks_fills_its_pool_s_queue_within_four_turns() -> None:
@@ -241,9 +253,9 @@ def test_a_job_of_instant_chunks_fills_its_pool_s_queue_within_four_turns() -> N
         finished = min(queued, per_turn)
         queued -= finished
         if finished:
-            rates.record(now, Counter({"cpu": finished}), Counter({"cpu": finished * 5e-4}))
+            rates.record(now, {"cpu": [5e-4] * finished})
         rates.note_tick(now)
-        buffer = queue_buffer(rates.per_second("cpu", now, slots), rates.tick, 2, 1024)
+        buffer = queue_buffer(rates.per_second("cpu", now), rates.tick, 2, 1024)
         queued += max(0, slots + buffer - queued)  # what dispatch_tick sends: its room
         dry.append(queued <= per_turn)  # all of it rendered before the next turn
         now += 0.1
