@@ -259,25 +259,31 @@ def test_prometheus_scrapes_the_farm_and_every_panel_and_alert_answers(
     try:
         wait_for(prometheus.ready, 60, "Prometheus to start")
         wait_for(lambda: prometheus.total('up{job=~"renderfarm-.*"}') == 4, 60, "all 4 targets up")
-        job = client.post(
-            "/v1/jobs",
-            json={
-                "name": "observed", "frames": "1-12",
-                "renderer": {"kind": "builtin", "width": 64, "height": 36},
-            },
-        ).json()  # fmt: skip
+        # A first frame, scraped before the other twelve: a rate needs two samples of a
+        # series, and a job that renders all its frames between two scrapes (a second
+        # here) gives its new series one sample, already at its last value.
+        for frames, total in (("1", 1), ("1-12", 13)):
+            job = client.post(
+                "/v1/jobs",
+                json={
+                    "name": "observed", "frames": frames,
+                    "renderer": {"kind": "builtin", "width": 64, "height": 36},
+                },
+            ).json()  # fmt: skip
+            wait_for(
+                lambda job=job: client.get(f"/v1/jobs/{job['id']}").json()["state"] == "done",
+                180,
+                "the job to render",
+            )
+            wait_for(
+                lambda total=total: (
+                    prometheus.total("sum(renderfarm_frames_rendered_total)") == total
+                ),
+                30,
+                f"Prometheus to scrape the {total} frames",
+            )
         wait_for(
-            lambda: client.get(f"/v1/jobs/{job['id']}").json()["state"] == "done",
-            180,
-            "the job to render",
-        )
-        wait_for(
-            lambda: prometheus.total("sum(renderfarm_frames_rendered_total)") == 12,
-            30,
-            "Prometheus to scrape the 12 frames",
-        )
-        wait_for(
-            lambda: prometheus.total("sum(renderfarm_worker_frames_rendered_total)") == 12,
+            lambda: prometheus.total("sum(renderfarm_worker_frames_rendered_total)") == 13,
             30,
             "Prometheus to scrape both nodes' frames",
         )
