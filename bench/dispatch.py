@@ -9,12 +9,12 @@ server on this machine when ``--database-url`` names one: it takes the same core
 
     python bench/dispatch.py                 # 5,000 frames, 5 alternating rounds, a table
     python bench/dispatch.py --json          # {"farm_frames_per_s", "celery_tasks_per_s", "ratio"}
+    python bench/dispatch.py --frames 1000 --slots 4 --broker-url redis://127.0.0.1:6379/14
 
 "ratio" is the median of the rounds' ratios, each round's farm against the Celery run
 just before it: on a shared machine whose speed swings between runs, a pair run
 back to back shares the machine's mood, and the median of pairs is steadier than
 the ratio of two medians taken minutes apart (also printed, "ratio_of_medians").
-    python bench/dispatch.py --frames 1000 --slots 4 --broker-url redis://127.0.0.1:6379/14
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import psutil
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
+from scheduler.core.bounds import NAME_MAX, POOL_MAX
 from scheduler.core.placement import CPU_ARCH, GPU_MEMORY_MIB, OS_FAMILY
 from scheduler.settings import Settings
 from scheduler.wire.broker import queue_entity
@@ -70,7 +71,7 @@ class NodeConfig:
     attributes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # as the scheduler reads reports (scheduler/wire)
-        for what, value, most in (("name", self.name, 200), ("pool", self.pool, 64)):
+        for what, value, most in (("name", self.name, NAME_MAX), ("pool", self.pool, POOL_MAX)):
             if not 0 < len(value) <= most:
                 raise ValueError(f"a node's {what} has 1 to {most} characters, not {len(value)}")
 

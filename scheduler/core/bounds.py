@@ -30,8 +30,10 @@ COUNT_MAX = INT32_MAX  # a count of frames, attempts, chunks, rows
 BYTES_MAX = 2**62  # a size in bytes, with room for sums in a bigint
 
 # The longest strings, as the columns declare them.
-NAME_MAX = 200  # a job's name
+NAME_MAX = 200  # a job's name, a node's
 POOL_MAX = 64  # a pool's, a region's, a limit's name
+HOSTNAME_MAX = 255  # a node's host name
+METHOD_MAX = 32  # how a frame's energy was metered (rapl, nvml, model, sums of them)
 TAG_MAX = 64  # a node tag a job requires
 FRAME_SPEC_MAX = 10_000  # a frame spec's text
 PATH_MAX = 1024  # a file's path in a manifest

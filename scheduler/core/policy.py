@@ -86,7 +86,8 @@ def queue_buffer(per_second: float, tick: float, minimum: int, maximum: int) -> 
     """How many messages a pool's queues hold beyond its free slots (shared by its nodes).
 
     Enough to keep the pool busy while one dispatch round trip (a few ticks) passes:
-    the pool's recent completion rate (chunks a second) times four ticks, within
+    the pool's recent completion rate (chunks a second, ``pace.CompletionRate``) times
+    four ticks, within
     [minimum, maximum]. Four ticks, because a chunk counts against its node's queue
     until its "finished" is ingested: what nodes rendered in the last turn or two is
     still counted, besides what must wait for the next dispatch. Renders of minutes

@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from scheduler.core.pace import CompletionRate
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
 from scheduler.dispatch.dispatching import (
-    CompletionRate,
     NodeRoster,
     load_dispatch_snapshot,
     save_dispatch,

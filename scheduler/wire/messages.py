@@ -48,6 +48,8 @@ from dataclasses import fields as dataclass_fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from scheduler.core.bounds import HOSTNAME_MAX, METHOD_MAX, NAME_MAX, POOL_MAX
+
 RENDER_TASK = "renderfarm.render_chunk"
 MESSAGE_VERSION = 1
 
@@ -413,17 +415,17 @@ def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
     # Bounded as the nodes table's columns are: a node reporting a name PostgreSQL
     # cannot store is ignored here, not the failure of its batch's statement.
     return NodeReport(
-        name=text("name", 200),
-        pool=text("pool", 64),
-        hostname=text("hostname", 255, empty=True),
+        name=text("name", NAME_MAX),
+        pool=text("pool", POOL_MAX),
+        hostname=text("hostname", HOSTNAME_MAX, empty=True),
         slots=count("slots"),
         running=count("running"),
         cores=count("cores"),
         memory_bytes=count("memory_bytes"),
         gpus=count("gpus", 0),
         tags=_field(data, "tags", where, _is_str_list, "a list of strings", []),
-        region=text("region", 64, "", empty=True),
-        energy_method=text("energy_method", 32, None, empty=True),
+        region=text("region", POOL_MAX, "", empty=True),
+        energy_method=text("energy_method", METHOD_MAX, None, empty=True),
         power_watts=_field(data, "power_watts", where, _is_number, "a number", 0.0),
         capabilities=_field(data, "capabilities", where, _is_dict, "an object", {}),
     )

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from scheduler.core.pace import CompletionRate
 from scheduler.core.placement import NodeView, Room
 from scheduler.core.policy import (
     Assignment,
@@ -24,7 +25,6 @@ from scheduler.core.policy import (
     vanished_attempts,
 )
 from scheduler.core.states import ChunkState
-from scheduler.dispatch.dispatching import CompletionRate
 from scheduler.dispatch.ingestion import _held_seconds
 
 
