@@ -48,7 +48,7 @@ from dataclasses import fields as dataclass_fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from scheduler.core.bounds import HOSTNAME_MAX, METHOD_MAX, NAME_MAX, POOL_MAX
+from scheduler.core.bounds import HOSTNAME_MAX, METHOD_MAX, NAME_MAX, POOL_MAX, text_problem
 
 RENDER_TASK = "renderfarm.render_chunk"
 MESSAGE_VERSION = 1
@@ -408,12 +408,13 @@ def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
         return _field(data, name, where, _is_int, "an integer", default)
 
     def text(name: str, most: int, default: Any = _REQUIRED, empty: bool = False) -> Any:
-        what = f"a string of {0 if empty else 1} to {most} characters"
+        what = f"a string of {0 if empty else 1} to {most} characters, without NUL"
         nullable = default is None
         return _field(data, name, where, _is_text(most, empty), what, default, nullable)
 
-    # Bounded as the nodes table's columns are: a node reporting a name PostgreSQL
-    # cannot store is ignored here, not the failure of its batch's statement.
+    # Bounded as the nodes table's columns are: a node reporting a name the database
+    # cannot store (too long, a NUL, a lone surrogate) is ignored here, not the failure
+    # of its batch's statement and of every other node's beat in it.
     return NodeReport(
         name=text("name", NAME_MAX),
         pool=text("pool", POOL_MAX),
@@ -491,8 +492,14 @@ def _is_str(value: Any) -> bool:
 
 
 def _is_text(most: int, empty: bool = False) -> Callable[[Any], bool]:
-    """A check: a string of at most ``most`` characters (and not empty, unless so)."""
-    return lambda value: isinstance(value, str) and (empty or bool(value)) and len(value) <= most
+    """A check: a string the database can store (no NUL, no lone surrogate) of at most
+    ``most`` characters, and not empty unless so."""
+    return lambda value: (
+        isinstance(value, str)
+        and (empty or bool(value))
+        and len(value) <= most
+        and text_problem(value) is None
+    )
 
 
 def _is_list(value: Any) -> bool:

@@ -123,6 +123,10 @@ def test_fields_this_version_does_not_know_are_ignored() -> None:
          "info: field 'region' must be a string of 0 to 64 characters"),
         ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "energy_method": 3}},
          "info: field 'energy_method' must be a string of 0 to 32 characters"),
+        ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "name": "a\x00b"}},
+         "info: field 'name' must be a string of 1 to 200 characters, without NUL"),
+        ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "region": "\ud800"}},
+         "info: field 'region' must be a string of 0 to 64 characters, without NUL"),
     ],
 )  # fmt: skip
 def test_an_unreadable_event_says_what_is_wrong(data: Any, complaint: str) -> None:
