@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_dispatch_buffer: int = Field(
         1024, ge=0, description="most messages queued beyond free slots, for very short chunks"
     )
+    bundle_seconds: float = Field(
+        0.05,
+        ge=0,
+        description="chunks measured this short go several to a message, up to this long "
+        "in all (0: one chunk a message)",
+    )
     event_batch: int = Field(500, ge=1, description="events ingested per database transaction")
     node_timeout: float = Field(60.0, gt=0, description="seconds without heartbeat before lost")
     redispatch_after: float = Field(30.0, gt=0, description="unclaimed seconds before a resend")

@@ -37,9 +37,11 @@ from scheduler.wire.broker import queue_entity
 from scheduler.wire.celery_app import answer_active_readably, make_celery
 from scheduler.wire.events import EventPublisher
 from scheduler.wire.messages import (
+    RENDER_CHUNKS_TASK,
     RENDER_TASK,
     HeartbeatEvent,
     NodeReport,
+    attempt_task_ids,
     node_queue,
 )
 from scheduler.wire.progress import ProgressBoard
@@ -51,7 +53,7 @@ from workers.memory import RENDER_MEMORY
 from workers.meters import choose_meter, gpu_memory_mib, node_power_figures
 from workers.renderers import BLENDER
 from workers.renderers.blender import find_blender
-from workers.runner import install_termination_handler, run_message
+from workers.runner import install_termination_handler, run_message, run_messages
 from workers.sandbox import SANDBOX, credential_paths, find_sandbox, runtime_paths
 
 log = logging.getLogger(__name__)
@@ -255,6 +257,14 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
             message, storage, node.name, publish, meter, node.region, files, progress=progress
         )
 
+    @app.task(name=RENDER_CHUNKS_TASK, acks_late=True, reject_on_worker_lost=True)
+    def render_chunks(messages: list[dict[str, Any]]) -> int:
+        """Chunks that render in milliseconds, several to a message (wire/messages.py)."""
+        install_termination_handler()
+        return run_messages(
+            messages, storage, node.name, events.publish, meter, node.region, files, progress
+        )
+
     heartbeat = Heartbeat(
         events, node, settings.heartbeat_seconds, server.ledger if server else None
     )
@@ -303,9 +313,10 @@ class Heartbeat:
     def beat(self) -> None:
         # Reserved includes received-but-not-started: a task appears there before its
         # render starts and leaves only after its last event was published.
-        holding = {r.id for r in list(worker_state.reserved_requests)}
-        running = {r.id for r in list(worker_state.active_requests)}
-        report = self.node.report(len(running), self.ledger)
+        # A bundle's task id stands for each attempt it carries (wire/messages.py).
+        holding = {t for r in list(worker_state.reserved_requests) for t in attempt_task_ids(r.id)}
+        running = {t for r in list(worker_state.active_requests) for t in attempt_task_ids(r.id)}
+        report = self.node.report(len(worker_state.active_requests), self.ledger)
         beat = HeartbeatEvent(
             node=self.node.name, info=report, tasks=sorted(holding | running), at=time.time()
         )

@@ -256,6 +256,30 @@ def run_message(
     return run_chunk(message, storage, node, emit, meter, region, files, progress)
 
 
+def run_messages(
+    messages: Sequence[dict[str, Any]],
+    storage: Path,
+    node: str,
+    publish: Callable[[list[dict[str, Any]]], None],
+    meter: FrameMeter | None = None,
+    region: str = "",
+    files: JobFiles | None = None,
+    progress: Board | None = None,
+) -> int:
+    """Render a bundle's chunk messages one after another (``run_message`` each); their
+    events go out together (``Coalesced``), all of them before this returns. Returns
+    how many rendered. A chunk that fails unexpectedly is logged and the next one runs:
+    its attempt is found unfinished and sent again, as a single chunk's would be."""
+    rendered = 0
+    with Coalesced(publish, COALESCE_SECONDS) as emit:
+        for data in messages:
+            try:
+                rendered += run_message(data, storage, node, emit, meter, region, files, progress)
+            except Exception:
+                log.exception("a chunk of a bundle failed: %.200r", data)
+    return rendered
+
+
 def run_chunk(
     message: ChunkMessage,
     storage: Path,
@@ -308,6 +332,42 @@ def run_chunk(
         ).to_dict()
     )  # fmt: skip
     return True
+
+
+COALESCE_SECONDS = 0.05  # a bundle's events wait at most this long to go out together
+
+
+class Coalesced:
+    """Events published together: at most ``wait`` s after the first of them, and all
+    that are left as the block ends. In order: a batch is taken and published under
+    one lock, so no later batch overtakes it."""
+
+    def __init__(self, publish: Callable[[list[dict[str, Any]]], None], wait: float) -> None:
+        self._publish = publish
+        self._wait = wait
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._publishing = threading.Lock()
+
+    def __enter__(self) -> Emit:
+        return self.emit
+
+    def __exit__(self, *_: object) -> None:
+        self.flush()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append(event)
+            first = len(self._events) == 1
+        if first:
+            LATER.call(self._wait, self.flush)
+
+    def flush(self) -> None:
+        with self._publishing:
+            with self._lock:
+                events, self._events = self._events, []
+            if events:
+                self._publish(events)
 
 
 class StartNotice:

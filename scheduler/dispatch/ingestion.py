@@ -108,6 +108,8 @@ class IngestOutcome:
     # Chunks rendered, by pool, and the seconds each held its slot (the pool's pace).
     finished: Counter[str] = field(default_factory=Counter)
     held: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # The same by job: whether its chunks are short enough to send several a message.
+    held_by_job: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
     # Renders still going for attempts that no longer count (superseded, cancelled,
     # or brought back by Celery long after): the scheduler stops them at once.
@@ -324,6 +326,7 @@ def apply_chunk_events(
         if chunk.rendered:
             outcome.finished[chunk.pool] += chunk.rendered
             outcome.held[chunk.pool] += chunk.held
+            outcome.held_by_job[chunk.job_id] += chunk.held
         outcome.dispatch_latencies += chunk.latencies
         if chunk.failed_for_good:
             outcome.failed_jobs.add(chunk.job_id)

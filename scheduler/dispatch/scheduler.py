@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from scheduler.core.bundles import JobPace, bundle_groups
 from scheduler.core.pace import CompletionRate
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
 from scheduler.dispatch.dispatching import (
@@ -42,7 +43,7 @@ from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
-from scheduler.wire.messages import ChunkMessage
+from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage
 
 # How long the regions' figures bill frames before they are read again: a region's
 # new price or carbon intensity applies to the frames ingested a second later at most.
@@ -62,6 +63,7 @@ class Scheduler:
         self.broker = broker
         self.clock = clock
         self.rates = CompletionRate(turn=settings.gather_seconds)
+        self.paces = JobPace()  # which jobs' chunks are short enough to bundle
         # Fair-share stride passes, carried between ticks; a restart starts them afresh.
         self.passes: dict[tuple[int, str], float] = {}
         self.siting = Siting()  # placement policies' figures, kept half a minute
@@ -90,7 +92,13 @@ class Scheduler:
             self.passes = passes_after(snapshot, assignments)
             messages = save_dispatch(session, assignments, jobs, now)
             session.commit()
-        self.broker.send(messages)
+        views = snapshot.room.live.views
+        groups = bundle_groups(
+            [(message.node or "", message.job_id) for message in messages],
+            lambda job: self.paces.bundle_size(job, self.settings.bundle_seconds, BUNDLE_MAX),
+            lambda node: views[node].slots if node in views else 1,
+        )
+        self.broker.send([[messages[i] for i in group] for group in groups])
         return messages
 
     def _buffer(self, pool: str, now: float) -> int:
@@ -126,6 +134,7 @@ class Scheduler:
         # Nodes that changed, and those an operator drained, disabled or enabled.
         self.roster.changed({*outcome.nodes_changed, *(node for node in wakes if node)})
         self.rates.record(now, outcome.held)
+        self.paces.record(now, outcome.held_by_job)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
         return outcome

@@ -17,6 +17,12 @@ a fifth of its CPU (BENCHMARKS.md). If the batch fails, delivery is uncertain: i
 sent again message by message, each retried until the broker takes it; a message
 delivered twice is one attempt run twice, which ingestion counts once.
 
+Chunks the scheduler groups go as one message of ``renderfarm.render_chunks``
+(scheduler/wire/messages.py). Celery revokes a message, so a bundle is revoked once
+every attempt it carries is (``SentBundles``): a job cancelled or suspended stops its
+bundles, queued or rendering; a single attempt of a bundle superseded lets its bundle
+go on, milliseconds long, and ingestion ignores what that attempt reports.
+
 Each message carries a readable ``argsrepr`` (``job 12 chunk 345 frames 1-4 attempt
 2``), which Flower and ``celery inspect active`` show for what a node renders; it also
 spares Celery a ``saferepr`` of every message.
@@ -27,15 +33,22 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from celery import Celery
 from kombu import Exchange, Producer, Queue
 from kombu.exceptions import BatchPublishError
 
 from scheduler.core.frames import format_frame_spec
-from scheduler.wire.messages import RENDER_TASK, ChunkMessage, task_id_for
+from scheduler.wire.messages import (
+    RENDER_CHUNKS_TASK,
+    RENDER_TASK,
+    ChunkMessage,
+    bundle_task_id,
+    task_id_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +66,72 @@ def describe_chunk(message: ChunkMessage) -> str:
     return f"job {message.job_id} chunk {message.chunk_id} {frames} attempt {message.attempt}"
 
 
+def describe_bundle(messages: Sequence[ChunkMessage]) -> str:
+    """``job 12 chunks 345-352 frames 1-8 (8 chunks)``: a bundle's chunks are one job's."""
+    chunks = format_frame_spec(sorted(m.chunk_id for m in messages))
+    frames = format_frame_spec(sorted({f for m in messages for f in m.frames}))
+    return f"job {messages[0].job_id} chunks {chunks} frames {frames} ({len(messages)} chunks)"
+
+
 def queue_entity(name: str) -> Queue:
     """A queue reached through the default exchange: no binding to lose in a flush."""
     return Queue(name, Exchange(""), routing_key=name, durable=True)
 
 
 class Broker(Protocol):
-    """What the scheduler needs from a broker."""
+    """What the scheduler needs from a broker. ``send`` takes the messages to publish,
+    each a sequence of chunk messages for one node: one chunk, or a bundle."""
 
-    def send(self, messages: Sequence[ChunkMessage]) -> None: ...
+    def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None: ...
 
     def revoke(self, task_ids: Sequence[str]) -> None: ...
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]: ...
 
 
+class SentBundles:
+    """Bundles sent lately, by the attempts they carry: which to revoke once all of
+    theirs are. Bounded: the oldest are forgotten (long rendered), and an attempt of a
+    bundle forgotten is revoked alone, as any. Thread-safe: the scheduler sends from
+    one thread and revokes from another."""
+
+    KEEP = 16384  # bundles
+
+    def __init__(self) -> None:
+        self._bundle_of: dict[str, str] = {}  # an attempt's task id -> its bundle's
+        self._left: OrderedDict[str, set[str]] = OrderedDict()  # not revoked yet, by bundle
+        self._lock = threading.Lock()
+
+    def add(self, bundle: str, attempts: Sequence[str]) -> None:
+        with self._lock:
+            self._left[bundle] = set(attempts)
+            self._bundle_of.update(dict.fromkeys(attempts, bundle))
+            while len(self._left) > self.KEEP:
+                _, forgotten = self._left.popitem(last=False)
+                for attempt in forgotten:
+                    self._bundle_of.pop(attempt, None)
+
+    def revoked(self, attempts: Sequence[str]) -> list[str]:
+        """The bundles none of whose attempts is wanted now that these are not."""
+        whole = []
+        with self._lock:
+            for attempt in attempts:
+                bundle = self._bundle_of.pop(attempt, None)
+                if bundle is None or (left := self._left.get(bundle)) is None:
+                    continue
+                left.discard(attempt)
+                if not left:
+                    del self._left[bundle]
+                    whole.append(bundle)
+        return whole
+
+
 class CeleryBroker:
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self.bundles = SentBundles()
 
-    def send(self, messages: Sequence[ChunkMessage]) -> None:
+    def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
         if not messages:
             return
         with self.app.producer_or_acquire() as producer:
@@ -80,24 +139,30 @@ class CeleryBroker:
                 with producer.batch(max_size=BATCH_COMMANDS):
                     self._publish(producer, messages)
             except BatchPublishError as error:
-                log.warning("a batch of %d chunk(s) failed (%s); sending one by one",
+                log.warning("a batch of %d message(s) failed (%s); sending one by one",
                             len(messages), error.__cause__ or error)  # fmt: skip
                 self._publish(producer, messages)
 
-    def _publish(self, producer: Producer, messages: Sequence[ChunkMessage]) -> None:
-        for message in messages:
+    def _publish(self, producer: Producer, messages: Sequence[Sequence[ChunkMessage]]) -> None:
+        for chunks in messages:
+            args: list[Any]
+            if len(chunks) == 1:
+                message = chunks[0]
+                task_id = task_id_for(message.chunk_id, message.attempt)
+                task, args = RENDER_TASK, [message.to_dict()]
+                argsrepr = describe_chunk(message)
+            else:
+                task_id = bundle_task_id([(m.chunk_id, m.attempt) for m in chunks])
+                task, args = RENDER_CHUNKS_TASK, [[m.to_dict() for m in chunks]]
+                argsrepr = describe_bundle(chunks)
+                self.bundles.add(task_id, [task_id_for(m.chunk_id, m.attempt) for m in chunks])
             headers, properties, body, _event = self.app.amqp.create_task_message(
-                task_id_for(message.chunk_id, message.attempt),
-                RENDER_TASK,
-                [message.to_dict()],
-                {},
-                argsrepr=describe_chunk(message),
-                kwargsrepr="{}",
+                task_id, task, args, {}, argsrepr=argsrepr, kwargsrepr="{}"
             )
             producer.publish(
                 body,
                 exchange="",  # the default exchange: straight to the node's queue
-                routing_key=message.queue,
+                routing_key=chunks[0].queue,
                 headers=headers,
                 serializer="json",
                 delivery_mode=PERSISTENT,
@@ -108,7 +173,8 @@ class CeleryBroker:
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         if task_ids:
-            self.app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
+            whole = self.bundles.revoked(task_ids)  # the bundles all of whose attempts are
+            self.app.control.revoke([*task_ids, *whole], terminate=True, signal="SIGTERM")
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         """Messages waiting in each queue (one never declared, or flushed away: none),
@@ -144,11 +210,11 @@ class BackgroundSender:
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._outbox: queue.Queue[Sequence[ChunkMessage] | None] = queue.Queue()
+        self._outbox: queue.Queue[Sequence[Sequence[ChunkMessage]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="chunk-sender", daemon=True)
         self._thread.start()
 
-    def send(self, messages: Sequence[ChunkMessage]) -> None:
+    def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
         if messages:
             self._outbox.put(messages)
 
@@ -168,4 +234,4 @@ class BackgroundSender:
             try:
                 self._broker.send(messages)
             except Exception:  # reconcile resends what never arrived
-                log.exception("sending %d chunk(s) failed", len(messages))
+                log.exception("sending %d message(s) failed", len(messages))

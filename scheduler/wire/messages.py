@@ -8,6 +8,14 @@ paths relative to the storage root, and the time limit; and the envelope version
 mistyped field) fails that attempt with ``MessageError``'s words, so the scheduler
 shows why instead of sending it again and again.
 
+Chunks that render in milliseconds travel several to a message: the Celery task
+``renderfarm.render_chunks`` takes a list of chunk messages, all for one node, and
+renders them one after another in one slot (each its own attempt, with its own
+events). Its task id names every attempt it carries (``bundle_task_id``), so a node's
+heartbeat lists them one by one (``attempt_task_ids``). Celery's cost is per message,
+not per chunk: a message carrying eight chunks costs a node little more than one
+carrying one (BENCHMARKS.md, issue 14).
+
 Node -> scheduler: typed events, one class per kind, sent as JSON objects on the
 Redis list ``renderfarm:events`` (scheduler/wire/events.py). The node builds an event
 and sends ``event.to_dict()``; the scheduler reads what it fetched with
@@ -42,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from enum import StrEnum
@@ -51,7 +59,9 @@ from typing import Any, ClassVar
 from scheduler.core.bounds import HOSTNAME_MAX, METHOD_MAX, NAME_MAX, POOL_MAX, text_problem
 
 RENDER_TASK = "renderfarm.render_chunk"
+RENDER_CHUNKS_TASK = "renderfarm.render_chunks"  # several chunk messages, one slot
 MESSAGE_VERSION = 1
+BUNDLE_MAX = 16  # chunk messages in one Celery message, at most
 
 
 class MessageError(ValueError):
@@ -65,6 +75,26 @@ def node_queue(node: str) -> str:
 def task_id_for(chunk_id: int, attempt: int) -> str:
     """Celery task ids are derived, so the scheduler can revoke an attempt by id alone."""
     return f"chunk-{chunk_id}-attempt-{attempt}"
+
+
+_BUNDLE = "chunks-"  # a bundle's task id: chunks-<chunk>.<attempt>+<chunk>.<attempt>...
+
+
+def bundle_task_id(attempts: Sequence[tuple[int, int]]) -> str:
+    """The Celery task id of a message carrying these (chunk id, attempt) pairs."""
+    return _BUNDLE + "+".join(f"{chunk}.{attempt}" for chunk, attempt in attempts)
+
+
+def attempt_task_ids(task_id: str) -> list[str]:
+    """The attempts a Celery task id stands for: a bundle's, each by ``task_id_for``;
+    any other id is its own."""
+    if not task_id.startswith(_BUNDLE):
+        return [task_id]
+    try:
+        pairs = [part.split(".") for part in task_id.removeprefix(_BUNDLE).split("+")]
+        return [task_id_for(int(chunk), int(attempt)) for chunk, attempt in pairs]
+    except ValueError:  # not one of ours: itself
+        return [task_id]
 
 
 def output_pattern_for(job_id: int) -> str:

@@ -51,11 +51,13 @@ class RecordingBroker:
 
     def __init__(self) -> None:
         self.sent: list[ChunkMessage] = []
+        self.messages: list[list[ChunkMessage]] = []  # as they would go: one, or a bundle
         self.revoked: list[str] = []
         self.depth = 0
 
-    def send(self, messages: Sequence[ChunkMessage]) -> None:
-        self.sent.extend(messages)
+    def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
+        self.messages += [list(chunks) for chunks in messages]
+        self.sent.extend(chunk for chunks in messages for chunk in chunks)
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         self.revoked.extend(task_ids)
