@@ -10,6 +10,7 @@ server on this machine when ``--database-url`` names one: it takes the same core
     python bench/dispatch.py                 # 5,000 frames, 5 alternating rounds, a table
     python bench/dispatch.py --json          # {"farm_frames_per_s", "celery_tasks_per_s", "ratio"}
     python bench/dispatch.py --frames 1000 --slots 4 --broker-url redis://127.0.0.1:6379/14
+    python bench/dispatch.py --bundle-seconds 0   # the farm sending one chunk a message
 
 "ratio" is the median of the rounds' ratios, each round's farm against the Celery run
 just before it: on a shared machine whose speed swings between runs, a pair run
@@ -234,8 +235,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="celery and farm runs, alternated")
     parser.add_argument("--broker-url", default=None, help="default: an embedded Redis")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp folder")
+    parser.add_argument(
+        "--bundle-seconds",
+        default=None,
+        help="the farm's RENDERFARM_BUNDLE_SECONDS (0: one chunk a message); default: its own",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.bundle_seconds is not None:  # the farm's processes inherit the environment
+        os.environ["RENDERFARM_BUNDLE_SECONDS"] = str(float(args.bundle_seconds))
 
     farm_rates: list[float] = []
     celery_rates: list[float] = []

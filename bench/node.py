@@ -107,7 +107,7 @@ def bench_node(settings: Settings, chunks: int, slots: int, logs: Path) -> tuple
     app = make_celery(settings)
     broker = CeleryBroker(app)
     for start in range(0, chunks, 1000):
-        broker.send(messages[start : start + 1000])
+        broker.send([[message] for message in messages[start : start + 1000]])
     env = {
         **os.environ,
         "RENDERFARM_BROKER_URL": settings.effective_broker_url,
