@@ -37,6 +37,7 @@ from scheduler.wire.broker import queue_entity
 from scheduler.wire.celery_app import answer_active_readably, make_celery
 from scheduler.wire.events import EventPublisher
 from scheduler.wire.messages import (
+    BUNDLE_MAX,
     RENDER_CHUNKS_TASK,
     RENDER_TASK,
     HeartbeatEvent,
@@ -92,6 +93,7 @@ class NodeConfig:
             energy_method=ledger.method if ledger else None,
             power_watts=ledger.power_watts if ledger else 0.0,
             capabilities={"amounts": dict(self.amounts), "attributes": dict(self.attributes)},
+            bundle=BUNDLE_MAX,  # it has render_chunks
         )
 
 

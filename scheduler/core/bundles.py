@@ -10,9 +10,10 @@ of up to ``bundle_size`` chunks, which one slot renders in turn, each its own at
 Only chunks known to be short are bundled: a job's pace is read from the chunks of it
 that rendered (``JobPace``), and until ``JobPace.SEEN`` have, its chunks go one to a
 message. A bundle is at most ``seconds`` long by the slowest of the job's latest
-chunks, so bundling delays a frame's start, or a revoke, by no more than that; and a
+chunks, so bundling delays a frame's start, or a revoke, by no more than that; a
 node gets at least as many messages as it has slots, so bundling never leaves a slot
-idle that one chunk a message would have filled.
+idle that one chunk a message would have filled; and no node gets more to a message
+than it said it takes (a node of an older renderfarm: one).
 
 Pure: the caller gives ``now`` and what rendered.
 """
@@ -57,19 +58,19 @@ class JobPace:
 
 def bundle_groups(
     placed: Sequence[tuple[str, int]],
-    size_of: Callable[[int], int],
+    size_of: Callable[[str, int], int],
     slots_of: Callable[[str], int],
 ) -> list[list[int]]:
     """The messages that send ``placed`` (each chunk's node and job, in dispatch order),
     as lists of indices into it: a node's chunks of one job, split into as few messages
-    as ``size_of(job)`` allows but no fewer than the node's slots (while there are
-    chunks for them), evenly; messages in the order of their first chunk."""
+    as ``size_of(node, job)`` allows but no fewer than the node's slots (while there
+    are chunks for them), evenly; messages in the order of their first chunk."""
     together: dict[tuple[str, int], list[int]] = defaultdict(list)
     for index, key in enumerate(placed):
         together[key].append(index)
     groups: list[list[int]] = []
     for (node, job), indices in together.items():
-        size = size_of(job)
+        size = size_of(node, job)
         if size <= 1 or len(indices) == 1:
             groups += [[i] for i in indices]
             continue

@@ -178,6 +178,7 @@ class NodeView:
     capabilities: Capabilities = field(default_factory=Capabilities)
     region: str = ""
     slots: int = 1  # its render slots
+    bundle: int = 1  # chunks one message may carry to it (bundles.py)
 
     def hardware(self) -> Hardware:
         return (

@@ -455,6 +455,9 @@ class NodeRow(SQLModel, table=True):
     admin: str = Field(
         default="enabled", max_length=16, sa_column_kwargs={"server_default": "enabled"}
     )
+    # Chunks one Celery message may carry to it (scheduler/core/bundles.py): as it
+    # reports; 1 for a node of a renderfarm that reports nothing of it (migration 0025).
+    bundle: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     last_heartbeat: float
     registered_at: float
 

@@ -82,6 +82,7 @@ _LIVE_NODES = sql_select(  # and taking work: not drained or disabled
     # As stored (text): what a node offers changes rarely, so it is decoded once per
     # shape (``NodeShapes``), not once per node per tick: a farm has thousands.
     cast(col(NodeRow.tags), String), cast(col(NodeRow.capabilities), String),
+    col(NodeRow.bundle),
 ).where(
     col(NodeRow.state) == "online",
     col(NodeRow.last_heartbeat) >= bindparam("since"),
@@ -362,10 +363,10 @@ class NodeRoster:
     def _read(self, session: Session, query: Executable, **params: Any) -> Iterator[NodeView]:
         """Live nodes, each with its slots as its room when idle."""
         rows = session.execute(query, params)
-        for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered in rows:
+        for name, pool, slots, cores, memory_bytes, gpus, region, tags, offered, bundle in rows:
             labels, offers = self._shapes.of(cores, memory_bytes, gpus, tags, offered)
             yield NodeView(
-                name, pool, slots, cores, memory_bytes, gpus, labels, offers, region, slots
+                name, pool, slots, cores, memory_bytes, gpus, labels, offers, region, slots, bundle
             )
 
 

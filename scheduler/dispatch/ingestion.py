@@ -485,7 +485,7 @@ def _stop_failing_jobs(session: Session, job_ids: set[int]) -> set[int]:
 
 _NODE_TABLE = NodeRow.__table__  # type: ignore[attr-defined]
 _OFFERED = ("pool", "hostname", "slots", "cores", "memory_bytes", "gpus", "tags", "region",
-            "energy_method", "capabilities")  # fmt: skip
+            "energy_method", "capabilities", "bundle")  # fmt: skip
 # Tags and capabilities are JSON: read as the text stored, and each distinct text
 # decoded once (``_stored_json``), not once per heartbeat: a farm's nodes come in a few
 # shapes, and 10,000 nodes beat 2,000 times a second.
@@ -588,7 +588,7 @@ def _offered(report: NodeReport) -> dict[str, Any]:
                 report.pool, report.hostname, report.slots, report.cores, report.memory_bytes,
                 report.gpus, list(report.tags), str(report.region)[:64],
                 str(report.energy_method)[:32] if report.energy_method else None,
-                _capabilities(report.capabilities),
+                _capabilities(report.capabilities), report.bundle,
             ),
             strict=True,
         )

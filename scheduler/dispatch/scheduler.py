@@ -92,12 +92,14 @@ class Scheduler:
             self.passes = passes_after(snapshot, assignments)
             messages = save_dispatch(session, assignments, jobs, now)
             session.commit()
-        views = snapshot.room.live.views
+        views = snapshot.room.live.views  # the nodes the chunks were placed on
         groups = bundle_groups(
             [(message.node or "", message.job_id) for message in messages],
-            lambda job: self.paces.bundle_size(job, self.settings.bundle_seconds, BUNDLE_MAX),
+            lambda node, job: self.paces.bundle_size(
+                job, self.settings.bundle_seconds, min(views[node].bundle, BUNDLE_MAX)
+            ) if node in views else 1,
             lambda node: views[node].slots if node in views else 1,
-        )
+        )  # fmt: skip
         self.broker.send([[messages[i] for i in group] for group in groups])
         return messages
 

@@ -95,7 +95,7 @@ class SentBundles:
     bundle forgotten is revoked alone, as any. Thread-safe: the scheduler sends from
     one thread and revokes from another."""
 
-    KEEP = 16384  # bundles
+    KEEP = 4096  # bundles: half a minute of the fastest farm here, a few MB at most
 
     def __init__(self) -> None:
         self._bundle_of: dict[str, str] = {}  # an attempt's task id -> its bundle's

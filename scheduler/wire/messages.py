@@ -230,6 +230,9 @@ class NodeReport:
     # For OpenJD's hostRequirements: {"amounts": {name: number}, "attributes": {name:
     # [values]}}, detected at start and given by the operator (workers/node.py).
     capabilities: dict[str, Any] = field(default_factory=dict)
+    # Chunks one Celery message may carry to it (``renderfarm.render_chunks``); a node
+    # of a renderfarm before bundles says nothing, and gets one chunk a message.
+    bundle: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return wire_dict(self)
@@ -459,6 +462,7 @@ def _read_node_report(data: Mapping[str, Any], where: str) -> NodeReport:
         energy_method=text("energy_method", METHOD_MAX, None, empty=True),
         power_watts=_field(data, "power_watts", where, _is_number, "a number", 0.0),
         capabilities=_field(data, "capabilities", where, _is_dict, "an object", {}),
+        bundle=max(1, min(BUNDLE_MAX, count("bundle", 1))),  # what this scheduler sends
     )
 
 

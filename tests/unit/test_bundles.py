@@ -56,15 +56,15 @@ def test_a_job_unknown_or_forgotten_goes_one_chunk_a_message() -> None:
 
 def test_a_nodes_chunks_of_one_job_go_together_in_dispatch_order() -> None:
     placed = [("a", 1)] * 8 + [("b", 1)] * 2 + [("a", 2)] * 3
-    groups = bundle_groups(placed, lambda job: 16 if job == 1 else 1, lambda node: 2)
+    groups = bundle_groups(placed, lambda node, job: 16 if job == 1 else 1, lambda node: 2)
     assert groups == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9], [10], [11], [12]]
 
 
 def test_a_node_gets_a_message_for_each_slot_before_bundles_grow() -> None:
     placed = [("a", 1)] * 6
-    assert bundle_groups(placed, lambda job: 16, lambda node: 4) == [[0, 1], [2, 3], [4], [5]]
-    assert bundle_groups(placed, lambda job: 16, lambda node: 8) == [[i] for i in range(6)]
-    assert bundle_groups(placed, lambda job: 2, lambda node: 1) == [[0, 1], [2, 3], [4, 5]]
+    assert bundle_groups(placed, lambda node, job: 16, lambda node: 4) == [[0, 1], [2, 3], [4], [5]]
+    assert bundle_groups(placed, lambda node, job: 16, lambda node: 8) == [[i] for i in range(6)]
+    assert bundle_groups(placed, lambda node, job: 2, lambda node: 1) == [[0, 1], [2, 3], [4, 5]]
 
 
 @given(
@@ -75,7 +75,7 @@ def test_a_node_gets_a_message_for_each_slot_before_bundles_grow() -> None:
 def test_every_chunk_goes_once_in_a_message_no_larger_than_allowed(
     placed: list[tuple[str, int]], size: int, slots: int
 ) -> None:
-    groups = bundle_groups(placed, lambda job: size, lambda node: slots)
+    groups = bundle_groups(placed, lambda node, job: size, lambda node: slots)
     assert sorted(i for group in groups for i in group) == list(range(len(placed)))
     for group in groups:
         assert 1 <= len(group) <= size

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from scheduler.wire.messages import (
+    BUNDLE_MAX,
     EVENT_VERSION,
     MESSAGE_VERSION,
     ChunkMessage,
@@ -167,6 +168,22 @@ def test_an_older_nodes_report_has_no_output_size() -> None:
     report = {k: v for k, v in METERED.to_dict().items() if k != "output_bytes"}
     event = decode_event({"kind": "frame", **ATTEMPT, "result": report})
     assert isinstance(event, FrameEvent) and event.result.output_bytes is None
+
+
+@pytest.mark.parametrize(
+    ("said", "taken"),
+    [(None, 1), (16, 16), (4, 4), (10**12, BUNDLE_MAX), (0, 1), (-3, 1)],
+)
+def test_a_nodes_bundle_is_what_it_said_within_what_this_scheduler_sends(
+    said: int | None, taken: int
+) -> None:
+    """A node of a renderfarm before bundles says nothing: one chunk a message. A figure
+    past the column's range is bounded here, not the failure of its batch's statement."""
+    info = {k: v for k, v in NODE.to_dict().items() if k != "bundle"}
+    if said is not None:
+        info["bundle"] = said
+    event = decode_event({"kind": "heartbeat", "node": "gz-01", "info": info})
+    assert isinstance(event, HeartbeatEvent) and event.info.bundle == taken
 
 
 # Scheduler -> node: the chunk message -------------------------------------------------

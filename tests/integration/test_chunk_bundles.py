@@ -107,16 +107,18 @@ def test_the_heartbeat_lists_a_bundles_attempts_and_a_revoke_of_them_all_stops_i
     assert not [e for e in events(broker) if isinstance(e, FinishedEvent)]
 
 
-def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
+def short_job_sent(
     scheduler: Scheduler,
     fake_broker: RecordingBroker,
-    engine: Engine,
     studios: StudioService,
     studio_id: int,
     clock: Clock,
-) -> None:
+    bundle: int,
+) -> tuple[list[ChunkMessage], list[ChunkMessage]]:
+    """A job of 1 ms chunks on a node of 4 slots that takes ``bundle`` chunks a message:
+    what went before its pace was known, and the tick after."""
     submit(studios, studio_id, "1-400")
-    scheduler.ingest([heartbeat(slots=4)])
+    scheduler.ingest([heartbeat(slots=4, bundle=bundle)])
     sent: list[ChunkMessage] = []
     while len(sent) < JobPace.SEEN:  # until the job's pace is known: one chunk a message
         fake_broker.messages.clear()
@@ -125,7 +127,18 @@ def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
         clock.now += 0.5
         scheduler.ingest([rendered(m, clock.now, 0.001) for m in tick])
     fake_broker.messages.clear()
-    again = scheduler.dispatch_tick()
+    return sent, scheduler.dispatch_tick()
+
+
+def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    engine: Engine,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> None:
+    sent, again = short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
     sizes = [len(message) for message in fake_broker.messages]
     assert max(sizes) > 1 and sum(sizes) == len(again), sizes
     assert len(sizes) >= 4 and max(sizes) <= BUNDLE_MAX  # one a slot, at least
@@ -140,6 +153,19 @@ def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
     assert len(done) == len(results) == len(sent) + len(again)
 
 
+def test_a_node_of_an_older_renderfarm_gets_one_chunk_a_message(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> None:
+    """Its heartbeat says nothing of bundles (``bundle`` 1, the default): it has no
+    ``render_chunks`` task, and would drop such a message unread."""
+    _, again = short_job_sent(scheduler, fake_broker, studios, studio_id, clock, 1)
+    assert len(again) > 4 and all(len(message) == 1 for message in fake_broker.messages)
+
+
 def test_a_job_of_real_renders_goes_one_chunk_a_message(
     scheduler: Scheduler,
     fake_broker: RecordingBroker,
@@ -148,11 +174,12 @@ def test_a_job_of_real_renders_goes_one_chunk_a_message(
     clock: Clock,
 ) -> None:
     job_id = submit(studios, studio_id, "1-400")
-    scheduler.ingest([heartbeat(slots=4)])
+    scheduler.ingest([heartbeat(slots=4, bundle=BUNDLE_MAX)])
     for _ in range(4):
         tick = scheduler.dispatch_tick()
         clock.now += 2.0
-        scheduler.ingest([heartbeat(slots=4), *(rendered(m, clock.now, 1.5) for m in tick)])
+        beat = heartbeat(slots=4, bundle=BUNDLE_MAX)
+        scheduler.ingest([beat, *(rendered(m, clock.now, 1.5) for m in tick)])
     assert len(fake_broker.sent) > JobPace.SEEN
     assert scheduler.paces.bundle_size(job_id, 0.05, BUNDLE_MAX) == 1
     assert all(len(message) == 1 for message in fake_broker.messages)
