@@ -104,6 +104,7 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
                     metrics.DISPATCH_SECONDS.observe(time.perf_counter() - dispatching)
                     last_dispatch = time.monotonic()
                     metrics.CHUNKS_DISPATCHED.inc(len(sent))
+                    metrics.MESSAGES_DISPATCHED.inc(scheduler.messages_in_last_tick)
                 metrics.TICK_SECONDS.observe(time.perf_counter() - started)
                 failures = 0
             except (BrokerError, RedisError, ConnectionError, OSError) as error:

@@ -43,7 +43,13 @@ from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
-from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage
+from scheduler.wire.messages import (
+    BUNDLE_MAX,
+    ChunkMessage,
+    FailedEvent,
+    FinishedEvent,
+    task_id_for,
+)
 
 # How long the regions' figures bill frames before they are read again: a region's
 # new price or carbon intensity applies to the frames ingested a second later at most.
@@ -69,6 +75,7 @@ class Scheduler:
         self.siting = Siting()  # placement policies' figures, kept half a minute
         self.roster = NodeRoster()  # live nodes and what they offer, kept between ticks
         self._billing: tuple[float, FrameBiller] | None = None  # since when, figures
+        self.messages_in_last_tick = 0  # what the last tick's chunks went in (bundles.py)
 
     def dispatch_tick(self) -> list[ChunkMessage]:
         """Fill each node's queue up to its free slots; returns what was sent."""
@@ -88,6 +95,7 @@ class Scheduler:
             assignments = plan_dispatch(snapshot, now)
             if not assignments:
                 session.commit()
+                self.messages_in_last_tick = 0
                 return []
             self.passes = passes_after(snapshot, assignments)
             messages = save_dispatch(session, assignments, jobs, now)
@@ -101,6 +109,7 @@ class Scheduler:
             lambda node: views[node].slots if node in views else 1,
         )  # fmt: skip
         self.broker.send([[messages[i] for i in group] for group in groups])
+        self.messages_in_last_tick = len(groups)
         return messages
 
     def _buffer(self, pool: str, now: float) -> int:
@@ -139,6 +148,9 @@ class Scheduler:
         self.paces.record(now, outcome.held_by_job)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
+        ended = [e for e in chunk_events if isinstance(e, FinishedEvent | FailedEvent)]
+        if ended:  # a bundle waits no more for them to be revoked (wire/broker.py)
+            self.broker.ended([task_id_for(e.chunk_id, e.attempt) for e in ended])
         return outcome
 
     def _biller(self, now: float) -> FrameBiller:

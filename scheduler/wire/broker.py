@@ -34,7 +34,7 @@ import logging
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -86,12 +86,19 @@ class Broker(Protocol):
 
     def revoke(self, task_ids: Sequence[str]) -> None: ...
 
+    def ended(self, task_ids: Sequence[str]) -> None:
+        """These attempts ended on their nodes (a bundle waits no more for them)."""
+
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]: ...
 
 
 class SentBundles:
-    """Bundles sent lately, by the attempts they carry: which to revoke once all of
-    theirs are. Bounded: the oldest are forgotten (long rendered), and an attempt of a
+    """Bundles sent lately, by the attempts they carry: which to revoke, and when.
+
+    A bundle is revoked once every attempt of it that has not ended (on its node: its
+    last event ingested) is revoked: a cancelled job's bundle stops though some of its
+    chunks rendered already, and a bundle goes on while it carries a chunk still
+    wanted. Bounded: the oldest are forgotten (long rendered), and an attempt of a
     bundle forgotten is revoked alone, as any. Thread-safe: the scheduler sends from
     one thread and revokes from another."""
 
@@ -99,31 +106,50 @@ class SentBundles:
 
     def __init__(self) -> None:
         self._bundle_of: dict[str, str] = {}  # an attempt's task id -> its bundle's
-        self._left: OrderedDict[str, set[str]] = OrderedDict()  # not revoked yet, by bundle
+        self._open: OrderedDict[str, set[str]] = OrderedDict()  # not ended, by bundle
+        self._revoked: dict[str, set[str]] = {}  # of those, the revoked
         self._lock = threading.Lock()
 
     def add(self, bundle: str, attempts: Sequence[str]) -> None:
         with self._lock:
-            self._left[bundle] = set(attempts)
+            self._open[bundle] = set(attempts)
+            self._revoked[bundle] = set()
             self._bundle_of.update(dict.fromkeys(attempts, bundle))
-            while len(self._left) > self.KEEP:
-                _, forgotten = self._left.popitem(last=False)
-                for attempt in forgotten:
-                    self._bundle_of.pop(attempt, None)
+            while len(self._open) > self.KEEP:
+                self._forget(next(iter(self._open)))
 
     def revoked(self, attempts: Sequence[str]) -> list[str]:
-        """The bundles none of whose attempts is wanted now that these are not."""
-        whole = []
+        """The bundles to revoke now that these attempts are."""
+        return self._settle(attempts, lambda bundle, attempt: self._revoked[bundle].add(attempt))
+
+    def ended(self, attempts: Sequence[str]) -> list[str]:
+        """The bundles to revoke now that these attempts ended: what is left of them
+        is revoked."""
+        return self._settle(attempts, self._end)
+
+    def _end(self, bundle: str, attempt: str) -> None:
+        self._open[bundle].discard(attempt)
+        self._revoked[bundle].discard(attempt)
+        del self._bundle_of[attempt]
+
+    def _settle(self, attempts: Sequence[str], note: Callable[[str, str], None]) -> list[str]:
+        to_revoke = []
         with self._lock:
             for attempt in attempts:
-                bundle = self._bundle_of.pop(attempt, None)
-                if bundle is None or (left := self._left.get(bundle)) is None:
+                bundle = self._bundle_of.get(attempt)
+                if bundle is None:
                     continue
-                left.discard(attempt)
-                if not left:
-                    del self._left[bundle]
-                    whole.append(bundle)
-        return whole
+                note(bundle, attempt)
+                left = self._open[bundle]
+                if left <= self._revoked[bundle]:  # nothing in it is wanted any more
+                    if left:
+                        to_revoke.append(bundle)
+                    self._forget(bundle)
+        return to_revoke
+
+    def _forget(self, bundle: str) -> None:
+        for attempt in self._open.pop(bundle) | self._revoked.pop(bundle):
+            self._bundle_of.pop(attempt, None)
 
 
 class CeleryBroker:
@@ -173,8 +199,12 @@ class CeleryBroker:
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         if task_ids:
-            whole = self.bundles.revoked(task_ids)  # the bundles all of whose attempts are
-            self.app.control.revoke([*task_ids, *whole], terminate=True, signal="SIGTERM")
+            bundles = self.bundles.revoked(task_ids)
+            self.app.control.revoke([*task_ids, *bundles], terminate=True, signal="SIGTERM")
+
+    def ended(self, task_ids: Sequence[str]) -> None:
+        if bundles := self.bundles.ended(task_ids):
+            self.app.control.revoke(bundles, terminate=True, signal="SIGTERM")
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         """Messages waiting in each queue (one never declared, or flushed away: none),
@@ -220,6 +250,9 @@ class BackgroundSender:
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         self._broker.revoke(task_ids)
+
+    def ended(self, task_ids: Sequence[str]) -> None:
+        self._broker.ended(task_ids)
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         return self._broker.queue_depths(queues)

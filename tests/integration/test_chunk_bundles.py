@@ -142,11 +142,14 @@ def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
     sizes = [len(message) for message in fake_broker.messages]
     assert max(sizes) > 1 and sum(sizes) == len(again), sizes
     assert len(sizes) >= 4 and max(sizes) <= BUNDLE_MAX  # one a slot, at least
+    assert scheduler.messages_in_last_tick == len(sizes)  # the operator's metric
     for message in fake_broker.messages:
         assert {(m.node, m.job_id) for m in message} == {("node-a", message[0].job_id)}
     # Each chunk its own attempt: rendering them, in any grouping, is counted once each.
     clock.now += 0.5
     scheduler.ingest([rendered(m, clock.now, 0.001) for m in again])
+    ended = {task_id_for(m.chunk_id, m.attempt) for m in [*sent, *again]}
+    assert set(fake_broker.ended_attempts) == ended  # no bundle waits for them
     with Session(engine) as session:
         done = session.exec(select(AttemptRow).where(AttemptRow.state == "done")).all()
         results = session.exec(select(FrameResultRow)).all()

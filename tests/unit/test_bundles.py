@@ -103,6 +103,27 @@ def test_a_bundle_is_revoked_once_every_attempt_it_carries_is() -> None:
     assert sent.revoked([two]) == []  # once only
 
 
+def test_a_cancelled_jobs_bundle_is_revoked_though_some_of_its_chunks_rendered() -> None:
+    """A cancel revokes the attempts still open: those that ended are not among them."""
+    sent = SentBundles()
+    one, two, three = (task_id_for(c, 1) for c in (1, 2, 3))
+    sent.add("bundle-a", [one, two, three])
+    assert sent.ended([one]) == []
+    assert sent.revoked([two, three]) == ["bundle-a"]
+
+
+def test_a_bundle_is_revoked_when_the_chunk_still_wanted_in_it_ends() -> None:
+    """The chunk rendering was wanted; the one behind it was revoked meanwhile."""
+    sent = SentBundles()
+    one, two = task_id_for(1, 1), task_id_for(2, 1)
+    sent.add("bundle-a", [one, two])
+    assert sent.revoked([two]) == []
+    assert sent.ended([one]) == ["bundle-a"]
+    sent.add("bundle-b", [task_id_for(3, 1), task_id_for(4, 1)])
+    assert sent.ended([task_id_for(3, 1), task_id_for(4, 1)]) == []  # all rendered
+    assert sent.revoked([task_id_for(4, 1)]) == []  # forgotten: nothing to stop
+
+
 def test_the_oldest_bundles_are_forgotten() -> None:
     sent = SentBundles()
     sent.KEEP = 2
