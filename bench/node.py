@@ -10,6 +10,7 @@ consumer) and of its pool over the same span. Rounds alternate.
 
     python bench/node.py --json      # {"node_chunks_per_s", "celery_tasks_per_s", "ratio", ...}
     python bench/node.py --chunks 8000 --rounds 5
+    python bench/node.py --bundle 8  # the node's chunks eight to a message
 """
 
 from __future__ import annotations
@@ -99,15 +100,19 @@ def noop_chunk(index: int) -> ChunkMessage:
     )
 
 
-def bench_node(settings: Settings, chunks: int, slots: int, logs: Path) -> tuple[float, dict]:
-    """A real node draining ``chunks`` no-op messages queued before it started."""
+def bench_node(
+    settings: Settings, chunks: int, slots: int, logs: Path, bundle: int = 1
+) -> tuple[float, dict]:
+    """A real node draining ``chunks`` no-op chunks queued before it started, ``bundle``
+    to a message (as the scheduler sends a job's chunks of milliseconds)."""
     client = redis_client(settings.effective_broker_url)
     client.delete(EVENTS_KEY)
     messages = [noop_chunk(index) for index in range(1, chunks + 1)]
     app = make_celery(settings)
     broker = CeleryBroker(app)
-    for start in range(0, chunks, 1000):
-        broker.send([[message] for message in messages[start : start + 1000]])
+    grouped = [messages[start : start + bundle] for start in range(0, chunks, bundle)]
+    for start in range(0, len(grouped), 1000):
+        broker.send(grouped[start : start + 1000])
     env = {
         **os.environ,
         "RENDERFARM_BROKER_URL": settings.effective_broker_url,
@@ -164,6 +169,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=6000)
     parser.add_argument("--slots", type=int, default=4, help="worker concurrency, both sides")
     parser.add_argument("--rounds", type=int, default=3, help="celery and node runs, alternated")
+    parser.add_argument("--bundle", type=int, default=1, help="chunks a message, the node's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -187,7 +193,9 @@ def main() -> None:
                     data_dir=Path(folder) / f"round-{round_}",
                     broker_url=redis.url,
                 )
-                node_rate, node_cpu = bench_node(settings, args.chunks, args.slots, Path(folder))
+                node_rate, node_cpu = bench_node(
+                    settings, args.chunks, args.slots, Path(folder), args.bundle
+                )
                 celery_rates.append(celery_rate)
                 node_rates.append(node_rate)
                 ratios.append(node_rate / celery_rate)
@@ -204,6 +212,7 @@ def main() -> None:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_per_round": [round(r, 3) for r in ratios],
         "chunks": args.chunks,
+        "bundle": args.bundle,
         "slots": args.slots,
         "node_cpu_ms_per_chunk": summed(node_cpu),
         "celery_cpu_ms_per_task": summed(celery_cpu),
@@ -211,7 +220,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"medians of {args.rounds} alternating rounds of {args.chunks} queued messages")
+    print(f"medians of {args.rounds} alternating rounds of {args.chunks} queued chunks/tasks, "
+          f"the node's {args.bundle} a message")  # fmt: skip
     print(f"node {result['node_chunks_per_s']} chunks/s, celery {result['celery_tasks_per_s']}")
     print(f"ratio node / celery (median of rounds): {result['ratio']}")
     print(f"CPU ms per item (last round): node {result['node_cpu_ms_per_chunk']}, "
