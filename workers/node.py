@@ -33,13 +33,14 @@ from celery.worker import state as worker_state
 from scheduler.core.bounds import NAME_MAX, POOL_MAX
 from scheduler.core.placement import CPU_ARCH, GPU_MEMORY_MIB, OS_FAMILY
 from scheduler.settings import Settings
-from scheduler.wire.broker import queue_entity
+from scheduler.wire.broker import CeleryBroker, queue_entity
 from scheduler.wire.celery_app import answer_active_readably, make_celery
 from scheduler.wire.events import EventPublisher
 from scheduler.wire.messages import (
     BUNDLE_MAX,
     RENDER_CHUNKS_TASK,
     RENDER_TASK,
+    ChunkMessage,
     HeartbeatEvent,
     NodeReport,
     attempt_task_ids,
@@ -259,13 +260,19 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
             message, storage, node.name, publish, meter, node.region, files, progress=progress
         )
 
+    sender = CeleryBroker(app)  # a slow bundle hands its chunks back to this node's queue
+
+    def hand_back(rest: list[dict[str, Any]]) -> None:
+        sender.send([[ChunkMessage.from_dict(data)] for data in rest])
+
     @app.task(name=RENDER_CHUNKS_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunks(messages: list[dict[str, Any]]) -> int:
         """Chunks that render in milliseconds, several to a message (wire/messages.py)."""
         install_termination_handler()
         return run_messages(
-            messages, storage, node.name, events.publish, meter, node.region, files, progress
-        )
+            messages, storage, node.name, events.publish, meter, node.region, files, progress,
+            hand_back,
+        )  # fmt: skip
 
     heartbeat = Heartbeat(
         events, node, settings.heartbeat_seconds, server.ledger if server else None

@@ -246,14 +246,20 @@ def run_message(
     try:
         message = ChunkMessage.from_dict(data)
     except MessageError as error:
-        ids: dict[str, Any] = {key: data.get(key) for key in ("chunk_id", "attempt", "job_id")}
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in ids.values()):
-            failed = FailedEvent(**ids, node=node, region=region, at=time.time(), error=str(error))
-            emit(failed.to_dict())
-        else:
-            log.error("ignoring a chunk message that names no attempt: %s: %.300r", error, data)
+        _fail_unread(data, node, region, emit, str(error))
         return False
     return run_chunk(message, storage, node, emit, meter, region, files, progress)
+
+
+def _fail_unread(data: Any, node: str, region: str, emit: Emit, error: str) -> None:
+    """Fail the attempt a message names with ``error``; log it if it names none."""
+    ids: dict[str, Any] = {}
+    if isinstance(data, dict):
+        ids = {key: data.get(key) for key in ("chunk_id", "attempt", "job_id")}
+    if ids and all(isinstance(v, int) and not isinstance(v, bool) for v in ids.values()):
+        emit(FailedEvent(**ids, node=node, region=region, at=time.time(), error=error).to_dict())
+    else:
+        log.error("ignoring a chunk message that names no attempt: %s: %.300r", error, data)
 
 
 def run_messages(
@@ -265,19 +271,54 @@ def run_messages(
     region: str = "",
     files: JobFiles | None = None,
     progress: Board | None = None,
+    hand_back: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> int:
     """Render a bundle's chunk messages one after another (``run_message`` each); their
     events go out together (``Coalesced``), all of them before this returns. Returns
-    how many rendered. A chunk that fails unexpectedly is logged and the next one runs:
-    its attempt is found unfinished and sent again, as a single chunk's would be."""
+    how many rendered.
+
+    A bundle is milliseconds long by its job's latest chunks; one still running after
+    ``HAND_BACK_SECONDS`` (a job whose frames grew heavy) gives ``hand_back`` the chunks
+    it has not started, to go to its node's queue one a message, where the node's
+    other slots take them. A chunk that fails unexpectedly (a defect of the node's,
+    not its renderer's) fails its attempt with the error, and the next one runs.
+    """
+    left = _Left(messages)
+    if hand_back is not None:
+        LATER.call(HAND_BACK_SECONDS, lambda: left.hand_back(hand_back))
     rendered = 0
     with Coalesced(publish, COALESCE_SECONDS) as emit:
-        for data in messages:
+        while (data := left.next()) is not None:
             try:
                 rendered += run_message(data, storage, node, emit, meter, region, files, progress)
-            except Exception:
+            except Exception as error:
                 log.exception("a chunk of a bundle failed: %.200r", data)
+                _fail_unread(data, node, region, emit, f"the node failed to run it: {error!r}")
     return rendered
+
+
+HAND_BACK_SECONDS = 1.0  # a bundle's budget is milliseconds: this is a misjudged one
+
+
+class _Left:
+    """A bundle's chunks not started yet: the next to render, or all of them handed back."""
+
+    def __init__(self, messages: Sequence[dict[str, Any]]) -> None:
+        self._left = collections.deque(messages)
+        self._lock = threading.Lock()
+
+    def next(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._left.popleft() if self._left else None
+
+    def hand_back(self, send: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Send what is left elsewhere; if that fails, it is rendered here after all."""
+        with self._lock:
+            if self._left:
+                log.warning("a bundle is slower than its job's pace: %d chunk(s) handed "
+                            "back to the node's queue", len(self._left))  # fmt: skip
+                send(list(self._left))
+                self._left.clear()
 
 
 def run_chunk(
@@ -321,6 +362,7 @@ def run_chunk(
         return False
     finally:
         energy.end()  # whatever happened, the ledger stops counting this attempt
+        notice.settle()  # and no "started" follows its end
         if files is not None:
             files.release(message.manifest_id, task_id)
             _send_log(files, message, storage)
@@ -363,11 +405,18 @@ class Coalesced:
             LATER.call(self._wait, self.flush)
 
     def flush(self) -> None:
+        """Publish what is waiting; if the broker cannot take it, it waits on (for the
+        next flush: the last one, as the block ends, raises)."""
         with self._publishing:
             with self._lock:
                 events, self._events = self._events, []
             if events:
-                self._publish(events)
+                try:
+                    self._publish(events)
+                except BaseException:
+                    with self._lock:
+                        self._events[:0] = events
+                    raise
 
 
 class StartNotice:

@@ -10,10 +10,18 @@ of up to ``bundle_size`` chunks, which one slot renders in turn, each its own at
 Only chunks known to be short are bundled: a job's pace is read from the chunks of it
 that rendered (``JobPace``), and until ``JobPace.SEEN`` have, its chunks go one to a
 message. A bundle is at most ``seconds`` long by the slowest of the job's latest
-chunks, so bundling delays a frame's start, or a revoke, by no more than that; a
-node gets at least as many messages as it has slots, so bundling never leaves a slot
-idle that one chunk a message would have filled; and no node gets more to a message
-than it said it takes (a node of an older renderfarm: one).
+chunks, so bundling delays a frame's start by no more than that; a node gets at least
+as many messages as it has slots, so bundling never leaves a slot idle that one chunk
+a message would have filled; and no node gets more to a message than it said it takes
+(a node of an older renderfarm: one). A job's pace can change (title cards, then the
+action): a bundle still running after a second gives the chunks it has not started
+back to its node's queue, one a message (workers/runner.py, ``run_messages``).
+
+Revoking: each attempt records the bundle that carried it, and the bundle is revoked
+once none of its attempts is still open (scheduler/dispatch/reconciling.py): a
+cancelled job's bundles stop, rendering or queued, and one carrying a chunk still
+wanted goes on. Every attempt is revoked by its own id too, so a chunk handed back
+is stopped as any.
 
 Pure: the caller gives ``now`` and what rendered.
 """

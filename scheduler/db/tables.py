@@ -317,6 +317,9 @@ class AttemptRow(SQLModel, table=True):
     exit_code: int | None = None
     error: str | None = None
     energy_joules: float | None = None  # IT energy the attempt used, failed or not
+    # The Celery task id of the bundle that carried it (scheduler/core/bundles.py);
+    # None: it went alone, as ``task_id_for(chunk_id, number)``.
+    message: str | None = None
 
 
 class FrameResultRow(SQLModel, table=True):

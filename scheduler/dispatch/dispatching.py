@@ -69,7 +69,12 @@ from scheduler.db.transitions import (
     refresh_job_states,
 )
 from scheduler.dispatch.siting import WAITS_FOR_WINDOW, JobSiting, Siting, waiting_message
-from scheduler.wire.messages import ChunkMessage, attempt_log_path, output_pattern_for
+from scheduler.wire.messages import (
+    ChunkMessage,
+    attempt_log_path,
+    bundle_task_id,
+    output_pattern_for,
+)
 from scheduler.wire.openjd import StepTasks
 
 STEP_TASKS = StepTasks()  # OpenJD steps' tasks, their templates read once per job
@@ -119,6 +124,16 @@ _BLOCKED = (  # failures since the studio last retried the chunk count
     .having(func.count() >= bindparam("failures"))
 )
 NO_NODE = "no live node"  # how the message of a job no node can render begins
+
+# Which of a dispatch's chunks (each its node and job, in order) go in one message:
+# lists of their indices (scheduler/core/bundles.py decides; alone: one a message).
+Group = Callable[[Sequence[tuple[str, int]]], list[list[int]]]
+
+
+def alone(placed: Sequence[tuple[str, int]]) -> list[list[int]]:
+    return [[index] for index in range(len(placed))]
+
+
 _ACTIVE_BY_STUDIO = (
     sql_select(col(JobRow.studio_id), col(ChunkRow.pool), func.count())
     .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
@@ -570,8 +585,11 @@ def save_dispatch(
     assignments: Sequence[Assignment],
     jobs: dict[int, JobRow],
     now: float,
-) -> list[ChunkMessage]:
-    """Claim the assigned chunks, open their attempts; the messages to send.
+    together: Group = alone,
+) -> list[list[ChunkMessage]]:
+    """Claim the assigned chunks, open their attempts; the messages to send, each the
+    chunks ``together`` groups (one, or a bundle: scheduler/core/bundles.py). An
+    attempt sent in a bundle records the bundle's task id (``attempts.message``).
 
     The jobs are locked first: one suspended or cancelled since the snapshot sends
     nothing, and a chunk cancelled meanwhile is not claimed (compare-and-set).
@@ -585,6 +603,15 @@ def save_dispatch(
     claimed = claim_chunks(session, {c: a.node for c, a in by_chunk.items()}, now)
     if not claimed:
         return []
+    # Send in the policy's order (the database returns claimed rows in its own).
+    order = {a.chunk_id: index for index, a in enumerate(assignments)}
+    claimed = sorted(claimed, key=lambda row: order[row[0]])
+    groups = together([(by_chunk[row[0]].node, row[1]) for row in claimed])
+    carried_by: dict[int, str] = {}
+    for group in groups:
+        if len(group) > 1:
+            bundle = bundle_task_id([(claimed[i][0], claimed[i][2]) for i in group])
+            carried_by.update((claimed[i][0], bundle) for i in group)
     open_attempts(
         session,
         [
@@ -595,14 +622,13 @@ def save_dispatch(
                 "pool": by_chunk[chunk_id].pool,
                 "node": by_chunk[chunk_id].node,
                 "dispatched_at": now,
+                "message": carried_by.get(chunk_id),
             }
             for chunk_id, job_id, attempt, *_ in claimed
         ],
     )
     messages = []
-    # Send in the policy's order (the database returns claimed rows in its own).
-    order = {a.chunk_id: index for index, a in enumerate(assignments)}
-    for chunk_id, job_id, attempt, first, last, step in sorted(claimed, key=lambda r: order[r[0]]):
+    for chunk_id, job_id, attempt, first, last, step in claimed:
         job = jobs[job_id]
         messages.append(
             ChunkMessage(
@@ -632,7 +658,7 @@ def save_dispatch(
     # A dispatch moves a queued job to running; it can move a running job nowhere.
     starting = {m.job_id for m in messages if locked[m.job_id].state != JobState.RUNNING}
     refresh_job_states(session, [locked[job_id] for job_id in sorted(starting)], now)
-    return messages
+    return [[messages[i] for i in group] for group in groups]
 
 
 def _time_to_start(

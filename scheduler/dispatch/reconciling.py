@@ -13,8 +13,9 @@ from sqlmodel import Session, col, select
 from scheduler.core.policy import is_node_lost, unclaimed_to_resend
 from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, NodeRow
+from scheduler.db.among import among
 from scheduler.db.transitions import close_attempts, requeue_chunks
-from scheduler.wire.messages import node_queue, task_id_for
+from scheduler.wire.messages import bundle_attempts, node_queue, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -94,26 +95,52 @@ def requeue_unclaimed(
 
 
 def close_stale_attempts(session: Session, now: float) -> list[str]:
-    """Attempts still open whose chunk moved on: cancelled, or superseded by a newer one."""
-    stale = session.exec(
-        select(AttemptRow.id, AttemptRow.chunk_id, AttemptRow.number, ChunkRow.state)
+    """Attempts still open whose chunk moved on: cancelled, or superseded by a newer one.
+    Returns the Celery task ids to revoke: theirs, and those of the bundles that carried
+    them and carry no attempt still open (a cancelled job's bundle stops, though some
+    of its chunks rendered; a bundle carrying a chunk still wanted goes on)."""
+    stale = session.execute(
+        sql_select(
+            col(AttemptRow.id), col(AttemptRow.chunk_id), col(AttemptRow.number),
+            col(ChunkRow.state), col(AttemptRow.message),
+        )
         .join(ChunkRow, col(ChunkRow.id) == col(AttemptRow.chunk_id))
         .where(col(AttemptRow.state).in_((AttemptState.DISPATCHED, AttemptState.RUNNING)))
         .where(
             (col(ChunkRow.attempts) != col(AttemptRow.number))
             | col(ChunkRow.state).not_in(ACTIVE_CHUNK_STATES)
         )
-    ).all()
+    ).all()  # fmt: skip
     ending: dict[AttemptState, list[int]] = {
         AttemptState.CANCELLED: [],
         AttemptState.SUPERSEDED: [],
     }
     task_ids = []
-    for attempt_id, chunk_id, number, chunk_state in stale:
+    bundles = set()
+    for attempt_id, chunk_id, number, chunk_state, message in stale:
         assert attempt_id is not None
         cancelled = chunk_state == ChunkState.CANCELLED
         ending[AttemptState.CANCELLED if cancelled else AttemptState.SUPERSEDED].append(attempt_id)
         task_ids.append(task_id_for(chunk_id, number))
+        if message is not None:
+            bundles.add(message)
     for state, ids in ending.items():
         close_attempts(session, ids, state, now)
-    return task_ids
+    return task_ids + _unwanted_bundles(session, bundles)
+
+
+def _unwanted_bundles(session: Session, bundles: set[str]) -> list[str]:
+    """Of these bundles, those none of whose attempts is open any more."""
+    carried = {bundle: bundle_attempts(bundle) for bundle in sorted(bundles)}
+    chunks = sorted({chunk for pairs in carried.values() for chunk, _ in pairs})
+    if not chunks:
+        return []
+    rows = session.execute(
+        sql_select(col(AttemptRow.chunk_id), col(AttemptRow.number)).where(
+            among(col(AttemptRow.chunk_id), "ids"),
+            col(AttemptRow.state).in_((AttemptState.DISPATCHED, AttemptState.RUNNING)),
+        ),
+        {"ids": chunks},
+    )
+    still_open = {(chunk, number) for chunk, number in rows}
+    return [bundle for bundle, pairs in carried.items() if not still_open.intersection(pairs)]

@@ -11,7 +11,7 @@ ingestion.py and reconciling.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,8 +20,10 @@ from sqlmodel import Session
 
 from scheduler.core.bundles import JobPace, bundle_groups
 from scheduler.core.pace import CompletionRate
+from scheduler.core.placement import NodeView
 from scheduler.core.policy import passes_after, plan_dispatch, queue_buffer
 from scheduler.dispatch.dispatching import (
+    Group,
     NodeRoster,
     load_dispatch_snapshot,
     save_dispatch,
@@ -43,13 +45,7 @@ from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
-from scheduler.wire.messages import (
-    BUNDLE_MAX,
-    ChunkMessage,
-    FailedEvent,
-    FinishedEvent,
-    task_id_for,
-)
+from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage
 
 # How long the regions' figures bill frames before they are read again: a region's
 # new price or carbon intensity applies to the frames ingested a second later at most.
@@ -98,19 +94,29 @@ class Scheduler:
                 self.messages_in_last_tick = 0
                 return []
             self.passes = passes_after(snapshot, assignments)
-            messages = save_dispatch(session, assignments, jobs, now)
+            together = self._together(snapshot.room.live.views)
+            sent = save_dispatch(session, assignments, jobs, now, together)
             session.commit()
-        views = snapshot.room.live.views  # the nodes the chunks were placed on
-        groups = bundle_groups(
-            [(message.node or "", message.job_id) for message in messages],
-            lambda node, job: self.paces.bundle_size(
-                job, self.settings.bundle_seconds, min(views[node].bundle, BUNDLE_MAX)
-            ) if node in views else 1,
-            lambda node: views[node].slots if node in views else 1,
-        )  # fmt: skip
-        self.broker.send([[messages[i] for i in group] for group in groups])
-        self.messages_in_last_tick = len(groups)
-        return messages
+        self.broker.send(sent)
+        self.messages_in_last_tick = len(sent)
+        return [message for chunks in sent for message in chunks]
+
+    def _together(self, views: Mapping[str, NodeView]) -> Group:
+        """Which of a dispatch's chunks share a message: a node's chunks of a job whose
+        latest took milliseconds, several to one, as many as the node takes."""
+
+        def most(node: str, job: int) -> int:
+            view = views.get(node)
+            if view is None:  # not placed by this dispatch: nothing to bundle
+                return 1
+            taken = min(view.bundle, BUNDLE_MAX)
+            return self.paces.bundle_size(job, self.settings.bundle_seconds, taken)
+
+        def slots(node: str) -> int:
+            view = views.get(node)
+            return view.slots if view is not None else 1
+
+        return lambda placed: bundle_groups(placed, most, slots)
 
     def _buffer(self, pool: str, now: float) -> int:
         return queue_buffer(
@@ -148,9 +154,6 @@ class Scheduler:
         self.paces.record(now, outcome.held_by_job)
         if outcome.unwanted:
             self.broker.revoke(outcome.unwanted)
-        ended = [e for e in chunk_events if isinstance(e, FinishedEvent | FailedEvent)]
-        if ended:  # a bundle waits no more for them to be revoked (wire/broker.py)
-            self.broker.ended([task_id_for(e.chunk_id, e.attempt) for e in ended])
         return outcome
 
     def _biller(self, now: float) -> FrameBiller:

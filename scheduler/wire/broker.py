@@ -18,10 +18,8 @@ sent again message by message, each retried until the broker takes it; a message
 delivered twice is one attempt run twice, which ingestion counts once.
 
 Chunks the scheduler groups go as one message of ``renderfarm.render_chunks``
-(scheduler/wire/messages.py). Celery revokes a message, so a bundle is revoked once
-every attempt it carries is (``SentBundles``): a job cancelled or suspended stops its
-bundles, queued or rendering; a single attempt of a bundle superseded lets its bundle
-go on, milliseconds long, and ingestion ignores what that attempt reports.
+(scheduler/wire/messages.py), whose task id names them all; the scheduler revokes it
+by that id (scheduler/dispatch/reconciling.py).
 
 Each message carries a readable ``argsrepr`` (``job 12 chunk 345 frames 1-4 attempt
 2``), which Flower and ``celery inspect active`` show for what a node renders; it also
@@ -33,8 +31,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -86,76 +83,12 @@ class Broker(Protocol):
 
     def revoke(self, task_ids: Sequence[str]) -> None: ...
 
-    def ended(self, task_ids: Sequence[str]) -> None:
-        """These attempts ended on their nodes (a bundle waits no more for them)."""
-
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]: ...
-
-
-class SentBundles:
-    """Bundles sent lately, by the attempts they carry: which to revoke, and when.
-
-    A bundle is revoked once every attempt of it that has not ended (on its node: its
-    last event ingested) is revoked: a cancelled job's bundle stops though some of its
-    chunks rendered already, and a bundle goes on while it carries a chunk still
-    wanted. Bounded: the oldest are forgotten (long rendered), and an attempt of a
-    bundle forgotten is revoked alone, as any. Thread-safe: the scheduler sends from
-    one thread and revokes from another."""
-
-    KEEP = 4096  # bundles: half a minute of the fastest farm here, a few MB at most
-
-    def __init__(self) -> None:
-        self._bundle_of: dict[str, str] = {}  # an attempt's task id -> its bundle's
-        self._open: OrderedDict[str, set[str]] = OrderedDict()  # not ended, by bundle
-        self._revoked: dict[str, set[str]] = {}  # of those, the revoked
-        self._lock = threading.Lock()
-
-    def add(self, bundle: str, attempts: Sequence[str]) -> None:
-        with self._lock:
-            self._open[bundle] = set(attempts)
-            self._revoked[bundle] = set()
-            self._bundle_of.update(dict.fromkeys(attempts, bundle))
-            while len(self._open) > self.KEEP:
-                self._forget(next(iter(self._open)))
-
-    def revoked(self, attempts: Sequence[str]) -> list[str]:
-        """The bundles to revoke now that these attempts are."""
-        return self._settle(attempts, lambda bundle, attempt: self._revoked[bundle].add(attempt))
-
-    def ended(self, attempts: Sequence[str]) -> list[str]:
-        """The bundles to revoke now that these attempts ended: what is left of them
-        is revoked."""
-        return self._settle(attempts, self._end)
-
-    def _end(self, bundle: str, attempt: str) -> None:
-        self._open[bundle].discard(attempt)
-        self._revoked[bundle].discard(attempt)
-        del self._bundle_of[attempt]
-
-    def _settle(self, attempts: Sequence[str], note: Callable[[str, str], None]) -> list[str]:
-        to_revoke = []
-        with self._lock:
-            for attempt in attempts:
-                bundle = self._bundle_of.get(attempt)
-                if bundle is None:
-                    continue
-                note(bundle, attempt)
-                left = self._open[bundle]
-                if left <= self._revoked[bundle]:  # nothing in it is wanted any more
-                    if left:
-                        to_revoke.append(bundle)
-                    self._forget(bundle)
-        return to_revoke
-
-    def _forget(self, bundle: str) -> None:
-        for attempt in self._open.pop(bundle) | self._revoked.pop(bundle):
-            self._bundle_of.pop(attempt, None)
 
 
 class CeleryBroker:
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self.bundles = SentBundles()
 
     def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
         if not messages:
@@ -181,7 +114,6 @@ class CeleryBroker:
                 task_id = bundle_task_id([(m.chunk_id, m.attempt) for m in chunks])
                 task, args = RENDER_CHUNKS_TASK, [[m.to_dict() for m in chunks]]
                 argsrepr = describe_bundle(chunks)
-                self.bundles.add(task_id, [task_id_for(m.chunk_id, m.attempt) for m in chunks])
             headers, properties, body, _event = self.app.amqp.create_task_message(
                 task_id, task, args, {}, argsrepr=argsrepr, kwargsrepr="{}"
             )
@@ -199,12 +131,7 @@ class CeleryBroker:
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         if task_ids:
-            bundles = self.bundles.revoked(task_ids)
-            self.app.control.revoke([*task_ids, *bundles], terminate=True, signal="SIGTERM")
-
-    def ended(self, task_ids: Sequence[str]) -> None:
-        if bundles := self.bundles.ended(task_ids):
-            self.app.control.revoke(bundles, terminate=True, signal="SIGTERM")
+            self.app.control.revoke(list(task_ids), terminate=True, signal="SIGTERM")
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         """Messages waiting in each queue (one never declared, or flushed away: none),
@@ -250,9 +177,6 @@ class BackgroundSender:
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         self._broker.revoke(task_ids)
-
-    def ended(self, task_ids: Sequence[str]) -> None:
-        self._broker.ended(task_ids)
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         return self._broker.queue_depths(queues)

@@ -85,16 +85,22 @@ def bundle_task_id(attempts: Sequence[tuple[int, int]]) -> str:
     return _BUNDLE + "+".join(f"{chunk}.{attempt}" for chunk, attempt in attempts)
 
 
+def bundle_attempts(task_id: str) -> list[tuple[int, int]]:
+    """The (chunk id, attempt) pairs a bundle's task id names; [] if it names none."""
+    if not task_id.startswith(_BUNDLE):
+        return []
+    try:
+        pairs = [part.split(".") for part in task_id.removeprefix(_BUNDLE).split("+")]
+        return [(int(chunk), int(attempt)) for chunk, attempt in pairs]
+    except ValueError:  # not one of ours
+        return []
+
+
 def attempt_task_ids(task_id: str) -> list[str]:
     """The attempts a Celery task id stands for: a bundle's, each by ``task_id_for``;
     any other id is its own."""
-    if not task_id.startswith(_BUNDLE):
-        return [task_id]
-    try:
-        pairs = [part.split(".") for part in task_id.removeprefix(_BUNDLE).split("+")]
-        return [task_id_for(int(chunk), int(attempt)) for chunk, attempt in pairs]
-    except ValueError:  # not one of ours: itself
-        return [task_id]
+    pairs = bundle_attempts(task_id)
+    return [task_id_for(chunk, attempt) for chunk, attempt in pairs] if pairs else [task_id]
 
 
 def output_pattern_for(job_id: int) -> str:

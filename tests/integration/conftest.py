@@ -53,7 +53,6 @@ class RecordingBroker:
         self.sent: list[ChunkMessage] = []
         self.messages: list[list[ChunkMessage]] = []  # as they would go: one, or a bundle
         self.revoked: list[str] = []
-        self.ended_attempts: list[str] = []
         self.depth = 0
 
     def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
@@ -62,9 +61,6 @@ class RecordingBroker:
 
     def revoke(self, task_ids: Sequence[str]) -> None:
         self.revoked.extend(task_ids)
-
-    def ended(self, task_ids: Sequence[str]) -> None:
-        self.ended_attempts.extend(task_ids)
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         return dict.fromkeys(queues, self.depth)

@@ -6,6 +6,7 @@ heartbeat lists each; a bundle is revoked, renderer and all, once all its attemp
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from scheduler.core.bundles import JobPace
+from scheduler.core.states import ChunkState
 from scheduler.db import AttemptRow, FrameResultRow
+from scheduler.db.transitions import requeue_chunks
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
@@ -27,11 +30,12 @@ from scheduler.wire.messages import (
     FinishedEvent,
     FrameReport,
     HeartbeatEvent,
+    bundle_task_id,
     decode_event,
     task_id_for,
 )
 from tests.conftest import Processes, renderers_running, wait_for
-from tests.integration.conftest import Clock, RecordingBroker, event, heartbeat, submit
+from tests.integration.conftest import Clock, RecordingBroker, event, heartbeat, rows, submit
 
 pytestmark = pytest.mark.integration
 
@@ -83,28 +87,62 @@ def test_a_bundle_renders_each_chunk_as_its_own_attempt(
     assert len(finished_events()) == 6, processes.log(NODE)  # each once
 
 
-def test_the_heartbeat_lists_a_bundles_attempts_and_a_revoke_of_them_all_stops_it(
+SLOW = {"width": 1920, "height": 1080, "samples": 16}  # a built-in frame of seconds
+
+
+def newest_beat(broker: redis.Redis) -> HeartbeatEvent | None:
+    beats = [e for e in events(broker) if isinstance(e, HeartbeatEvent)]
+    return beats[0] if beats else None  # LPUSH: the newest first
+
+
+def test_a_bundle_is_listed_by_attempt_and_goes_on_until_its_own_id_is_revoked(
     processes: Processes, settings: Settings, broker: redis.Redis
 ) -> None:
-    """A frame of ~10 s first, then two no-op chunks behind it in the same slot."""
+    """A slow frame first, then two no-op chunks behind it in the node's only slot."""
     processes.worker(NODE, slots=1)
     celery = CeleryBroker(make_celery(settings))
-    slow = chunk(1, "builtin", width=1920, height=1080, samples=16)
-    bundle = [slow, chunk(2), chunk(3)]
+    bundle = [chunk(1, "builtin", **SLOW), chunk(2), chunk(3)]
     attempts = [task_id_for(m.chunk_id, m.attempt) for m in bundle]
     celery.send([bundle])
     wait_for(lambda: renderers_running(1), 60, "the slow frame to start")
-
-    def listed() -> set[str]:
-        beats = [e for e in events(broker) if isinstance(e, HeartbeatEvent)]
-        return set(beats[0].tasks or ()) if beats else set()  # LPUSH: the newest first
-
-    wait_for(lambda: set(attempts) <= listed(), 10, "a heartbeat listing all three")
-    celery.revoke(attempts[1:])  # the slow chunk is still wanted: the bundle goes on
-    celery.revoke(attempts[:1])
+    wait_for(
+        lambda: (beat := newest_beat(broker)) and set(attempts) <= set(beat.tasks or ()),
+        10,
+        "a heartbeat listing all three",
+    )
+    # The chunks behind the slow frame go back to the queue, one a message.
+    wait_for(lambda: "handed back" in processes.log(NODE), 10, "the bundle to hand back")
+    revoked_at = time.time()
+    celery.revoke(attempts)  # each attempt, not the bundle: the frame renders on
+    wait_for(
+        lambda: (beat := newest_beat(broker)) and (beat.at or 0) > revoked_at + 0.3,
+        10,
+        "a heartbeat after the revoke",
+    )
+    assert renderers_running(1) and attempts[0] in (newest_beat(broker).tasks or ())  # type: ignore[union-attr]
+    celery.revoke([bundle_task_id([(m.chunk_id, m.attempt) for m in bundle])])
     wait_for(lambda: not renderers_running(1), 5, "the renderer to be killed")
     assert not (settings.storage_root / "jobs/1/frames/frame_000001.png").exists()
+    # The two handed back were revoked by their own ids: the node dropped them unread.
     assert not [e for e in events(broker) if isinstance(e, FinishedEvent)]
+
+
+def test_a_bundle_slower_than_its_pace_hands_its_other_chunks_to_the_nodes_other_slots(
+    processes: Processes, settings: Settings, broker: redis.Redis
+) -> None:
+    processes.worker(NODE, slots=2)
+    CeleryBroker(make_celery(settings)).send([[chunk(1, "builtin", **SLOW), chunk(2), chunk(3)]])
+    wait_for(lambda: renderers_running(1), 60, "the slow frame to start")
+    done = wait_for(
+        lambda: {e.chunk_id for e in events(broker) if isinstance(e, FinishedEvent)} >= {2, 3},
+        20,
+        "the chunks behind the slow frame to render on the other slot",
+    )
+    assert done and renderers_running(1), "handed back only after the slow frame"
+    wait_for(lambda: any(e.chunk_id == 1 for e in events(broker) if isinstance(e, FinishedEvent)),
+             120, "the slow frame")  # fmt: skip
+    finished = [e.chunk_id for e in events(broker) if isinstance(e, FinishedEvent)]
+    assert sorted(finished) == [1, 2, 3]  # each once
 
 
 def short_job_sent(
@@ -148,12 +186,81 @@ def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
     # Each chunk its own attempt: rendering them, in any grouping, is counted once each.
     clock.now += 0.5
     scheduler.ingest([rendered(m, clock.now, 0.001) for m in again])
-    ended = {task_id_for(m.chunk_id, m.attempt) for m in [*sent, *again]}
-    assert set(fake_broker.ended_attempts) == ended  # no bundle waits for them
     with Session(engine) as session:
         done = session.exec(select(AttemptRow).where(AttemptRow.state == "done")).all()
         results = session.exec(select(FrameResultRow)).all()
     assert len(done) == len(results) == len(sent) + len(again)
+
+
+def bundles_of(fake_broker: RecordingBroker) -> dict[str, list[ChunkMessage]]:
+    return {
+        bundle_task_id([(m.chunk_id, m.attempt) for m in message]): message
+        for message in fake_broker.messages
+        if len(message) > 1
+    }
+
+
+def test_each_attempt_records_the_bundle_that_carried_it(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    engine: Engine,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> None:
+    sent, _ = short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
+    carried = {(m.chunk_id, m.attempt): bundle for bundle, ms in bundles_of(fake_broker).items()
+               for m in ms}  # fmt: skip
+    alone = {(m.chunk_id, m.attempt) for m in fake_broker.sent} - set(carried)
+    assert carried and alone == {(m.chunk_id, m.attempt) for m in sent} | {
+        (m[0].chunk_id, m[0].attempt) for m in fake_broker.messages if len(m) == 1
+    }
+    for attempt in rows(engine, AttemptRow):
+        assert attempt.message == carried.get((attempt.chunk_id, attempt.number))
+
+
+def test_a_cancel_revokes_a_bundle_though_some_of_its_chunks_rendered(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> None:
+    short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
+    bundles = bundles_of(fake_broker)
+    firsts = [message[0] for message in bundles.values()]
+    scheduler.ingest([rendered(m, clock.now, 0.001) for m in firsts])  # one of each rendered
+    studios.cancel_job(studio_id, firsts[0].job_id)
+    revoked = scheduler.stop_stale_attempts()
+    assert set(bundles) <= set(revoked)
+    open_ones = {task_id_for(m.chunk_id, m.attempt) for ms in bundles.values() for m in ms[1:]}
+    assert open_ones <= set(revoked)  # and each attempt by its own id, handed back or not
+    assert not {task_id_for(m.chunk_id, m.attempt) for m in firsts} & set(revoked)
+
+
+def test_a_bundle_goes_on_while_it_carries_a_chunk_still_wanted(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    engine: Engine,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> None:
+    """One chunk of a bundle sent again (its message lost, say): its old attempt is
+    revoked, not the bundle that carries the others."""
+    short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
+    bundle, message = next(iter(bundles_of(fake_broker).items()))
+    with Session(engine) as session:
+        requeue_chunks(session, [message[0].chunk_id], [ChunkState.DISPATCHED], clock.now)
+        session.commit()
+    revoked = scheduler.stop_stale_attempts()
+    assert revoked == [task_id_for(message[0].chunk_id, message[0].attempt)]
+    with Session(engine) as session:
+        requeue_chunks(
+            session, [m.chunk_id for m in message[1:]], [ChunkState.DISPATCHED], clock.now
+        )
+        session.commit()
+    assert bundle in scheduler.stop_stale_attempts()  # now none of it is wanted
 
 
 def test_a_node_of_an_older_renderfarm_gets_one_chunk_a_message(

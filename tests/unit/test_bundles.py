@@ -1,15 +1,25 @@
-"""Which chunks travel together (scheduler/core/bundles.py), and how a bundle is named
-and revoked on the wire (scheduler/wire/messages.py, scheduler/wire/broker.py)."""
+"""Which chunks travel together (scheduler/core/bundles.py), how a bundle is named
+(scheduler/wire/messages.py), and how a node renders one (workers/runner.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.core.bundles import JobPace, bundle_groups
-from scheduler.wire.broker import SentBundles
-from scheduler.wire.messages import attempt_task_ids, bundle_task_id, task_id_for
+from scheduler.wire.messages import (
+    attempt_task_ids,
+    bundle_attempts,
+    bundle_task_id,
+    decode_event,
+    task_id_for,
+)
+from workers import runner
+from workers.runner import Coalesced, _Left
 
 
 def paced(job: int, seconds: float, count: int = JobPace.SEEN, now: float = 0.0) -> JobPace:
@@ -92,42 +102,91 @@ def test_a_bundles_task_id_names_each_attempt_it_carries() -> None:
     assert attempt_task_ids("chunks-1.2+x.3") == ["chunks-1.2+x.3"]
 
 
-def test_a_bundle_is_revoked_once_every_attempt_it_carries_is() -> None:
-    sent = SentBundles()
-    one, two, three = (task_id_for(c, 1) for c in (1, 2, 3))
-    sent.add("bundle-a", [one, two])
-    sent.add("bundle-b", [three])
-    assert sent.revoked([one]) == []  # the other chunk is still wanted: it goes on
-    assert sent.revoked([one]) == []  # revoked twice: nothing new
-    assert sent.revoked([two, three, "chunk-9-attempt-1"]) == ["bundle-a", "bundle-b"]
-    assert sent.revoked([two]) == []  # once only
+def test_a_bundles_attempts_are_read_from_its_task_id() -> None:
+    assert bundle_attempts(bundle_task_id([(345, 1), (346, 2)])) == [(345, 1), (346, 2)]
+    assert bundle_attempts(task_id_for(345, 1)) == []
+    assert bundle_attempts("chunks-1.2+x.3") == []
 
 
-def test_a_cancelled_jobs_bundle_is_revoked_though_some_of_its_chunks_rendered() -> None:
-    """A cancel revokes the attempts still open: those that ended are not among them."""
-    sent = SentBundles()
-    one, two, three = (task_id_for(c, 1) for c in (1, 2, 3))
-    sent.add("bundle-a", [one, two, three])
-    assert sent.ended([one]) == []
-    assert sent.revoked([two, three]) == ["bundle-a"]
+class Published:
+    def __init__(self, fail: int = 0) -> None:
+        self.batches: list[list[int]] = []
+        self.fail = fail  # this many publishes fail first
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("the broker is away")
+        self.batches.append([e["n"] for e in events])
 
 
-def test_a_bundle_is_revoked_when_the_chunk_still_wanted_in_it_ends() -> None:
-    """The chunk rendering was wanted; the one behind it was revoked meanwhile."""
-    sent = SentBundles()
-    one, two = task_id_for(1, 1), task_id_for(2, 1)
-    sent.add("bundle-a", [one, two])
-    assert sent.revoked([two]) == []
-    assert sent.ended([one]) == ["bundle-a"]
-    sent.add("bundle-b", [task_id_for(3, 1), task_id_for(4, 1)])
-    assert sent.ended([task_id_for(3, 1), task_id_for(4, 1)]) == []  # all rendered
-    assert sent.revoked([task_id_for(4, 1)]) == []  # forgotten: nothing to stop
+def test_coalesced_events_go_out_together_in_order_and_all_before_the_block_ends() -> None:
+    published = Published()
+    with Coalesced(published, wait=60.0) as emit:  # no timer fires meanwhile
+        for n in range(5):
+            emit({"n": n})
+        assert published.batches == []
+    assert published.batches == [[0, 1, 2, 3, 4]]
 
 
-def test_the_oldest_bundles_are_forgotten() -> None:
-    sent = SentBundles()
-    sent.KEEP = 2
-    for n in range(3):
-        sent.add(f"bundle-{n}", [task_id_for(n, 1)])
-    assert sent.revoked([task_id_for(0, 1)]) == []  # forgotten: revoked alone, as any
-    assert sent.revoked([task_id_for(2, 1)]) == ["bundle-2"]
+def test_coalesced_events_the_broker_did_not_take_wait_for_the_next_flush() -> None:
+    published = Published(fail=1)
+    box = Coalesced(published, wait=60.0)
+    box.emit({"n": 1})
+    with pytest.raises(ConnectionError):
+        box.flush()  # as the timer's would: the events stay
+    box.emit({"n": 2})
+    box.flush()
+    assert published.batches == [[1, 2]]
+
+
+def test_a_slow_bundle_hands_back_what_it_has_not_started() -> None:
+    left = _Left([{"n": 1}, {"n": 2}, {"n": 3}])
+    assert left.next() == {"n": 1}
+    taken: list[list[dict[str, Any]]] = []
+    left.hand_back(taken.append)
+    assert taken == [[{"n": 2}, {"n": 3}]] and left.next() is None
+    left.hand_back(taken.append)  # nothing left: nothing sent
+    assert len(taken) == 1
+
+
+def test_what_cannot_be_handed_back_renders_in_the_bundle_after_all() -> None:
+    left = _Left([{"n": 1}, {"n": 2}])
+
+    def broker_away(rest: list[dict[str, Any]]) -> None:
+        raise ConnectionError("the broker is away")
+
+    with pytest.raises(ConnectionError):
+        left.hand_back(broker_away)
+    assert [left.next(), left.next(), left.next()] == [{"n": 1}, {"n": 2}, None]
+
+
+def test_each_chunk_of_a_bundle_reports_and_a_defect_fails_only_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def chunk(n: int) -> dict[str, Any]:
+        return {
+            "chunk_id": n, "attempt": 1, "job_id": 1, "pool": "cpu", "frames": [n],
+            "renderer": "noop", "settings": {}, "output_pattern": "f_{frame}.png",
+            "log_path": f"c{n}.log", "timeout": 60.0,
+        }  # fmt: skip
+
+    published: list[dict[str, Any]] = []
+    real = runner.run_chunk
+
+    def defective(message: Any, *args: Any) -> bool:
+        if message.chunk_id == 2:
+            raise RuntimeError("a defect")
+        return real(message, *args)
+
+    monkeypatch.setattr(runner, "run_chunk", defective)
+    unreadable = {**chunk(4), "frames": "all"}
+    rendered = runner.run_messages(
+        [chunk(1), chunk(2), chunk(3), unreadable], tmp_path, "node", published.extend
+    )
+    assert rendered == 2
+    events = [decode_event(e) for e in published]
+    assert [(type(e).__name__, e.chunk_id) for e in events] == [
+        ("FinishedEvent", 1), ("FailedEvent", 2), ("FinishedEvent", 3), ("FailedEvent", 4)
+    ]  # fmt: skip
+    assert "a defect" in events[1].error and "frames must be a list" in events[3].error
