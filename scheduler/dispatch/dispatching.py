@@ -125,15 +125,6 @@ _BLOCKED = (  # failures since the studio last retried the chunk count
 )
 NO_NODE = "no live node"  # how the message of a job no node can render begins
 
-# Which of a dispatch's chunks (each its node and job, in order) go in one message:
-# lists of their indices (scheduler/core/bundles.py decides; alone: one a message).
-Group = Callable[[Sequence[tuple[str, int]]], list[list[int]]]
-
-
-def alone(placed: Sequence[tuple[str, int]]) -> list[list[int]]:
-    return [[index] for index in range(len(placed))]
-
-
 _ACTIVE_BY_STUDIO = (
     sql_select(col(JobRow.studio_id), col(ChunkRow.pool), func.count())
     .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
@@ -578,6 +569,15 @@ def _load_limits(
             for name in names or ():
                 used[name] += active_jobs[job_id]
     return capacity, dict(used)
+
+
+# Which of a dispatch's chunks (each its node and job, in order) go in one message:
+# lists of their indices (scheduler/core/bundles.py decides; alone: one a message).
+Group = Callable[[Sequence[tuple[str, int]]], list[list[int]]]
+
+
+def alone(placed: Sequence[tuple[str, int]]) -> list[list[int]]:
+    return [[index] for index in range(len(placed))]
 
 
 def save_dispatch(
