@@ -33,7 +33,7 @@ from celery.worker import state as worker_state
 from scheduler.core.bounds import NAME_MAX, POOL_MAX
 from scheduler.core.placement import CPU_ARCH, GPU_MEMORY_MIB, OS_FAMILY
 from scheduler.settings import Settings
-from scheduler.wire.broker import CeleryBroker, queue_entity
+from scheduler.wire.broker import HAND_BACK_RETRY, CeleryBroker, queue_entity
 from scheduler.wire.celery_app import answer_active_readably, make_celery
 from scheduler.wire.events import EventPublisher
 from scheduler.wire.messages import (
@@ -262,8 +262,8 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
 
     sender = CeleryBroker(app)  # a slow bundle hands its chunks back to this node's queue
 
-    def hand_back(rest: list[dict[str, Any]]) -> None:
-        sender.send([[ChunkMessage.from_dict(data)] for data in rest])
+    def hand_back(data: dict[str, Any]) -> None:
+        sender.send([[ChunkMessage.from_dict(data)]], HAND_BACK_RETRY)
 
     @app.task(name=RENDER_CHUNKS_TASK, acks_late=True, reject_on_worker_lost=True)
     def render_chunks(messages: list[dict[str, Any]]) -> int:

@@ -271,7 +271,7 @@ def run_messages(
     region: str = "",
     files: JobFiles | None = None,
     progress: Board | None = None,
-    hand_back: Callable[[list[dict[str, Any]]], None] | None = None,
+    hand_back: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """Render a bundle's chunk messages one after another (``run_message`` each); their
     events go out together (``Coalesced``), all of them before this returns. Returns
@@ -284,8 +284,8 @@ def run_messages(
     not its renderer's) fails its attempt with the error, and the next one runs.
     """
     left = _Left(messages)
-    if hand_back is not None:
-        LATER.call(HAND_BACK_SECONDS, lambda: left.hand_back(hand_back))
+    if hand_back is not None:  # in a thread of its own: the broker may keep it waiting
+        LATER.call(HAND_BACK_SECONDS, lambda: _in_thread(left.hand_back, hand_back))
     rendered = 0
     with Coalesced(publish, COALESCE_SECONDS) as emit:
         while (data := left.next()) is not None:
@@ -300,8 +300,12 @@ def run_messages(
 HAND_BACK_SECONDS = 1.0  # a bundle's budget is milliseconds: this is a misjudged one
 
 
+def _in_thread(function: Callable[[Any], None], argument: Any) -> None:
+    threading.Thread(target=function, args=(argument,), name="hand-back", daemon=True).start()
+
+
 class _Left:
-    """A bundle's chunks not started yet: the next to render, or all of them handed back."""
+    """A bundle's chunks not started yet: the next to render, or handed back."""
 
     def __init__(self, messages: Sequence[dict[str, Any]]) -> None:
         self._left = collections.deque(messages)
@@ -311,14 +315,29 @@ class _Left:
         with self._lock:
             return self._left.popleft() if self._left else None
 
-    def hand_back(self, send: Callable[[list[dict[str, Any]]], None]) -> None:
-        """Send what is left elsewhere; if that fails, it is rendered here after all."""
+    def hand_back(self, send: Callable[[dict[str, Any]], None]) -> None:
+        """Send each chunk left elsewhere, one by one: a chunk is rendered here or sent,
+        never both. One ``send`` refuses (``MessageError``: unreadable) stays, to fail
+        here with its reason; if the broker fails, the rest stay and render here. The
+        render loop waits meanwhile (``send`` retries a few times, then gives up)."""
         with self._lock:
-            if self._left:
-                log.warning("a bundle is slower than its job's pace: %d chunk(s) handed "
-                            "back to the node's queue", len(self._left))  # fmt: skip
-                send(list(self._left))
-                self._left.clear()
+            if not self._left:
+                return
+            log.warning("a bundle is slower than its job's pace: %d chunk(s) handed back "
+                        "to the node's queue", len(self._left))  # fmt: skip
+            kept: list[dict[str, Any]] = []
+            try:
+                while self._left:
+                    try:
+                        send(self._left[0])
+                    except MessageError:
+                        kept.append(self._left[0])
+                    self._left.popleft()
+            except Exception:
+                log.exception("handing chunks back failed: %d render in the bundle",
+                              len(self._left) + len(kept))  # fmt: skip
+            finally:
+                self._left.extendleft(reversed(kept))
 
 
 def run_chunk(

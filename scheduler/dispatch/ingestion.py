@@ -113,7 +113,7 @@ class IngestOutcome:
     failed_jobs: set[int] = field(default_factory=set)  # jobs with a chunk failed for good
     # Renders still going for attempts that no longer count (superseded, cancelled,
     # or brought back by Celery long after): the scheduler stops them at once.
-    unwanted: list[str] = field(default_factory=list)
+    unwanted: list[tuple[int, int]] = field(default_factory=list)  # (chunk id, attempt)
     # Seconds between sending an attempt and a node starting it.
     dispatch_latencies: list[float] = field(default_factory=list)
     # Nodes that appeared, came back or offer something else.
@@ -221,7 +221,7 @@ def apply_chunk_events(
         if chunk is None or state is None:
             outcome.ignored += 1
             if isinstance(event, StartedEvent | FrameEvent):  # a render the farm no longer wants
-                outcome.unwanted.append(task_id_for(event.chunk_id, attempt_no))
+                outcome.unwanted.append((event.chunk_id, attempt_no))
             continue
         node = event.node
         at = event.at or now

@@ -129,6 +129,21 @@ def close_stale_attempts(session: Session, now: float) -> list[str]:
     return task_ids + _unwanted_bundles(session, bundles)
 
 
+def unwanted_bundles_of(session: Session, attempts: Sequence[tuple[int, int]]) -> list[str]:
+    """The bundles that carried these (chunk id, attempt) and carry none still open."""
+    if not attempts:
+        return []
+    wanted = set(attempts)
+    rows = session.execute(
+        sql_select(col(AttemptRow.chunk_id), col(AttemptRow.number), col(AttemptRow.message)).where(
+            among(col(AttemptRow.chunk_id), "ids"), col(AttemptRow.message).is_not(None)
+        ),
+        {"ids": sorted({chunk for chunk, _ in wanted})},
+    )
+    bundles = {message for chunk, number, message in rows if (chunk, number) in wanted}
+    return _unwanted_bundles(session, bundles)
+
+
 def _unwanted_bundles(session: Session, bundles: set[str]) -> list[str]:
     """Of these bundles, those none of whose attempts is open any more."""
     carried = {bundle: bundle_attempts(bundle) for bundle in sorted(bundles)}

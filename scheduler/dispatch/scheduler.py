@@ -40,12 +40,13 @@ from scheduler.dispatch.reconciling import (
     mark_lost_nodes,
     requeue_from_disabled,
     requeue_unclaimed,
+    unwanted_bundles_of,
 )
 from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
-from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage
+from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage, task_id_for
 
 # How long the regions' figures bill frames before they are read again: a region's
 # new price or carbon intensity applies to the frames ingested a second later at most.
@@ -144,6 +145,10 @@ class Scheduler:
                     biller = self._biller(now)
                     apply_chunk_events(session, chunk_events, now, outcome, retry, biller)
                 outcome.nodes_changed = save_heartbeats(session, beats, now)
+                # Renders no longer wanted are stopped, and the bundles carrying them
+                # once nothing they carry is wanted (a node back with a bundle sent
+                # before its attempts were closed, whose revoke it never heard).
+                bundles = unwanted_bundles_of(session, outcome.unwanted)
                 session.commit()
             except Exception:
                 self._billing = None  # it may know a region whose row was rolled back
@@ -153,7 +158,7 @@ class Scheduler:
         self.rates.record(now, outcome.held)
         self.paces.record(now, outcome.held_by_job)
         if outcome.unwanted:
-            self.broker.revoke(outcome.unwanted)
+            self.broker.revoke([task_id_for(*attempt) for attempt in outcome.unwanted] + bundles)
         return outcome
 
     def _biller(self, now: float) -> FrameBiller:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 BATCH_COMMANDS = 500  # Redis commands per pipelined round trip
 PERSISTENT = 2  # AMQP's delivery mode, as Celery sends tasks
 RETRY_POLICY = {"max_retries": None, "interval_start": 0.2, "interval_max": 2}
+# A slow bundle's chunks handed back by a node: a few tries, then they render where they are.
+HAND_BACK_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_max": 1}
 
 
 def describe_chunk(message: ChunkMessage) -> str:
@@ -90,19 +92,23 @@ class CeleryBroker:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
+    def send(
+        self, messages: Sequence[Sequence[ChunkMessage]], retry: dict[str, Any] = RETRY_POLICY
+    ) -> None:
         if not messages:
             return
         with self.app.producer_or_acquire() as producer:
             try:
                 with producer.batch(max_size=BATCH_COMMANDS):
-                    self._publish(producer, messages)
+                    self._publish(producer, messages, retry)
             except BatchPublishError as error:
                 log.warning("a batch of %d message(s) failed (%s); sending one by one",
                             len(messages), error.__cause__ or error)  # fmt: skip
-                self._publish(producer, messages)
+                self._publish(producer, messages, retry)
 
-    def _publish(self, producer: Producer, messages: Sequence[Sequence[ChunkMessage]]) -> None:
+    def _publish(
+        self, producer: Producer, messages: Sequence[Sequence[ChunkMessage]], retry: dict[str, Any]
+    ) -> None:
         for chunks in messages:
             args: list[Any]
             if len(chunks) == 1:
@@ -125,7 +131,7 @@ class CeleryBroker:
                 serializer="json",
                 delivery_mode=PERSISTENT,
                 retry=True,
-                retry_policy=RETRY_POLICY,
+                retry_policy=retry,
                 **properties,
             )
 

@@ -32,6 +32,7 @@ from scheduler.wire.messages import (
     HeartbeatEvent,
     bundle_task_id,
     decode_event,
+    node_queue,
     task_id_for,
 )
 from tests.conftest import Processes, renderers_running, wait_for
@@ -123,7 +124,17 @@ def test_a_bundle_is_listed_by_attempt_and_goes_on_until_its_own_id_is_revoked(
     celery.revoke([bundle_task_id([(m.chunk_id, m.attempt) for m in bundle])])
     wait_for(lambda: not renderers_running(1), 5, "the renderer to be killed")
     assert not (settings.storage_root / "jobs/1/frames/frame_000001.png").exists()
-    # The two handed back were revoked by their own ids: the node dropped them unread.
+    # The two handed back were revoked by their own ids: the node, its slot free again,
+    # takes them from its queue and drops them unread.
+    wait_for(lambda: broker.llen(node_queue(NODE)) == 0, 20, "the node to take them")
+    taken_at = time.time()
+    wait_for(
+        lambda: (
+            (beat := newest_beat(broker)) and (beat.at or 0) > taken_at + 0.5 and not beat.tasks
+        ),
+        10,
+        "a heartbeat of the node holding nothing",
+    )
     assert not [e for e in events(broker) if isinstance(e, FinishedEvent)]
 
 
@@ -261,6 +272,28 @@ def test_a_bundle_goes_on_while_it_carries_a_chunk_still_wanted(
         )
         session.commit()
     assert bundle in scheduler.stop_stale_attempts()  # now none of it is wanted
+
+
+def test_a_bundle_that_renders_after_its_attempts_closed_is_stopped_at_its_first_event(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    engine: Engine,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> None:
+    """Its node was away when the bundle was revoked, and Celery brought it back."""
+    short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
+    bundle, message = next(iter(bundles_of(fake_broker).items()))
+    with Session(engine) as session:
+        requeue_chunks(session, [m.chunk_id for m in message], [ChunkState.DISPATCHED], clock.now)
+        session.commit()
+    scheduler.stop_stale_attempts()
+    fake_broker.revoked.clear()  # that revoke was lost
+    scheduler.ingest([event("started", message[0], at=clock.now)])
+    assert sorted(fake_broker.revoked) == sorted(
+        [task_id_for(message[0].chunk_id, message[0].attempt), bundle]
+    )
 
 
 def test_a_node_of_an_older_renderfarm_gets_one_chunk_a_message(

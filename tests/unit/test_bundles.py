@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from scheduler.core.bundles import JobPace, bundle_groups
 from scheduler.wire.messages import (
+    MessageError,
     attempt_task_ids,
     bundle_attempts,
     bundle_task_id,
@@ -143,22 +144,32 @@ def test_coalesced_events_the_broker_did_not_take_wait_for_the_next_flush() -> N
 def test_a_slow_bundle_hands_back_what_it_has_not_started() -> None:
     left = _Left([{"n": 1}, {"n": 2}, {"n": 3}])
     assert left.next() == {"n": 1}
-    taken: list[list[dict[str, Any]]] = []
-    left.hand_back(taken.append)
-    assert taken == [[{"n": 2}, {"n": 3}]] and left.next() is None
-    left.hand_back(taken.append)  # nothing left: nothing sent
-    assert len(taken) == 1
+    sent: list[dict[str, Any]] = []
+    left.hand_back(sent.append)
+    assert sent == [{"n": 2}, {"n": 3}] and left.next() is None
+    left.hand_back(sent.append)  # nothing left: nothing sent
+    assert len(sent) == 2
 
 
-def test_what_cannot_be_handed_back_renders_in_the_bundle_after_all() -> None:
-    left = _Left([{"n": 1}, {"n": 2}])
+def test_each_chunk_is_handed_back_or_rendered_in_the_bundle_never_both() -> None:
+    """The broker fails on the third: the first two went, the rest render here; an
+    unreadable one stays to fail here with its reason."""
+    left = _Left([{"n": n} for n in range(1, 6)])
+    sent: list[int] = []
 
-    def broker_away(rest: list[dict[str, Any]]) -> None:
-        raise ConnectionError("the broker is away")
+    def send(data: dict[str, Any]) -> None:
+        if data["n"] == 2:
+            raise MessageError("unreadable")
+        if data["n"] == 4:
+            raise ConnectionError("the broker is away")
+        sent.append(data["n"])
 
-    with pytest.raises(ConnectionError):
-        left.hand_back(broker_away)
-    assert [left.next(), left.next(), left.next()] == [{"n": 1}, {"n": 2}, None]
+    left.hand_back(send)
+    assert sent == [1, 3]
+    rendered_here = []
+    while (data := left.next()) is not None:
+        rendered_here.append(data["n"])
+    assert rendered_here == [2, 4, 5]
 
 
 def test_each_chunk_of_a_bundle_reports_and_a_defect_fails_only_its_own(
