@@ -317,9 +317,9 @@ class _Left:
 
     def hand_back(self, send: Callable[[dict[str, Any]], None]) -> None:
         """Send each chunk left elsewhere, one by one: a chunk is rendered here or sent,
-        never both. One ``send`` refuses (``MessageError``: unreadable) stays, to fail
-        here with its reason; if the broker fails, the rest stay and render here. The
-        render loop waits meanwhile (``send`` retries a few times, then gives up)."""
+        never both. A chunk ``send`` refuses as unreadable (``MessageError``) stays, to
+        fail here with its reason; if the broker fails, the rest stay and render here.
+        The render loop waits meanwhile (``send`` retries a few times, then gives up)."""
         with self._lock:
             if not self._left:
                 return
