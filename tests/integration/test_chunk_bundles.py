@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -156,142 +157,136 @@ def test_a_bundle_slower_than_its_pace_hands_its_other_chunks_to_the_nodes_other
     assert sorted(finished) == [1, 2, 3]  # each once
 
 
-def short_job_sent(
+@dataclass
+class ShortJob:
+    """A job of 1 ms chunks on a node of 4 slots, dispatched until its pace was known
+    (``before``: one chunk a message), then once more (``after``)."""
+
+    scheduler: Scheduler
+    broker: RecordingBroker
+    clock: Clock
+    before: list[ChunkMessage]
+    after: list[ChunkMessage]
+
+    @property
+    def bundles(self) -> dict[str, list[ChunkMessage]]:
+        """The bundles of the last tick, by task id."""
+        return {
+            bundle_task_id([(m.chunk_id, m.attempt) for m in message]): message
+            for message in self.broker.messages
+            if len(message) > 1
+        }
+
+    def ingest_rendered(self, messages: list[ChunkMessage]) -> None:
+        self.clock.now += 0.5
+        self.scheduler.ingest([rendered(m, self.clock.now, 0.001) for m in messages])
+
+
+def dispatch_short_job(
     scheduler: Scheduler,
     fake_broker: RecordingBroker,
     studios: StudioService,
     studio_id: int,
     clock: Clock,
     bundle: int,
-) -> tuple[list[ChunkMessage], list[ChunkMessage]]:
-    """A job of 1 ms chunks on a node of 4 slots that takes ``bundle`` chunks a message:
-    what went before its pace was known, and the tick after."""
+) -> ShortJob:
+    """``bundle``: how many chunks a message the node says it takes."""
     submit(studios, studio_id, "1-400")
     scheduler.ingest([heartbeat(slots=4, bundle=bundle)])
-    sent: list[ChunkMessage] = []
-    while len(sent) < JobPace.SEEN:  # until the job's pace is known: one chunk a message
+    job = ShortJob(scheduler, fake_broker, clock, [], [])
+    while len(job.before) < JobPace.SEEN:  # until its pace is known: one chunk a message
         fake_broker.messages.clear()
-        sent += (tick := scheduler.dispatch_tick())
+        job.before += (tick := scheduler.dispatch_tick())
         assert tick and all(len(message) == 1 for message in fake_broker.messages)
-        clock.now += 0.5
-        scheduler.ingest([rendered(m, clock.now, 0.001) for m in tick])
+        job.ingest_rendered(tick)
     fake_broker.messages.clear()
-    return sent, scheduler.dispatch_tick()
+    job.after = scheduler.dispatch_tick()
+    return job
+
+
+@pytest.fixture
+def short(
+    scheduler: Scheduler,
+    fake_broker: RecordingBroker,
+    studios: StudioService,
+    studio_id: int,
+    clock: Clock,
+) -> ShortJob:
+    return dispatch_short_job(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
 
 
 def test_a_jobs_chunks_go_together_once_its_pace_shows_them_short(
-    scheduler: Scheduler,
-    fake_broker: RecordingBroker,
-    engine: Engine,
-    studios: StudioService,
-    studio_id: int,
-    clock: Clock,
+    short: ShortJob, engine: Engine
 ) -> None:
-    sent, again = short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
-    sizes = [len(message) for message in fake_broker.messages]
-    assert max(sizes) > 1 and sum(sizes) == len(again), sizes
+    sizes = [len(message) for message in short.broker.messages]
+    assert max(sizes) > 1 and sum(sizes) == len(short.after), sizes
     assert len(sizes) >= 4 and max(sizes) <= BUNDLE_MAX  # one a slot, at least
-    assert scheduler.messages_in_last_tick == len(sizes)  # the operator's metric
-    for message in fake_broker.messages:
+    assert short.scheduler.messages_in_last_tick == len(sizes)  # the operator's metric
+    for message in short.broker.messages:
         assert {(m.node, m.job_id) for m in message} == {("node-a", message[0].job_id)}
     # Each chunk its own attempt: rendering them, in any grouping, is counted once each.
-    clock.now += 0.5
-    scheduler.ingest([rendered(m, clock.now, 0.001) for m in again])
+    short.ingest_rendered(short.after)
     with Session(engine) as session:
         done = session.exec(select(AttemptRow).where(AttemptRow.state == "done")).all()
         results = session.exec(select(FrameResultRow)).all()
-    assert len(done) == len(results) == len(sent) + len(again)
+    assert len(done) == len(results) == len(short.before) + len(short.after)
 
 
-def bundles_of(fake_broker: RecordingBroker) -> dict[str, list[ChunkMessage]]:
-    return {
-        bundle_task_id([(m.chunk_id, m.attempt) for m in message]): message
-        for message in fake_broker.messages
-        if len(message) > 1
-    }
-
-
-def test_each_attempt_records_the_bundle_that_carried_it(
-    scheduler: Scheduler,
-    fake_broker: RecordingBroker,
-    engine: Engine,
-    studios: StudioService,
-    studio_id: int,
-    clock: Clock,
-) -> None:
-    sent, _ = short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
-    carried = {(m.chunk_id, m.attempt): bundle for bundle, ms in bundles_of(fake_broker).items()
+def test_each_attempt_records_the_bundle_that_carried_it(short: ShortJob, engine: Engine) -> None:
+    carried = {(m.chunk_id, m.attempt): bundle for bundle, ms in short.bundles.items()
                for m in ms}  # fmt: skip
-    alone = {(m.chunk_id, m.attempt) for m in fake_broker.sent} - set(carried)
-    assert carried and alone == {(m.chunk_id, m.attempt) for m in sent} | {
-        (m[0].chunk_id, m[0].attempt) for m in fake_broker.messages if len(m) == 1
-    }
+    singles = [m[0] for m in short.broker.messages if len(m) == 1]
+    assert carried and {(m.chunk_id, m.attempt) for m in [*short.before, *singles]} == {
+        (m.chunk_id, m.attempt) for m in short.broker.sent
+    } - set(carried)
     for attempt in rows(engine, AttemptRow):
         assert attempt.message == carried.get((attempt.chunk_id, attempt.number))
 
 
 def test_a_cancel_revokes_a_bundle_though_some_of_its_chunks_rendered(
-    scheduler: Scheduler,
-    fake_broker: RecordingBroker,
-    studios: StudioService,
-    studio_id: int,
-    clock: Clock,
+    short: ShortJob, studios: StudioService, studio_id: int
 ) -> None:
-    short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
-    bundles = bundles_of(fake_broker)
+    bundles = short.bundles
     firsts = [message[0] for message in bundles.values()]
-    scheduler.ingest([rendered(m, clock.now, 0.001) for m in firsts])  # one of each rendered
+    short.ingest_rendered(firsts)  # one of each rendered
     studios.cancel_job(studio_id, firsts[0].job_id)
-    revoked = scheduler.stop_stale_attempts()
+    revoked = short.scheduler.stop_stale_attempts()
     assert set(bundles) <= set(revoked)
     open_ones = {task_id_for(m.chunk_id, m.attempt) for ms in bundles.values() for m in ms[1:]}
     assert open_ones <= set(revoked)  # and each attempt by its own id, handed back or not
     assert not {task_id_for(m.chunk_id, m.attempt) for m in firsts} & set(revoked)
 
 
+def requeue(engine: Engine, messages: list[ChunkMessage], now: float) -> None:
+    """Send these chunks again (their messages lost, say): new attempts."""
+    with Session(engine) as session:
+        requeue_chunks(session, [m.chunk_id for m in messages], [ChunkState.DISPATCHED], now)
+        session.commit()
+
+
 def test_a_bundle_goes_on_while_it_carries_a_chunk_still_wanted(
-    scheduler: Scheduler,
-    fake_broker: RecordingBroker,
-    engine: Engine,
-    studios: StudioService,
-    studio_id: int,
-    clock: Clock,
+    short: ShortJob, engine: Engine
 ) -> None:
-    """One chunk of a bundle sent again (its message lost, say): its old attempt is
-    revoked, not the bundle that carries the others."""
-    short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
-    bundle, message = next(iter(bundles_of(fake_broker).items()))
-    with Session(engine) as session:
-        requeue_chunks(session, [message[0].chunk_id], [ChunkState.DISPATCHED], clock.now)
-        session.commit()
-    revoked = scheduler.stop_stale_attempts()
+    """One chunk of a bundle sent again: its old attempt is revoked, not the bundle that
+    carries the others."""
+    bundle, message = next(iter(short.bundles.items()))
+    requeue(engine, message[:1], short.clock.now)
+    revoked = short.scheduler.stop_stale_attempts()
     assert revoked == [task_id_for(message[0].chunk_id, message[0].attempt)]
-    with Session(engine) as session:
-        requeue_chunks(
-            session, [m.chunk_id for m in message[1:]], [ChunkState.DISPATCHED], clock.now
-        )
-        session.commit()
-    assert bundle in scheduler.stop_stale_attempts()  # now none of it is wanted
+    requeue(engine, message[1:], short.clock.now)
+    assert bundle in short.scheduler.stop_stale_attempts()  # now none of it is wanted
 
 
 def test_a_bundle_that_renders_after_its_attempts_closed_is_stopped_at_its_first_event(
-    scheduler: Scheduler,
-    fake_broker: RecordingBroker,
-    engine: Engine,
-    studios: StudioService,
-    studio_id: int,
-    clock: Clock,
+    short: ShortJob, engine: Engine
 ) -> None:
     """Its node was away when the bundle was revoked, and Celery brought it back."""
-    short_job_sent(scheduler, fake_broker, studios, studio_id, clock, BUNDLE_MAX)
-    bundle, message = next(iter(bundles_of(fake_broker).items()))
-    with Session(engine) as session:
-        requeue_chunks(session, [m.chunk_id for m in message], [ChunkState.DISPATCHED], clock.now)
-        session.commit()
-    scheduler.stop_stale_attempts()
-    fake_broker.revoked.clear()  # that revoke was lost
-    scheduler.ingest([event("started", message[0], at=clock.now)])
-    assert sorted(fake_broker.revoked) == sorted(
+    bundle, message = next(iter(short.bundles.items()))
+    requeue(engine, message, short.clock.now)
+    short.scheduler.stop_stale_attempts()
+    short.broker.revoked.clear()  # that revoke was lost
+    short.scheduler.ingest([event("started", message[0], at=short.clock.now)])
+    assert sorted(short.broker.revoked) == sorted(
         [task_id_for(message[0].chunk_id, message[0].attempt), bundle]
     )
 
@@ -305,8 +300,8 @@ def test_a_node_of_an_older_renderfarm_gets_one_chunk_a_message(
 ) -> None:
     """Its heartbeat says nothing of bundles (``bundle`` 1, the default): it has no
     ``render_chunks`` task, and would drop such a message unread."""
-    _, again = short_job_sent(scheduler, fake_broker, studios, studio_id, clock, 1)
-    assert len(again) > 4 and all(len(message) == 1 for message in fake_broker.messages)
+    job = dispatch_short_job(scheduler, fake_broker, studios, studio_id, clock, 1)
+    assert len(job.after) > 4 and all(len(message) == 1 for message in fake_broker.messages)
 
 
 def test_a_job_of_real_renders_goes_one_chunk_a_message(
