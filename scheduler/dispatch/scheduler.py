@@ -176,8 +176,12 @@ class Scheduler:
             requeue_from_disabled(session, now)
             after = self.settings.redispatch_after
             requeue_unclaimed(session, now, after, self.broker.queue_depths)
+            # Their attempts closed in the same transaction: a studio's cancel committed
+            # between the two left chunks as one order made them and attempts as the
+            # other (a race test saw it once under load).
+            task_ids = close_stale_attempts(session, now)
             session.commit()
-        self.stop_stale_attempts()
+        self.broker.revoke(task_ids)
 
     def stop_stale_attempts(self) -> list[str]:
         """Revoke attempts whose chunk moved on (cancelled, requeued, superseded).
