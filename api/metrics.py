@@ -50,6 +50,9 @@ from scheduler.core.states import ChunkState, JobState
 from scheduler.db import AttemptTotal, ChunkRow, FrameTotal, JobRow, NodeRow
 from scheduler.db.engine import read_only
 
+# A node's states (nodes.state): its own say (online, leaving, left), or lost.
+NODE_STATES = ("online", "leaving", "left", "lost")
+
 
 class FarmCollector(Collector):
     """Farm-wide figures read from the database, at most once per ``max_age`` seconds."""
@@ -253,7 +256,8 @@ class FarmCollector(Collector):
             "IT power of online nodes, as their last heartbeats reported it.",
             labels=["pool", "region"],
         )
-        online: dict[str, list[int]] = {}
+        by_state: dict[str, dict[str, int]] = {}  # pool -> state -> nodes
+        online: dict[str, list[int]] = {}  # pool -> [slots, busy] of its online nodes
         for pool, region, state, n, total_slots, running, watts in session.execute(
             select(
                 col(NodeRow.pool),
@@ -265,15 +269,17 @@ class FarmCollector(Collector):
                 func.sum(NodeRow.power_watts),
             ).group_by(col(NodeRow.pool), col(NodeRow.region), col(NodeRow.state))
         ):
-            counts = online.setdefault(pool, [0, 0, 0, 0])  # lost, online, slots, busy
-            counts[state == "online"] += n
+            states = by_state.setdefault(pool, dict.fromkeys(NODE_STATES, 0))
+            states[state] = states.get(state, 0) + n
             if state == "online":
-                counts[2] += total_slots or 0
-                counts[3] += running or 0
+                counts = online.setdefault(pool, [0, 0])
+                counts[0] += total_slots or 0
+                counts[1] += running or 0
                 power.add_metric([pool, region], watts or 0.0)
-        for pool, (lost, up, total_slots, running) in online.items():
-            nodes.add_metric([pool, "lost"], lost)
-            nodes.add_metric([pool, "online"], up)
+        for pool, states in by_state.items():
+            for state, n in states.items():
+                nodes.add_metric([pool, state], n)
+            total_slots, running = online.get(pool, (0, 0))
             slots.add_metric([pool], total_slots)
             busy.add_metric([pool], running)
         yield from (nodes, slots, busy, power)

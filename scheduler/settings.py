@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     )
     event_batch: int = Field(500, ge=1, description="events ingested per database transaction")
     node_timeout: float = Field(60.0, gt=0, description="seconds without heartbeat before lost")
+    forget_nodes_after: float = Field(
+        86400.0,
+        gt=0,
+        description="seconds after a node left or was lost that the farm forgets it (pools "
+        "scaled up and down name a new node each time; its attempts keep its name)",
+    )
     redispatch_after: float = Field(30.0, gt=0, description="unclaimed seconds before a resend")
     leader_ttl: float = Field(
         10.0, gt=0, description="seconds a dead scheduler keeps the leader lock; standby waits"
@@ -94,6 +100,14 @@ class Settings(BaseSettings):
 
     # Workers.
     heartbeat_seconds: float = Field(5.0, gt=0)
+    drain_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="told to stop (SIGTERM), a node takes no new chunk and lets those it "
+        "runs finish for this long, then hands the rest back; keep it a few seconds under "
+        "the time its supervisor waits before SIGKILL (Kubernetes: "
+        "terminationGracePeriodSeconds)",
+    )
     region: str = Field("guizhou", max_length=64, description="where this node stands")
     energy_meter: Literal["auto", "rapl", "model", "off"] = Field(
         "auto", description="auto, rapl, model or off"

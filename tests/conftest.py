@@ -200,6 +200,7 @@ def farm_env(settings: Settings) -> dict[str, str]:
         RENDERFARM_REDISPATCH_AFTER=str(settings.redispatch_after),
         RENDERFARM_LEADER_TTL=str(settings.leader_ttl),
         RENDERFARM_RETRY_BASE_SECONDS=str(settings.retry_base_seconds),
+        RENDERFARM_DRAIN_SECONDS=str(settings.drain_seconds),
     )
     return env
 

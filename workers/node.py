@@ -14,11 +14,13 @@ whom OpenJD templates' commands run as (``equip_run_as``, workers/job_user.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import platform
 import re
+import signal
 import socket
 import threading
 import time
@@ -42,6 +44,7 @@ from scheduler.wire.messages import (
     RENDER_TASK,
     ChunkMessage,
     HeartbeatEvent,
+    NodeLife,
     NodeReport,
     attempt_task_ids,
     node_queue,
@@ -275,12 +278,17 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
         )  # fmt: skip
 
     heartbeat = Heartbeat(
-        events, node, settings.heartbeat_seconds, server.ledger if server else None
+        events,
+        node,
+        settings.heartbeat_seconds,
+        server.ledger if server else None,
+        settings.drain_seconds,
     )
     if server is not None:  # before the heartbeat: its first beat reports the meter
         signals.worker_ready.connect(server.start, weak=False)
         signals.worker_shutdown.connect(server.stop, weak=False)
     signals.worker_ready.connect(heartbeat.start, weak=False)
+    signals.worker_shutting_down.connect(heartbeat.leave, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     return app
 
@@ -297,18 +305,33 @@ def make_ledger_server(settings: Settings, node: NodeConfig) -> LedgerServer | N
 
 
 class Heartbeat:
+    """The node's heartbeat, every ``every`` s on its own thread, and its word on going.
+
+    Told to stop (SIGTERM: Kubernetes scaling a pool down, systemd, Ctrl-C), Celery stops
+    taking messages and waits for the chunks running; the next beat, at once, says
+    "leaving", and the scheduler sends the chunks still waiting in the node's queue
+    elsewhere. Chunks still running after ``drain`` s are handed back: the node says
+    "left" (the scheduler queues again, at once, all it thought the node held), then
+    ends their pool processes, whose renderers die with them. A node whose chunks all
+    finish says "left" as its worker ends. Either way nothing waits for the node timeout.
+    """
+
     def __init__(
         self,
         events: EventPublisher,
         node: NodeConfig,
         every: float,
         ledger: EnergyLedger | None = None,
+        drain: float = 20.0,
     ) -> None:
         self.events = events
         self.node = node
         self.every = every
         self.ledger = ledger
+        self.drain = drain
+        self.life = NodeLife.ONLINE
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, **_: Any) -> None:
@@ -316,8 +339,22 @@ class Heartbeat:
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()
 
+    def leave(self, **_: Any) -> None:
+        """Celery's ``worker_shutting_down``, in its signal handler: nothing here waits."""
+        if self.life != NodeLife.ONLINE:
+            return  # a second signal: Celery's cold shutdown follows
+        self.life = NodeLife.LEAVING
+        self._wake.set()
+        threading.Thread(target=self._hand_back_later, name="drain", daemon=True).start()
+
     def stop(self, **_: Any) -> None:
+        """Celery's ``worker_shutdown``: the pool has ended; the node's last word."""
         self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(self.every + 1.0)
+        if self.life != NodeLife.ONLINE:  # stopped by a signal, not by a broken start
+            self._say_left()
 
     def beat(self) -> None:
         # Reserved includes received-but-not-started: a task appears there before its
@@ -327,17 +364,46 @@ class Heartbeat:
         running = {t for r in list(worker_state.active_requests) for t in attempt_task_ids(r.id)}
         report = self.node.report(len(worker_state.active_requests), self.ledger)
         beat = HeartbeatEvent(
-            node=self.node.name, info=report, tasks=sorted(holding | running), at=time.time()
+            node=self.node.name,
+            info=report,
+            tasks=sorted(holding | running),
+            at=time.time(),
+            life=self.life,
         )
         self.events.publish([beat.to_dict()])
+
+    def _say_left(self) -> None:
+        self.life = NodeLife.LEFT
+        report = self.node.report(0, self.ledger)
+        beat = HeartbeatEvent(node=self.node.name, info=report, tasks=[], at=time.time(),
+                              life=NodeLife.LEFT)  # fmt: skip
+        try:
+            self.events.publish([beat.to_dict()])
+        except Exception:  # the broker is away: the node timeout will tell instead
+            log.exception("could not say the node left")
+
+    def _hand_back_later(self) -> None:
+        if self._stop.wait(self.drain):
+            return  # every chunk finished in time; stop() says "left"
+        processes = {r.worker_pid for r in list(worker_state.active_requests) if r.worker_pid}
+        if not processes:
+            return
+        log.warning("handing back %d chunk(s) still rendering after %.0f s",
+                    len(processes), self.drain)  # fmt: skip
+        self._say_left()  # first: the events of the renders ended below are then stale
+        for pid in processes:  # their SIGTERM handler kills the renderers (runner.py)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.beat()
+                if self.life != NodeLife.LEFT:
+                    self.beat()
             except Exception:  # the broker is away: keep trying, never die
                 log.exception("heartbeat failed")
-            self._stop.wait(self.every)
+            self._wake.wait(self.every)
+            self._wake.clear()
 
 
 def start_worker(

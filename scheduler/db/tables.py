@@ -452,7 +452,8 @@ class NodeRow(SQLModel, table=True):
     region: str = Field(default="", max_length=64)
     energy_method: str | None = Field(default=None, max_length=32)
     power_watts: float = 0.0  # IT power over the last sampling interval
-    state: str = Field(max_length=16)  # online | lost
+    # online | leaving | left (the node's own say: NodeLife) | lost (silent for the timeout)
+    state: str = Field(max_length=16)
     # An operator's say: enabled; draining (running chunks finish, none new); disabled
     # (none new, its running chunks go to other nodes at once).
     admin: str = Field(

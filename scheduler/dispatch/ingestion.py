@@ -38,7 +38,7 @@ from scheduler.core.policy import (
     vanished_attempts,
 )
 from scheduler.core.rollups import ENDED_STATES
-from scheduler.core.states import AttemptState, ChunkState
+from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import ChunkRow, FrameResultRow, JobRow, NodeRow
 from scheduler.db.among import among
 from scheduler.db.outbox import emit
@@ -63,6 +63,7 @@ from scheduler.wire.messages import (
     FrameEvent,
     FrameReport,
     HeartbeatEvent,
+    NodeLife,
     NodeReport,
     StartedEvent,
     decode_event,
@@ -557,16 +558,18 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
             "power_watts": _number_or_none(report.power_watts) or 0.0,
             "last_heartbeat": now,
         }
+        if event.life == NodeLife.LEFT:
+            live["running"] = 0
         row = known.get(name)
         if row is None:
-            new.append({"name": name, **_offered(report), **live, "state": "online",
+            new.append({"name": name, **_offered(report), **live, "state": event.life,
                         "admin": "enabled", "registered_at": now})  # fmt: skip
             continue
         offered = _offered(report)
-        if row.state == "online" and _offers(row, offered):
+        if row.state == event.life and _offers(row, offered):
             beats.append({"b_name": name, **live})
         else:
-            reoffered.append({"b_name": name, **offered, **live, "state": "online"})
+            reoffered.append({"b_name": name, **offered, **live, "state": event.life})
     session.flush()  # what the session holds goes first: these statements bypass it
     for statement, rows in ((_REGISTER, new), (_REOFFER, reoffered)):
         if rows:
@@ -576,6 +579,7 @@ def save_heartbeats(session: Session, events: Sequence[HeartbeatEvent], now: flo
     elif beats:
         session.execute(_BEAT, beats)
     _requeue_vanished(session, [e for e in latest.values() if e.tasks is not None], now)
+    _requeue_departing(session, [e for e in latest.values() if e.life != NodeLife.ONLINE], now)
     return {row["name"] for row in new} | {row["b_name"] for row in reoffered}
 
 
@@ -613,6 +617,33 @@ def _stored_json(text: str | None) -> Any:
             _DECODED.clear()
         value = _DECODED[text] = json.loads(text)
     return value
+
+
+_HELD_BY = sql_select(
+    col(ChunkRow.node), col(ChunkRow.id), col(ChunkRow.attempts), col(ChunkRow.state)
+).where(among(col(ChunkRow.node), "names"), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES))
+
+
+def _requeue_departing(session: Session, beats: Sequence[HeartbeatEvent], now: float) -> None:
+    """What nodes going away will not render goes back to the queue now, not after the
+    node timeout: a leaving node's chunks still waiting in its Celery queue (it takes
+    no new message; those it lists it finishes or hands back), and everything the farm
+    thought a node that left held (its last word: it runs nothing)."""
+    if not beats:
+        return
+    life = {beat.info.name: beat for beat in beats}
+    back: list[int] = []
+    for node, chunk_id, attempt, state in session.execute(_HELD_BY, {"names": list(life)}):
+        beat = life[node]
+        if beat.life == NodeLife.LEFT or (
+            state == ChunkState.DISPATCHED
+            and task_id_for(chunk_id, attempt) not in (beat.tasks or ())
+        ):
+            back.append(chunk_id)
+    if back:
+        log.warning("%d chunk(s) of nodes going away (%s): queued again at once",
+                    len(back), ", ".join(sorted(life)[:10]))  # fmt: skip
+        requeue_chunks(session, back, ACTIVE_CHUNK_STATES, now)
 
 
 def _requeue_vanished(session: Session, beats: Sequence[HeartbeatEvent], now: float) -> None:

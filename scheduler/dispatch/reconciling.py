@@ -6,8 +6,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
+from sqlalchemy import delete, update
 from sqlalchemy import select as sql_select
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from scheduler.core.policy import is_node_lost, unclaimed_to_resend
@@ -25,7 +25,8 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> list[str]:
     queue. Returns the nodes lost."""
     silent = session.execute(  # only the silent are read: a farm has thousands online
         sql_select(col(NodeRow.name), col(NodeRow.last_heartbeat)).where(
-            col(NodeRow.state) == "online", col(NodeRow.last_heartbeat) < now - timeout
+            col(NodeRow.state).in_(("online", "leaving")),  # a node that left is not lost
+            col(NodeRow.last_heartbeat) < now - timeout,
         )
     )
     lost = [name for name, last in silent if is_node_lost(last, now, timeout)]
@@ -43,6 +44,23 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> list[str]:
     ).all()
     requeue_chunks(session, [c for c in chunks if c is not None], ACTIVE_CHUNK_STATES, now)
     return lost
+
+
+def forget_departed_nodes(session: Session, now: float, after: float) -> int:
+    """Nodes that left or were lost ``after`` s ago and hold nothing: forgotten (their
+    attempts and frames keep the name). A pool that Kubernetes scales up and down gets a
+    node of a new name each time; the farm's node list would grow without end. How many."""
+    held = select(ChunkRow.node).where(
+        col(ChunkRow.node).is_not(None), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES)
+    )
+    gone = session.execute(
+        delete(NodeRow).where(
+            col(NodeRow.state).in_(("left", "lost")),
+            col(NodeRow.last_heartbeat) < now - after,
+            col(NodeRow.name).not_in(held),
+        )
+    )
+    return int(gone.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def requeue_from_disabled(session: Session, now: float) -> None:

@@ -10,6 +10,7 @@ ingestion.py and reconciling.py.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from scheduler.dispatch.ingestion import (
 )
 from scheduler.dispatch.reconciling import (
     close_stale_attempts,
+    forget_departed_nodes,
     mark_lost_nodes,
     requeue_from_disabled,
     requeue_unclaimed,
@@ -51,6 +53,7 @@ from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage, task_id_for
 # How long the regions' figures bill frames before they are read again: a region's
 # new price or carbon intensity applies to the frames ingested a second later at most.
 BILLER_SECONDS = 1.0
+FORGET_EVERY_SECONDS = 60.0  # how often nodes long gone are looked for and forgotten
 
 
 class Scheduler:
@@ -73,6 +76,7 @@ class Scheduler:
         self.roster = NodeRoster()  # live nodes and what they offer, kept between ticks
         self._billing: tuple[float, FrameBiller] | None = None  # since when, figures
         self.messages_in_last_tick = 0  # what the last tick's chunks went in (bundles.py)
+        self._forgotten_at = -math.inf  # when departed nodes were last forgotten
 
     def dispatch_tick(self) -> list[ChunkMessage]:
         """Fill each node's queue up to its free slots; returns what was sent."""
@@ -173,6 +177,9 @@ class Scheduler:
         now = self.clock()
         with Session(self.engine) as session:
             self.roster.changed(mark_lost_nodes(session, now, self.settings.node_timeout))
+            if now - self._forgotten_at >= FORGET_EVERY_SECONDS:
+                self._forgotten_at = now
+                forget_departed_nodes(session, now, self.settings.forget_nodes_after)
             requeue_from_disabled(session, now)
             after = self.settings.redispatch_after
             requeue_unclaimed(session, now, after, self.broker.queue_depths)

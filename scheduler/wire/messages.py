@@ -322,9 +322,21 @@ class HeartbeatEvent:
     # scheduler then requeues nothing of it.
     tasks: list[str] | None = None
     at: float | None = None  # when the node sent it, epoch seconds
+    # The node's own say about its life (``NodeLife``): "online"; "leaving" (told to stop:
+    # it takes no new chunk and finishes or hands back those it runs); "left" (its last
+    # word: it runs nothing, and what the farm thought it held goes elsewhere at once).
+    life: str = "online"
 
     def to_dict(self) -> dict[str, Any]:
         return {"v": EVENT_VERSION, "kind": self.kind.value, **wire_dict(self)}
+
+
+class NodeLife(StrEnum):
+    """What a node says of its own life in its heartbeat (``HeartbeatEvent.life``)."""
+
+    ONLINE = "online"
+    LEAVING = "leaving"
+    LEFT = "left"
 
 
 NodeEvent = StartedEvent | FrameEvent | FinishedEvent | FailedEvent | HeartbeatEvent
@@ -400,7 +412,20 @@ def _read_heartbeat(data: Mapping[str, Any], where: str) -> HeartbeatEvent:
         info=_read_node_report(info, f"{where}: info"),
         tasks=_field(data, "tasks", where, _is_str_list, "a list of strings", None, True),
         at=_field(data, "at", where, _is_number, "a number", None, True),
+        life=_life(data, where),
     )
+
+
+def _life(data: Mapping[str, Any], where: str) -> str:
+    """A heartbeat's ``life`` (absent: "online", as a node before it said nothing)."""
+    life = _field(data, "life", where, _is_str, "a string", NodeLife.ONLINE.value)
+    try:
+        return NodeLife(life).value
+    except ValueError:
+        known = ", ".join(NodeLife)
+        raise EventError(
+            f"{where}: field 'life' must be one of {known}, not {life!r:.80}"
+        ) from None
 
 
 _READERS: dict[EventKind, Callable[[Mapping[str, Any], str], NodeEvent]] = {

@@ -51,6 +51,8 @@ EVENTS: list[NodeEvent] = [
     FailedEvent(**ATTEMPT, error="exceeded the time limit"),
     HeartbeatEvent(node="gz-01", info=NODE, tasks=["chunk-7-attempt-2"], at=1_700_000_001.0),
     HeartbeatEvent(node="gz-01", info=NODE),
+    HeartbeatEvent(node="gz-01", info=NODE, tasks=[], at=1_700_000_002.0, life="leaving"),
+    HeartbeatEvent(node="gz-01", info=NODE, tasks=[], at=1_700_000_003.0, life="left"),
 ]
 
 
@@ -115,6 +117,10 @@ def test_fields_this_version_does_not_know_are_ignored() -> None:
          "heartbeat event: info: field 'slots' must be an integer, not '8'"),
         ({"kind": "heartbeat", "node": "a", "info": NODE.to_dict(), "tasks": "chunk-1"},
          "field 'tasks' must be a list of strings"),
+        ({"kind": "heartbeat", "node": "a", "info": NODE.to_dict(), "life": "gone"},
+         "heartbeat event: field 'life' must be one of online, leaving, left, not 'gone'"),
+        ({"kind": "heartbeat", "node": "a", "info": NODE.to_dict(), "life": None},
+         "heartbeat event: field 'life' must be a string, not None"),
         # What the nodes table cannot store fails the one report, not its batch's statement.
         ({"kind": "heartbeat", "node": "a", "info": {**NODE.to_dict(), "name": "n" * 201}},
          "info: field 'name' must be a string of 1 to 200 characters"),
@@ -184,6 +190,12 @@ def test_a_nodes_bundle_is_what_it_said_within_what_this_scheduler_sends(
         info["bundle"] = said
     event = decode_event({"kind": "heartbeat", "node": "gz-01", "info": info})
     assert isinstance(event, HeartbeatEvent) and event.info.bundle == taken
+
+
+def test_a_node_that_says_nothing_of_its_life_is_online() -> None:
+    """A node of a renderfarm before nodes said they were leaving."""
+    event = decode_event({"kind": "heartbeat", "node": "gz-01", "info": NODE.to_dict()})
+    assert isinstance(event, HeartbeatEvent) and event.life == "online"
 
 
 # Scheduler -> node: the chunk message -------------------------------------------------
