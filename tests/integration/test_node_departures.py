@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.engine import Engine
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from scheduler.db import AttemptRow, NodeRow
@@ -71,9 +71,7 @@ def test_a_leaving_node_keeps_what_it_runs_and_its_queue_goes_elsewhere_at_once(
     scheduler.ingest([beat("node-a", "left", [])])  # its drain ran out: handed back
     assert states(studios)["node-a"] == "left"
     handed = scheduler.dispatch_tick()
-    assert [(m.chunk_id, m.attempt, m.node) for m in handed] == [
-        (running.chunk_id, 2, "node-b")
-    ]
+    assert [(m.chunk_id, m.attempt, m.node) for m in handed] == [(running.chunk_id, 2, "node-b")]
     scheduler.stop_stale_attempts()
     first = attempts_of(engine, job_id)[(running.chunk_id, 1)]
     assert first.state == "superseded"  # not failed: handing back spends no retry
