@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -45,9 +46,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from scheduler.core.buckets import ENERGY_JOULES_BUCKETS, RENDER_SECONDS_BUCKETS
+from scheduler.core.demand import slots_for_deadline
 from scheduler.core.rollups import UNMETERED, bucket
-from scheduler.core.states import ChunkState, JobState
-from scheduler.db import AttemptTotal, ChunkRow, FrameTotal, JobRow, NodeRow
+from scheduler.core.states import ACTIVE_CHUNK_STATES, ChunkState, JobState
+from scheduler.db import AttemptTotal, ChunkRow, FrameResultRow, FrameTotal, JobRow, NodeRow
+from scheduler.db.among import among
 from scheduler.db.engine import read_only
 
 # A node's states (nodes.state): its own say (online, leaving, left), or lost.
@@ -63,8 +66,10 @@ class FarmCollector(Collector):
         currency: str = "CNY",
         max_age: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.engine = read_only(engine)
+        self.wall = wall  # deadlines and retries' back-off are wall-clock times
         self.currency = currency
         self.max_age = max_age
         self.clock = clock
@@ -92,6 +97,7 @@ class FarmCollector(Collector):
                 *self._chunks(session),
                 *self._jobs(session),
                 *self._nodes(session),
+                *self._demand(session),
             ]
 
     def _frames(self, session: Session) -> Iterator[Metric]:
@@ -229,6 +235,55 @@ class FarmCollector(Collector):
             )
         yield from (chunks, depth)
 
+    def _demand(self, session: Session) -> Iterator[Metric]:
+        """What an autoscaler should read (scheduler/core/demand.py), per pool."""
+        waiting = GaugeMetricFamily(
+            "renderfarm_pool_frames_waiting",
+            "Frames of unfinished chunks not rendering yet (queued in the farm or sent).",
+            labels=["pool"],
+        )
+        now_slots = GaugeMetricFamily(
+            "renderfarm_pool_slots_wanted",
+            "Render slots the pool could fill now: chunks sent or rendering, and queued "
+            "chunks of jobs that wait for nothing.",
+            labels=["pool"],
+        )
+        deadline_slots = GaugeMetricFamily(
+            "renderfarm_pool_deadline_slots",
+            "Render slots the pool needs from now to finish every job with a deadline on "
+            "time, at each job's measured pace (all its chunks while unmeasured or late).",
+            labels=["pool"],
+        )
+        now = self.wall()
+        frames: dict[str, int] = {}
+        for pool, n in session.execute(
+            select(col(ChunkRow.pool), func.sum(ChunkRow.frame_count))
+            .where(col(ChunkRow.state).in_((ChunkState.QUEUED, ChunkState.DISPATCHED)))
+            .group_by(col(ChunkRow.pool))
+        ):
+            frames[pool] = int(n or 0)
+        wanted = {pool: int(n or 0) for pool, n in session.execute(_demand_now(now))}
+        left = session.execute(_DEADLINE_LEFT).all()
+        pace = dict(session.execute(_PACE, {"ids": [row[0] for row in left]}).all())
+        needed: dict[str, int] = {}
+        for (
+            job_id,
+            pool,
+            deadline,
+            frames_left,
+            chunks_left,
+        ) in left:
+            seconds = pace.get(job_id)
+            needed[pool] = needed.get(pool, 0) + slots_for_deadline(
+                int(frames_left or 0), int(chunks_left or 0),
+                float(seconds) if seconds is not None else None, deadline - now,
+            )  # fmt: skip
+        for pool in sorted({*frames, *wanted, *needed}):
+            waiting.add_metric([pool], frames.get(pool, 0))
+            now_slots.add_metric([pool], wanted.get(pool, 0))
+            deadline_slots.add_metric([pool], needed.get(pool, 0))
+        yield from (waiting, now_slots, deadline_slots)
+
     def _jobs(self, session: Session) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("renderfarm_jobs", "Jobs by state.", labels=["state"])
         counts: dict[str, int] = {
@@ -296,6 +351,48 @@ def _histogram(
 
 _ATTEMPT_TOTALS = select(col(AttemptTotal.pool), col(AttemptTotal.measure), col(AttemptTotal.value))
 UNFINISHED = tuple(state for state in ChunkState if not state.is_final)
+
+
+def _demand_now(now: float) -> Any:
+    """Chunks per pool that could take a slot at once: sent or rendering, and queued
+    of jobs that wait for nothing (scheduler/core/demand.py)."""
+    runnable = (
+        col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING))
+        & col(JobRow.suspended).is_(False)
+        & col(JobRow.message).is_(None)
+    )
+    queued_now = (
+        (col(ChunkRow.state) == ChunkState.QUEUED)
+        & runnable
+        & (col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= now))
+    )
+    return (
+        select(col(ChunkRow.pool), func.sum(ChunkRow.chunks))
+        .join(JobRow, col(JobRow.id) == col(ChunkRow.job_id))
+        .where(col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES) | queued_now)
+        .group_by(col(ChunkRow.pool))
+    )
+
+
+# Jobs with a deadline still to render: frames and chunks left, and their pace so far.
+_DEADLINE_LEFT = (
+    select(
+        col(JobRow.id), col(JobRow.pool), col(JobRow.deadline),
+        func.sum(ChunkRow.frame_count), func.sum(ChunkRow.chunks),
+    )
+    .join(ChunkRow, col(ChunkRow.job_id) == col(JobRow.id))
+    .where(
+        col(JobRow.deadline).is_not(None),
+        col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING, JobState.SUSPENDED)),
+        col(ChunkRow.state).in_(UNFINISHED),
+    )
+    .group_by(col(JobRow.id), col(JobRow.pool), col(JobRow.deadline))
+)  # fmt: skip
+_PACE = (
+    select(col(FrameResultRow.job_id), func.avg(FrameResultRow.render_seconds))
+    .where(among(col(FrameResultRow.job_id), "ids"))
+    .group_by(col(FrameResultRow.job_id))
+)
 _FRAME_TOTALS = select(
     col(FrameTotal.pool), col(FrameTotal.region), col(FrameTotal.method),
     col(FrameTotal.measure), col(FrameTotal.value),
