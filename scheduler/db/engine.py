@@ -29,7 +29,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -181,6 +181,9 @@ def insert_or(session: Session, table: Any) -> Any:
     return dialect.insert(table)
 
 
+MIGRATION_LOCK = 0x72656E646572  # PostgreSQL advisory lock key of schema upgrades ("render")
+
+
 def create_tables(engine: Engine) -> None:
     """Bring the schema to the newest revision (Alembic); safe to call at every start.
     ``Unavailable`` where the database does not answer."""
@@ -192,5 +195,15 @@ def create_tables(engine: Engine) -> None:
             f"cannot reach the database {safe_url(str(engine.url))}: {reason}"
         ) from None
     with connection:
-        command.upgrade(alembic_config(connection), "head")
-        connection.commit()
+        on_postgresql = connection.dialect.name == "postgresql"
+        if on_postgresql:  # API replicas and schedulers starting together upgrade one at a time
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            connection.commit()
+        try:
+            command.upgrade(alembic_config(connection), "head")
+            connection.commit()
+        finally:
+            if on_postgresql:
+                connection.rollback()
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                connection.commit()
