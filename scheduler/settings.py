@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         "terminationGracePeriodSeconds)",
     )
     region: str = Field("guizhou", max_length=64, description="where this node stands")
+    kubernetes_node: str | None = Field(
+        None,
+        max_length=253,
+        description="the Kubernetes node a render node's pod runs on: its region and tags "
+        "come from that machine's labels (workers/kubernetes.py)",
+    )
     energy_meter: Literal["auto", "rapl", "model", "off"] = Field(
         "auto", description="auto, rapl, model or off"
     )

@@ -237,12 +237,26 @@ def worker(
         if value is not None
     }
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    tags = list(tag or [])
+    if settings.kubernetes_node:  # the machine's labels say where it stands, what it has
+        from workers.kubernetes import NodeLabelsUnavailable, machine_labels, region_and_tags
+
+        try:
+            labelled, labelled_tags = region_and_tags(
+                machine_labels(settings.kubernetes_node, os.environ)
+            )
+        except NodeLabelsUnavailable as error:
+            console.print(f"[red]labels of {settings.kubernetes_node}: {error}[/red]")
+            raise typer.Exit(2) from None
+        if labelled and region is None:
+            settings = settings.model_copy(update={"region": labelled})
+        tags += [t for t in labelled_tags if t not in tags]
     try:
         node = NodeConfig(
             name=name or socket.gethostname().split(".")[0],
             pool=pool,
             slots=slots,
-            tags=tag or [],
+            tags=tags,
             gpus=gpus if gpus is not None else count_gpus(),
             region=settings.region,
         )
