@@ -24,7 +24,7 @@ from api.routes import (
     webhooks,
 )
 from scheduler import __version__
-from scheduler.db import create_tables, make_engine
+from scheduler.db import create_tables, farm_engine
 from scheduler.settings import Settings
 from scheduler.usecases.assets import AssetService
 from scheduler.usecases.blobstore import BlobStore, open_storage
@@ -41,7 +41,7 @@ def from_environment() -> FastAPI:
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    engine = engine or make_engine(settings.effective_database_url)
+    engine = engine or farm_engine(settings, "renderfarm-api")
     create_tables(engine)
     app = FastAPI(
         title="renderfarm",

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         None, description="Celery broker (Redis). Unset: localhost, or embedded for `up`/`demo`"
     )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    # PostgreSQL connections of one process, at most pool + overflow: the server's
+    # max_connections must cover every process's (README: "PostgreSQL at farm scale").
+    db_pool_size: int = Field(10, ge=1, le=500, description="connections a process keeps open")
+    db_max_overflow: int = Field(
+        10, ge=0, le=500, description="connections a process may open beyond its pool, briefly"
+    )
     storage: str | None = Field(
         None,
         description="contents, frames and logs: a folder (default data_dir/storage) or "

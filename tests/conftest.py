@@ -201,6 +201,8 @@ def farm_env(settings: Settings) -> dict[str, str]:
         RENDERFARM_LEADER_TTL=str(settings.leader_ttl),
         RENDERFARM_RETRY_BASE_SECONDS=str(settings.retry_base_seconds),
         RENDERFARM_DRAIN_SECONDS=str(settings.drain_seconds),
+        RENDERFARM_DB_POOL_SIZE=str(settings.db_pool_size),
+        RENDERFARM_DB_MAX_OVERFLOW=str(settings.db_max_overflow),
     )
     return env
 

@@ -1,6 +1,6 @@
 """SQL state through SQLModel: the tables, and the engine that opens them."""
 
-from scheduler.db.engine import create_tables, make_engine
+from scheduler.db.engine import create_tables, farm_engine, make_engine
 from scheduler.db.tables import (
     ApiKey,
     AttemptRow,
@@ -60,5 +60,6 @@ __all__ = [
     "WebhookEvent",
     "WebhookRow",
     "create_tables",
+    "farm_engine",
     "make_engine",
 ]

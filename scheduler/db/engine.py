@@ -25,7 +25,7 @@ import random
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -38,14 +38,31 @@ from sqlmodel import Session, create_engine
 from scheduler.db import tables  # noqa: F401  (registers the tables on the metadata)
 from scheduler.errors import Misconfigured, Unavailable
 
+if TYPE_CHECKING:
+    from scheduler.settings import Settings
+
 READ_ONLY = "renderfarm_read_only"  # the execution option of ``read_only(engine)``
 WRITE_LOCK_WAIT = 60.0  # seconds a writer waits for SQLite's write lock, all tries together
 BUSY_TIMEOUT_MS = 10_000  # SQLite's own wait within one try (reads rarely need any)
 
 
-def make_engine(url: str) -> Engine:
+def farm_engine(settings: Settings, name: str) -> Engine:
+    """The engine of a farm process: its database, its bounded pool, and its name as
+    PostgreSQL shows it (``pg_stat_activity.application_name``)."""
+    return make_engine(
+        settings.effective_database_url, settings.db_pool_size, settings.db_max_overflow, name
+    )
+
+
+def make_engine(
+    url: str, pool_size: int = 10, max_overflow: int = 10, name: str = "renderfarm"
+) -> Engine:
     """The engine of a database URL; ``Misconfigured`` where the URL cannot work (not a
-    URL, a database kind SQLAlchemy does not know, a driver that is not installed)."""
+    URL, a database kind SQLAlchemy does not know, a driver that is not installed).
+
+    PostgreSQL: at most ``pool_size + max_overflow`` connections (a caller past them
+    waits up to 30 s for one, then fails); each checked before use, so a server that
+    restarted costs one failed check per stale connection, not a failed request."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -54,6 +71,16 @@ def make_engine(url: str) -> Engine:
             "postgresql+psycopg://USER@HOST/DATABASE"
         ) from None
     try:
+        if parsed.get_backend_name() == "postgresql":
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=30,
+                pool_recycle=1800,  # under a proxy or PgBouncer that ends idle ones
+                connect_args={"application_name": name[:63]},
+            )
         if parsed.get_backend_name() != "sqlite":
             return create_engine(url, pool_pre_ping=True)
         return _sqlite_engine(url, parsed.database)

@@ -34,7 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
-from scheduler.db import create_tables, make_engine
+from scheduler.db import create_tables, farm_engine
 from scheduler.dispatch import metrics
 from scheduler.dispatch.carbon_feed import CarbonFeed
 from scheduler.dispatch.ingestion import IngestOutcome
@@ -56,7 +56,7 @@ OUTAGE_BACKOFF = ExponentialBackoff(cap=10.0, base=0.25)
 
 def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
-    engine = make_engine(settings.effective_database_url)
+    engine = farm_engine(settings, "renderfarm-scheduler")
     create_tables(engine)
     app = make_celery(settings)
     broker = BackgroundSender(CeleryBroker(app))
