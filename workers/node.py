@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import platform
 import re
@@ -330,6 +331,7 @@ class Heartbeat:
         self.ledger = ledger
         self.drain = drain
         self.life = NodeLife.ONLINE
+        self._hand_back_at = math.inf  # when a leaving node hands back what still renders
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -340,12 +342,13 @@ class Heartbeat:
             self._thread.start()
 
     def leave(self, **_: Any) -> None:
-        """Celery's ``worker_shutting_down``, in its signal handler: nothing here waits."""
+        """Celery's ``worker_shutting_down``, in its signal handler: it only notes the
+        time and wakes the heartbeat thread, which says so and hands back what is left."""
         if self.life != NodeLife.ONLINE:
             return  # a second signal: Celery's cold shutdown follows
+        self._hand_back_at = time.monotonic() + self.drain
         self.life = NodeLife.LEAVING
         self._wake.set()
-        threading.Thread(target=self._hand_back_later, name="drain", daemon=True).start()
 
     def stop(self, **_: Any) -> None:
         """Celery's ``worker_shutdown``: the pool has ended; the node's last word."""
@@ -382,27 +385,32 @@ class Heartbeat:
         except Exception:  # the broker is away: the node timeout will tell instead
             log.exception("could not say the node left")
 
-    def _hand_back_later(self) -> None:
-        if self._stop.wait(self.drain):
-            return  # every chunk finished in time; stop() says "left"
+    def _hand_back(self) -> None:
+        """The drain ran out: say "left" (first: the events of the renders ended below
+        are then stale), then end the pool processes still rendering; their SIGTERM
+        handler kills the renderers (runner.py)."""
         processes = {r.worker_pid for r in list(worker_state.active_requests) if r.worker_pid}
-        if not processes:
-            return
-        log.warning("handing back %d chunk(s) still rendering after %.0f s",
-                    len(processes), self.drain)  # fmt: skip
-        self._say_left()  # first: the events of the renders ended below are then stale
-        for pid in processes:  # their SIGTERM handler kills the renderers (runner.py)
+        if processes:
+            log.warning("handing back %d chunk(s) still rendering after %.0f s",
+                        len(processes), self.drain)  # fmt: skip
+        self._say_left()
+        for pid in processes:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            wait = self.every
             try:
-                if self.life != NodeLife.LEFT:
+                if self.life == NodeLife.LEAVING and time.monotonic() >= self._hand_back_at:
+                    self._hand_back()
+                elif self.life != NodeLife.LEFT:
                     self.beat()
             except Exception:  # the broker is away: keep trying, never die
                 log.exception("heartbeat failed")
-            self._wake.wait(self.every)
+            if self.life == NodeLife.LEAVING:
+                wait = max(0.0, min(wait, self._hand_back_at - time.monotonic()))
+            self._wake.wait(wait)
             self._wake.clear()
 
 
