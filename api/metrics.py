@@ -43,13 +43,22 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from scheduler.core.buckets import ENERGY_JOULES_BUCKETS, RENDER_SECONDS_BUCKETS
 from scheduler.core.demand import slots_for_deadline
 from scheduler.core.rollups import UNMETERED, bucket
 from scheduler.core.states import ACTIVE_CHUNK_STATES, ChunkState, JobState
-from scheduler.db import AttemptTotal, ChunkRow, FrameResultRow, FrameTotal, JobRow, NodeRow
+from scheduler.db import (
+    AttemptTotal,
+    ChunkRow,
+    FrameResultRow,
+    FrameTotal,
+    JobDependency,
+    JobRow,
+    NodeRow,
+)
 from scheduler.db.among import among
 from scheduler.db.engine import read_only
 
@@ -353,17 +362,28 @@ _ATTEMPT_TOTALS = select(col(AttemptTotal.pool), col(AttemptTotal.measure), col(
 UNFINISHED = tuple(state for state in ChunkState if not state.is_final)
 
 
+DependedOn = aliased(JobRow)
+_WAITING_ON = (  # a job some of whose dependencies are not done yet
+    select(col(JobDependency.job_id))
+    .join(DependedOn, col(DependedOn.id) == col(JobDependency.depends_on))
+    .where(col(DependedOn.state) != JobState.DONE)
+)
+# Jobs whose chunks may take a slot once there is one: not final, not suspended, not
+# waiting for another job. Read from states, not from the reasons the dispatch wrote on
+# held jobs: a pool scaled to none has no dispatch to clear them, and stayed at none.
+_RUNNABLE = (
+    col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING))
+    & col(JobRow.suspended).is_(False)
+    & col(JobRow.id).not_in(_WAITING_ON)
+)
+
+
 def _demand_now(now: float) -> Any:
     """Chunks per pool that could take a slot at once: sent or rendering, and queued
-    of jobs that wait for nothing (scheduler/core/demand.py)."""
-    runnable = (
-        col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING))
-        & col(JobRow.suspended).is_(False)
-        & col(JobRow.message).is_(None)
-    )
+    of runnable jobs past any retry's back-off (scheduler/core/demand.py)."""
     queued_now = (
         (col(ChunkRow.state) == ChunkState.QUEUED)
-        & runnable
+        & _RUNNABLE
         & (col(ChunkRow.not_before).is_(None) | (col(ChunkRow.not_before) <= now))
     )
     return (
@@ -374,18 +394,14 @@ def _demand_now(now: float) -> Any:
     )
 
 
-# Jobs with a deadline still to render: frames and chunks left, and their pace so far.
+# Runnable jobs with a deadline still to render: frames and chunks left.
 _DEADLINE_LEFT = (
     select(
         col(JobRow.id), col(JobRow.pool), col(JobRow.deadline),
         func.sum(ChunkRow.frame_count), func.sum(ChunkRow.chunks),
     )
     .join(ChunkRow, col(ChunkRow.job_id) == col(JobRow.id))
-    .where(
-        col(JobRow.deadline).is_not(None),
-        col(JobRow.state).in_((JobState.QUEUED, JobState.RUNNING, JobState.SUSPENDED)),
-        col(ChunkRow.state).in_(UNFINISHED),
-    )
+    .where(col(JobRow.deadline).is_not(None), _RUNNABLE, col(ChunkRow.state).in_(UNFINISHED))
     .group_by(col(JobRow.id), col(JobRow.pool), col(JobRow.deadline))
 )  # fmt: skip
 _PACE = (

@@ -2,14 +2,15 @@
 deploy/kubernetes/): the farm dispatches just in time, so its nodes' Celery queues are
 short by design and say nothing of the work waiting; these figures do.
 
-- *now*: slots the pool could fill at once: chunks rendering or sent, and queued chunks
-  of jobs not held (not suspended, not waiting for a dependency, a cheaper window or a
-  retry's back-off);
-- *deadline*: slots the pool needs from now on to finish every job that has a deadline
-  on time, at each job's measured pace, held jobs included (a job waiting for a
-  greener window must still find the slots when it starts).
-
-An autoscaler takes the larger of the two, in nodes of the pool's slots each.
+- *now* (what KEDA scales on): slots the pool could fill at once: chunks rendering or
+  sent, and queued chunks of runnable jobs (not suspended, waiting for no other job,
+  past any retry's back-off). Read from the jobs' states, never from the reasons a
+  dispatch wrote on held jobs: a pool scaled to none has no dispatch to clear them.
+  A job the placement holds for a cheaper or greener window counts (that hold lives in
+  the scheduler), as does one no node yet matches (new nodes may);
+- *deadline*: slots the pool needs from now on to finish its runnable jobs that have
+  deadlines on time, at each job's measured pace: never more than *now*; above the
+  pool's most nodes, deadlines will be missed (an alert, and the dashboard, say so).
 """
 
 from __future__ import annotations

@@ -5,12 +5,14 @@ database, whatever the nodes' Celery queues hold (the dispatch keeps them short)
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from api.metrics import FarmCollector
 from scheduler.dispatch.scheduler import Scheduler
 from scheduler.usecases.jobs import StudioService
+from scheduler.wire.messages import HeartbeatEvent, NodeReport
 from tests.integration.conftest import Clock, event, finished, heartbeat, submit
 
 
@@ -63,3 +65,39 @@ def test_deadline_slots_follow_each_jobs_measured_pace(
     assert demand(engine, clock)["renderfarm_pool_deadline_slots"] == {"cpu": 3}
     clock.now += 10  # late: every chunk it has left
     assert demand(engine, clock)["renderfarm_pool_deadline_slots"] == {"cpu": 8}
+
+
+def gpu_node() -> dict[str, Any]:
+    info = NodeReport("gpu-a", "gpu", "host", 2, 0, cores=8, memory_bytes=2**34, gpus=1)
+    return HeartbeatEvent(node="gpu-a", info=info).to_dict()
+
+
+def test_a_pool_of_no_nodes_wants_slots_once_what_its_jobs_wait_for_is_done(
+    scheduler: Scheduler, studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    """Scaled to none, a pool has no dispatch to note that its jobs stopped waiting:
+    its demand is read from the jobs' states, so it scales up again."""
+    first = submit(studios, studio_id, "1-2", pool="gpu")
+    submit(studios, studio_id, "1-3", depends_on=[first])  # cpu: waits for the gpu job
+    scheduler.ingest([heartbeat("node-cpu", slots=2), gpu_node()])
+    scheduler.dispatch_tick()  # the cpu job is held: "waiting for job(s) ..."
+    assert demand(engine, clock)["renderfarm_pool_slots_wanted"]["cpu"] == 0
+    clock.now += 120  # node-cpu is gone (the pool scaled to none)
+    scheduler.reconcile()
+    scheduler.ingest([gpu_node()])
+    for message in scheduler.dispatch_tick():
+        scheduler.ingest([finished(message, "gpu-a")])
+    assert studios.get_job(studio_id, first).job.state == "done"
+    assert demand(engine, clock)["renderfarm_pool_slots_wanted"]["cpu"] == 3
+
+
+def test_suspended_jobs_need_no_slots_for_their_deadlines(
+    studios: StudioService, studio_id: int, engine: Engine, clock: Clock
+) -> None:
+    deadline = dt.datetime.fromtimestamp(clock.now + 3600, dt.UTC).isoformat()
+    job_id = submit(studios, studio_id, "1-50", deadline=deadline)
+    assert demand(engine, clock)["renderfarm_pool_deadline_slots"] == {"cpu": 50}
+    studios.suspend_job(studio_id, job_id)
+    figures = demand(engine, clock)
+    assert figures["renderfarm_pool_deadline_slots"] == {"cpu": 0}
+    assert figures["renderfarm_pool_slots_wanted"] == {"cpu": 0}
