@@ -115,11 +115,11 @@ class Settings(BaseSettings):
         "terminationGracePeriodSeconds)",
     )
     region: str = Field("guizhou", max_length=64, description="where this node stands")
-    kubernetes_node: str | None = Field(
+    node_labels: Path | None = Field(
         None,
-        max_length=253,
-        description="the Kubernetes node a render node's pod runs on: its region and tags "
-        "come from that machine's labels (workers/kubernetes.py)",
+        description="a JSON file of the labels of the machine a render node runs on (on "
+        "Kubernetes, its init container writes it): its region and tags come from them "
+        "(workers/kubernetes.py)",
     )
     energy_meter: Literal["auto", "rapl", "model", "off"] = Field(
         "auto", description="auto, rapl, model or off"

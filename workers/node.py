@@ -279,7 +279,13 @@ def make_worker_app(settings: Settings, node: NodeConfig) -> Celery:
         )  # fmt: skip
 
     heartbeat = Heartbeat(
-        events,
+        # Its own publisher, which gives up within seconds: a beat lost in an outage is
+        # followed by the next, and a drain or a last word must not wait an hour for one.
+        EventPublisher(
+            settings.effective_broker_url,
+            max_wait=HEARTBEAT_PUBLISH_SECONDS,
+            socket_timeout=HEARTBEAT_PUBLISH_SECONDS / 2,  # a link cut: no answer at all
+        ),
         node,
         settings.heartbeat_seconds,
         server.ledger if server else None,
@@ -303,6 +309,9 @@ def make_ledger_server(settings: Settings, node: NodeConfig) -> LedgerServer | N
     ledger = EnergyLedger(meter, idle, node.slots, {"pool": node.pool, "region": node.region})
     log.info("energy: metering by %s, idle %.0f W over %d slots", meter.method, idle, node.slots)
     return LedgerServer(ledger, settings.energy_sample_seconds)
+
+
+HEARTBEAT_PUBLISH_SECONDS = 10.0  # how long a heartbeat may wait for the broker
 
 
 class Heartbeat:

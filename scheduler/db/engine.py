@@ -21,6 +21,8 @@ On PostgreSQL both are ordinary transactions.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 import sqlite3
 import time
@@ -32,7 +34,7 @@ from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from scheduler.db import tables  # noqa: F401  (registers the tables on the metadata)
@@ -208,6 +210,7 @@ def insert_or(session: Session, table: Any) -> Any:
     return dialect.insert(table)
 
 
+log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x72656E646572  # PostgreSQL advisory lock key of schema upgrades ("render")
 
 
@@ -224,13 +227,22 @@ def create_tables(engine: Engine) -> None:
     with connection:
         on_postgresql = connection.dialect.name == "postgresql"
         if on_postgresql:  # API replicas and schedulers starting together upgrade one at a time
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
-            connection.commit()
+            _take_migration_lock(connection)
         try:
             command.upgrade(alembic_config(connection), "head")
             connection.commit()
         finally:
-            if on_postgresql:
-                connection.rollback()
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
-                connection.commit()
+            if on_postgresql:  # a broken connection ends its lock; the upgrade's error stands
+                with contextlib.suppress(SQLAlchemyError):
+                    connection.rollback()
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                    connection.commit()
+
+
+def _take_migration_lock(connection: Connection) -> None:
+    """The schema upgrade's advisory lock: at once, else after saying whom it waits for."""
+    key = {"key": MIGRATION_LOCK}
+    if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+        log.info("waiting for another process's schema upgrade (advisory lock %d)", MIGRATION_LOCK)
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+    connection.commit()

@@ -47,15 +47,18 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> list[str]:
 
 
 def forget_departed_nodes(session: Session, now: float, after: float) -> int:
-    """Nodes that left or were lost ``after`` s ago and hold nothing: forgotten (their
-    attempts and frames keep the name). A pool that Kubernetes scales up and down gets a
-    node of a new name each time; the farm's node list would grow without end. How many."""
+    """Nodes that left or were lost ``after`` s ago, hold nothing and carry no
+    operator's say (a drained or disabled machine that comes back stays so): forgotten
+    (their attempts and frames keep the name). A pool that Kubernetes scales up and down
+    gets a node of a new name each time; the farm's node list would grow without end.
+    How many."""
     held = select(ChunkRow.node).where(
         col(ChunkRow.node).is_not(None), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES)
     )
     gone = session.execute(
         delete(NodeRow).where(
             col(NodeRow.state).in_(("left", "lost")),
+            col(NodeRow.admin) == "enabled",
             col(NodeRow.last_heartbeat) < now - after,
             col(NodeRow.name).not_in(held),
         )

@@ -48,7 +48,7 @@ from scheduler.dispatch.siting import Siting
 from scheduler.settings import Settings
 from scheduler.usecases.billing import FrameBiller
 from scheduler.wire.broker import Broker
-from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage, task_id_for
+from scheduler.wire.messages import BUNDLE_MAX, ChunkMessage, NodeLife, node_queue, task_id_for
 
 # How long the regions' figures bill frames before they are read again: a region's
 # new price or carbon intensity applies to the frames ingested a second later at most.
@@ -163,6 +163,9 @@ class Scheduler:
         self.paces.record(now, outcome.held_by_job)
         if outcome.unwanted:
             self.broker.revoke([task_id_for(*attempt) for attempt in outcome.unwanted] + bundles)
+        latest = {beat.info.name: beat.life for beat in beats}
+        if left := [node_queue(name) for name, life in latest.items() if life == NodeLife.LEFT]:
+            self.broker.drop_queues(left)  # what they held went elsewhere: stale, all of it
         return outcome
 
     def _biller(self, now: float) -> FrameBiller:

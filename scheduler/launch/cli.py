@@ -102,7 +102,7 @@ def api(
     import uvicorn
 
     from api.app import create_app
-    from scheduler.db import create_tables, make_engine
+    from scheduler.db import create_tables, farm_engine
 
     settings = Settings()
     _logging()
@@ -117,7 +117,9 @@ def api(
         return
     # The schema is brought up to date once, here; each worker then builds the app
     # from the same environment (its own connections, caches and /metrics reads).
-    create_tables(make_engine(settings.effective_database_url))
+    engine = farm_engine(settings, "renderfarm-api")
+    create_tables(engine)
+    engine.dispose()  # the workers open their own
     uvicorn.run("api.app:from_environment", factory=True, workers=processes, **where)
 
 
@@ -238,15 +240,13 @@ def worker(
     }
     settings = Settings(**overrides)  # type: ignore[arg-type]
     tags = list(tag or [])
-    if settings.kubernetes_node:  # the machine's labels say where it stands, what it has
-        from workers.kubernetes import NodeLabelsUnavailable, machine_labels, region_and_tags
+    if settings.node_labels:  # its machine's labels say where it stands, what it has
+        from workers.kubernetes import NodeLabelsUnavailable, read_labels, region_and_tags
 
         try:
-            labelled, labelled_tags = region_and_tags(
-                machine_labels(settings.kubernetes_node, os.environ)
-            )
+            labelled, labelled_tags = region_and_tags(read_labels(settings.node_labels))
         except NodeLabelsUnavailable as error:
-            console.print(f"[red]labels of {settings.kubernetes_node}: {error}[/red]")
+            console.print(f"[red]the machine's labels: {error}[/red]")
             raise typer.Exit(2) from None
         if labelled and region is None:
             settings = settings.model_copy(update={"region": labelled})
@@ -314,13 +314,13 @@ def _operators(service: StudioService) -> OperatorService:
 
 
 def _studio_service() -> StudioService:
-    from scheduler.db import create_tables, make_engine
+    from scheduler.db import create_tables, farm_engine
     from scheduler.launch.problems import existing_farm
     from scheduler.usecases.jobs import StudioService
 
     settings = Settings()
     existing_farm(settings)
-    engine = make_engine(settings.effective_database_url)
+    engine = farm_engine(settings, "renderfarm-cli")
     create_tables(engine)
     return StudioService(engine, settings)
 

@@ -87,6 +87,8 @@ class Broker(Protocol):
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]: ...
 
+    def drop_queues(self, queues: Sequence[str]) -> None: ...
+
 
 class CeleryBroker:
     def __init__(self, app: Celery) -> None:
@@ -161,6 +163,24 @@ class CeleryBroker:
         per = len(steps)
         return {name: sum(sizes[i * per : (i + 1) * per]) for i, name in enumerate(queues)}
 
+    def drop_queues(self, queues: Sequence[str]) -> None:
+        """Delete queues and what they hold: those of nodes that left, whose messages the
+        farm has sent elsewhere (a pool scaled up and down names a new node each time,
+        and its queue would stay in Redis for ever)."""
+        if not queues:
+            return
+        with self.app.pool.acquire(block=True) as connection:
+            try:
+                channel = connection.default_channel
+                with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                    for name in queues:
+                        for step in channel.priority_steps:
+                            pipe.delete(channel._q_for_pri(name, step))
+                    pipe.execute()
+            except connection.connection_errors:
+                connection.collect()
+                raise
+
 
 class BackgroundSender:
     """A Broker whose ``send`` returns at once; a thread publishes in order.
@@ -186,6 +206,9 @@ class BackgroundSender:
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         return self._broker.queue_depths(queues)
+
+    def drop_queues(self, queues: Sequence[str]) -> None:
+        self._broker.drop_queues(queues)
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is waiting, then stop the thread."""

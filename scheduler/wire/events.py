@@ -97,7 +97,7 @@ if redis.call('LLEN', KEYS[1]) == 0 then redis.call('LPUSH', KEYS[1], ARGV[1]) e
 log = logging.getLogger(__name__)
 
 
-def redis_from_url(url: str) -> redis.Redis:
+def redis_from_url(url: str, socket_timeout: float | None = None) -> redis.Redis:
     """A redis-py client for a Celery/kombu Redis URL (``redis+socket://`` included).
 
     Its commands are not retried by redis-py (whose default differs between TCP and
@@ -108,8 +108,14 @@ def redis_from_url(url: str) -> redis.Redis:
     parts = urlsplit(url)
     never = Retry(NoBackoff(), 0)
     if parts.scheme in ("redis+socket", "socket"):
-        return redis.Redis(unix_socket_path=parts.path, health_check_interval=30, retry=never)
-    return redis.Redis.from_url(url, health_check_interval=30, retry=never)
+        return redis.Redis(
+            unix_socket_path=parts.path, health_check_interval=30, retry=never,
+            socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+        )  # fmt: skip
+    return redis.Redis.from_url(
+        url, health_check_interval=30, retry=never,
+        socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+    )  # fmt: skip
 
 
 class EventPublisher:
@@ -120,8 +126,10 @@ class EventPublisher:
     harmless: ingestion is keyed by (chunk, attempt).
     """
 
-    def __init__(self, broker_url: str, max_wait: float = 3600.0) -> None:
-        self._client = redis_from_url(broker_url)
+    def __init__(
+        self, broker_url: str, max_wait: float = 3600.0, socket_timeout: float | None = None
+    ) -> None:
+        self._client = redis_from_url(broker_url, socket_timeout)
         self._max_wait = max_wait
         self._backoff = ExponentialBackoff(cap=5.0, base=0.1)  # 0.2, 0.4, 0.8 ... 5 s
         self._retry = Retry(self._backoff, retries=-1)

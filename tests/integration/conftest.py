@@ -53,6 +53,7 @@ class RecordingBroker:
         self.sent: list[ChunkMessage] = []
         self.messages: list[list[ChunkMessage]] = []  # as they would go: one, or a bundle
         self.revoked: list[str] = []
+        self.dropped: list[str] = []
         self.depth = 0
 
     def send(self, messages: Sequence[Sequence[ChunkMessage]]) -> None:
@@ -64,6 +65,9 @@ class RecordingBroker:
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         return dict.fromkeys(queues, self.depth)
+
+    def drop_queues(self, queues: Sequence[str]) -> None:
+        self.dropped.extend(queues)
 
 
 @pytest.fixture

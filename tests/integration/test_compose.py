@@ -70,6 +70,17 @@ def test_every_farm_service_has_a_healthcheck() -> None:
     assert "RENDERFARM_DATABASE_URL" not in services["worker"]["environment"]
 
 
+def test_every_farm_process_gets_dockers_sigterm_itself() -> None:
+    """A farm process must be its container's PID 1: a shell there ignores SIGTERM (PID 1
+    has no default handlers), so a node would never drain, only be killed."""
+    for name in FARM:
+        command = compose()["services"][name]["command"]
+        if command[0] in ("sh", "bash"):  # a shell for $(hostname): it must exec
+            assert command[-1].startswith("exec renderfarm "), f"{name}: {command}"
+        else:
+            assert command[0] == "renderfarm", f"{name}: {command}"
+
+
 def image_tree(dockerfile: str) -> tuple[str, dict[str, str]]:
     """What the Dockerfile's steps leave: the user processes run as, and the folders its
     RUN steps make with their owners (``mkdir -p``, ``chown USER:GROUP``), in order."""

@@ -128,7 +128,16 @@ def test_render_nodes_see_no_database_and_drain_within_their_grace(
     for worker in workers:
         pod = worker["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] >= drain + 10  # time to say "left"
+        # Only the init container holds a token for the cluster's API; the renderers
+        # the worker runs are studios' code.
+        assert pod["automountServiceAccountToken"] is False
+        (init,) = pod["initContainers"]
+        token_volumes = {
+            v["name"] for v in pod["volumes"] if "serviceAccountToken" in str(v.get("projected"))
+        }
+        assert {m["name"] for m in init["volumeMounts"]} & token_volumes
         (container,) = pod["containers"]
+        assert not {m["name"] for m in container["volumeMounts"]} & token_volumes
         secrets = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
         for name in secrets:
             keys = set(named(objects, "Secret")[name]["data"])
@@ -146,6 +155,16 @@ def farm_metrics(engine: Engine, settings: Settings) -> Iterator[set[str]]:
     yield {family.name for family in FarmCollector(engine, max_age=0).collect()}
 
 
+def test_what_autoscalers_size_has_no_replicas_to_reset(objects: list[dict[str, Any]]) -> None:
+    """A Deployment an HPA or KEDA sizes must not say how many: each apply would reset
+    them (every render node drained and killed, until the autoscaler scales up again)."""
+    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objects
+              if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}  # fmt: skip
+    assert scaled
+    for name in scaled:
+        assert "replicas" not in named(objects, "Deployment")[name]["spec"], name
+
+
 def test_the_autoscaler_reads_what_the_farm_exports(
     farm_metrics: set[str],
 ) -> None:
@@ -155,6 +174,7 @@ def test_the_autoscaler_reads_what_the_farm_exports(
             assert {t["type"] for t in triggers} == {"prometheus"}
             for trigger in triggers:
                 query = trigger["metadata"]["query"]
+                assert query.startswith("max("), query  # every API replica says the same
                 metrics = set(re.findall(r"renderfarm_[a-z_]+", query))
                 assert metrics and metrics <= farm_metrics, query
                 assert "celery" not in query and "queue" not in query  # the farm's demand
@@ -172,9 +192,13 @@ def test_the_clusters_prometheus_configuration_loads(tmp_path: Path) -> None:
     # Debian's Prometheus is built without Kubernetes service discovery: promtool checks
     # the rest (relabelling, rules) with the discovery swapped for a static target.
     config = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "prometheus.yml").read_text())
-    for job in config["scrape_configs"]:
-        assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
-        job["static_configs"] = [{"targets": ["renderfarm-api:8000"]}]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"renderfarm-api", "renderfarm-scheduler", "renderfarm-worker"}
+    assert "kubernetes_sd_configs" not in jobs["renderfarm-api"]  # once, by its Service
+    for job in jobs.values():
+        if "kubernetes_sd_configs" in job:
+            assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
+            job["static_configs"] = [{"targets": ["pod:9101"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     shutil.copy(ROOT / "deploy" / "prometheus" / "alerts.yml", tmp_path)
     out = subprocess.run(

@@ -1,6 +1,7 @@
 """A render node on Kubernetes takes its region and tags from its machine's labels
-(workers/kubernetes.py), read from the cluster's API with its service account: here an
-HTTP server of the test answers as that API would."""
+(workers/kubernetes.py): its init container reads them from the cluster's API with the
+pod's service account (here an HTTP server of the test answers as that API would) and
+writes them to a file the worker reads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from workers.kubernetes import NodeLabelsUnavailable, machine_labels, region_and_tags
+from workers.kubernetes import (
+    NodeLabelsUnavailable,
+    cluster_api,
+    machine_labels,
+    main,
+    read_labels,
+    region_and_tags,
+)
 
 LABELS = {
     "kubernetes.io/hostname": "gz-r12-07",
@@ -24,15 +32,23 @@ LABELS = {
 }
 
 
-def test_the_farms_region_label_wins_and_tags_are_those_set_true() -> None:
+def test_the_farms_region_label_and_the_tags_set_true() -> None:
     assert region_and_tags(LABELS) == ("guizhou", ["blender", "nvme"])
-    cloud = {k: v for k, v in LABELS.items() if k != "renderfarm.io/region"}
-    assert region_and_tags(cloud)[0] == "cn-southwest-2"  # the cloud's, failing the farm's
+    cloud_only = {k: v for k, v in LABELS.items() if k != "renderfarm.io/region"}
+    assert region_and_tags(cloud_only)[0] is None  # a cloud's region is not the farm's
     assert region_and_tags({}) == (None, [])
 
 
+def test_the_cluster_api_of_a_pod() -> None:
+    assert cluster_api({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) == "https://10.96.0.1:443"
+    v6 = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
+    assert cluster_api(v6) == "https://[fd00::1]:6443"
+    with pytest.raises(NodeLabelsUnavailable, match="not in a Kubernetes pod"):
+        cluster_api({})
+
+
 @pytest.fixture
-def cluster_api() -> Iterator[tuple[dict[str, str], list[tuple[str, str]]]]:
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     asked: list[tuple[str, str]] = []
 
     class Api(BaseHTTPRequestHandler):
@@ -52,32 +68,40 @@ def cluster_api() -> Iterator[tuple[dict[str, str], list[tuple[str, str]]]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    environ = {
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-        "KUBERNETES_SERVICE_PORT": str(server.server_address[1]),
-        "RENDERFARM_KUBERNETES_SCHEME": "http",
-    }
-    yield environ, asked
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # never used: no proxy
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
     server.shutdown()
 
 
-def test_a_node_reads_its_machines_labels_with_its_service_account(
-    cluster_api: tuple[dict[str, str], list[tuple[str, str]]], tmp_path: Path
+def test_the_labels_are_read_with_the_service_account_and_no_proxy(
+    api: tuple[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:
-    environ, asked = cluster_api
+    url, asked = api
     (tmp_path / "token").write_text("the-pods-token\n")
-    assert machine_labels("gz-r12-07", environ, tmp_path) == LABELS
+    assert machine_labels("gz-r12-07", url, tmp_path) == LABELS
     assert asked == [("/api/v1/nodes/gz-r12-07", "Bearer the-pods-token")]
 
 
-def test_a_node_that_cannot_read_its_labels_says_why(
-    cluster_api: tuple[dict[str, str], list[tuple[str, str]]], tmp_path: Path
+def test_labels_that_cannot_be_read_say_why(
+    api: tuple[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:
-    environ, _ = cluster_api
+    url, _ = api
     with pytest.raises(NodeLabelsUnavailable, match="no service account"):
-        machine_labels("gz-r12-07", environ, tmp_path)  # no token mounted
+        machine_labels("gz-r12-07", url, tmp_path)  # no token mounted
     (tmp_path / "token").write_text("t")
     with pytest.raises(NodeLabelsUnavailable, match="404"):
-        machine_labels("gz-r99-01", environ, tmp_path)
-    with pytest.raises(NodeLabelsUnavailable, match="not in a Kubernetes pod"):
-        machine_labels("gz-r12-07", {}, tmp_path)
+        machine_labels("gz-r99-01", url, tmp_path)
+    with pytest.raises(NodeLabelsUnavailable, match="not a JSON object"):
+        (tmp_path / "labels.json").write_text("[1]")
+        read_labels(tmp_path / "labels.json")
+
+
+def test_the_init_container_writes_what_the_worker_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = tmp_path / "labels.json"
+    monkeypatch.setattr("workers.kubernetes.machine_labels", lambda node, api: dict(LABELS))
+    environ = {"RENDERFARM_KUBERNETES_NODE": "gz-r12-07", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    assert main([str(written)], environ) == 0
+    assert region_and_tags(read_labels(written)) == ("guizhou", ["blender", "nvme"])
+    assert main([str(written)], {}) == 2  # no node named: usage

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -16,6 +17,9 @@ from scheduler.db import AttemptRow, NodeRow
 from scheduler.dispatch.scheduler import FORGET_EVERY_SECONDS, Scheduler
 from scheduler.settings import Settings
 from scheduler.usecases.jobs import StudioService
+from scheduler.usecases.operators import OperatorService
+from scheduler.wire.broker import CeleryBroker
+from scheduler.wire.celery_app import make_celery
 from scheduler.wire.messages import ChunkMessage, HeartbeatEvent, NodeReport, task_id_for
 from tests.integration.conftest import (
     Clock,
@@ -68,8 +72,10 @@ def test_a_leaving_node_keeps_what_it_runs_and_its_queue_goes_elsewhere_at_once(
     scheduler.stop_stale_attempts()
     assert set(fake_broker.revoked) == {task_id_for(m.chunk_id, 1) for m in waiting}
 
+    assert fake_broker.dropped == []
     scheduler.ingest([beat("node-a", "left", [])])  # its drain ran out: handed back
     assert states(studios)["node-a"] == "left"
+    assert fake_broker.dropped == ["node.node-a"]  # its queue: stale messages only
     handed = scheduler.dispatch_tick()
     assert [(m.chunk_id, m.attempt, m.node) for m in handed] == [(running.chunk_id, 2, "node-b")]
     scheduler.stop_stale_attempts()
@@ -122,10 +128,31 @@ def test_nodes_long_gone_are_forgotten_but_not_one_that_holds_a_chunk(
     scheduler.ingest([heartbeat("node-held", slots=1)])
     scheduler.dispatch_tick()
     scheduler.ingest([beat("node-left", "left", []), beat("node-lost", "leaving", [])])
+    scheduler.ingest([beat("node-kept", "left", [])])
+    OperatorService(engine, clock).set_node("node-kept", "disable")
     with Session(engine) as session:  # a dispatch that raced its leaving: still holds one
         session.exec(update(NodeRow).where(col(NodeRow.name) == "node-held").values(state="left"))
         session.commit()
     clock.now += settings.forget_nodes_after + FORGET_EVERY_SECONDS
     scheduler.ingest([heartbeat("node-up", slots=1), beat("node-recent", "left", [])])
     scheduler.reconcile()
-    assert states(studios) == {"node-held": "left", "node-up": "online", "node-recent": "left"}
+    assert states(studios) == {
+        "node-held": "left",
+        "node-up": "online",
+        "node-recent": "left",
+        "node-kept": "left",
+    }  # node-kept: an operator disabled it; should the machine come back, it stays so
+
+
+def test_the_queue_of_a_node_that_left_is_dropped_from_redis(
+    engine: Engine, settings: Settings, broker: redis.Redis
+) -> None:
+    celery = CeleryBroker(make_celery(settings))
+    message = ChunkMessage(
+        chunk_id=1, attempt=1, job_id=1, pool="cpu", frames=[1], renderer="noop",
+        settings={}, output_pattern="f{frame}", log_path="l", timeout=60.0, node="node-a",
+    )  # fmt: skip
+    celery.send([[message], [message]])
+    assert celery.queue_depths(["node.node-a"]) == {"node.node-a": 2}
+    celery.drop_queues(["node.node-a"])
+    assert celery.queue_depths(["node.node-a"]) == {"node.node-a": 0}
