@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlmodel import Session, select  # noqa: E402
+from sqlmodel import Session, select
 
-from scheduler.db import ChunkRow  # noqa: E402
-from tests.hosts import Farm, can_make_hosts, host_farm  # noqa: E402
+from scheduler.db import ChunkRow
+from tests.hosts import Farm, can_make_hosts, host_farm
 
 JOBS = {"noop": ("1-200", "noop"), "builtin": ("1-24", "builtin")}
 
@@ -52,10 +52,12 @@ def frames_per_second(farm: Farm, frames: str, kind: str) -> float:
 
 
 def measure(spread: bool) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="bench-hosts-") as folder:
-        with host_farm(Path(folder) / "farm", spread=spread) as farm:
-            frames_per_second(farm, "1-4", "noop")  # warm: scenes, imports, connections
-            return {name: frames_per_second(farm, *job) for name, job in JOBS.items()}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-hosts-") as folder,
+        host_farm(Path(folder) / "farm", spread=spread) as farm,
+    ):
+        frames_per_second(farm, "1-4", "noop")  # warm: scenes, imports, connections
+        return {name: frames_per_second(farm, *job) for name, job in JOBS.items()}
 
 
 def main() -> None:
