@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -45,18 +46,27 @@ def attempts(engine: Engine, job_id: int) -> list[AttemptRow]:
         return list(session.exec(select(AttemptRow).where(col(AttemptRow.job_id) == job_id)))
 
 
+def rendering(
+    processes: Processes, studio: tuple[StudioService, int], settings: Settings, drain: float
+) -> tuple[subprocess.Popen[bytes], int, psutil.Process]:
+    """A node of ``drain`` s, the scheduler, and a job of seconds a frame rendering on
+    it: the node's process, the job, the renderer running."""
+    processes.settings = settings.model_copy(update={"drain_seconds": drain})
+    leaving = processes.worker("node-leaving")
+    processes.start("scheduler", "scheduler")
+    wait_for(lambda: node_state(studio, "node-leaving") == "online", 60, "the node")
+    job_id = submit(studio, "1-6", width=960, samples=2)  # seconds a frame
+    renderer = wait_for(lambda: renderers_running(job_id), 60, "a render to start")[0]
+    return leaving, job_id, renderer
+
+
 def test_a_node_stopped_mid_chunk_hands_it_back_at_once(
     processes: Processes,
     studio: tuple[StudioService, int],
     engine: Engine,
     settings: Settings,
 ) -> None:
-    processes.settings = settings.model_copy(update={"drain_seconds": 1.0})
-    leaving = processes.worker("node-leaving")
-    processes.start("scheduler", "scheduler")
-    wait_for(lambda: node_state(studio, "node-leaving") == "online", 60, "the node")
-    job_id = submit(studio, "1-6", width=960, samples=2)  # seconds a frame
-    renderer = wait_for(lambda: renderers_running(job_id), 60, "a render to start")[0]
+    leaving, job_id, renderer = rendering(processes, studio, settings, drain=1.0)
     stop_like_kubernetes(leaving)
     wait_for(lambda: node_state(studio, "node-leaving") == "left", 30, "the node to say it left")
     assert leaving.wait(30) == 0  # it ended by itself, having handed its chunk back
@@ -82,12 +92,7 @@ def test_a_node_stopped_mid_chunk_finishes_it_within_its_drain_time(
     engine: Engine,
     settings: Settings,
 ) -> None:
-    processes.settings = settings.model_copy(update={"drain_seconds": 120.0})
-    leaving = processes.worker("node-leaving")
-    processes.start("scheduler", "scheduler")
-    wait_for(lambda: node_state(studio, "node-leaving") == "online", 60, "the node")
-    job_id = submit(studio, "1-6", width=960, samples=2)
-    wait_for(lambda: renderers_running(job_id), 60, "a render to start")
+    leaving, job_id, _ = rendering(processes, studio, settings, drain=120.0)
     told = stop_like_kubernetes(leaving)
     wait_for(lambda: node_state(studio, "node-leaving") in ("leaving", "left"), 30, "leaving")
     assert leaving.wait(100) == 0  # it ended once its chunk finished, not at the drain's end
