@@ -46,24 +46,31 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> list[str]:
     return lost
 
 
-def forget_departed_nodes(session: Session, now: float, after: float) -> int:
+def forget_departed_nodes(session: Session, now: float, after: float) -> list[str]:
     """Nodes that left or were lost ``after`` s ago, hold nothing and carry no
     operator's say (a drained or disabled machine that comes back stays so): forgotten
     (their attempts and frames keep the name). A pool that Kubernetes scales up and down
     gets a node of a new name each time; the farm's node list would grow without end.
-    How many."""
+    Returns their names: their Celery queues go too (a message a dying node put back
+    after it said it left would stay in Redis for ever)."""
     held = select(ChunkRow.node).where(
         col(ChunkRow.node).is_not(None), col(ChunkRow.state).in_(ACTIVE_CHUNK_STATES)
     )
-    gone = session.execute(
-        delete(NodeRow).where(
-            col(NodeRow.state).in_(("left", "lost")),
-            col(NodeRow.admin) == "enabled",
-            col(NodeRow.last_heartbeat) < now - after,
-            col(NodeRow.name).not_in(held),
+    names = list(
+        session.exec(
+            select(NodeRow.name).where(
+                col(NodeRow.state).in_(("left", "lost")),
+                col(NodeRow.admin) == "enabled",
+                col(NodeRow.last_heartbeat) < now - after,
+                col(NodeRow.name).not_in(held),
+            )
         )
     )
-    return int(gone.rowcount or 0)  # type: ignore[attr-defined]
+    if names:
+        session.execute(delete(NodeRow).where(col(NodeRow.name).in_(names)))
+        log.info("forgot %d node(s) gone for %.0f s: %s", len(names), after,
+                 ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""))  # fmt: skip
+    return names
 
 
 def requeue_from_disabled(session: Session, now: float) -> None:

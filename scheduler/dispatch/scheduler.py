@@ -180,9 +180,10 @@ class Scheduler:
         now = self.clock()
         with Session(self.engine) as session:
             self.roster.changed(mark_lost_nodes(session, now, self.settings.node_timeout))
+            forgotten: list[str] = []
             if now - self._forgotten_at >= FORGET_EVERY_SECONDS:
                 self._forgotten_at = now
-                forget_departed_nodes(session, now, self.settings.forget_nodes_after)
+                forgotten = forget_departed_nodes(session, now, self.settings.forget_nodes_after)
             requeue_from_disabled(session, now)
             after = self.settings.redispatch_after
             requeue_unclaimed(session, now, after, self.broker.queue_depths)
@@ -192,6 +193,7 @@ class Scheduler:
             task_ids = close_stale_attempts(session, now)
             session.commit()
         self.broker.revoke(task_ids)
+        self.broker.drop_queues([node_queue(name) for name in forgotten])
 
     def stop_stale_attempts(self) -> list[str]:
         """Revoke attempts whose chunk moved on (cancelled, requeued, superseded).

@@ -118,6 +118,7 @@ def test_a_leaving_node_that_falls_silent_is_lost_and_one_that_left_is_not(
 
 def test_nodes_long_gone_are_forgotten_but_not_one_that_holds_a_chunk(
     scheduler: Scheduler,
+    fake_broker: RecordingBroker,
     studios: StudioService,
     studio_id: int,
     engine: Engine,
@@ -142,6 +143,9 @@ def test_nodes_long_gone_are_forgotten_but_not_one_that_holds_a_chunk(
         "node-recent": "left",
         "node-kept": "left",
     }  # node-kept: an operator disabled it; should the machine come back, it stays so
+    dropped = set(fake_broker.dropped)  # forgotten: their queues too (left: at its word)
+    assert {"node.node-left", "node.node-lost"} <= dropped
+    assert not dropped & {"node.node-held", "node.node-up"}
 
 
 def test_the_queue_of_a_node_that_left_is_dropped_from_redis(
