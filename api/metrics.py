@@ -62,7 +62,8 @@ from scheduler.db import (
 from scheduler.db.among import among
 from scheduler.db.engine import read_only
 
-# A node's states (nodes.state): its own say (online, leaving, left), or lost.
+# A node's states (nodes.state): its own say (scheduler/wire/messages.py NodeLife, which
+# this layer does not import), or lost.
 NODE_STATES = ("online", "leaving", "left", "lost")
 
 
@@ -103,10 +104,10 @@ class FarmCollector(Collector):
             return [
                 *self._frames(session),
                 *self._failures(session),
-                *self._chunks(session),
+                *self._chunks(unfinished := _unfinished(session)),
                 *self._jobs(session),
                 *self._nodes(session),
-                *self._demand(session),
+                *self._demand(session, unfinished),
             ]
 
     def _frames(self, session: Session) -> Iterator[Metric]:
@@ -215,7 +216,7 @@ class FarmCollector(Collector):
             energy.add_metric([pool, "done"], measures.get("joules_done", 0.0))
         yield from (failed, ended, energy)
 
-    def _chunks(self, session: Session) -> Iterator[Metric]:
+    def _chunks(self, unfinished: dict[tuple[str, str], tuple[int, int]]) -> Iterator[Metric]:
         chunks = GaugeMetricFamily(
             "renderfarm_chunks",
             "Unfinished chunks by pool and state (finished work is in the counters).",
@@ -226,14 +227,7 @@ class FarmCollector(Collector):
             "Chunks waiting for a render slot (queued in the farm or sent to a node queue).",
             labels=["pool"],
         )
-        counts: dict[tuple[str, str], int] = {
-            (pool, state): n
-            for pool, state, n in session.execute(
-                select(col(ChunkRow.pool), col(ChunkRow.state), func.sum(ChunkRow.chunks))
-                .where(col(ChunkRow.state).in_(UNFINISHED))  # an index range, not the history
-                .group_by(col(ChunkRow.pool), col(ChunkRow.state))
-            )
-        }
+        counts = {key: n for key, (n, _frames) in unfinished.items()}
         for pool in {p for p, _ in counts}:
             for state in UNFINISHED:
                 chunks.add_metric([pool, state.value], counts.get((pool, state), 0))
@@ -244,7 +238,9 @@ class FarmCollector(Collector):
             )
         yield from (chunks, depth)
 
-    def _demand(self, session: Session) -> Iterator[Metric]:
+    def _demand(
+        self, session: Session, unfinished: dict[tuple[str, str], tuple[int, int]]
+    ) -> Iterator[Metric]:
         """What an autoscaler should read (scheduler/core/demand.py), per pool."""
         waiting = GaugeMetricFamily(
             "renderfarm_pool_frames_waiting",
@@ -265,23 +261,14 @@ class FarmCollector(Collector):
         )
         now = self.wall()
         frames: dict[str, int] = {}
-        for pool, n in session.execute(
-            select(col(ChunkRow.pool), func.sum(ChunkRow.frame_count))
-            .where(col(ChunkRow.state).in_((ChunkState.QUEUED, ChunkState.DISPATCHED)))
-            .group_by(col(ChunkRow.pool))
-        ):
-            frames[pool] = int(n or 0)
+        for (pool, state), (_chunks, n) in unfinished.items():
+            if state in (ChunkState.QUEUED, ChunkState.DISPATCHED):
+                frames[pool] = frames.get(pool, 0) + n
         wanted = {pool: int(n or 0) for pool, n in session.execute(_demand_now(now))}
         left = session.execute(_DEADLINE_LEFT).all()
         pace = dict(session.execute(_PACE, {"ids": [row[0] for row in left]}).all())
         needed: dict[str, int] = {}
-        for (
-            job_id,
-            pool,
-            deadline,
-            frames_left,
-            chunks_left,
-        ) in left:
+        for job_id, pool, deadline, frames_left, chunks_left in left:
             seconds = pace.get(job_id)
             needed[pool] = needed.get(pool, 0) + slots_for_deadline(
                 int(frames_left or 0), int(chunks_left or 0),
@@ -376,6 +363,22 @@ _RUNNABLE = (
     & col(JobRow.suspended).is_(False)
     & col(JobRow.id).not_in(_WAITING_ON)
 )
+
+
+def _unfinished(session: Session) -> dict[tuple[str, str], tuple[int, int]]:
+    """Unfinished chunks and their frames by (pool, state): one read for every figure of
+    a scrape that needs them (an index range, not the history)."""
+    return {
+        (pool, state): (int(n or 0), int(frames or 0))
+        for pool, state, n, frames in session.execute(
+            select(
+                col(ChunkRow.pool), col(ChunkRow.state), func.sum(ChunkRow.chunks),
+                func.sum(ChunkRow.frame_count),
+            )
+            .where(col(ChunkRow.state).in_(UNFINISHED))
+            .group_by(col(ChunkRow.pool), col(ChunkRow.state))
+        )
+    }  # fmt: skip
 
 
 def _demand_now(now: float) -> Any:

@@ -43,9 +43,12 @@ from scheduler.errors import Misconfigured, Unavailable
 if TYPE_CHECKING:
     from scheduler.settings import Settings
 
+log = logging.getLogger(__name__)
+
 READ_ONLY = "renderfarm_read_only"  # the execution option of ``read_only(engine)``
 WRITE_LOCK_WAIT = 60.0  # seconds a writer waits for SQLite's write lock, all tries together
 BUSY_TIMEOUT_MS = 10_000  # SQLite's own wait within one try (reads rarely need any)
+MIGRATION_LOCK = 0x72656E646572  # PostgreSQL advisory lock key of schema upgrades ("render")
 
 
 def farm_engine(settings: Settings, name: str) -> Engine:
@@ -208,10 +211,6 @@ def insert_or(session: Session, table: Any) -> Any:
     and ``on_conflict_do_update`` (both SQLite and PostgreSQL have ON CONFLICT)."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
-
-
-log = logging.getLogger(__name__)
-MIGRATION_LOCK = 0x72656E646572  # PostgreSQL advisory lock key of schema upgrades ("render")
 
 
 def create_tables(engine: Engine) -> None:

@@ -15,7 +15,7 @@ from scheduler.core.states import ACTIVE_CHUNK_STATES, AttemptState, ChunkState
 from scheduler.db import AttemptRow, ChunkRow, NodeRow
 from scheduler.db.among import among
 from scheduler.db.transitions import close_attempts, requeue_chunks
-from scheduler.wire.messages import bundle_attempts, node_queue, task_id_for
+from scheduler.wire.messages import NodeLife, bundle_attempts, node_queue, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def mark_lost_nodes(session: Session, now: float, timeout: float) -> list[str]:
     queue. Returns the nodes lost."""
     silent = session.execute(  # only the silent are read: a farm has thousands online
         sql_select(col(NodeRow.name), col(NodeRow.last_heartbeat)).where(
-            col(NodeRow.state).in_(("online", "leaving")),  # a node that left is not lost
+            col(NodeRow.state).in_((NodeLife.ONLINE, NodeLife.LEAVING)),  # left: not lost
             col(NodeRow.last_heartbeat) < now - timeout,
         )
     )
@@ -59,7 +59,7 @@ def forget_departed_nodes(session: Session, now: float, after: float) -> list[st
     names = list(
         session.exec(
             select(NodeRow.name).where(
-                col(NodeRow.state).in_(("left", "lost")),
+                col(NodeRow.state).in_((NodeLife.LEFT, "lost")),
                 col(NodeRow.admin) == "enabled",
                 col(NodeRow.last_heartbeat) < now - after,
                 col(NodeRow.name).not_in(held),
